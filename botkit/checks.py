@@ -1,0 +1,90 @@
+"""Static checks behind ``run.py check``: the flow graph and the templates, before any user.
+
+Besides the declared prompts, the handlers' source is read: a verb called with a literal
+(``turn.ask("rating")``, ``turn.say("survey/thanks.txt")``) is checked against the flows and
+the templates, with the file and line of the call.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import DefinitionError
+from .flows import Flow, FlowSet, Step
+from .templates import Renderer
+
+__all__ = ["check"]
+
+TEMPLATE_VERBS = {"say", "retry", "finish", "handoff"}
+
+
+def check(flows: FlowSet, renderer: Renderer, templates: str | Path | None) -> list[str]:
+    """Return every problem found, each naming the file and line to fix (empty if none)."""
+    problems: list[str] = []
+    if templates is not None and Path(templates).is_dir():
+        for path in sorted(Path(templates).rglob("*.txt")):
+            problems += _try_template(renderer, path.relative_to(templates).as_posix(), str(path))
+    for flow in flows.values():
+        for name in (flow.error, flow.give_up):
+            if name:
+                problems += _try_template(renderer, name, f"flow {flow.name!r}")
+        if flow.first.prompt is None:
+            problems.append(f"flow {flow.name!r}: its first step {flow.first.name!r} has no"
+                            " prompt, so the flow cannot be started")
+        for step in flow.steps.values():
+            for name in (step.prompt, step.give_up):
+                if name:
+                    problems += _try_template(renderer, name, step.where)
+            problems += list(_check_calls(flows, flow, step, renderer))
+    return list(dict.fromkeys(problems))
+
+
+def _try_template(renderer: Renderer, name: str, where: str) -> list[str]:
+    try:
+        renderer.load(name)
+    except DefinitionError as exc:
+        return [f"{where}: {exc}"]
+    return []
+
+
+def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: Renderer) -> Iterator[str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(step.handler))
+        _, first_line = inspect.getsourcelines(step.handler)
+    except (OSError, TypeError):
+        return
+    filename = inspect.getsourcefile(step.handler) or "?"
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        verb = node.func.attr
+        where = f"{filename}:{first_line + node.lineno - 1}"
+        literal = _literal(node.args[0]) if node.args else None
+        keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+        if verb == "ask" and literal is not None:
+            if literal not in flow.steps:
+                yield f"{where}: turn.ask({literal!r}): {_unknown(flow, literal)}"
+            elif keywords.get("template") is None and flow.steps[literal].prompt is None:
+                yield f"{where}: turn.ask({literal!r}): that step has no prompt template"
+        elif verb == "switch" and literal is not None and literal not in flows:
+            yield f"{where}: turn.switch({literal!r}): no flow is named {literal!r}"
+        elif verb in TEMPLATE_VERBS and literal is not None:
+            yield from _try_template(renderer, literal, f"{where}: turn.{verb}()")
+        if verb in TEMPLATE_VERBS | {"ask", "switch"} and keywords.get("template"):
+            yield from _try_template(renderer, str(keywords["template"]), f"{where}: turn.{verb}()")
+
+
+def _literal(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _unknown(flow: Flow, name: str) -> str:
+    try:
+        flow.get(name)
+    except DefinitionError as exc:
+        return str(exc)
+    return ""

@@ -1,0 +1,310 @@
+"""The command line (``python run.py ...``): serve, start, check, export and inspect.
+
+Every subcommand reads the same settings as the server (``BOTKIT_*`` variables and ``.env``);
+flags override them. Errors print one line saying what to fix and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import BotkitError
+from .flows import FlowSet
+
+__all__ = ["main"]
+
+log = logging.getLogger("botkit.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the exit status (``run.py`` passes it to ``sys.exit``)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
+    try:
+        result: int = args.run(args)
+        return result
+    except BotkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="SQLite file (BOTKIT_DB, default botkit.db)")
+    common.add_argument("--bots", default="bots", help="folder of bot modules (default bots)")
+    common.add_argument("--templates", default="templates", help="templates folder")
+    common.add_argument("--api-url", help="provider base URL (BOTKIT_API_URL)")
+    common.add_argument("--public-url", help="URL the provider reaches this server at")
+    common.add_argument("--host", help="listen address (BOTKIT_HOST, default 127.0.0.1)")
+    common.add_argument("--port", type=int, help="listen port (BOTKIT_PORT, default 8080)")
+
+    parser = argparse.ArgumentParser(prog="run.py", description="botkit: two-way Viber bots.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> Any:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(run=run)
+        return p
+
+    command("serve", _serve, "serve the bots (the default command)")
+    p = command("start", _start, "begin conversations proactively (safe to re-run)")
+    p.add_argument("flow")
+    p.add_argument("phones", nargs="*", metavar="PHONE")
+    p.add_argument("--phones", dest="phones_file", metavar="FILE.csv",
+                   help="CSV with a 'phone' column (or phones in the first column)")
+    p = command("status", _status, "ask the provider for a message's delivery status")
+    p.add_argument("message_id", type=int)
+    command("check", _check, "load every bot and template; report what to fix")
+    p = command("export", _export, "one CSV row per conversation of a flow, with its state")
+    p.add_argument("flow")
+    p.add_argument("--csv", metavar="FILE", help="write to FILE instead of standard output")
+    p = command("conversations", _conversations, "list conversations, most recent first")
+    p.add_argument("--phone")
+    p.add_argument("--flow")
+    p.add_argument("--limit", type=int, default=50)
+    p = command("release", _release, "give a conversation with a human back to the bot")
+    p.add_argument("phone")
+    p = command("fake-provider", _fake_provider, "run the fake provider standalone (testing)")
+    p.add_argument("--key", help="require this access key (Basic auth)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .config import Settings
+
+    return Settings.from_env(
+        db=args.db, api_url=args.api_url, public_url=args.public_url, host=args.host,
+        port=args.port,
+    )
+
+
+def _flows(args: argparse.Namespace) -> FlowSet:
+    from .loader import load_flows
+
+    return FlowSet(load_flows(args.bots))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .server import create_app
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args)
+    flows = _flows(args)
+    app = create_app(settings, flows.values(), templates=args.templates)
+    where = f"http://{settings.host}:{settings.port}"
+    if settings.sandbox:
+        print(f"botkit SANDBOX (no BOTKIT_API_KEY): nothing reaches the provider; a fake"
+              f" provider answers at {where}/sandbox/api", flush=True)
+    else:
+        print(f"botkit serving on {where}, sending through {settings.api_url}", flush=True)
+    web.run_app(app, host=settings.host, port=settings.port, print=None,
+                shutdown_timeout=15, handle_signals=True)
+    return 0
+
+
+def _with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) -> int:
+    from .sqlite_store import SQLiteStore
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        store = SQLiteStore(settings.db)
+        await store.open()
+        try:
+            return await job(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _start(args: argparse.Namespace) -> int:
+    import secrets
+
+    from .engine import Engine
+    from .templates import Renderer
+
+    settings = _settings(args)
+    flows = _flows(args)
+    flows[args.flow]  # noqa: B018 - fails early, with a suggestion, for a wrong flow name
+    phones: list[str] = list(args.phones)
+    bad: list[str] = []
+    if args.phones_file:
+        more, bad = _read_phones(Path(args.phones_file))
+        phones += more
+    for problem in bad:
+        print(f"skipped {problem}", file=sys.stderr)
+    if not phones:
+        print("error: no phone numbers given (PHONE arguments or --phones FILE.csv)",
+              file=sys.stderr)
+        return 2
+
+    async def job(store: Any) -> int:
+        if settings.callback_secret is not None:
+            secret = settings.callback_secret.get_secret_value()
+        else:
+            secret = await store.secret(lambda: secrets.token_urlsafe(24))
+        engine = Engine(store, flows, Renderer(args.templates), sender=settings.sender,
+                        callback_url=f"{settings.public_base}/viber/callback/{secret}")
+        counts = {"started": 0, "skipped": 0, "replaced": 0}
+        for n, phone in enumerate(dict.fromkeys(phones), 1):
+            result = await engine.start(args.flow, phone)
+            counts[result.outcome] += 1
+            if result.outcome != "started":
+                print(f"{result.outcome} {phone}: {result.detail or 'had another flow open'}")
+            if n % 1000 == 0:
+                print(f"... {n}/{len(phones)}", file=sys.stderr)
+        print(f"{args.flow}: started {counts['started'] + counts['replaced']} conversations"
+              f" ({counts['replaced']} replaced another flow), skipped {counts['skipped']};"
+              " the running server sends the first messages")
+        return 1 if bad else 0
+
+    return _with_store(args, job)
+
+
+def _read_phones(path: Path) -> tuple[list[str], list[str]]:
+    from pydantic import TypeAdapter, ValidationError
+
+    from .models import Phone
+
+    if not path.is_file():
+        raise BotkitError(f"phones file {path} does not exist")
+    adapter: TypeAdapter[str] = TypeAdapter(Phone)
+    phones, bad = [], []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    column = 0
+    if rows and "phone" in [c.strip().lower() for c in rows[0]]:
+        column = [c.strip().lower() for c in rows[0]].index("phone")
+        rows = [[]] + rows[1:]
+    for line, row in enumerate(rows, 1):
+        if not row or line == 1 and not row:
+            continue
+        value = row[column].strip() if len(row) > column else ""
+        try:
+            phones.append(adapter.validate_python(value))
+        except ValidationError:
+            bad.append(f"{path}:{line}: {value!r} is not a phone number (digits, optional +)")
+    return phones, bad
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .client import ProviderClient
+    from .server import provider_url
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        async with ProviderClient(provider_url(settings), key) as client:
+            result = await client.get_status(args.message_id)
+        print(f"message {result.message_id}: {result.status.name.lower()}"
+              f" ({int(result.status)})")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .checks import check
+    from .templates import Renderer
+
+    flows = _flows(args)
+    problems = check(flows, Renderer(args.templates), args.templates)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    steps = sum(len(f.steps) for f in flows.values())
+    if problems:
+        print(f"check failed: {len(problems)} problems", file=sys.stderr)
+        return 1
+    print(f"ok: {len(flows)} flows ({', '.join(flows)}), {steps} steps, templates compile")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    async def job(store: Any) -> int:
+        convs = await store.conversations(flow=args.flow, limit=10**9)
+        keys = list(dict.fromkeys(k for c in convs for k in c.state))
+        out: TextIO = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else sys.stdout
+        try:
+            writer = csv.writer(out)
+            writer.writerow(["conversation", "phone", "status", "step", "started", "updated",
+                             *keys])
+            for c in sorted(convs, key=lambda c: c.id):
+                writer.writerow([c.id, c.phone, c.status.value, c.step, _iso(c.created_at),
+                                 _iso(c.updated_at), *(_cell(c.state.get(k)) for k in keys)])
+        finally:
+            out.flush()
+            if args.csv:
+                out.close()
+                print(f"wrote {len(convs)} conversations to {args.csv}", file=sys.stderr)
+        return 0
+
+    return _with_store(args, job)
+
+
+def _conversations(args: argparse.Namespace) -> int:
+    async def job(store: Any) -> int:
+        convs = await store.conversations(phone=args.phone, flow=args.flow, limit=args.limit)
+        now = time.time()
+        print(f"{'id':>6}  {'phone':<16} {'flow':<12} {'step':<16} {'status':<9} last activity")
+        for c in convs:
+            status = "expired" if c.expired(now) else c.status.value
+            print(f"{c.id:>6}  {c.phone:<16} {c.flow:<12} {c.step:<16} {status:<9}"
+                  f" {_iso(c.updated_at)}")
+        if not convs:
+            print("(no conversations)")
+        return 0
+
+    return _with_store(args, job)
+
+
+def _release(args: argparse.Namespace) -> int:
+    async def job(store: Any) -> int:
+        conv = await store.release(args.phone, time.time())
+        if conv is None:
+            print(f"error: {args.phone} has no conversation waiting for a human", file=sys.stderr)
+            return 1
+        print(f"released conversation {conv.id} of {args.phone}: the bot answers again")
+        return 0
+
+    return _with_store(args, job)
+
+
+def _fake_provider(args: argparse.Namespace) -> int:
+    from .sandbox.provider import run_fake_provider
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_fake_provider(args.host or "127.0.0.1", args.port or 9000, args.key)
+    return 0
+
+
+def _iso(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        import json
+
+        return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else value

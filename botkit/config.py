@@ -1,0 +1,125 @@
+"""Settings: one typed, validated object built from ``BOTKIT_*`` variables or keyword arguments.
+
+Tests build it directly (``Settings(db=tmp_path / "bot.db")``); the server builds it with
+``Settings.from_env()``, which also reads a ``.env`` file when one exists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "DEFAULT_API_URL"]
+
+DEFAULT_API_URL = "https://web.it-decision.com/v1/api"
+
+# Settings field -> (environment variable, accepted form shown in errors)
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "api_key": ("BOTKIT_API_KEY", "the access key from your account manager"),
+    "api_url": ("BOTKIT_API_URL", "an http(s) URL such as https://web.it-decision.com/v1/api"),
+    "public_url": ("BOTKIT_PUBLIC_URL", "the http(s) base URL the provider reaches this server at"),
+    "callback_secret": ("BOTKIT_CALLBACK_SECRET", "at least 16 URL-safe characters"),
+    "db": ("BOTKIT_DB", "a file path such as botkit.db"),
+    "host": ("BOTKIT_HOST", "an interface address such as 127.0.0.1 or 0.0.0.0"),
+    "port": ("BOTKIT_PORT", "a TCP port number 1-65535"),
+    "sender": ("BOTKIT_SENDER", "the default sender name (source_addr), 1-20 characters"),
+}
+
+
+class Settings(BaseModel):
+    """Everything the server needs to run, validated when built.
+
+    >>> Settings(db="bot.db", port=9090).public_base
+    'http://127.0.0.1:9090'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key: SecretStr | None = None
+    api_url: str = DEFAULT_API_URL
+    public_url: str | None = None
+    callback_secret: SecretStr | None = None
+    db: Path = Path("botkit.db")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    sender: str = Field(default="botkit", min_length=1, max_length=20)
+
+    @field_validator("api_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            raw = value.get_secret_value()
+            if len(raw) < 16 or not all(c.isalnum() or c in "-_" for c in raw):
+                raise ValueError("must be at least 16 characters of A-Z, a-z, 0-9, - or _")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    @property
+    def sandbox(self) -> bool:
+        """True when no provider key is set: the server runs on the built-in sandbox."""
+        return self.api_key is None
+
+    @property
+    def public_base(self) -> str:
+        """The base URL the provider posts callbacks to (``BOTKIT_PUBLIC_URL`` or host:port)."""
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        env_file: str | Path | None = ".env",
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from ``BOTKIT_*`` variables, a ``.env`` file, then ``overrides``.
+
+        Real environment variables win over the file; keyword overrides (command-line flags)
+        win over both. Raises ConfigError naming the variable and the accepted form.
+
+        >>> Settings.from_env({"BOTKIT_PORT": "9000"}, env_file=None).port
+        9000
+        """
+        values: dict[str, Any] = {}
+        sources: list[Mapping[str, str | None]] = []
+        if env_file is not None and Path(env_file).is_file():
+            sources.append(dotenv_values(env_file))
+        sources.append(os.environ if environ is None else environ)
+        for source in sources:
+            for field, (var, _) in ENV_VARS.items():
+                raw = source.get(var)
+                if raw is not None and raw != "":
+                    values[field] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        var, form = ENV_VARS.get(field, (field, "a valid value"))
+        lines.append(f"{var}: {error['msg']}; expected {form}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

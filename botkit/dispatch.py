@@ -1,0 +1,87 @@
+"""Dispatcher: hands stored messages to the engine, one phone at a time, in arrival order.
+
+Messages of one phone (and so of one conversation) are never handled at the same time and
+are handled in the order they were stored; different phones proceed concurrently. The queue
+of a phone is dropped as soon as it is empty, so memory follows the number of busy phones,
+not of phones ever seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from .store import Inbound
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("botkit.dispatch")
+
+
+class Dispatcher:
+    """Per-phone ordered, cross-phone concurrent handling of stored messages.
+
+    >>> dispatcher = Dispatcher(engine.handle)
+    >>> dispatcher.submit(inbound)
+    """
+
+    def __init__(self, handle: Callable[[Inbound], Awaitable[None]], *, limit: int = 256) -> None:
+        self._handle = handle
+        self._queues: dict[str, deque[Inbound]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(limit)
+        self._closing = False
+
+    @property
+    def busy(self) -> int:
+        """Phones with messages being handled or waiting."""
+        return len(self._queues)
+
+    def submit(self, inbound: Inbound) -> None:
+        """Queue a stored message behind the earlier ones of the same phone."""
+        if self._closing:
+            return  # stays pending in the store; handled after the restart
+        queue = self._queues.get(inbound.phone)
+        if queue is not None:
+            queue.append(inbound)
+            return
+        self._queues[inbound.phone] = deque([inbound])
+        task = asyncio.create_task(self._drain(inbound.phone), name=f"phone-{inbound.phone}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, phone: str) -> None:
+        queue = self._queues[phone]
+        try:
+            while queue and not self._closing:
+                inbound = queue[0]
+                async with self._slots:
+                    try:
+                        await self._handle(inbound)
+                    except Exception:
+                        # The store failed (disk full, locked too long): the row stays
+                        # pending and is handled again after a restart.
+                        log.exception("message %s from %s could not be handled; left pending",
+                                      inbound.id, phone)
+                queue.popleft()
+        finally:
+            del self._queues[phone]
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop taking messages and wait up to ``timeout`` for turns in progress.
+
+        Turns still running after that are cancelled; their messages stay pending in the
+        store and are handled after the next start.
+        """
+        self._closing = True
+        if not self._tasks:
+            return
+        done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("%d phones still had turns running at shutdown; resumed on restart",
+                        len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,247 @@
+"""Pydantic models of every payload exchanged with the provider (PROVIDER_API.md).
+
+Field names are the provider's, verbatim. Every documented limit is checked here, so a
+reply that breaks one fails when the bot makes it, naming the field and the limit,
+instead of coming back as a 400 from the provider.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ReplyLimitError
+
+__all__ = [
+    "ErrorBody",
+    "InboundReply",
+    "MessageStatus",
+    "MessageType",
+    "ReplyMessage",
+    "SendRequest",
+    "SendResult",
+    "StatusResult",
+    "StatusUpdate",
+    "parse_tracking_id",
+]
+
+_TRACKING = re.compile(r"^\s*tracking_id:(\d{1,19})\s*$")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class MessageType(IntEnum):
+    """The provider's message types; botkit sends the 2Way ones (206, 208)."""
+
+    TEXT = 106
+    RICH = 108
+    TWO_WAY_TEXT = 206
+    TWO_WAY_RICH = 208
+
+
+class MessageStatus(IntEnum):
+    """Delivery statuses of ``/receive-viber`` and status callbacks."""
+
+    SENT = 0
+    DELIVERED = 1
+    ERROR = 2
+    REJECTED = 3
+    UNDELIVERED = 4
+    PENDING = 5
+    UNKNOWN = 20
+
+    @property
+    def is_final(self) -> bool:
+        """Delivered, error, rejected and undelivered never change again."""
+        return self in {self.DELIVERED, self.ERROR, self.REJECTED, self.UNDELIVERED}
+
+
+def parse_tracking_id(tracking_data: str | None) -> int | None:
+    """Return the message id in ``tracking_id:<id>``, or None for anything else.
+
+    >>> parse_tracking_id("tracking_id:100035")
+    100035
+    """
+    if not tracking_data:
+        return None
+    match = _TRACKING.match(tracking_data)
+    return int(match.group(1)) if match else None
+
+
+def _int_from_digits(value: Any) -> Any:
+    # The provider may send ids as numbers or as digit strings (PROVIDER_API.md, SDK tests).
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
+
+
+def _str_from_int(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+ProviderId = Annotated[StrictInt, BeforeValidator(_int_from_digits), Field(ge=0, lt=2**63)]
+Token = Annotated[str, BeforeValidator(_str_from_int), Field(min_length=1, max_length=64)]
+Phone = Annotated[
+    str, BeforeValidator(_str_from_int), Field(min_length=1, max_length=20, pattern=r"^\+?\d+$")
+]
+
+
+class ReplyMessage(BaseModel):
+    """The ``message`` object of a 2Way reply."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(default="", max_length=4096)
+    tracking_data: str | None = Field(default=None, max_length=256)
+
+
+class InboundReply(BaseModel):
+    """A user's reply to a 2Way message, posted by the provider to ``callback_url``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    message_token: Token
+    phone_number: Phone
+    time: Annotated[StrictInt, Field(ge=0, lt=2**40)]
+    message: ReplyMessage
+
+    @property
+    def tracking_id(self) -> int | None:
+        """The provider message id the user is answering, if the tracking data names one."""
+        return parse_tracking_id(self.message.tracking_data)
+
+
+class StatusUpdate(BaseModel):
+    """A delivery status callback; undocumented by the provider, so extra fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message_id: ProviderId
+    status: MessageStatus
+
+
+class SendRequest(BaseModel):
+    """The body of ``POST /send-viber``, with every limit of the provider checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_addr: str = Field(min_length=1, max_length=20)
+    destination_addr: Phone
+    message_type: MessageType
+    text: str = Field(min_length=1, max_length=1000)
+    image: str | None = None
+    button_caption: str | None = Field(default=None, min_length=1, max_length=30)
+    button_action: str | None = None
+    source_type: Literal[1, 2] = 1
+    callback_url: str | None = None
+    validity_period: int | None = Field(default=None, ge=40, le=21600)
+
+    @field_validator("image")
+    @classmethod
+    def _image_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _require_url(value)
+        # Only jpg/jpeg/png are accepted; a URL without a suffix can't be judged here.
+        path = urlsplit(value).path.lower()
+        last = path.rsplit("/", 1)[-1]
+        if "." in last and not last.endswith(_IMAGE_SUFFIXES):
+            raise ValueError("must be a .jpg, .jpeg or .png image URL")
+        return value
+
+    @field_validator("button_action", "callback_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return value if value is None else _require_url(value)
+
+    @model_validator(mode="after")
+    def _rich_fields(self) -> SendRequest:
+        rich = self.image is not None or self.button_caption is not None
+        if rich and self.message_type in (MessageType.TEXT, MessageType.TWO_WAY_TEXT):
+            raise ValueError(f"image and button need message type 108 or 208, not {self.message_type}")
+        if rich and self.source_type == 2:
+            raise ValueError("transactional messages (source_type 2) carry text only")
+        if (self.button_caption is None) != (self.button_action is None):
+            raise ValueError("button_caption and button_action go together")
+        return self
+
+    @classmethod
+    def checked(cls, **fields: Any) -> SendRequest:
+        """Build a request, turning the first broken limit into a ReplyLimitError.
+
+        >>> SendRequest.checked(source_addr="Acme", destination_addr="380501112233",
+        ...                     message_type=206, text="Hi").message_type
+        <MessageType.TWO_WAY_TEXT: 206>
+        """
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "message"
+            value = first.get("input") if first["loc"] else None
+            raise ReplyLimitError(field, first["msg"], value) from exc
+
+
+def _require_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+class SendResult(BaseModel):
+    """The answer to a successful send: ``{"message_id": 429}`` (or ``"429"``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    message_id: ProviderId
+
+
+class StatusResult(BaseModel):
+    """The answer of ``POST /receive-viber``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    message_id: ProviderId
+    status: MessageStatus
+
+
+class ErrorBody(BaseModel):
+    """The provider's error body: ``{"name", "message", "code", "status"}``; any may be missing."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = None
+    message: str | None = None
+    code: int | None = None
+    status: int | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> ErrorBody | None:
+        """Return the error body in ``data``, or None if ``data`` is not one.
+
+        The provider's SDKs treat a body with ``name`` and ``status`` (or ``code``) as an
+        error even under HTTP 200, so this does too.
+        """
+        if not isinstance(data, dict) or "message_id" in data:
+            return None
+        if "name" not in data or not ({"status", "code"} & data.keys()):
+            return None
+        try:
+            return cls.model_validate(data)
+        except ValidationError:
+            return cls(name=str(data.get("name")))

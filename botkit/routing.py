@@ -1,0 +1,147 @@
+"""Routing policy: which step (if any) handles a user's message. Pure, no I/O.
+
+The rules, in order (docs/routing.md explains them with examples):
+
+1. The reply's ``tracking_data`` names a message this bot sent in an open conversation:
+   - it asked the conversation's current step: that step handles it (``STEP``);
+   - it asked an earlier step (a *stale* answer): the earlier step handles it if it was
+     declared ``accept_late=True`` (``STEP``, ``late``), else the current step is asked
+     again (``STALE``);
+   - the conversation is with a human agent: the message is only recorded (``HUMAN``).
+2. No tracking data, an id this bot never sent, or a closed conversation: the phone's open
+   conversation gets it at its current step (``STEP``) or, when handed off, ``HUMAN``.
+3. No open conversation: a keyword starts a flow (``START`` asks its first step; a step's
+   own keyword hands it the message, ``ENTRY``); anything else gets the fallback reply.
+4. A conversation idle for longer than its flow's ``timeout`` is closed as expired, and the
+   message starts fresh: a keyword starts its flow, anything else restarts the expired
+   conversation's flow from its first step (``RESTART``); the late text is not applied.
+
+A conversation whose flow or step no longer exists (after a deploy) is closed as orphaned
+and the message is routed as if it had none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .conversation import Conversation, SentRef, Status
+from .flows import FlowSet, Step
+from .turn import Message
+
+__all__ = ["Route", "RouteKind", "route"]
+
+
+class RouteKind(str, Enum):
+    """What the engine does with a message."""
+
+    STEP = "step"
+    STALE = "stale"
+    RESTART = "restart"
+    START = "start"
+    ENTRY = "entry"
+    HUMAN = "human"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class Route:
+    """The decision for one message, with the conversations it closes on the way."""
+
+    kind: RouteKind
+    reason: str
+    conversation: Conversation | None = None
+    step: Step | None = None
+    late: bool = False
+    close: tuple[tuple[Conversation, Status], ...] = ()
+
+
+def route(
+    message: Message,
+    *,
+    sent: SentRef | None,
+    tracked: Conversation | None,
+    active: Conversation | None,
+    flows: FlowSet,
+    now: float,
+) -> Route:
+    """Decide where ``message`` goes.
+
+    ``sent`` is the bot's message named by the tracking data (None if unknown), ``tracked``
+    its conversation, ``active`` the phone's open conversation.
+    """
+    close: list[tuple[Conversation, Status]] = []
+    for candidate in _unique(tracked, active):
+        if candidate.status.is_open and _step_of(candidate, flows) is None:
+            close.append((candidate, Status.ORPHANED))
+    closed_ids = {c.id for c, _ in close}
+
+    if sent is not None and tracked is not None and tracked.status.is_open:
+        if tracked.id not in closed_ids:
+            decided = _tracked(sent, tracked, flows, now)
+            if decided is not None:
+                return _with(decided, close)
+    if active is not None and active.id not in closed_ids:
+        if active.status is Status.HUMAN:
+            return _with(Route(RouteKind.HUMAN, "conversation is with a human", active), close)
+        if active.expired(now):
+            close.append((active, Status.EXPIRED))
+            return _fresh(message, flows, close, restart=active.flow)
+        step = _step_of(active, flows)
+        assert step is not None  # orphans were closed above
+        return _with(Route(RouteKind.STEP, "open conversation", active, step), close)
+    return _fresh(message, flows, close, restart=None)
+
+
+def _tracked(sent: SentRef, conv: Conversation, flows: FlowSet, now: float) -> Route | None:
+    if conv.status is Status.HUMAN:
+        return Route(RouteKind.HUMAN, "conversation is with a human", conv)
+    if conv.expired(now):
+        return None  # rule 4 is applied to the phone's open conversation, which this is
+    current = _step_of(conv, flows)
+    assert current is not None
+    if sent.step == conv.step:
+        return Route(RouteKind.STEP, "answer to the current question", conv, current)
+    answered = flows[conv.flow].steps.get(sent.step or "")
+    if answered is not None and answered.accept_late:
+        return Route(RouteKind.STEP, f"late answer to {answered.name!r}", conv, answered, True)
+    return Route(RouteKind.STALE, f"stale answer to {sent.step!r}", conv, current)
+
+
+def _fresh(
+    message: Message,
+    flows: FlowSet,
+    close: list[tuple[Conversation, Status]],
+    restart: str | None,
+) -> Route:
+    entry = flows.entry(message.text)
+    if entry is not None:
+        step, handles = entry
+        kind = RouteKind.ENTRY if handles else RouteKind.START
+        return _with(Route(kind, f"keyword {message.text.strip()!r}", None, step), close)
+    if restart is not None and restart in flows:
+        first = flows[restart].first
+        return _with(Route(RouteKind.RESTART, "conversation expired", None, first), close)
+    return _with(Route(RouteKind.FALLBACK, "no conversation and no keyword"), close)
+
+
+def _step_of(conv: Conversation, flows: FlowSet) -> Step | None:
+    flow = flows.get(conv.flow)
+    return flow.steps.get(conv.step) if flow is not None else None
+
+
+def _unique(*convs: Conversation | None) -> list[Conversation]:
+    seen: dict[int, Conversation] = {}
+    for conv in convs:
+        if conv is not None:
+            seen.setdefault(conv.id, conv)
+    return list(seen.values())
+
+
+def _with(decided: Route, close: list[tuple[Conversation, Status]]) -> Route:
+    if not close:
+        return decided
+    return Route(
+        decided.kind, decided.reason, decided.conversation, decided.step, decided.late,
+        tuple(close),
+    )

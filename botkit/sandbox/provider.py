@@ -1,0 +1,511 @@
+"""The fake provider: DecisionTelecom's Viber Business API as a local aiohttp app.
+
+It speaks the contract of PROVIDER_API.md over real HTTP: it checks ``/send-viber`` bodies
+with the same models botkit sends with, assigns message ids, runs each message through
+its delivery life cycle (pending -> sent -> delivered, or undelivered when the phone stays
+offline past the message's TTL) posting status callbacks, and plays users who answer
+2Way messages. botkit's tests use it on loopback, the sandbox runs it in-process, and
+``run.py fake-provider`` runs it standalone. Faults come from ``provider.faults`` (faults.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import aiohttp
+from aiohttp import web
+from pydantic import ValidationError
+
+from ..models import MessageStatus, MessageType, SendRequest
+from .faults import Faults, error_body
+
+__all__ = [
+    "PROVIDER_KEY",
+    "CallbackRecord",
+    "CallbackResult",
+    "FakeProvider",
+    "SentMessage",
+    "create_provider_app",
+    "run_fake_provider",
+]
+
+log = logging.getLogger("botkit.sandbox")
+
+DEFAULT_TTL = 86400.0  # "Viber will try to deliver the message for up to 1 day" (provider docs)
+STATUS_WINDOW = 5 * 86400.0  # /receive-viber answers "for the last 5 days" (provider docs)
+_TWO_WAY = (MessageType.TWO_WAY_TEXT, MessageType.TWO_WAY_RICH)
+_FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
+_RICH_FIELDS = ("image", "button_caption", "button_action")
+_EXPIRY_TICK = 0.5
+_CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+@dataclass
+class SentMessage:
+    """A message the fake provider accepted, with everything it received and its statuses.
+
+    ``history`` lists ``(status, clock time)`` pairs; the last one is the current status.
+
+    Example: ``assert provider.message(1000).status == MessageStatus.DELIVERED``
+    """
+
+    message_id: int
+    request: SendRequest
+    body: dict[str, Any]
+    headers: dict[str, str]
+    received_at: float
+    history: list[tuple[MessageStatus, float]] = field(default_factory=list)
+
+    @property
+    def status(self) -> MessageStatus:
+        """The current status (pending until the life cycle moves it)."""
+        return self.history[-1][0] if self.history else MessageStatus.PENDING
+
+    @property
+    def phone(self) -> str:
+        """The recipient, as validated (``destination_addr`` numbers become strings)."""
+        return self.request.destination_addr
+
+    @property
+    def two_way(self) -> bool:
+        """True for 206/208 messages, the ones a user can answer."""
+        return self.request.message_type in _TWO_WAY
+
+    @property
+    def expires_at(self) -> float:
+        """Clock time after which an undelivered message becomes undelivered (4)."""
+        ttl = self.request.validity_period
+        return self.received_at + (DEFAULT_TTL if ttl is None else ttl)
+
+
+class CallbackRecord(NamedTuple):
+    """One callback POST the provider made: its URL, JSON body, and HTTP status or error."""
+
+    url: str
+    body: dict[str, Any]
+    outcome: int | str
+
+
+@dataclass(frozen=True)
+class CallbackResult:
+    """What the bot server answered to a callback: HTTP status and JSON (or text) body.
+
+    ``status`` is None and ``error`` says why when the POST itself failed.
+
+    Example: ``assert (await provider.reply("380501112233", "Ana")).ok``
+    """
+
+    url: str
+    payload: dict[str, Any]
+    status: int | None
+    data: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the bot server answered with a 2xx status."""
+        return self.status is not None and 200 <= self.status < 300
+
+
+class FakeProvider:
+    """State and behaviour of a fake DecisionTelecom provider; serve it with create_provider_app.
+
+    With ``auto_deliver`` every accepted message runs its life cycle in the background
+    (``delivery_delay`` seconds between steps); without it, tests move statuses with
+    ``deliver()``. Time is read from ``clock`` only, so tests can inject a fake one.
+
+    Example::
+
+        provider = FakeProvider(api_key="secret", auto_deliver=False)
+        server = await aiohttp_server(create_provider_app(provider))
+        ...                                  # the bot sends through server.make_url("/")
+        await provider.reply("380501112233", "Ana")
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+        first_id: int = 1000,
+        auto_deliver: bool = True,
+        delivery_delay: float = 0.0,
+    ) -> None:
+        self.clock = clock
+        self.auto_deliver = auto_deliver
+        self.delivery_delay = delivery_delay
+        self.faults = Faults()
+        self.sent: list[SentMessage] = []
+        self.callback_log: list[CallbackRecord] = []
+        self._auth = None if api_key is None else "Basic " + _b64(api_key)
+        self._session = session
+        self._owns_session = session is None
+        self._by_id: dict[int, SentMessage] = {}
+        self._offline: set[str] = set()
+        self._next_id = first_id
+        self._next_token = 10**13  # the provider's tokens are 14-digit numbers
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- looking at what happened -------------------------------------------------
+
+    def message(self, message_id: int) -> SentMessage:
+        """Return the accepted message with this id, or raise KeyError naming the known range."""
+        try:
+            return self._by_id[message_id]
+        except KeyError:
+            ids = [m.message_id for m in self.sent]
+            known = f"{ids[0]}..{ids[-1]}" if ids else "none"
+            raise KeyError(f"no message {message_id} was accepted (known ids: {known})") from None
+
+    def messages_to(self, phone: str) -> list[SentMessage]:
+        """Every accepted message to ``phone``, oldest first (a leading ``+`` is ignored)."""
+        return [m for m in self.sent if _same_phone(m.phone, phone)]
+
+    def last_message(self, phone: str) -> SentMessage | None:
+        """The last accepted message to ``phone``, or None."""
+        messages = self.messages_to(phone)
+        return messages[-1] if messages else None
+
+    def is_online(self, phone: str) -> bool:
+        """Whether the phone's Viber client receives messages (all phones start online)."""
+        return phone.lstrip("+") not in self._offline
+
+    # --- driving the simulation ---------------------------------------------------
+
+    async def set_online(self, phone: str, online: bool = True) -> None:
+        """Take a phone offline, or bring it back and deliver its messages waiting at sent (0).
+
+        Messages to an offline phone stay at sent until it comes back or their TTL runs out.
+
+        Example: ``await provider.set_online("380501112233", False)``
+        """
+        if not online:
+            self._offline.add(phone.lstrip("+"))
+            return
+        self._offline.discard(phone.lstrip("+"))
+        for msg in self.messages_to(phone):
+            await self._try_deliver(msg)
+
+    async def deliver(self, message_id: int, status: int = MessageStatus.DELIVERED) -> None:
+        """Set a message's status and post the status callback, whatever the life cycle says.
+
+        Example: ``await provider.deliver(1000, status=MessageStatus.SENT)``
+        """
+        msg = self.message(message_id)
+        self._mark(msg, MessageStatus(status))
+        await self._announce(msg, MessageStatus(status))
+
+    async def expire_due(self) -> list[int]:
+        """Mark every not-yet-final message whose TTL has run out undelivered (4); return their ids.
+
+        Example: ``clock.now += 3601; assert await provider.expire_due() == [1000]``
+        """
+        now = self.clock()
+        due = [m for m in self.sent if not m.status.is_final and now >= m.expires_at]
+        for msg in due:
+            self._mark(msg, MessageStatus.UNDELIVERED)
+        for msg in due:
+            await self._announce(msg, MessageStatus.UNDELIVERED)
+        return [m.message_id for m in due]
+
+    async def reply(
+        self,
+        phone: str,
+        text: str,
+        *,
+        tracking: int | None | Literal["last"] = "last",
+        token: int | None = None,
+        time: int | None = None,
+        callback_url: str | None = None,
+    ) -> CallbackResult:
+        """Post a user's answer to the bot, shaped exactly like the provider's 2Way callback.
+
+        ``tracking="last"`` names the last 2Way message to the phone that has not failed (as
+        the user's Viber client would), an int names any id, None omits ``tracking_data``.
+        The callback goes to ``callback_url`` or to that of the phone's last 2Way message.
+
+        Example: ``answer = await provider.reply("380501112233", "5", tracking=None)``
+        """
+        last = self._last_two_way(phone)
+        tracking_id = (last.message_id if last else None) if tracking == "last" else tracking
+        url = callback_url or self._reply_url(phone, tracking_id, last)
+        message: dict[str, Any] = {"text": text}
+        if tracking_id is not None:
+            message["tracking_data"] = f"tracking_id:{tracking_id}"
+        if token is None:
+            token, self._next_token = self._next_token, self._next_token + 1
+        payload = {
+            "message_token": token,
+            "phone_number": phone,
+            "time": int(self.clock()) if time is None else time,
+            "message": message,
+        }
+        return await self._post_all(url, payload)
+
+    # --- starting and stopping ----------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background TTL check when ``auto_deliver`` is on (the app does this)."""
+        if self.auto_deliver:
+            self._spawn(self._expiry_loop())
+
+    async def close(self) -> None:
+        """Cancel and await background work, then close the session if the provider made it."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- used by the HTTP handlers --------------------------------------------------
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries exactly ``Basic <base64(api_key)>``."""
+        if self._auth is None:
+            return True
+        return header is not None and hmac.compare_digest(header.encode(), self._auth.encode())
+
+    def accept(self, request: SendRequest, body: dict[str, Any], headers: dict[str, str]) -> int:
+        """Record a valid send, start its life cycle and return its new message id."""
+        message_id, self._next_id = self._next_id, self._next_id + 1
+        msg = SentMessage(message_id, request, body, headers, self.clock())
+        self._mark(msg, MessageStatus.PENDING)
+        self.sent.append(msg)
+        self._by_id[message_id] = msg
+        log.info("accepted message %d to %s (type %d)", message_id, msg.phone, request.message_type)
+        if self.auto_deliver:
+            self._spawn(self._life_cycle(msg))
+        return message_id
+
+    def status_of(self, message_id: int) -> MessageStatus | None:
+        """The status ``/receive-viber`` reports, or None for unknown or older than 5 days."""
+        msg = self._by_id.get(message_id)
+        if msg is None or self.clock() - msg.received_at > STATUS_WINDOW:
+            return None
+        return msg.status
+
+    # --- internals ------------------------------------------------------------------
+
+    async def _life_cycle(self, msg: SentMessage) -> None:
+        await self._announce(msg, MessageStatus.PENDING)
+        await asyncio.sleep(self.delivery_delay)
+        if msg.status is MessageStatus.PENDING:
+            self._mark(msg, MessageStatus.SENT)
+            await self._announce(msg, MessageStatus.SENT)
+        await asyncio.sleep(self.delivery_delay)
+        await self._try_deliver(msg)
+
+    async def _try_deliver(self, msg: SentMessage) -> None:
+        # Check and set with no await in between, so the life cycle, set_online() and
+        # expire_due() can race without announcing a message twice.
+        if msg.status is not MessageStatus.SENT or not self.is_online(msg.phone):
+            return
+        expired = self.clock() >= msg.expires_at
+        status = MessageStatus.UNDELIVERED if expired else MessageStatus.DELIVERED
+        self._mark(msg, status)
+        await self._announce(msg, status)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_EXPIRY_TICK)
+            await self.expire_due()
+
+    def _mark(self, msg: SentMessage, status: MessageStatus) -> None:
+        msg.history.append((status, self.clock()))
+
+    async def _announce(self, msg: SentMessage, status: MessageStatus) -> None:
+        url = msg.request.callback_url
+        if url is not None:
+            await self._post_all(url, {"message_id": msg.message_id, "status": int(status)})
+
+    def _last_two_way(self, phone: str) -> SentMessage | None:
+        for msg in reversed(self.messages_to(phone)):
+            if msg.two_way and msg.status not in _FAILED:
+                return msg
+        return None
+
+    def _reply_url(self, phone: str, tracking_id: int | None, last: SentMessage | None) -> str:
+        named = self._by_id.get(tracking_id) if tracking_id is not None else None
+        for msg in (named, last, *reversed(self.messages_to(phone))):
+            if msg is not None and msg.two_way and msg.request.callback_url:
+                return msg.request.callback_url
+        raise LookupError(
+            f"no callback URL known for {phone}: send it a 2Way message (206/208) with a "
+            "callback_url first, or pass reply(..., callback_url=...)"
+        )
+
+    async def _post_all(self, url: str, payload: dict[str, Any]) -> CallbackResult:
+        first = await self._post(url, payload)
+        for _ in range(self.faults.duplicate_callbacks):
+            await self._post(url, payload)
+        return first
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> CallbackResult:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(url, json=payload, timeout=_CALLBACK_TIMEOUT) as resp:
+                raw = (await resp.read()).decode("utf-8", "replace")
+                result = CallbackResult(url, payload, resp.status, _json_or_text(raw))
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("callback to %s failed: %s", url, error)
+            result = CallbackResult(url, payload, None, error=error)
+        if result.status is not None and not result.ok:
+            log.warning("callback to %s answered HTTP %d", url, result.status)
+        outcome = result.status if result.status is not None else str(result.error)
+        self.callback_log.append(CallbackRecord(url, payload, outcome))
+        return result
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("fake provider background task failed", exc_info=task.exception())
+
+
+PROVIDER_KEY = web.AppKey("botkit.sandbox.provider", FakeProvider)
+
+
+def create_provider_app(provider: FakeProvider, *, prefix: str = "") -> web.Application:
+    """Build the aiohttp app serving ``{prefix}/send-viber`` and ``{prefix}/receive-viber``.
+
+    The app starts the provider's background life cycle on startup and stops it on cleanup.
+
+    Example: ``server = await aiohttp_server(create_provider_app(FakeProvider()))``
+    """
+    app = web.Application()
+    app[PROVIDER_KEY] = provider
+    prefix = prefix.rstrip("/")
+    app.router.add_post(f"{prefix}/send-viber", _send_viber)
+    app.router.add_post(f"{prefix}/receive-viber", _receive_viber)
+    app.cleanup_ctx.append(_run_provider)
+    return app
+
+
+def run_fake_provider(host: str, port: int, api_key: str | None, *, prefix: str = "") -> None:
+    """Serve a fake provider until interrupted (``run.py fake-provider``).
+
+    Example: ``run_fake_provider("127.0.0.1", 9000, api_key=None)``
+    """
+    app = create_provider_app(FakeProvider(api_key=api_key), prefix=prefix)
+    auth = "Basic auth required" if api_key else "no auth"
+    print(f"fake provider listening on http://{host}:{port}{prefix} ({auth})", flush=True)
+    web.run_app(app, host=host, port=port, print=None)
+
+
+async def _run_provider(app: web.Application) -> AsyncIterator[None]:
+    provider = app[PROVIDER_KEY]
+    await provider.start()
+    yield
+    await provider.close()
+
+
+async def _send_viber(request: web.Request) -> web.StreamResponse:
+    provider = request.app[PROVIDER_KEY]
+    await asyncio.sleep(provider.faults.latency)
+    fault = provider.faults.next_fault()
+    if fault is not None:
+        log.info("fault on /send-viber: %s", fault)
+    if fault is not None and fault.kind != "delay":
+        return fault.answer(request)
+    response = await _accept_send(request, provider)
+    if fault is not None:
+        # The send has already happened; only the answer is late. A client that times out
+        # and retries sends twice, which is the risk PROVIDER_API.md warns about.
+        await asyncio.sleep(fault.seconds)
+    return response
+
+
+async def _accept_send(request: web.Request, provider: FakeProvider) -> web.Response:
+    body = await _authorized_json(request, provider)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        send = SendRequest.model_validate(body)
+    except ValidationError as exc:
+        return _invalid_parameter(exc, body)
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+    return web.json_response({"message_id": provider.accept(send, body, headers)})
+
+
+async def _receive_viber(request: web.Request) -> web.StreamResponse:
+    provider = request.app[PROVIDER_KEY]
+    await asyncio.sleep(provider.faults.latency)
+    body = await _authorized_json(request, provider)
+    if isinstance(body, web.Response):
+        return body
+    message_id = _message_id(body.get("message_id"))
+    status = None if message_id is None else provider.status_of(message_id)
+    if message_id is None or status is None:
+        problem = f"no message {body.get('message_id')!r} sent in the last 5 days"
+        return _error(400, "Invalid Parameter: message_id", problem)
+    return web.json_response({"message_id": message_id, "status": int(status)})
+
+
+async def _authorized_json(
+    request: web.Request, provider: FakeProvider
+) -> dict[str, Any] | web.Response:
+    header = request.headers.get("Authorization")
+    if not provider.authorized(header):
+        problem = "invalid access key" if header else "missing Authorization: Basic header"
+        return _error(401, "Unauthorized", problem)
+    try:
+        body = json.loads(await request.read())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return _error(400, "Invalid Parameter: body", f"request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, "Invalid Parameter: body", "request body must be a JSON object")
+    return body
+
+
+def _invalid_parameter(exc: ValidationError, body: dict[str, Any]) -> web.Response:
+    first = exc.errors()[0]
+    field_name = ".".join(str(p) for p in first["loc"])
+    if not field_name:
+        # Cross-field checks of SendRequest carry no loc: name the rich field that is present.
+        field_name = next((f for f in _RICH_FIELDS if body.get(f) is not None), "message_type")
+    return _error(400, f"Invalid Parameter: {field_name}", first["msg"])
+
+
+def _error(status: int, name: str, message: str) -> web.Response:
+    return web.json_response(error_body(status, name=name, message=message), status=status)
+
+
+def _message_id(value: Any) -> int | None:
+    # Ids may travel as numbers or digit strings (PROVIDER_API.md).
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _same_phone(a: str, b: str) -> bool:
+    return a.lstrip("+") == b.lstrip("+")
+
+
+def _b64(api_key: str) -> str:
+    return base64.b64encode(api_key.encode()).decode()

@@ -1,0 +1,109 @@
+"""The database schema, as sqlite-utils ``Migrations``, and the check that refuses a newer one.
+
+Each migration and its record in ``_sqlite_migrations`` commit in one transaction. Append new
+migrations at the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import SchemaTooNewError
+
+__all__ = ["MIGRATIONS", "check_and_migrate"]
+
+MIGRATIONS = Migrations("botkit")
+
+
+@MIGRATIONS(name="m001_initial")
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute("""
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            phone TEXT NOT NULL,
+            flow TEXT NOT NULL,
+            step TEXT NOT NULL,
+            status TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT '{}',
+            retries INTEGER NOT NULL DEFAULT 0,
+            version INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""")
+    # At most one open conversation per phone; also the index routing looks phones up by.
+    db.execute(
+        "CREATE UNIQUE INDEX conversations_open ON conversations (phone)"
+        " WHERE status IN ('active', 'human')"
+    )
+    db.execute("CREATE INDEX conversations_phone ON conversations (phone, updated_at)")
+    db.execute("CREATE INDEX conversations_flow ON conversations (flow, status)")
+    db.execute("""
+        CREATE TABLE inbound (
+            id INTEGER PRIMARY KEY,
+            message_token TEXT NOT NULL UNIQUE,
+            phone TEXT NOT NULL,
+            time INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            tracking_data TEXT,
+            received_at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            route TEXT,
+            conversation_id INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            handled_at REAL
+        )""")
+    db.execute("CREATE INDEX inbound_pending ON inbound (id) WHERE status = 'pending'")
+    db.execute("CREATE INDEX inbound_conversation ON inbound (conversation_id)")
+    db.execute("""
+        CREATE TABLE outbound (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER,
+            inbound_id INTEGER,
+            phone TEXT NOT NULL,
+            step TEXT,
+            template TEXT NOT NULL,
+            text TEXT NOT NULL,
+            message_type INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'queued',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            message_id INTEGER,
+            delivery_status INTEGER,
+            delivery_status_at REAL,
+            created_at REAL NOT NULL,
+            sent_at REAL
+        )""")
+    db.execute("CREATE INDEX outbound_queue ON outbound (id) WHERE status IN ('queued', 'sending')")
+    db.execute("CREATE INDEX outbound_message_id ON outbound (message_id)")
+    db.execute("CREATE INDEX outbound_conversation ON outbound (conversation_id)")
+    db.execute("""
+        CREATE TABLE status_events (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            received_at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX status_events_message ON status_events (message_id)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def check_and_migrate(db: sqlite_utils.Database, where: str) -> list[str]:
+    """Refuse a database migrated by a newer botkit, then apply pending migrations.
+
+    Returns the names of the migrations applied now.
+    """
+    known = {m.name for m in MIGRATIONS._migrations}
+    unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in known]
+    if unknown:
+        raise SchemaTooNewError(
+            f"database {where} has migration {unknown[0]} that this version of botkit doesn't"
+            " know; upgrade botkit (pip install -U botkit) or point BOTKIT_DB at another file"
+        )
+    pending = [m.name for m in MIGRATIONS.pending(db)]
+    MIGRATIONS.apply(db)
+    return pending

@@ -1,0 +1,159 @@
+"""Sender: the background worker that delivers outbox rows through the provider client.
+
+It claims queued rows, sends each phone's messages in order (phones in parallel, up to
+``concurrency``), and records the provider's ``message_id`` or the reason a message failed.
+401 and 402 pause all sending (the queue is kept, the operator is told in the log and in
+``/healthz``); after ``pause_seconds`` the next send probes whether the provider accepts
+again. Rows queued by other processes (``run.py start``) are found by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from .client import ProviderClient
+from .errors import BalanceError, ProviderError, UnauthorizedError
+from .models import SendRequest
+from .store import Outgoing, Store
+
+__all__ = ["Sender"]
+
+log = logging.getLogger("botkit.sender")
+
+
+class Sender:
+    """Delivers the outbox.
+
+    >>> sender = Sender(store, client)
+    >>> task = asyncio.create_task(sender.run()); sender.wake()
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        client: ProviderClient,
+        *,
+        clock: Callable[[], float] = time.time,
+        concurrency: int = 8,
+        batch: int = 64,
+        poll_interval: float = 1.0,
+        pause_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self.concurrency = concurrency
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.pause_seconds = pause_seconds
+        self.paused: str | None = None
+        self.sent = 0
+        self.failed = 0
+        self._paused_until = 0.0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """Tell the sender new rows are queued."""
+        self._wake.set()
+
+    def resume(self) -> None:
+        """End a pause now (the operator fixed the key or the balance)."""
+        self._paused_until = 0.0
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        """Sending state for ``/healthz``."""
+        return {"state": "paused" if self.paused else "running", "reason": self.paused,
+                "in_flight": len(self._inflight), "sent": self.sent, "failed": self.failed}
+
+    async def run(self) -> None:
+        """Deliver until ``stop()``; requeues rows a crashed process left mid-send first."""
+        stale = await self.store.reset_sending()
+        if stale:
+            log.warning("%d messages were being sent when the last process stopped; sending"
+                        " them again (a user may receive one of them twice)", stale)
+        while not self._stopping:
+            self._wake.clear()  # cleared before looking, so a wake-up during the look counts
+            if self.clock() < self._paused_until or len(self._inflight) >= self.concurrency:
+                await self._sleep(self.poll_interval)
+                continue
+            rows = await self.store.claim_outbox(self.batch, self._inflight)
+            if not rows:
+                await self._sleep(self.poll_interval)
+                continue
+            groups: dict[str, list[Outgoing]] = {}
+            for row in rows:
+                groups.setdefault(row.phone, []).append(row)
+            for phone, group in groups.items():
+                task = asyncio.create_task(self._send_group(group), name=f"send-{phone}")
+                self._inflight[phone] = task
+                task.add_done_callback(functools.partial(self._done, phone))
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish sends in progress (up to ``timeout``); unsent rows stay queued."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _done(self, phone: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(phone, None)
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _send_group(self, group: list[Outgoing]) -> None:
+        for index, row in enumerate(group):
+            if self._stopping or self.clock() < self._paused_until:
+                await self.store.requeue([r.id for r in group[index:]], "not sent yet")
+                return
+            try:
+                request = SendRequest.model_validate(row.payload)
+                result = await self.client.send(request)
+            except (UnauthorizedError, BalanceError) as exc:
+                await self.store.requeue([r.id for r in group[index:]], exc.reason)
+                self._pause(exc)
+                return
+            except ProviderError as exc:
+                await self._fail(row, exc.reason)
+                continue
+            except ValidationError as exc:
+                await self._fail(row, f"stored payload is invalid: {exc.errors()[0]['msg']}")
+                continue
+            await self.store.mark_sent(row.id, result.message_id, self.clock())
+            self.sent += 1
+            log.info("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
+            if self.paused:
+                log.warning("provider accepts messages again; sending resumed")
+                self.paused = None
+
+    async def _fail(self, row: Outgoing, reason: str) -> None:
+        self.failed += 1
+        log.error("outbox %d to %s failed: %s", row.id, row.phone, reason)
+        await self.store.mark_failed(row.id, reason, self.clock())
+
+    def _pause(self, exc: ProviderError) -> None:
+        what = "the access key was refused" if isinstance(exc, UnauthorizedError) else (
+            "the account balance is empty")
+        self.paused = f"{what} ({exc.reason})"
+        self._paused_until = self.clock() + self.pause_seconds
+        log.error("SENDING PAUSED: %s. Messages stay queued; retrying in %.0fs. Fix it with"
+                  " your account manager (BOTKIT_API_KEY / top-up).", self.paused,
+                  self.pause_seconds)

@@ -1,0 +1,239 @@
+"""The aiohttp application: the provider's callback endpoint, ``/healthz``, and its lifecycle.
+
+``create_app(settings, flows)`` builds the app; its cleanup context opens the store, resumes
+messages a previous process accepted but did not handle, starts the sender, and on shutdown
+stops taking turns, lets sends in progress finish and closes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientSession, web
+from pydantic import ValidationError
+
+from .client import ProviderClient, RetryPolicy
+from .config import Settings
+from .dispatch import Dispatcher
+from .engine import Engine
+from .flows import Flow, FlowSet
+from .models import InboundReply, StatusUpdate
+from .sender import Sender
+from .sqlite_store import SQLiteStore
+from .store import Inbound, Store
+from .templates import Renderer
+
+__all__ = ["RUNTIME", "Runtime", "create_app", "MAX_BODY"]
+
+log = logging.getLogger("botkit.server")
+
+MAX_BODY = 64 * 1024  # a 2Way callback is well under 5 KB; bigger bodies get 413
+SANDBOX_PREFIX = "/sandbox/api"
+
+
+@dataclass
+class Runtime:
+    """The parts of a running app, filled in at startup (tests may read them)."""
+
+    settings: Settings
+    flows: FlowSet
+    renderer: Renderer
+    clock: Callable[[], float]
+    store: Store
+    session: ClientSession | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    raise_errors: bool = False
+    secret: str = ""
+    callback_url: str = ""
+    client: ProviderClient | None = None
+    engine: Engine | None = None
+    sender: Sender | None = None
+    dispatcher: Dispatcher | None = None
+
+
+RUNTIME = web.AppKey("botkit_runtime", Runtime)
+
+
+def create_app(
+    settings: Settings,
+    flows: Iterable[Flow],
+    *,
+    templates: str | None = "templates",
+    session: ClientSession | None = None,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+    retry: RetryPolicy | None = None,
+    raise_errors: bool = False,
+) -> web.Application:
+    """Build the bot server for ``flows``.
+
+    Every part is an argument so tests swap it: ``session`` for the provider client,
+    ``store`` (default: SQLite at ``settings.db``), ``clock``, the ``retry`` policy.
+
+    >>> app = create_app(Settings.from_env(), [survey, support])
+    >>> web.run_app(app, host="127.0.0.1", port=8080)
+    """
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+    app[RUNTIME] = Runtime(
+        settings=settings, flows=FlowSet(flows), renderer=Renderer(templates), clock=clock,
+        store=store or SQLiteStore(settings.db), session=session,
+        retry=retry or RetryPolicy(), raise_errors=raise_errors,
+    )
+    app.router.add_post("/viber/callback/{secret}", _callback)
+    app.router.add_get("/healthz", _healthz)
+    if settings.sandbox:
+        from .sandbox import FakeProvider, create_provider_app
+
+        # Ids in milliseconds, so a restarted sandbox never reuses a message id.
+        provider = FakeProvider(first_id=int(time.time() * 1000))
+        app.add_subapp(SANDBOX_PREFIX, create_provider_app(provider))
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+def provider_url(settings: Settings) -> str:
+    """Where the client sends: the configured API, or this server's own sandbox."""
+    if not settings.sandbox:
+        return settings.api_url
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    return f"http://{host}:{settings.port}{SANDBOX_PREFIX}"
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    rt = app[RUNTIME]
+    settings = rt.settings
+    await rt.store.open()
+    if settings.callback_secret is not None:
+        rt.secret = settings.callback_secret.get_secret_value()
+    else:
+        rt.secret = await rt.store.secret(lambda: secrets.token_urlsafe(24))  # 192 bits
+    rt.callback_url = f"{settings.public_base}/viber/callback/{rt.secret}"
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    rt.client = ProviderClient(provider_url(settings), key, session=rt.session, retry=rt.retry)
+    rt.sender = Sender(rt.store, rt.client, clock=rt.clock)
+    rt.engine = Engine(
+        rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
+        clock=rt.clock, on_outbox=rt.sender.wake, raise_errors=rt.raise_errors,
+    )
+    rt.dispatcher = Dispatcher(rt.engine.handle)
+    pending = await rt.store.pending_inbound()
+    if pending:
+        log.warning("resuming %d messages accepted before the last stop", len(pending))
+    for inbound in pending:
+        rt.dispatcher.submit(inbound)
+    sender_task = asyncio.create_task(rt.sender.run(), name="botkit-sender")
+    log.info("serving flows %s; provider callbacks go to %s",
+             ", ".join(rt.flows) or "(none)", rt.callback_url)
+    try:
+        yield
+    finally:
+        await rt.dispatcher.close()
+        await rt.sender.stop()
+        sender_task.cancel()
+        await asyncio.gather(sender_task, return_exceptions=True)
+        await rt.client.close()
+        await rt.store.close()
+
+
+async def _callback(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    given = request.match_info["secret"].encode()
+    if not hmac.compare_digest(given, rt.secret.encode()):
+        return _error(404, "not found")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body is larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, f"body is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        return _error(400, "body must be a JSON object")
+    if "message" in data:
+        return await _reply(rt, data)
+    if "message_id" in data or "status" in data:
+        return await _status(rt, data)
+    return _error(400, "neither a reply (has 'message') nor a status update"
+                       " (has 'message_id' and 'status')")
+
+
+async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
+    try:
+        reply = InboundReply.model_validate(data)
+    except ValidationError as exc:
+        return _invalid(exc)
+    inbound_id = await rt.store.record_inbound(reply, rt.clock())
+    if inbound_id is None:
+        log.info("duplicate callback %s from %s ignored", reply.message_token, reply.phone_number)
+        return web.json_response({"ok": True, "duplicate": True})
+    assert rt.dispatcher is not None
+    rt.dispatcher.submit(Inbound(
+        inbound_id, reply.message_token, reply.phone_number, reply.time, reply.message.text,
+        reply.message.tracking_data,
+    ))
+    return web.json_response({"ok": True})
+
+
+async def _status(rt: Runtime, data: dict[str, Any]) -> web.Response:
+    try:
+        update = StatusUpdate.model_validate(data)
+    except ValidationError as exc:
+        return _invalid(exc)
+    matched = await rt.store.record_status(update, rt.clock())
+    if not matched:
+        log.info("status %d for message %d kept until the message is known",
+                 update.status, update.message_id)
+    return web.json_response({"ok": True, "matched": matched})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    body: dict[str, Any] = {"status": "ok", "sandbox": rt.settings.sandbox}
+    try:
+        body.update(await rt.store.health())
+        body["database"] = "ok"
+    except Exception as exc:  # the point of a health check is to report this, not raise
+        body.update(status="error", database=f"error: {exc}")
+    if rt.sender is not None:
+        body["sending"] = rt.sender.status()
+        if rt.sender.paused:
+            body["status"] = "degraded"
+    return web.json_response(body, status=503 if body["status"] == "error" else 200)
+
+
+def _invalid(exc: ValidationError) -> web.Response:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return _error(400, f"{where}: {first['msg']}" if where else first["msg"], where or None)
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _error(500, "internal error (logged)")

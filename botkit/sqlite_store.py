@@ -1,0 +1,411 @@
+"""SQLiteStore: the Store on one SQLite file, through sqlite-utils.
+
+One dedicated thread owns the connection (as Datasette's write thread does): every call is
+queued to it, so the event loop never blocks on disk and writes are serialised. Writes use
+``BEGIN IMMEDIATE`` so that other processes (the command line) wait on the busy timeout
+instead of failing. The file runs in WAL mode with ``synchronous=FULL``: a committed callback
+survives a power cut (see docs/design.md for what NORMAL would cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from .conversation import Conversation, SentRef, Status
+from .errors import ConcurrentUpdateError
+from .models import InboundReply, MessageStatus, StatusUpdate
+from .schema import check_and_migrate
+from .store import Commit, Inbound, Outgoing, Store
+
+__all__ = ["SQLiteStore"]
+
+log = logging.getLogger("botkit.store")
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
+
+
+def status_rank(status: int | None) -> int:
+    """Order of delivery statuses: unknown < pending < sent < any final one."""
+    if status is None:
+        return -1
+    if MessageStatus(status).is_final:
+        return 3
+    return {MessageStatus.UNKNOWN: 0, MessageStatus.PENDING: 1, MessageStatus.SENT: 2}[
+        MessageStatus(status)
+    ]
+
+
+class SQLiteStore(Store):
+    """The Store on a SQLite file.
+
+    >>> store = SQLiteStore("botkit.db")
+    >>> await store.open()
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-db")
+        self._db: sqlite_utils.Database | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise RuntimeError("SQLiteStore used before open()")
+        return self._db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.rollback()
+            raise
+        db.execute("COMMIT")
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+        return next(self.db.query(sql, list(params)), None)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000)
+        db = sqlite_utils.Database(conn)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = FULL")
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = db.execute("PRAGMA synchronous").fetchone()[0]
+        if mode != "wal" or sync != 2:
+            raise RuntimeError(f"{self.path}: expected WAL and synchronous=FULL, got {mode}/{sync}")
+        self._db = db
+        with self._write():  # one process migrates; others wait on the busy timeout
+            applied = check_and_migrate(db, str(self.path))
+        if applied:
+            log.info("database %s: applied migrations %s", self.path, ", ".join(applied))
+        log.info("database %s ready (journal_mode=wal, synchronous=full)", self.path)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    async def secret(self, generate: Callable[[], str]) -> str:
+        return await self._run(self._secret, generate)
+
+    def _secret(self, generate: Callable[[], str]) -> str:
+        with self._write() as db:
+            row = self._one("SELECT value FROM meta WHERE key = 'callback_secret'")
+            if row:
+                return str(row["value"])
+            value = generate()
+            db.execute("INSERT INTO meta (key, value) VALUES ('callback_secret', ?)", [value])
+            return value
+
+    async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
+        return await self._run(self._record_inbound, reply, now)
+
+    def _record_inbound(self, reply: InboundReply, now: float) -> int | None:
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO inbound (message_token, phone, time, text, tracking_data,"
+                " received_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (message_token) DO NOTHING",
+                [reply.message_token, reply.phone_number, reply.time, reply.message.text,
+                 reply.message.tracking_data, now],
+            )
+            return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    async def record_status(self, update: StatusUpdate, now: float) -> bool:
+        return await self._run(self._record_status, update, now)
+
+    def _record_status(self, update: StatusUpdate, now: float) -> bool:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO status_events (message_id, status, body, received_at)"
+                " VALUES (?, ?, ?, ?)",
+                [update.message_id, int(update.status), update.model_dump_json(), now],
+            )
+            row = self._one(
+                "SELECT id, delivery_status FROM outbound WHERE message_id = ?"
+                " ORDER BY id DESC LIMIT 1",
+                [update.message_id],
+            )
+            if row is None:
+                return False
+            self._apply_status(row["id"], row["delivery_status"], int(update.status), now)
+            return True
+
+    def _apply_status(self, outbox_id: int, current: int | None, new: int, now: float) -> None:
+        # A status never moves backwards: a final one is never replaced (issue 4, rule 1).
+        if status_rank(new) > status_rank(current):
+            self.db.execute(
+                "UPDATE outbound SET delivery_status = ?, delivery_status_at = ? WHERE id = ?",
+                [new, now, outbox_id],
+            )
+
+    async def pending_inbound(self) -> list[Inbound]:
+        return await self._run(self._pending_inbound)
+
+    def _pending_inbound(self) -> list[Inbound]:
+        with self._write() as db:
+            # Counting restarts here (not per handling) keeps the hot path at one commit.
+            db.execute("UPDATE inbound SET attempts = attempts + 1 WHERE status = 'pending'")
+            rows = db.query(
+                "SELECT id, message_token, phone, time, text, tracking_data, attempts"
+                " FROM inbound WHERE status = 'pending' ORDER BY id"
+            )
+            return [
+                Inbound(r["id"], r["message_token"], r["phone"], r["time"], r["text"],
+                        r["tracking_data"], r["attempts"])
+                for r in rows
+            ]
+
+    # -- conversations ----------------------------------------------------------------------
+
+    async def routing_context(
+        self, phone: str, tracking_id: int | None
+    ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
+        return await self._run(self._routing_context, phone, tracking_id)
+
+    def _routing_context(
+        self, phone: str, tracking_id: int | None
+    ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
+        sent = tracked = None
+        if tracking_id is not None:
+            row = self._one(
+                "SELECT message_id, conversation_id, step FROM outbound"
+                " WHERE message_id = ? AND phone = ? ORDER BY id DESC LIMIT 1",
+                [tracking_id, phone],
+            )
+            if row is not None:
+                sent = SentRef(row["message_id"], row["conversation_id"], row["step"])
+                if sent.conversation_id is not None:
+                    tracked = self._conversation("id = ?", [sent.conversation_id])
+        return sent, tracked, self._open_conversation(phone)
+
+    async def open_conversation(self, phone: str) -> Conversation | None:
+        return await self._run(self._open_conversation, phone)
+
+    def _open_conversation(self, phone: str) -> Conversation | None:
+        return self._conversation("phone = ? AND status IN (?, ?)", [phone, *OPEN])
+
+    def _conversation(self, where: str, params: list[Any]) -> Conversation | None:
+        row = self._one(f"SELECT * FROM conversations WHERE {where} LIMIT 1", params)
+        return _conversation(row) if row else None
+
+    async def commit(self, change: Commit, now: float) -> tuple[int | None, list[int]]:
+        return await self._run(self._commit, change, now)
+
+    def _commit(self, change: Commit, now: float) -> tuple[int | None, list[int]]:
+        with self._write() as db:
+            for conv, status in change.closes:
+                self._update_conversation(
+                    conv.id, conv.version, {"status": status.value, "updated_at": now}
+                )
+            conv_id = self._save_conversation(change, now)
+            outbox_ids = []
+            for item in change.outbox:
+                cursor = db.execute(
+                    "INSERT INTO outbound (conversation_id, phone, step, template, text,"
+                    " message_type, payload, inbound_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [conv_id if item.in_conversation else None, item.phone, item.step,
+                     item.template, item.text, item.message_type, json.dumps(item.payload),
+                     change.inbound_id, now],
+                )
+                outbox_ids.append(int(cursor.lastrowid or 0))
+            if change.inbound_id is not None:
+                db.execute(
+                    "UPDATE inbound SET status = ?, route = ?, error = ?, conversation_id = ?,"
+                    " handled_at = ? WHERE id = ?",
+                    [change.outcome, change.route, change.error, conv_id, now,
+                     change.inbound_id],
+                )
+            return conv_id, outbox_ids
+
+    def _save_conversation(self, change: Commit, now: float) -> int | None:
+        conv = change.conversation
+        if conv is None:
+            return None
+        values = {
+            "flow": conv.flow, "step": conv.step, "status": conv.status.value,
+            "state": json.dumps(conv.state), "retries": conv.retries,
+            "expires_at": conv.expires_at, "updated_at": now,
+        }
+        if conv.id is not None:
+            self._update_conversation(conv.id, conv.expected_version, values)
+            return conv.id
+        try:
+            cursor = self.db.execute(
+                "INSERT INTO conversations (phone, flow, step, status, state, retries,"
+                " expires_at, updated_at, created_at, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                [conv.phone, *values.values(), now],
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ConcurrentUpdateError(f"{conv.phone} already has an open conversation") from exc
+        return int(cursor.lastrowid or 0)
+
+    def _update_conversation(self, conv_id: int, version: int, values: dict[str, Any]) -> None:
+        sets = ", ".join(f"{k} = ?" for k in values)
+        cursor = self.db.execute(
+            f"UPDATE conversations SET {sets}, version = version + 1"
+            " WHERE id = ? AND version = ?",
+            [*values.values(), conv_id, version],
+        )
+        if cursor.rowcount != 1:
+            raise ConcurrentUpdateError(f"conversation {conv_id} changed during the turn")
+
+    async def conversations(
+        self, *, phone: str | None = None, flow: str | None = None, limit: int = 100
+    ) -> list[Conversation]:
+        return await self._run(self._conversations, phone, flow, limit)
+
+    def _conversations(self, phone: str | None, flow: str | None, limit: int) -> list[Conversation]:
+        where, params = ["1 = 1"], []
+        for column, value in (("phone", phone), ("flow", flow)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self.db.query(
+            f"SELECT * FROM conversations WHERE {' AND '.join(where)}"
+            " ORDER BY updated_at DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_conversation(r) for r in rows]
+
+    async def release(self, phone: str, now: float) -> Conversation | None:
+        return await self._run(self._release, phone, now)
+
+    def _release(self, phone: str, now: float) -> Conversation | None:
+        with self._write():
+            conv = self._conversation("phone = ? AND status = ?", [phone, Status.HUMAN.value])
+            if conv is not None:
+                self._update_conversation(
+                    conv.id, conv.version, {"status": Status.RELEASED.value, "updated_at": now}
+                )
+            return conv
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def claim_outbox(self, limit: int, exclude_phones: Iterable[str]) -> list[Outgoing]:
+        return await self._run(self._claim_outbox, limit, frozenset(exclude_phones))
+
+    def _claim_outbox(self, limit: int, busy: frozenset[str]) -> list[Outgoing]:
+        with self._write() as db:
+            rows = list(db.query(
+                "SELECT id, phone, payload, attempts, conversation_id FROM outbound"
+                " WHERE status = 'queued' ORDER BY id LIMIT ?",
+                [limit + len(busy)],
+            ))
+            # A phone's messages leave in order: never overtake one that is still in flight.
+            rows = [r for r in rows if r["phone"] not in busy][:limit]
+            if rows:
+                marks = ",".join("?" * len(rows))
+                db.execute(
+                    "UPDATE outbound SET status = 'sending', attempts = attempts + 1"
+                    f" WHERE id IN ({marks})",
+                    [r["id"] for r in rows],
+                )
+            return [
+                Outgoing(r["id"], r["phone"], json.loads(r["payload"]), r["attempts"] + 1,
+                         r["conversation_id"])
+                for r in rows
+            ]
+
+    async def mark_sent(self, outbox_id: int, message_id: int, now: float) -> None:
+        await self._run(self._mark_sent, outbox_id, message_id, now)
+
+    def _mark_sent(self, outbox_id: int, message_id: int, now: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
+                " WHERE id = ?",
+                [message_id, now, outbox_id],
+            )
+            # A status callback may have arrived before the message_id was stored.
+            early = self._one(
+                "SELECT status, received_at FROM status_events WHERE message_id = ?"
+                " ORDER BY id DESC LIMIT 1",
+                [message_id],
+            )
+            if early is not None:
+                for event in db.query(
+                    "SELECT status, received_at FROM status_events WHERE message_id = ?"
+                    " ORDER BY id", [message_id]
+                ):
+                    row = self._one("SELECT delivery_status FROM outbound WHERE id = ?",
+                                    [outbox_id])
+                    current = row["delivery_status"] if row else None
+                    self._apply_status(outbox_id, current, event["status"], event["received_at"])
+
+    async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
+        await self._run(self._set_outbox, outbox_id, "failed", reason)
+
+    async def requeue(self, outbox_ids: Iterable[int], reason: str) -> None:
+        for outbox_id in outbox_ids:
+            await self._run(self._set_outbox, outbox_id, "queued", reason)
+
+    def _set_outbox(self, outbox_id: int, status: str, reason: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbound SET status = ?, error = ? WHERE id = ?",
+                [status, reason, outbox_id],
+            )
+
+    async def reset_sending(self) -> int:
+        return await self._run(self._reset_sending)
+
+    def _reset_sending(self) -> int:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE outbound SET status = 'queued' WHERE status = 'sending'"
+            )
+            return int(cursor.rowcount)
+
+    async def health(self) -> dict[str, Any]:
+        return await self._run(self._health)
+
+    def _health(self) -> dict[str, Any]:
+        outbox = dict.fromkeys(("queued", "sending", "failed"), 0)
+        for row in self.db.query(
+            "SELECT status, count(*) AS n FROM outbound"
+            " WHERE status IN ('queued', 'sending', 'failed') GROUP BY status"
+        ):
+            outbox[row["status"]] = row["n"]
+        pending = self._one("SELECT count(*) AS n FROM inbound WHERE status = 'pending'")
+        return {"outbox": outbox, "inbound_pending": pending["n"] if pending else 0}
+
+
+def _conversation(row: dict[str, Any]) -> Conversation:
+    return Conversation(
+        id=row["id"], phone=row["phone"], flow=row["flow"], step=row["step"],
+        status=Status(row["status"]), state=json.loads(row["state"]), retries=row["retries"],
+        version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+    )

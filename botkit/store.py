@@ -1,0 +1,176 @@
+"""The store interface: everything botkit keeps, behind one small async API.
+
+Flows, routing and the engine only see this module's ABC and records. ``SQLiteStore``
+(``sqlite_store.py``) implements it; a PostgreSQL store for several server processes would
+implement the same methods and nothing else would change.
+
+Durability contract every implementation keeps:
+- ``record_inbound`` has committed before the server answers 2xx, and it refuses a
+  ``message_token`` it has seen (the duplicate is acknowledged, never handled twice);
+- ``commit`` applies a turn atomically: the inbound row's outcome, the conversation change,
+  conversations closed on the way and the outbox rows, all or nothing (the outbox pattern);
+  an update whose ``expected_version`` is stale raises ConcurrentUpdateError;
+- ``claim_outbox`` moves rows from ``queued`` to ``sending`` atomically, so two senders never
+  take the same row; ``reset_sending`` returns rows a crashed sender left behind.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .conversation import Conversation, SentRef, Status
+from .models import InboundReply, StatusUpdate
+
+__all__ = [
+    "Commit",
+    "ConversationChange",
+    "Inbound",
+    "Outgoing",
+    "OutboxItem",
+    "Store",
+]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A stored user message waiting to be (or already) handled."""
+
+    id: int
+    token: str
+    phone: str
+    time: int
+    text: str
+    tracking_data: str | None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class ConversationChange:
+    """A conversation to create (``id`` None) or update (checked against ``expected_version``)."""
+
+    phone: str
+    flow: str
+    step: str
+    status: Status
+    state: dict[str, Any]
+    retries: int
+    expires_at: float
+    id: int | None = None
+    expected_version: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A message to send, rendered and validated, linked to the turn's conversation or not."""
+
+    phone: str
+    step: str | None
+    template: str
+    text: str
+    message_type: int
+    payload: dict[str, Any]
+    in_conversation: bool = True
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Everything one turn changes, applied in one transaction."""
+
+    inbound_id: int | None
+    outcome: Literal["handled", "failed"] = "handled"
+    route: str = ""
+    error: str | None = None
+    conversation: ConversationChange | None = None
+    closes: tuple[tuple[Conversation, Status], ...] = ()
+    outbox: tuple[OutboxItem, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An outbox row claimed for sending."""
+
+    id: int
+    phone: str
+    payload: dict[str, Any]
+    attempts: int
+    conversation_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(ABC):
+    """Where conversations, messages in and out, and seen callback tokens are kept."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, check the settings and migrate the schema (refusing a newer one)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    @abstractmethod
+    async def secret(self, generate: Callable[[], str]) -> str:
+        """The stored callback secret, storing ``generate()`` the first time."""
+
+    @abstractmethod
+    async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
+        """Store a user's message; None if its token was seen before."""
+
+    @abstractmethod
+    async def record_status(self, update: StatusUpdate, now: float) -> bool:
+        """Store a delivery status; True if it matched a sent message."""
+
+    @abstractmethod
+    async def pending_inbound(self) -> list[Inbound]:
+        """Messages accepted but not yet handled, oldest first (after a restart)."""
+
+    @abstractmethod
+    async def routing_context(
+        self, phone: str, tracking_id: int | None
+    ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
+        """The sent message named by ``tracking_id``, its conversation, and the phone's open one."""
+
+    @abstractmethod
+    async def commit(self, change: Commit, now: float) -> tuple[int | None, list[int]]:
+        """Apply a turn atomically; returns the conversation id and the new outbox ids."""
+
+    @abstractmethod
+    async def open_conversation(self, phone: str) -> Conversation | None:
+        """The phone's open conversation, if any."""
+
+    @abstractmethod
+    async def claim_outbox(self, limit: int, exclude_phones: Iterable[str]) -> list[Outgoing]:
+        """Take up to ``limit`` queued messages for sending, oldest first."""
+
+    @abstractmethod
+    async def mark_sent(self, outbox_id: int, message_id: int, now: float) -> None:
+        """Record the provider's ``message_id`` for a sent message."""
+
+    @abstractmethod
+    async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
+        """Record that a message will not be sent, and why."""
+
+    @abstractmethod
+    async def requeue(self, outbox_ids: Iterable[int], reason: str) -> None:
+        """Put claimed messages back in the queue (sending paused)."""
+
+    @abstractmethod
+    async def reset_sending(self) -> int:
+        """Requeue messages a previous process claimed but never finished; returns how many."""
+
+    @abstractmethod
+    async def health(self) -> dict[str, Any]:
+        """Counts for ``/healthz``: queued and failed outbox rows, pending inbound rows."""
+
+    @abstractmethod
+    async def conversations(
+        self, *, phone: str | None = None, flow: str | None = None, limit: int = 100
+    ) -> list[Conversation]:
+        """Conversations, most recently active first."""
+
+    @abstractmethod
+    async def release(self, phone: str, now: float) -> Conversation | None:
+        """Close the phone's conversation with a human agent; returns it, or None."""

@@ -1,0 +1,107 @@
+"""Renderer: message text from Jinja templates, plus the image and button of a 208.
+
+Templates live in ``templates/<bot>/<name>.txt``. A template sets the rich parts of a
+message with top-level ``set`` statements, read back from the template's module::
+
+    Thanks, {{ name }}!
+    {% set image = "https://example.com/thanks.png" %}
+    {% set button = {"caption": "See results", "url": "https://example.com/results"} %}
+
+Rendering is strict (``StrictUndefined``: a missing variable is an error) and does no HTML
+escaping. User text only ever reaches a template as a variable, so a user who writes
+``{{ 7*7 }}`` sees it back literally. Built-in templates (``botkit/fallback.txt``,
+``botkit/error.txt``) can be overridden by a file of the same name in the templates folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .errors import DefinitionError, ReplyLimitError
+
+__all__ = ["Rendered", "Renderer"]
+
+TEXT_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered message: its text and, for a 208, its image and button."""
+
+    text: str
+    image: str | None = None
+    button_caption: str | None = None
+    button_action: str | None = None
+
+    @property
+    def rich(self) -> bool:
+        """True when the message carries an image or a button (sent as 208)."""
+        return self.image is not None or self.button_caption is not None
+
+
+class Renderer:
+    """Renders templates from a folder, falling back to botkit's built-in ones.
+
+    >>> Renderer("templates").render("survey/ask_name.txt", {}).text
+    "Hi! What's your name?"
+    """
+
+    def __init__(self, folder: str | Path | None = "templates") -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if folder is not None:
+            loaders.append(jinja2.FileSystemLoader(str(folder)))
+        loaders.append(jinja2.PackageLoader("botkit", "default_templates"))
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+            auto_reload=False,
+            cache_size=-1,  # compile each template once per process
+        )
+
+    def render(self, name: str, variables: Mapping[str, Any]) -> Rendered:
+        """Render template ``name``; raises DefinitionError or ReplyLimitError naming it."""
+        template = self.load(name)
+        try:
+            module = template.make_module(dict(variables))
+        except jinja2.UndefinedError as exc:
+            raise DefinitionError(f"template {name}: {exc} (pass it to the reply)") from exc
+        except jinja2.TemplateError as exc:
+            raise DefinitionError(f"template {name}: {exc}") from exc
+        text = str(module).strip()
+        if not text:
+            raise ReplyLimitError("text", f"template {name} rendered empty text", text)
+        if len(text) > TEXT_LIMIT:
+            raise ReplyLimitError(
+                "text", f"template {name} rendered {len(text)} characters, limit 1000", text
+            )
+        image = getattr(module, "image", None)
+        button = getattr(module, "button", None)
+        caption, action = _button(name, button)
+        return Rendered(text, str(image) if image else None, caption, action)
+
+    def load(self, name: str) -> jinja2.Template:
+        """Load and compile template ``name``, raising DefinitionError with file and line."""
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateNotFound:
+            raise DefinitionError(f"template {name} not found in the templates folder") from None
+        except jinja2.TemplateSyntaxError as exc:
+            where = f"{exc.filename or name}:{exc.lineno}"
+            raise DefinitionError(f"template {where}: {exc.message}") from exc
+
+
+def _button(name: str, button: Any) -> tuple[str | None, str | None]:
+    if not button:
+        return None, None
+    if not isinstance(button, Mapping) or set(button) != {"caption", "url"}:
+        raise DefinitionError(
+            f'template {name}: button must be {{"caption": ..., "url": ...}}, got {button!r}'
+        )
+    return str(button["caption"]), str(button["url"])

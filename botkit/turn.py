@@ -1,0 +1,237 @@
+"""Turn: the single argument of a step handler, and the records its verbs leave.
+
+Verbs only record what should happen (plain methods, no ``await``, so none can be
+forgotten); the engine renders the replies and commits the state change and the
+outgoing messages in one transaction afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import FlowError
+from .flows import Delivery, Flow, Step
+
+if TYPE_CHECKING:
+    from .flows import FlowSet
+
+__all__ = ["Message", "Reply", "Transition", "Turn"]
+
+Ending = Literal["ask", "retry", "switch", "finish", "handoff"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """The user's message being handled: text, phone, provider time and token."""
+
+    text: str
+    phone: str
+    time: int
+    token: str
+    tracking_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message to send: a template and its variables, with optional delivery overrides."""
+
+    template: str
+    variables: dict[str, Any] = field(default_factory=dict)
+    delivery: Delivery | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """How a turn ended: which verb, where it leads, and where in the handler it was called."""
+
+    kind: Ending
+    flow: str
+    step: str | None
+    call: str
+
+
+class Turn:
+    """One user message being handled by one step.
+
+    Read ``turn.text``, ``turn.phone`` and ``turn.state`` (the conversation's persistent
+    JSON-serialisable dict); answer with ``say`` (any number of times) and end with at most
+    one of ``ask``, ``retry``, ``switch``, ``finish`` or ``handoff``. A turn that ends with
+    none of them stays on its step.
+
+    >>> async def name(turn: Turn) -> None:
+    ...     turn.state["name"] = turn.text.strip()
+    ...     turn.ask("rating", name=turn.state["name"])
+    """
+
+    def __init__(
+        self,
+        *,
+        flows: FlowSet,
+        step: Step,
+        message: Message,
+        state: dict[str, Any],
+        conversation_id: int,
+        retries: int = 0,
+        late: bool = False,
+    ) -> None:
+        self.flows = flows
+        self.step = step
+        self.message = message
+        self.state = state
+        self.conversation_id = conversation_id
+        self.retries = retries
+        self.late = late
+        self.replies: list[Reply] = []
+        self.transition: Transition | None = None
+
+    @property
+    def flow(self) -> Flow:
+        """The flow this turn runs in."""
+        return self.flows[self.step.flow]
+
+    @property
+    def text(self) -> str:
+        """The user's message text."""
+        return self.message.text
+
+    @property
+    def phone(self) -> str:
+        """The user's phone number."""
+        return self.message.phone
+
+    def say(self, template: str, /, *, delivery: Delivery | None = None, **variables: Any) -> None:
+        """Send a message rendered from ``template``; the turn goes on.
+
+        >>> turn.say("support/hours.txt", today="Monday")
+        """
+        self.replies.append(Reply(template, variables, delivery))
+
+    def ask(
+        self,
+        step: str,
+        /,
+        *,
+        template: str | None = None,
+        delivery: Delivery | None = None,
+        **variables: Any,
+    ) -> None:
+        """Move to ``step`` and send its prompt (or ``template``); its answer goes to ``step``.
+
+        >>> turn.ask("rating", name="Ana")
+        """
+        target = self.flow.get(step)
+        self._end("ask", self.flow.name, step)
+        self.replies.append(Reply(self._prompt(target, template), variables, delivery))
+
+    def retry(
+        self,
+        template: str | None = None,
+        /,
+        *,
+        delivery: Delivery | None = None,
+        **variables: Any,
+    ) -> None:
+        """Re-ask this step after an invalid answer, sending ``template`` (default: the prompt).
+
+        After the step's ``retries`` are used up, its ``give_up`` template is sent instead
+        and the conversation ends.
+
+        >>> return turn.retry("survey/rating_invalid.txt")
+        """
+        self._end("retry", self.flow.name, self.step.name)
+        if self.retries >= self.step.retries:
+            give_up = self.step.give_up or self.flow.give_up
+            if give_up:
+                self.replies.append(Reply(give_up, variables, delivery))
+            return
+        self.replies.append(Reply(self._prompt(self.step, template), variables, delivery))
+
+    def switch(
+        self,
+        flow: str,
+        /,
+        *,
+        step: str | None = None,
+        delivery: Delivery | None = None,
+        **variables: Any,
+    ) -> None:
+        """Hand the conversation (and its state) to another flow, asking its first step.
+
+        >>> turn.switch("support")
+        """
+        target_flow = self.flows[flow]
+        target = target_flow.get(step) if step else target_flow.first
+        self._end("switch", flow, target.name)
+        self.replies.append(Reply(self._prompt(target, None), variables, delivery))
+
+    def finish(
+        self,
+        template: str | None = None,
+        /,
+        *,
+        delivery: Delivery | None = None,
+        **variables: Any,
+    ) -> None:
+        """End the conversation, optionally sending a last message.
+
+        >>> turn.finish("survey/thanks.txt", name="Ana")
+        """
+        self._end("finish", self.flow.name, None)
+        if template:
+            self.replies.append(Reply(template, variables, delivery))
+
+    def handoff(
+        self,
+        template: str | None = None,
+        /,
+        *,
+        delivery: Delivery | None = None,
+        **variables: Any,
+    ) -> None:
+        """Hand the conversation to a human: auto-replies stop until it is released.
+
+        Release it with ``python run.py release PHONE``.
+
+        >>> turn.handoff("support/agent.txt")
+        """
+        self._end("handoff", self.flow.name, self.step.name)
+        if template:
+            self.replies.append(Reply(template, variables, delivery))
+
+    @property
+    def gave_up(self) -> bool:
+        """True when this turn's ``retry()`` ran out of retries."""
+        return (
+            self.transition is not None
+            and self.transition.kind == "retry"
+            and self.retries >= self.step.retries
+        )
+
+    def _prompt(self, step: Step, template: str | None) -> str:
+        chosen = template or step.prompt
+        if chosen is None:
+            raise FlowError(
+                f"flow {step.flow!r}, step {step.name!r} has no prompt: declare"
+                f" @{step.flow}.step({step.name!r}, prompt=...) or pass template="
+            )
+        return chosen
+
+    def _end(self, kind: Ending, flow: str, step: str | None) -> None:
+        call = f"{kind}() at {_caller()}"
+        if self.transition is not None:
+            raise FlowError(
+                f"this turn already ended with {self.transition.call}; cannot also {call}"
+            )
+        self.transition = Transition(kind, flow, step, call)
+
+
+def _caller() -> str:
+    frame = inspect.currentframe()
+    # _caller <- _end <- verb <- handler
+    for _ in range(3):
+        frame = frame.f_back if frame else None
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"

@@ -1,0 +1,1 @@
+"""Example bots: every module here that defines ``Flow`` objects is loaded by ``run.py``."""

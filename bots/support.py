@@ -1,0 +1,67 @@
+"""Auto-replies for a support line: a menu, answers by keyword, order status, a human agent.
+
+``menu`` (or ``help``) shows the menu. ``hours``, ``prices``, ``order`` and ``agent`` work
+with or without the menu. ``agent`` hands the conversation to a person: auto-replies stop
+until ``python run.py release PHONE``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from botkit import Flow, Turn
+from botkit.flows import normalize
+
+support = Flow(
+    "support",
+    start="menu",
+    keywords=["menu", "help", "support"],
+    sender="Acme Support",
+    timeout=timedelta(hours=2),
+    give_up="support/bye.txt",
+)
+
+# A stand-in for the shop's order system.
+ORDERS = {"100200": "shipped on Monday, arriving Thursday", "100300": "being packed"}
+ORDER_NUMBER = re.compile(r"^#?\s*(\d{6})$")
+
+CHOICES = {
+    "1": "hours", "hours": "hours", "opening hours": "hours",
+    "2": "prices", "prices": "prices", "price": "prices",
+    "3": "order", "order": "order", "order status": "order",
+    "4": "agent", "agent": "agent", "human": "agent",
+    "0": "bye", "bye": "bye", "done": "bye",
+}
+
+
+@support.step(
+    "menu",
+    prompt="support/menu.txt",
+    keywords=["hours", "opening hours", "prices", "order", "order status", "agent"],
+)
+async def menu(turn: Turn) -> None:
+    choice = CHOICES.get(normalize(turn.text))
+    if choice == "hours":
+        turn.say("support/hours.txt")
+    elif choice == "prices":
+        turn.say("support/prices.txt")
+    elif choice == "order":
+        turn.ask("order_number")
+    elif choice == "agent":
+        turn.handoff("support/agent.txt")
+    elif choice == "bye":
+        turn.finish("support/bye.txt")
+    else:
+        turn.retry("support/menu_invalid.txt", answer=turn.text.strip())
+
+
+@support.step("order_number", prompt="support/ask_order.txt", retries=2)
+async def order_number(turn: Turn) -> None:
+    match = ORDER_NUMBER.match(turn.text.strip())
+    if match is None:
+        return turn.retry("support/order_invalid.txt")
+    number = match.group(1)
+    turn.state.setdefault("orders_checked", []).append(number)
+    turn.ask("menu", template="support/order_status.txt", number=number,
+             status=ORDERS.get(number))
