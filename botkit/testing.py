@@ -35,9 +35,23 @@ from .models import MessageType
 from .sandbox import FakeProvider, create_provider_app
 from .server import RUNTIME, Runtime, create_app
 
-__all__ = ["BotMessage", "Chat", "Harness", "bot_harness"]
+__all__ = ["BotMessage", "Chat", "Clock", "Harness", "bot_harness"]
 
 TEST_KEY = "test-access-key"
+
+
+class Clock:
+    """A clock tests move by hand: ``clock = Clock(); clock.advance(hours=25)``."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0) -> None:
+        """Move time forward."""
+        self.now += seconds + 60 * minutes + 3600 * hours
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,11 @@ class Harness:
         self._provider_server = TestServer(create_provider_app(self.provider))
         await self._provider_server.start_server()
         self._session = ClientSession()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -184,6 +202,8 @@ class Harness:
         deadline = time.monotonic() + self.timeout
         while True:
             rt = self.runtime
+            if rt.engine is not None and rt.engine.failures:
+                raise rt.engine.failures.pop(0)  # a handler failed: show it in the test
             health = await rt.store.health()
             busy = rt.dispatcher.busy if rt.dispatcher else 0
             inflight = rt.sender.status()["in_flight"] if rt.sender else 0

@@ -1,0 +1,190 @@
+"""Routing rules 1-4 of issue 2, end to end: real server, SQLite file, fake provider."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from botkit.testing import Clock
+from demo import TEMPLATES, demo, echo
+
+PHONE = "380500000001"
+
+
+@pytest.fixture
+async def bot(bot_harness):
+    return await bot_harness(flows=[demo, echo], templates=TEMPLATES)
+
+
+async def test_tracked_answer_goes_to_the_step_it_asked(bot):
+    chat = bot.chat(PHONE)
+    [q1] = await chat.start("demo")
+    assert (q1.text, q1.step) == ("Question one?", "one")
+    [q2] = await chat.answer("Ana")
+    assert (q2.text, q2.step) == ("Question two, Ana?", "two")
+    await chat.answer("7")
+    [done] = await chat.answer("x")
+    assert done.text == 'Done: {"one": "Ana", "three": "x", "two": 7}'
+    assert chat.conversation().status.value == "done"
+
+
+async def test_stale_answer_to_accept_late_step_is_handled_by_it(bot):
+    chat = bot.chat(PHONE)
+    [q1] = await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("7")  # now at step three
+    [said] = await chat.send("Bob", tracking=q1.message_id)
+    assert said.text == "You said Bob"
+    conv = chat.conversation()
+    assert conv.step == "three" and conv.state["one"] == "Bob"
+
+
+async def test_stale_answer_to_other_step_reasks_current_step(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    [q2] = await chat.answer("Ana")
+    await chat.answer("7")
+    [reasked] = await chat.send("8", tracking=q2.message_id)
+    assert (reasked.text, reasked.step) == ("Question three?", "three")
+    assert chat.state == {"one": "Ana", "two": 7}
+    route = bot.db().execute("SELECT route FROM inbound ORDER BY id DESC LIMIT 1").fetchone()
+    assert route == ("stale",)
+
+
+async def test_untracked_and_unknown_ids_go_to_the_open_conversation(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    [q2] = await chat.send("Ana", tracking=None)
+    assert q2.step == "two"
+    [q3] = await chat.send("5", tracking=999_999_999)  # an id this bot never sent
+    assert q3.step == "three"
+
+
+async def test_keyword_is_case_and_space_insensitive(bot):
+    chat = bot.chat(PHONE)
+    [q1] = await chat.send("  START   Demo ")
+    assert q1.text == "Question one?"
+    assert chat.conversation().flow == "demo"
+
+
+async def test_step_keyword_hands_the_message_to_the_step(bot):
+    chat = bot.chat(PHONE)
+    [said] = await chat.send("ECHO")
+    assert said.text == "You said ECHO"
+    conv = chat.conversation()
+    assert (conv.flow, conv.step, conv.status.value) == ("echo", "echo", "active")
+
+
+async def test_fallback_reply_lists_keywords_and_logs(bot, caplog):
+    caplog.set_level(logging.INFO, logger="botkit.engine")
+    chat = bot.chat(PHONE)
+    [fallback] = await chat.send("hello?")
+    assert fallback.text == "Sorry, I didn't understand that. You can send: demo, start demo, echo."
+    assert chat.conversation() is None
+    assert "no conversation, no keyword; fallback reply" in caplog.text
+
+
+async def test_answer_to_a_finished_conversation_is_untracked(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("7")
+    [done] = await chat.answer("x")
+    [fallback] = await chat.send("thanks!", tracking=done.message_id)
+    assert fallback.text.startswith("Sorry, I didn't understand")
+
+
+async def test_expired_conversation_starts_fresh(bot_harness):
+    clock = Clock()
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES, clock=clock)
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    clock.advance(hours=1, seconds=1)  # demo's timeout is one hour
+    [fresh] = await chat.answer("7")
+    assert (fresh.text, fresh.step) == ("Question one?", "one")
+    rows = list(bot.db().query("SELECT status, state FROM conversations ORDER BY id"))
+    assert [r["status"] for r in rows] == ["expired", "active"]
+    assert rows[1]["state"] == "{}"  # the late "7" was not applied
+
+
+async def test_expired_conversation_and_keyword_starts_that_flow(bot_harness):
+    clock = Clock()
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES, clock=clock)
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    clock.advance(hours=2)
+    [said] = await chat.answer("echo")
+    assert said.text == "You said echo"
+    assert chat.conversation().flow == "echo"
+
+
+async def test_retry_then_give_up(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    [again] = await chat.answer("seven")
+    assert again.text == "Invalid, try again: question two?" and again.step == "two"
+    await chat.answer("eight")
+    [bye] = await chat.answer("nine")  # retries=2: the third invalid answer gives up
+    assert bye.text == "Gave up."
+    assert chat.conversation().status.value == "gave_up"
+
+
+async def test_retry_counter_resets_after_a_valid_answer(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("x")
+    assert chat.conversation().retries == 1
+    await chat.answer("3")
+    assert chat.conversation().retries == 0
+
+
+async def test_switch_hands_the_conversation_to_another_flow(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("1")
+    [prompt] = await chat.answer("switch")
+    assert prompt.step == "echo"
+    conv = chat.conversation()
+    assert (conv.flow, conv.step, conv.state["one"]) == ("echo", "echo", "Ana")
+    [said] = await chat.answer("hi")
+    assert said.text == "You said hi"
+
+
+async def test_handoff_stops_auto_replies_until_released(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("1")
+    assert await chat.answer("human") == []
+    assert await chat.answer("hello? anyone?") == []
+    assert chat.conversation().status.value == "human"
+    released = await bot.runtime.store.release(PHONE, 0.0)
+    assert released is not None
+    [q1] = await chat.send("demo")
+    assert q1.text == "Question one?"
+
+
+async def test_orphaned_conversation_after_deploy(bot_harness):
+    from botkit import Flow
+
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES)
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")  # at step "two"
+    renamed = Flow("demo", keywords=["demo"], error="demo/error.txt")
+
+    @renamed.step("first", prompt="demo/ask_one.txt")
+    async def first(turn):
+        turn.finish()
+
+    bot.flows = [renamed, echo]
+    await bot.restart()
+    [fallback] = await chat.answer("7")
+    assert fallback.text.startswith("Sorry, I didn't understand")
+    statuses = [r[0] for r in bot.db().execute("SELECT status FROM conversations")]
+    assert statuses == ["orphaned"]
