@@ -1,0 +1,103 @@
+"""The outbox sender against provider faults: retries, failures, the 401/402 pause."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from botkit.sandbox import Fault
+from demo import TEMPLATES, demo, echo
+
+PHONE = "380500000004"
+
+
+async def bot_with_faults(bot_harness, *faults, **kw):
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES, **kw)
+    bot.provider.faults.script(*faults)
+    return bot
+
+
+async def test_429_and_500_are_retried_until_sent(bot_harness):
+    bot = await bot_with_faults(bot_harness, Fault.status(429), Fault.status(500))
+    chat = bot.chat(PHONE)
+    [q1] = await chat.start("demo")
+    assert q1.text == "Question one?"
+    assert bot.db().execute("SELECT status, attempts FROM outbound").fetchone() == ("sent", 1)
+
+
+async def test_error_body_with_http_200_is_not_recorded_as_sent(bot_harness):
+    bot = await bot_with_faults(bot_harness, Fault.error_body_200(code=2))
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    [sent] = bot.provider.sent
+    row = bot.db().execute("SELECT status, message_id FROM outbound").fetchone()
+    assert row == ("sent", sent.message_id)  # the error body was retried, then accepted
+
+
+async def test_invalid_parameter_fails_visibly_without_retry(bot_harness, caplog):
+    body = {"name": "Invalid Parameter: destination_addr", "message": "unknown number",
+            "code": 1, "status": 400}
+    bot = await bot_with_faults(bot_harness, Fault.status(400, body=body),
+                                Fault.status(500))  # a retry would hit this 500
+    chat = bot.chat(PHONE)
+    assert await chat.start("demo") == []
+    status, error = bot.db().execute("SELECT status, error FROM outbound").fetchone()
+    assert status == "failed"
+    assert "Invalid Parameter: destination_addr" in error and "HTTP 400" in error
+    assert "outbox 1 to 380500000004 failed" in caplog.text
+    assert bot.provider.faults.pending == 1  # the 500 was never asked for
+
+
+async def test_retries_exhausted_end_in_failed_state_with_reason(bot_harness):
+    bot = await bot_with_faults(bot_harness, *[Fault.status(503)] * 3)  # policy: 3 attempts
+    chat = bot.chat(PHONE)
+    assert await chat.start("demo") == []
+    status, error = bot.db().execute("SELECT status, error FROM outbound").fetchone()
+    assert status == "failed" and "HTTP 503" in error
+
+
+async def test_402_pauses_sending_keeps_the_queue_and_resumes(bot_harness, caplog):
+    caplog.set_level(logging.INFO)
+    bot = await bot_with_faults(bot_harness, Fault.status(402))
+    chat = bot.chat(PHONE)
+    engine, sender = bot.runtime.engine, bot.runtime.sender
+    await engine.start("demo", PHONE)
+    for _ in range(300):
+        if sender.paused:
+            break
+        await asyncio.sleep(0.01)
+    assert sender.paused and "balance is empty" in sender.paused
+    assert "SENDING PAUSED" in caplog.text
+    async with bot._session.get(bot.url + "/healthz") as response:
+        health = await response.json()
+    assert health["status"] == "degraded" and health["sending"]["state"] == "paused"
+    assert health["outbox"]["queued"] == 1
+    assert bot.provider.sent == []
+    sender.resume()  # the operator topped up
+    await bot.settle()
+    assert [m.request.text for m in bot.provider.messages_to(PHONE)] == ["Question one?"]
+    assert sender.paused is None and "sending resumed" in caplog.text
+    assert chat.conversation().step == "one"
+
+
+async def test_401_pauses_sending_too(bot_harness):
+    bot = await bot_with_faults(bot_harness, Fault.status(401))
+    await bot.runtime.engine.start("demo", PHONE)
+    for _ in range(300):
+        if bot.runtime.sender.paused:
+            break
+        await asyncio.sleep(0.01)
+    assert "access key was refused" in bot.runtime.sender.paused
+
+
+async def test_messages_of_one_phone_leave_in_order(bot_harness):
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES)
+    bot.provider.faults.latency = 0.01
+    chat = bot.chat(PHONE)
+    await chat.send("echo")
+    for n in range(8):
+        await bot.post({"message_token": 1000 + n, "phone_number": PHONE,
+                        "time": 1_800_000_000, "message": {"text": f"m{n}"}})
+    await bot.settle()
+    texts = [m.request.text for m in bot.provider.messages_to(PHONE)]
+    assert texts == ["You said echo", *[f"You said m{n}" for n in range(8)]]
