@@ -1,0 +1,413 @@
+"""The command line (``python run.py ...``), run as the operator runs it: a real process.
+
+Each test gets its own SQLite file through ``BOTKIT_DB`` and an environment without any
+other ``BOTKIT_*`` variable, so the sandbox/production choice is the test's. Conversations
+that need a user are driven with the testing ``Harness`` on the same file first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from aiohttp.test_utils import unused_port
+
+from botkit.cli import main
+from botkit.client import ProviderClient
+from botkit.models import MessageStatus, SendRequest
+from botkit.testing import Harness
+from bots.support import support
+from bots.survey import survey
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "templates"
+ANA, BO, CY = "380501112233", "380501112244", "380501112255"
+COMMANDS = ["serve", "start", "status", "check", "export", "conversations", "release",
+            "fake-provider"]
+
+
+def run_cli(
+    *args: str, db: Path, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """``python run.py ARGS`` in the project folder, with only the BOTKIT_* variables given."""
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=cli_env(db, env),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def cli_env(db: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    env.update(BOTKIT_DB=str(db), PYTHONUNBUFFERED="1", **(extra or {}))
+    return env
+
+
+def rows(db: Path, sql: str, params: list[object] | None = None) -> list[dict[str, object]]:
+    return list(sqlite_utils.Database(db).query(sql, params or []))
+
+
+def write_package(folder: Path, modules: dict[str, str]) -> Path:
+    """A bots package: ``folder/__init__.py`` plus one file per module."""
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for name, source in modules.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    return folder
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"process exited early with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "bot.db"
+
+
+# -- help ---------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_every_command(db: Path) -> None:
+    result = run_cli("--help", db=db)
+    assert result.returncode == 0, result.stderr
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert f"run.py {command}" in capsys.readouterr().out
+
+
+# -- check --------------------------------------------------------------------------------
+
+
+def test_check_passes_on_the_example_bots(db: Path) -> None:
+    result = run_cli("check", db=db)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: 2 flows (support, survey)")
+
+
+def test_check_reports_every_problem_with_file_and_line(tmp_path: Path, db: Path) -> None:
+    bots = write_package(tmp_path / "brokenbots", {"quiz": '''\
+        from botkit import Flow, Turn
+
+        quiz = Flow("quiz", start="name")
+
+
+        @quiz.step("name", prompt="quiz/ask_name.txt")
+        async def name(turn: Turn) -> None:
+            turn.ask("ratng")
+
+
+        @quiz.step("rating", prompt="quiz/missing.txt")
+        async def rating(turn: Turn) -> None:
+            turn.finish("quiz/thanks.txt")
+        '''})
+    templates = tmp_path / "templates"
+    (templates / "quiz").mkdir(parents=True)
+    (templates / "quiz" / "ask_name.txt").write_text("Your name?\n")
+    broken = templates / "quiz" / "thanks.txt"
+    broken.write_text("Thanks\n{% if state.name %}\n{{ state.name }\n{% endif %}\n")
+
+    result = run_cli("check", "--bots", str(bots), "--templates", str(templates), db=db)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    quiz = (bots / "quiz.py").resolve()
+    ask_line = line_of(quiz, 'turn.ask("ratng")')
+    step_line = line_of(quiz, '@quiz.step("rating"')
+    err = result.stderr
+    assert (f"{quiz}:{ask_line}: turn.ask('ratng'): flow 'quiz' has no step 'ratng'"
+            " (did you mean 'rating'?)") in err
+    assert f"{quiz}:{step_line}: template quiz/missing.txt not found" in err
+    assert f"{broken}:3: unexpected '}}'" in err
+    assert "check failed" in err and "ok:" not in result.stdout
+
+
+def test_a_flow_name_defined_twice_names_both_modules(tmp_path: Path, db: Path) -> None:
+    flow = '''\
+        from botkit import Flow, Turn
+
+        greet = Flow("greet")
+
+
+        @greet.step("hello", prompt="greet/hello.txt")
+        async def hello(turn: Turn) -> None:
+            turn.finish("greet/bye.txt")
+        '''
+    bots = write_package(tmp_path / "dupbots", {"first": flow, "second": flow})
+
+    result = run_cli("check", "--bots", str(bots), db=db)
+
+    assert result.returncode == 2
+    assert "flow 'greet' is defined in both dupbots.first and dupbots.second" in result.stderr
+
+
+# -- start --------------------------------------------------------------------------------
+
+
+def test_start_creates_conversations_and_queues_first_messages(db: Path) -> None:
+    result = run_cli("start", "survey", ANA, BO, db=db)
+
+    assert result.returncode == 0, result.stderr
+    assert "survey: started 2 conversations" in result.stdout
+    convs = rows(db, "SELECT phone, flow, step, status FROM conversations ORDER BY phone")
+    assert convs == [{"phone": p, "flow": "survey", "step": "name", "status": "active"}
+                     for p in (ANA, BO)]
+    outbound = rows(db, "SELECT phone, step, status, template FROM outbound ORDER BY phone")
+    assert outbound == [{"phone": p, "step": "name", "status": "queued",
+                         "template": "survey/ask_name.txt"} for p in (ANA, BO)]
+
+
+def test_start_again_skips_phones_already_in_the_flow(db: Path) -> None:
+    assert run_cli("start", "survey", ANA, db=db).returncode == 0
+
+    result = run_cli("start", "survey", ANA, BO, db=db)
+
+    assert result.returncode == 0, result.stderr
+    assert f"skipped {ANA}: already at 'name'" in result.stdout
+    assert "started 1 conversations" in result.stdout and "skipped 1" in result.stdout
+    assert len(rows(db, "SELECT id FROM conversations")) == 2
+    assert len(rows(db, "SELECT id FROM outbound WHERE phone = ?", [ANA])) == 1
+
+
+def test_start_from_a_csv_reports_bad_lines_and_starts_the_rest(
+    tmp_path: Path, db: Path
+) -> None:
+    phones = tmp_path / "phones.csv"
+    phones.write_text(f"name,phone\nAna,{ANA}\n\nBo,call me\nCy,{CY}\n")
+
+    result = run_cli("start", "survey", "--phones", str(phones), db=db)
+
+    assert result.returncode == 1
+    assert f"{phones}:4: 'call me' is not a phone number" in result.stderr
+    assert "started 2 conversations" in result.stdout
+    assert [r["phone"] for r in rows(db, "SELECT phone FROM conversations ORDER BY phone")] == [
+        ANA, CY]
+
+
+def test_start_an_unknown_flow_suggests_the_right_one(db: Path) -> None:
+    result = run_cli("start", "survy", ANA, db=db)
+
+    assert result.returncode == 2
+    assert "no flow is named 'survy' (did you mean 'survey'?)" in result.stderr
+    assert not db.exists() or not rows(db, "SELECT id FROM conversations")
+
+
+def test_start_without_phones_says_how_to_give_them(db: Path) -> None:
+    result = run_cli("start", "survey", db=db)
+
+    assert result.returncode == 2
+    assert "no phone numbers given (PHONE arguments or --phones FILE.csv)" in result.stderr
+
+
+# -- conversations, export, release -------------------------------------------------------
+
+
+def test_conversations_lists_and_filters_by_phone(db: Path) -> None:
+    assert run_cli("start", "survey", ANA, BO, db=db).returncode == 0
+
+    everyone = run_cli("conversations", db=db)
+    one = run_cli("conversations", "--phone", BO, db=db)
+
+    assert everyone.returncode == 0 and one.returncode == 0
+    table = [line.split()[1:5] for line in everyone.stdout.splitlines()[1:]]
+    assert sorted(table) == [[ANA, "survey", "name", "active"], [BO, "survey", "name", "active"]]
+    assert [line.split()[1] for line in one.stdout.splitlines()[1:]] == [BO]
+
+
+def test_conversations_on_an_empty_database(db: Path) -> None:
+    result = run_cli("conversations", db=db)
+    assert result.returncode == 0
+    assert "(no conversations)" in result.stdout
+
+
+async def test_export_writes_answers_and_the_step_of_unfinished_ones(
+    tmp_path: Path, db: Path
+) -> None:
+    async with Harness(flows=[survey], db=db, templates=TEMPLATES) as harness:
+        ana = harness.chat(ANA)
+        await ana.start("survey")
+        await ana.answer("Ana")
+        await ana.answer("5")
+        await ana.answer("skip")
+        bo = harness.chat(BO)
+        await bo.start("survey")
+        await bo.answer("Bo")
+    out = tmp_path / "out.csv"
+
+    result = await asyncio.to_thread(run_cli, "export", "survey", "--csv", str(out), db=db)
+
+    assert result.returncode == 0, result.stderr
+    assert f"wrote 2 conversations to {out}" in result.stderr
+    with out.open(newline="", encoding="utf-8") as f:
+        by_phone = {row["phone"]: row for row in csv.DictReader(f)}
+    assert by_phone[ANA]["status"] == "done"
+    assert (by_phone[ANA]["name"], by_phone[ANA]["rating"]) == ("Ana", "5")
+    assert by_phone[ANA]["comment"] == ""
+    assert (by_phone[BO]["status"], by_phone[BO]["step"]) == ("active", "rating")
+    assert (by_phone[BO]["name"], by_phone[BO]["rating"]) == ("Bo", "")
+
+
+async def test_release_gives_a_handed_off_conversation_back_to_the_bot(db: Path) -> None:
+    async with Harness(flows=[support], db=db, templates=TEMPLATES) as harness:
+        chat = harness.chat(ANA)
+        [handed_off] = await chat.send("agent")
+        assert "a person from our team" in handed_off.text
+    assert rows(db, "SELECT status FROM conversations WHERE phone = ?", [ANA]) == [
+        {"status": "human"}]
+
+    result = await asyncio.to_thread(run_cli, "release", ANA, db=db)
+
+    assert result.returncode == 0, result.stderr
+    assert f"released conversation 1 of {ANA}" in result.stdout
+    assert rows(db, "SELECT status FROM conversations WHERE phone = ?", [ANA]) == [
+        {"status": "released"}]
+
+
+def test_release_without_a_human_conversation_fails(db: Path) -> None:
+    assert run_cli("start", "survey", ANA, db=db).returncode == 0
+
+    result = run_cli("release", ANA, db=db)
+
+    assert result.returncode == 1
+    assert f"{ANA} has no conversation waiting for a human" in result.stderr
+    assert rows(db, "SELECT status FROM conversations") == [{"status": "active"}]
+
+
+# -- status against a standalone fake provider ---------------------------------------------
+
+
+@pytest.fixture
+def fake_provider(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``run.py fake-provider`` in its own process; yields its URL and access key."""
+    port, key = unused_port(), "cli-test-key"
+    log = (tmp_path / "fake-provider.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", "fake-provider", "--port", str(port), "--key", key],
+        cwd=ROOT, env=cli_env(tmp_path / "unused.db"), stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}", key
+    finally:
+        stop(proc)
+        log.close()
+
+
+def test_status_prints_the_delivery_status(
+    fake_provider: tuple[str, str], db: Path
+) -> None:
+    url, key = fake_provider
+
+    async def send() -> int:
+        async with ProviderClient(url, key) as client:
+            request = SendRequest(source_addr="Acme", destination_addr=ANA,
+                                  message_type=206, text="Hi")
+            return (await client.send(request)).message_id
+
+    message_id = asyncio.run(send())
+    env = {"BOTKIT_API_KEY": key, "BOTKIT_API_URL": url}
+
+    known = run_cli("status", str(message_id), db=db, env=env)
+    unknown = run_cli("status", str(message_id + 1000), db=db, env=env)
+
+    assert known.returncode == 0, known.stderr
+    names = {s.name.lower() for s in MessageStatus}
+    assert known.stdout.startswith(f"message {message_id}: ")
+    assert known.stdout.split()[2] in names
+    assert unknown.returncode == 2
+    assert f"no message {message_id + 1000} sent in the last 5 days" in unknown.stderr
+
+
+# -- settings and the default command ------------------------------------------------------
+
+
+def test_a_bad_setting_names_the_variable(db: Path) -> None:
+    result = run_cli("conversations", db=db, env={"BOTKIT_PORT": "notaport"})
+
+    assert result.returncode == 2
+    assert "BOTKIT_PORT" in result.stderr and "expected a TCP port number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flags_without_a_command_go_to_serve(tmp_path: Path, db: Path) -> None:
+    # serve is the default command, so its flags work without naming it (run.py --port 9000).
+    result = run_cli("--bots", str(tmp_path / "nobots"), db=db)
+
+    assert result.returncode == 2
+    assert f"bots folder {tmp_path / 'nobots'} does not exist" in result.stderr
+
+
+def test_serve_runs_the_sandbox_and_stops_on_sigterm(tmp_path: Path, db: Path) -> None:
+    port = unused_port()
+    out = tmp_path / "serve.out"
+    with out.open("wb") as stdout, (tmp_path / "serve.err").open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "run.py"], cwd=ROOT, stdout=stdout, stderr=stderr,
+            env=cli_env(db, {"BOTKIT_PORT": str(port)}),
+        )
+        try:
+            health = poll_healthz(port, proc, timeout=10)
+            assert health["status"] == "ok" and health["sandbox"] is True
+            assert "SANDBOX" in out.read_text()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            stop(proc)
+
+
+def poll_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
+    # No proxy: a proxy from the environment must not see loopback requests.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"server exited early with {proc.returncode}"
+        try:
+            with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                assert response.status == 200
+                body: dict[str, object] = json.loads(response.read())
+                return body
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"/healthz did not answer within {timeout}s") from None
+            time.sleep(0.1)

@@ -1,0 +1,41 @@
+"""Settings from the environment, a .env file and flags, with errors that say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from botkit import ConfigError, Settings
+
+
+def test_defaults_and_sandbox():
+    settings = Settings.from_env({}, env_file=None)
+    assert settings.sandbox and settings.port == 8080 and settings.host == "127.0.0.1"
+    assert settings.api_url == "https://web.it-decision.com/v1/api"
+    assert settings.public_base == "http://127.0.0.1:8080"
+    assert Settings.from_env({"BOTKIT_API_KEY": "  "}, env_file=None).sandbox
+
+
+def test_env_file_then_environment_then_flags(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("BOTKIT_PORT=9001\nBOTKIT_SENDER=FromFile\nBOTKIT_API_KEY=k1\n")
+    settings = Settings.from_env({"BOTKIT_PORT": "9002"}, env_file=env)
+    assert (settings.port, settings.sender, settings.sandbox) == (9002, "FromFile", False)
+    assert Settings.from_env({"BOTKIT_PORT": "9002"}, env_file=env, port=9003).port == 9003
+
+
+def test_key_is_never_shown():
+    settings = Settings.from_env({"BOTKIT_API_KEY": "very-secret-key"}, env_file=None)
+    assert "very-secret-key" not in repr(settings) and "very-secret-key" not in str(settings)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BOTKIT_PORT": "notaport"}, "BOTKIT_PORT: "),
+    ({"BOTKIT_PORT": "70000"}, "a TCP port number 1-65535"),
+    ({"BOTKIT_API_URL": "ftp://x"}, "BOTKIT_API_URL: Value error, must start with http"),
+    ({"BOTKIT_CALLBACK_SECRET": "short"}, "BOTKIT_CALLBACK_SECRET: Value error, must be at least 16"),
+    ({"BOTKIT_SENDER": "x" * 21}, "BOTKIT_SENDER: "),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match="invalid configuration") as info:
+        Settings.from_env(env, env_file=None)
+    assert message in str(info.value)

@@ -1,0 +1,73 @@
+"""The support example bot: menu, keyword answers, order status, human handoff."""
+
+from __future__ import annotations
+
+from bots.support import support
+
+PHONE = "380500000006"
+
+
+async def test_menu_and_answers_by_number(bot_harness):
+    chat = (await bot_harness(flows=[support])).chat(PHONE)
+    [menu] = await chat.send("Menu")
+    assert menu.text.startswith("Hi, this is Acme Support") and menu.step == "menu"
+    [hours] = await chat.answer("1")
+    assert hours.text.startswith("We're open Monday to Friday")
+    [prices] = await chat.answer("prices")
+    assert prices.text.startswith("Delivery is free from 50 EUR")
+    [bye] = await chat.answer("0")
+    assert bye.text.startswith("Thanks for contacting Acme")
+    assert chat.conversation().status.value == "done"
+
+
+async def test_keywords_work_without_the_menu(bot_harness):
+    chat = (await bot_harness(flows=[support])).chat(PHONE)
+    [hours] = await chat.send("  Opening HOURS ")
+    assert hours.text.startswith("We're open")
+    assert chat.conversation().step == "menu"
+
+
+async def test_order_status_validates_the_number(bot_harness):
+    chat = (await bot_harness(flows=[support])).chat(PHONE)
+    [ask] = await chat.send("order")
+    assert ask.text.startswith("Please send your 6-digit order number")
+    [invalid] = await chat.answer("12")
+    assert invalid.text.startswith("An order number has 6 digits")
+    [found] = await chat.answer("#100200")
+    assert found.text.startswith("Order 100200 is shipped on Monday")
+    assert found.step == "menu"
+    await chat.answer("3")
+    [missing] = await chat.answer("999999")
+    assert missing.text.startswith("I couldn't find order 999999")
+    assert chat.state == {"orders_checked": ["100200", "999999"]}
+
+
+async def test_order_number_gives_up_after_retries(bot_harness):
+    chat = (await bot_harness(flows=[support])).chat(PHONE)
+    await chat.send("order")
+    await chat.answer("a")
+    await chat.answer("b")
+    [bye] = await chat.answer("c")
+    assert bye.text.startswith("Thanks for contacting Acme")
+    assert chat.conversation().status.value == "gave_up"
+
+
+async def test_invalid_menu_choice_is_reasked(bot_harness):
+    chat = (await bot_harness(flows=[support])).chat(PHONE)
+    await chat.send("menu")
+    [again] = await chat.answer("pizza")
+    assert again.text == ('Sorry, I didn\'t get "pizza". Reply 1 (hours), 2 (prices),'
+                          " 3 (order status), 4 (a person) or 0 (finish).")
+
+
+async def test_agent_stops_auto_replies_until_released(bot_harness):
+    harness = await bot_harness(flows=[support])
+    chat = harness.chat(PHONE)
+    [agent] = await chat.send("agent")
+    assert agent.text.startswith("OK, a person from our team")
+    assert await chat.answer("hello?") == []
+    assert await chat.answer("menu") == []
+    assert chat.conversation().status.value == "human"
+    assert (await harness.runtime.store.release(PHONE, 0.0)) is not None
+    [menu] = await chat.send("menu")
+    assert menu.text.startswith("Hi, this is Acme Support")
