@@ -28,9 +28,10 @@ log = logging.getLogger("botkit.cli")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status (``run.py`` passes it to ``sys.exit``)."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):
+        words = ["serve", *words]  # `run.py --port 9000` serves, like `run.py`
+    args = parser.parse_args(words)
     try:
         result: int = args.run(args)
         return result

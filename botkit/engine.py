@@ -161,8 +161,9 @@ class Engine:
         conv, step = decided.conversation, decided.step
         kind = decided.kind
         if kind is RouteKind.FALLBACK:
-            log.info("message %s from %s: no conversation, no keyword; fallback reply",
-                     inbound.id, message.phone)
+            log.info("message %s from %s: no conversation, no keyword; fallback reply. To start"
+                     " a flow with it, declare Flow(..., keywords=[%r])", inbound.id,
+                     message.phone, " ".join(message.text.split())[:40])
             reply = Reply(FALLBACK_TEMPLATE, {"keywords": self.flows.keywords, "text": message.text})
             out = _Outcome(None, [(reply, None)], None)
         elif kind is RouteKind.HUMAN:

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -143,24 +144,30 @@ class SendRequest(BaseModel):
     destination_addr: Phone
     message_type: MessageType
     text: str = Field(min_length=1, max_length=1000)
+    source_type: Literal[1, 2] = 1
     image: str | None = None
     button_caption: str | None = Field(default=None, min_length=1, max_length=30)
     button_action: str | None = None
-    source_type: Literal[1, 2] = 1
     callback_url: str | None = None
     validity_period: int | None = Field(default=None, ge=40, le=21600)
 
-    @field_validator("image")
+    @field_validator("image", "button_caption")
     @classmethod
-    def _image_url(cls, value: str | None) -> str | None:
+    def _rich_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Cross-field rules as field validators, so an error names the field (loc).
         if value is None:
             return value
-        _require_url(value)
-        # Only jpg/jpeg/png are accepted; a URL without a suffix can't be judged here.
-        path = urlsplit(value).path.lower()
-        last = path.rsplit("/", 1)[-1]
-        if "." in last and not last.endswith(_IMAGE_SUFFIXES):
-            raise ValueError("must be a .jpg, .jpeg or .png image URL")
+        kind = info.data.get("message_type")
+        if kind in (MessageType.TEXT, MessageType.TWO_WAY_TEXT):
+            raise ValueError(f"needs message type 108 or 208, not {int(kind)}")
+        if info.data.get("source_type") == 2:
+            raise ValueError("transactional messages (source_type 2) carry text only")
+        if info.field_name == "image":
+            _require_url(value)
+            # Only jpg/jpeg/png are accepted; a URL without a suffix can't be judged here.
+            last = urlsplit(value).path.lower().rsplit("/", 1)[-1]
+            if "." in last and not last.endswith(_IMAGE_SUFFIXES):
+                raise ValueError("must be a .jpg, .jpeg or .png image URL")
         return value
 
     @field_validator("button_action", "callback_url")
@@ -169,12 +176,7 @@ class SendRequest(BaseModel):
         return value if value is None else _require_url(value)
 
     @model_validator(mode="after")
-    def _rich_fields(self) -> SendRequest:
-        rich = self.image is not None or self.button_caption is not None
-        if rich and self.message_type in (MessageType.TEXT, MessageType.TWO_WAY_TEXT):
-            raise ValueError(f"image and button need message type 108 or 208, not {self.message_type}")
-        if rich and self.source_type == 2:
-            raise ValueError("transactional messages (source_type 2) carry text only")
+    def _button_pair(self) -> SendRequest:
         if (self.button_caption is None) != (self.button_action is None):
             raise ValueError("button_caption and button_action go together")
         return self
@@ -239,9 +241,13 @@ class ErrorBody(BaseModel):
         """
         if not isinstance(data, dict) or "message_id" in data:
             return None
-        if "name" not in data or not ({"status", "code"} & data.keys()):
+        named = "name" in data or "message" in data
+        if not named or not ({"status", "code"} & data.keys()):
             return None
-        try:
-            return cls.model_validate(data)
-        except ValidationError:
-            return cls(name=str(data.get("name")))
+        kept = {}
+        for key in ("name", "message", "code", "status"):
+            try:
+                kept.update(cls.model_validate({key: data.get(key)}).model_dump(include={key}))
+            except ValidationError:
+                continue
+        return cls(**kept)
