@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BotkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that can't be read or written: say which
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
@@ -241,6 +244,8 @@ def _check(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     async def job(store: Any) -> int:
         convs = await store.conversations(flow=args.flow, limit=10**9)
+        if not convs:
+            _flows(args)[args.flow]  # noqa: B018 - a typo gets "did you mean", not an empty file
         keys = list(dict.fromkeys(k for c in convs for k in c.state))
         out: TextIO = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else sys.stdout
         try:

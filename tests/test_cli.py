@@ -27,7 +27,7 @@ from aiohttp.test_utils import unused_port
 
 from botkit.cli import main
 from botkit.client import ProviderClient
-from botkit.models import MessageStatus, SendRequest
+from botkit.models import MessageStatus, MessageType, SendRequest
 from botkit.testing import Harness
 from bots.support import support
 from bots.survey import survey
@@ -45,7 +45,7 @@ def run_cli(
     """``python run.py ARGS`` in the project folder, with only the BOTKIT_* variables given."""
     return subprocess.run(
         [sys.executable, "run.py", *args], cwd=ROOT, env=cli_env(db, env),
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, check=False,
     )
 
 
@@ -342,7 +342,7 @@ def test_status_prints_the_delivery_status(
     async def send() -> int:
         async with ProviderClient(url, key) as client:
             request = SendRequest(source_addr="Acme", destination_addr=ANA,
-                                  message_type=206, text="Hi")
+                                  message_type=MessageType.TWO_WAY_TEXT, text="Hi")
             return (await client.send(request)).message_id
 
     message_id = asyncio.run(send())
