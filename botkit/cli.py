@@ -113,8 +113,8 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, flows.values(), templates=args.templates)
     where = f"http://{settings.host}:{settings.port}"
     if settings.sandbox:
-        print(f"botkit SANDBOX (no BOTKIT_API_KEY): nothing reaches the provider; a fake"
-              f" provider answers at {where}/sandbox/api", flush=True)
+        print(f"botkit SANDBOX: no provider key, nothing leaves this machine. Chat with your"
+              f" bots at {where}/", flush=True)
     else:
         print(f"botkit serving on {where}, sending through {settings.api_url}", flush=True)
     web.run_app(app, host=settings.host, port=settings.port, print=None,
@@ -294,7 +294,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _fake_provider(args: argparse.Namespace) -> int:
-    from .sandbox.provider import run_fake_provider
+    from .sandbox.provider_app import run_fake_provider
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

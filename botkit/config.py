@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -30,6 +38,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "host": ("BOTKIT_HOST", "an interface address such as 127.0.0.1 or 0.0.0.0"),
     "port": ("BOTKIT_PORT", "a TCP port number 1-65535"),
     "sender": ("BOTKIT_SENDER", "the default sender name (source_addr), 1-20 characters"),
+    "sandbox": ("BOTKIT_SANDBOX", "1 to force the sandbox (and its web chat) on, 0 for off"),
 }
 
 
@@ -40,7 +49,7 @@ class Settings(BaseModel):
     'http://127.0.0.1:9090'
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     api_key: SecretStr | None = None
     api_url: str = DEFAULT_API_URL
@@ -50,6 +59,7 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     sender: str = Field(default="botkit", min_length=1, max_length=20)
+    sandbox_mode: bool | None = Field(default=None, alias="sandbox")
 
     @field_validator("api_url", "public_url")
     @classmethod
@@ -74,10 +84,17 @@ class Settings(BaseModel):
     def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
 
+    @model_validator(mode="after")
+    def _key_or_sandbox(self) -> Settings:
+        if self.sandbox_mode is False and self.api_key is None:
+            raise ValueError("BOTKIT_SANDBOX=0 needs BOTKIT_API_KEY: set the key, or let the"
+                             " sandbox run")
+        return self
+
     @property
     def sandbox(self) -> bool:
-        """True when no provider key is set: the server runs on the built-in sandbox."""
-        return self.api_key is None
+        """True when the built-in sandbox runs: no provider key, or ``BOTKIT_SANDBOX=1``."""
+        return self.api_key is None if self.sandbox_mode is None else self.sandbox_mode
 
     @property
     def public_base(self) -> str:
@@ -119,7 +136,10 @@ class Settings(BaseModel):
 def _explain(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
         var, form = ENV_VARS.get(field, (field, "a valid value"))
         lines.append(f"{var}: {error['msg']}; expected {form}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

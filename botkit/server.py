@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, web
@@ -67,6 +68,7 @@ def create_app(
     flows: Iterable[Flow],
     *,
     templates: str | None = "templates",
+    static: str | None = "static",
     session: ClientSession | None = None,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
@@ -82,19 +84,24 @@ def create_app(
     >>> web.run_app(app, host="127.0.0.1", port=8080)
     """
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+    renderer = Renderer(templates, globals={"public_url": settings.public_base})
     app[RUNTIME] = Runtime(
-        settings=settings, flows=FlowSet(flows), renderer=Renderer(templates), clock=clock,
+        settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
         store=store or SQLiteStore(settings.db), session=session,
         retry=retry or RetryPolicy(), raise_errors=raise_errors,
     )
     app.router.add_post("/viber/callback/{secret}", _callback)
     app.router.add_get("/healthz", _healthz)
+    if static is not None and Path(static).is_dir():
+        app.router.add_static("/static", static)  # images and pages that 208s link to
     if settings.sandbox:
         from .sandbox import FakeProvider, create_provider_app
+        from .sandbox.chat import add_chat_routes
 
         # Ids in milliseconds, so a restarted sandbox never reuses a message id.
         provider = FakeProvider(first_id=int(time.time() * 1000))
         app.add_subapp(SANDBOX_PREFIX, create_provider_app(provider))
+        add_chat_routes(app, provider)
     app.cleanup_ctx.append(_lifecycle)
     return app
 

@@ -9,7 +9,9 @@ message with top-level ``set`` statements, read back from the template's module:
 
 Rendering is strict (``StrictUndefined``: a missing variable is an error) and does no HTML
 escaping. User text only ever reaches a template as a variable, so a user who writes
-``{{ 7*7 }}`` sees it back literally. Built-in templates (``botkit/fallback.txt``,
+``{{ 7*7 }}`` sees it back literally. Every template sees ``state`` (the conversation's),
+``phone``, and ``public_url`` (the server's public base URL, for images it serves from
+``static/``). Built-in templates (``botkit/fallback.txt``,
 ``botkit/error.txt``) can be overridden by a file of the same name in the templates folder.
 """
 
@@ -51,7 +53,9 @@ class Renderer:
     "Hi! What's your name?"
     """
 
-    def __init__(self, folder: str | Path | None = "templates") -> None:
+    def __init__(
+        self, folder: str | Path | None = "templates", globals: Mapping[str, Any] | None = None
+    ) -> None:
         loaders: list[jinja2.BaseLoader] = []
         if folder is not None:
             loaders.append(jinja2.FileSystemLoader(str(folder)))
@@ -64,6 +68,7 @@ class Renderer:
             auto_reload=False,
             cache_size=-1,  # compile each template once per process
         )
+        self.env.globals.update(globals or {})
 
     def render(self, name: str, variables: Mapping[str, Any]) -> Rendered:
         """Render template ``name``; raises DefinitionError or ReplyLimitError naming it."""

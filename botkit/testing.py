@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import sqlite_utils
@@ -236,15 +236,21 @@ class Chat:
         return self._new()
 
     async def send(
-        self, text: str, *, tracking: int | None | str = "last"
+        self, text: str, *, tracking: int | None | Literal["last"] = "last"
     ) -> list[BotMessage]:
-        """Send a message (answering the last 2Way message by default); returns new replies."""
+        """Send a message (answering the last 2Way message by default); returns new replies.
+
+        ``tracking=None`` sends no tracking data; an int names a message id to answer.
+        """
         self.transcript.append(("user", text))
-        url = None if self.harness.provider.last_message(self.phone) else (
-            self.harness.callback_url)
+        if self.harness.provider.last_message(self.phone) is None:
+            # The user writes first: no bot message to answer, so no tracking data.
+            url: str | None = self.harness.callback_url
+            tracking = None
+        else:
+            url = None if tracking is None else self.harness.callback_url
         result = await self.harness.provider.reply(
-            self.phone, text, tracking=tracking if url is None else None,  # type: ignore[arg-type]
-            callback_url=url,
+            self.phone, text, tracking=tracking, callback_url=url
         )
         if result.status != 200:
             raise AssertionError(f"bot answered {result.status}: {result.data}")
@@ -271,9 +277,11 @@ class Chat:
         out = []
         for sent in self.harness.provider.messages_to(self.phone):
             r = sent.request
-            button = (r.button_caption, r.button_action) if r.button_caption else None
+            button: tuple[str, str] | None = None
+            if r.button_caption and r.button_action:
+                button = (r.button_caption, r.button_action)
             out.append(BotMessage(sent.message_id, r.text, int(r.message_type), r.image,
-                                  button, steps.get(sent.message_id)))  # type: ignore[arg-type]
+                                  button, steps.get(sent.message_id)))
         return out
 
     def conversation(self) -> Conversation | None:

@@ -15,8 +15,8 @@ async def test_complete_survey(bot_harness):
     await chat.answer("4")
     [thanks] = await chat.answer("Great service")
     assert thanks.type == 208 and thanks.rich
-    assert thanks.image == "https://botkit.example/static/thanks.png"
-    assert thanks.button == ("See what's new", "https://botkit.example/news")
+    assert thanks.image == harness.url + "/static/survey/thanks.png"
+    assert thanks.button == ("See what's new", harness.url + "/static/survey/news.html")
     assert thanks.text.startswith("Thank you, Ana! You rated us 4/5.")
     assert chat.state == {"name": "Ana", "rating": 4, "comment": "Great service"}
     assert chat.conversation().status.value == "done"

@@ -12,6 +12,7 @@ the real provider::
 from __future__ import annotations
 
 from .faults import Fault
-from .provider import FakeProvider, create_provider_app
+from .provider import FakeProvider
+from .provider_app import create_provider_app
 
 __all__ = ["FakeProvider", "Fault", "create_provider_app"]

@@ -16,26 +16,17 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import aiohttp
-from aiohttp import web
-from pydantic import ValidationError
 
 from ..models import MessageStatus, MessageType, SendRequest
-from .faults import Faults, error_body
+from .faults import Faults
 
-__all__ = [
-    "PROVIDER_KEY",
-    "CallbackRecord",
-    "CallbackResult",
-    "FakeProvider",
-    "SentMessage",
-    "create_provider_app",
-    "run_fake_provider",
-]
+__all__ = ["CallbackRecord", "CallbackResult", "FakeProvider", "SentMessage"]
 
 log = logging.getLogger("botkit.sandbox")
 
@@ -43,8 +34,8 @@ DEFAULT_TTL = 86400.0  # "Viber will try to deliver the message for up to 1 day"
 STATUS_WINDOW = 5 * 86400.0  # /receive-viber answers "for the last 5 days" (provider docs)
 _TWO_WAY = (MessageType.TWO_WAY_TEXT, MessageType.TWO_WAY_RICH)
 _FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
-_RICH_FIELDS = ("image", "button_caption", "button_action")
 _EXPIRY_TICK = 0.5
+EVENT_HISTORY = 10_000  # events kept for the web chat's history
 _CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
@@ -154,6 +145,9 @@ class FakeProvider:
         self._next_id = first_id
         self._next_token = 10**13  # the provider's tokens are 14-digit numbers
         self._tasks: set[asyncio.Task[None]] = set()
+        self._events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._seq = 0
 
     # --- looking at what happened -------------------------------------------------
 
@@ -178,6 +172,22 @@ class FakeProvider:
     def is_online(self, phone: str) -> bool:
         """Whether the phone's Viber client receives messages (all phones start online)."""
         return phone.lstrip("+") not in self._offline
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``listener`` with every event from now on; returns the function that stops it.
+
+        Events are dicts with ``kind`` "bot" (a message accepted), "status" (a status change),
+        "user" (a simulated user answered) or "error" (the bot refused a callback), and
+        ``phone``. The web chat streams them to the browser.
+
+        Example: ``stop = provider.subscribe(queue.put_nowait)``
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def events_for(self, phone: str) -> list[dict[str, Any]]:
+        """The recent events of one phone, oldest first (the chat's history)."""
+        return [e for e in self._events if _same_phone(e["phone"], phone)]
 
     # --- driving the simulation ---------------------------------------------------
 
@@ -249,7 +259,12 @@ class FakeProvider:
             "time": int(self.clock()) if time is None else time,
             "message": message,
         }
-        return await self._post_all(url, payload)
+        self._emit({"kind": "user", "phone": phone, "text": text, "token": token})
+        result = await self._post_all(url, payload)
+        if not result.ok:
+            self._emit({"kind": "error", "phone": phone, "token": token,
+                        "error": result.error or f"the bot answered HTTP {result.status}"})
+        return result
 
     # --- starting and stopping ----------------------------------------------------
 
@@ -283,6 +298,7 @@ class FakeProvider:
         self._mark(msg, MessageStatus.PENDING)
         self.sent.append(msg)
         self._by_id[message_id] = msg
+        self._emit(_bot_event(msg))
         log.info("accepted message %d to %s (type %d)", message_id, msg.phone, request.message_type)
         if self.auto_deliver:
             self._spawn(self._life_cycle(msg))
@@ -323,6 +339,16 @@ class FakeProvider:
 
     def _mark(self, msg: SentMessage, status: MessageStatus) -> None:
         msg.history.append((status, self.clock()))
+        if msg.message_id in self._by_id:
+            self._emit({"kind": "status", "phone": msg.phone, "id": msg.message_id,
+                        "status": int(status)})
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self._seq += 1
+        event["seq"] = self._seq
+        self._events.append(event)
+        for listener in list(self._listeners):
+            listener(event)
 
     async def _announce(self, msg: SentMessage, status: MessageStatus) -> None:
         url = msg.request.callback_url
@@ -379,121 +405,12 @@ class FakeProvider:
             log.error("fake provider background task failed", exc_info=task.exception())
 
 
-PROVIDER_KEY = web.AppKey("botkit.sandbox.provider", FakeProvider)
-
-
-def create_provider_app(provider: FakeProvider, *, prefix: str = "") -> web.Application:
-    """Build the aiohttp app serving ``{prefix}/send-viber`` and ``{prefix}/receive-viber``.
-
-    The app starts the provider's background life cycle on startup and stops it on cleanup.
-
-    Example: ``server = await aiohttp_server(create_provider_app(FakeProvider()))``
-    """
-    app = web.Application()
-    app[PROVIDER_KEY] = provider
-    prefix = prefix.rstrip("/")
-    app.router.add_post(f"{prefix}/send-viber", _send_viber)
-    app.router.add_post(f"{prefix}/receive-viber", _receive_viber)
-    app.cleanup_ctx.append(_run_provider)
-    return app
-
-
-def run_fake_provider(host: str, port: int, api_key: str | None, *, prefix: str = "") -> None:
-    """Serve a fake provider until interrupted (``run.py fake-provider``).
-
-    Example: ``run_fake_provider("127.0.0.1", 9000, api_key=None)``
-    """
-    app = create_provider_app(FakeProvider(api_key=api_key), prefix=prefix)
-    auth = "Basic auth required" if api_key else "no auth"
-    print(f"fake provider listening on http://{host}:{port}{prefix} ({auth})", flush=True)
-    web.run_app(app, host=host, port=port, print=None)
-
-
-async def _run_provider(app: web.Application) -> AsyncIterator[None]:
-    provider = app[PROVIDER_KEY]
-    await provider.start()
-    yield
-    await provider.close()
-
-
-async def _send_viber(request: web.Request) -> web.StreamResponse:
-    provider = request.app[PROVIDER_KEY]
-    await asyncio.sleep(provider.faults.latency)
-    fault = provider.faults.next_fault()
-    if fault is not None:
-        log.info("fault on /send-viber: %s", fault)
-    if fault is not None and fault.kind != "delay":
-        return fault.answer(request)
-    response = await _accept_send(request, provider)
-    if fault is not None:
-        # The send has already happened; only the answer is late. A client that times out
-        # and retries sends twice, which is the risk PROVIDER_API.md warns about.
-        await asyncio.sleep(fault.seconds)
-    return response
-
-
-async def _accept_send(request: web.Request, provider: FakeProvider) -> web.Response:
-    body = await _authorized_json(request, provider)
-    if isinstance(body, web.Response):
-        return body
-    try:
-        send = SendRequest.model_validate(body)
-    except ValidationError as exc:
-        return _invalid_parameter(exc, body)
-    headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
-    return web.json_response({"message_id": provider.accept(send, body, headers)})
-
-
-async def _receive_viber(request: web.Request) -> web.StreamResponse:
-    provider = request.app[PROVIDER_KEY]
-    await asyncio.sleep(provider.faults.latency)
-    body = await _authorized_json(request, provider)
-    if isinstance(body, web.Response):
-        return body
-    message_id = _message_id(body.get("message_id"))
-    status = None if message_id is None else provider.status_of(message_id)
-    if message_id is None or status is None:
-        problem = f"no message {body.get('message_id')!r} sent in the last 5 days"
-        return _error(400, "Invalid Parameter: message_id", problem)
-    return web.json_response({"message_id": message_id, "status": int(status)})
-
-
-async def _authorized_json(
-    request: web.Request, provider: FakeProvider
-) -> dict[str, Any] | web.Response:
-    header = request.headers.get("Authorization")
-    if not provider.authorized(header):
-        problem = "invalid access key" if header else "missing Authorization: Basic header"
-        return _error(401, "Unauthorized", problem)
-    try:
-        body = json.loads(await request.read())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return _error(400, "Invalid Parameter: body", f"request body is not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return _error(400, "Invalid Parameter: body", "request body must be a JSON object")
-    return body
-
-
-def _invalid_parameter(exc: ValidationError, body: dict[str, Any]) -> web.Response:
-    first = exc.errors()[0]
-    field_name = ".".join(str(p) for p in first["loc"])
-    if not field_name:
-        # Cross-field checks of SendRequest carry no loc: name the rich field that is present.
-        field_name = next((f for f in _RICH_FIELDS if body.get(f) is not None), "message_type")
-    return _error(400, f"Invalid Parameter: {field_name}", first["msg"])
-
-
-def _error(status: int, name: str, message: str) -> web.Response:
-    return web.json_response(error_body(status, name=name, message=message), status=status)
-
-
-def _message_id(value: Any) -> int | None:
-    # Ids may travel as numbers or digit strings (PROVIDER_API.md).
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
+def _bot_event(msg: SentMessage) -> dict[str, Any]:
+    r = msg.request
+    button = {"caption": r.button_caption, "url": r.button_action} if r.button_caption else None
+    return {"kind": "bot", "phone": msg.phone, "id": msg.message_id, "text": r.text,
+            "type": int(r.message_type), "image": r.image, "button": button,
+            "status": int(msg.status)}
 
 
 def _json_or_text(raw: str) -> Any:

@@ -1,0 +1,150 @@
+"""The sandbox web chat: talk to your bots in a browser, through the fake provider.
+
+``GET /`` serves a Viber-like chat page. What the user types goes to ``/sandbox/chat/send``,
+which makes the fake provider post a real 2Way callback to the bot, so it runs through the
+same routing, storage and sender as production. The bot's messages, their delivery ticks
+and the user's own messages stream back as server-sent events from ``/sandbox/chat/events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
+
+from ..models import Phone
+from ..server import RUNTIME
+from .provider import FakeProvider
+
+__all__ = ["add_chat_routes"]
+
+log = logging.getLogger("botkit.sandbox")
+
+HERE = Path(__file__).parent
+CHAT_PROVIDER = web.AppKey("botkit.sandbox.chat_provider", FakeProvider)
+HEARTBEAT = 15.0  # seconds between SSE comments, so proxies keep the stream open
+
+# The page is HTML: unlike message templates, it is autoescaped.
+_pages = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+class _Send(BaseModel):
+    phone: Phone
+    text: str = Field(min_length=1, max_length=4096)
+
+
+class _Start(BaseModel):
+    phone: Phone
+    flow: str = Field(min_length=1, max_length=40)
+
+
+def add_chat_routes(app: web.Application, provider: FakeProvider) -> None:
+    """Serve the chat page and its API on ``app``, talking through ``provider``."""
+    app[CHAT_PROVIDER] = provider
+    app.router.add_get("/", _page)
+    app.router.add_get("/sandbox/chat/events", _events)
+    app.router.add_post("/sandbox/chat/send", _send)
+    app.router.add_post("/sandbox/chat/start", _start)
+    app.router.add_static("/sandbox/static", HERE / "static")
+
+
+async def _page(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    flows = [
+        {"name": f.name, "keywords": list(f.keywords),
+         "entries": [k for s in f.steps.values() for k in s.keywords]}
+        for f in rt.flows.values()
+    ]
+    html = _pages.get_template("chat.html").render(flows=flows)
+    return web.Response(text=html, content_type="text/html")
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    provider = request.app[CHAT_PROVIDER]
+    try:
+        phone = _Send(phone=request.query.get("phone", ""), text=".").phone
+    except ValidationError:
+        return web.json_response({"error": "phone: digits only, optional +, at most 20",
+                                  "field": "phone"}, status=400)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    stop = provider.subscribe(lambda e: queue.put_nowait(e) if _mine(e, phone) else None)
+    try:
+        for event in provider.events_for(phone):
+            await response.write(_sse(event))
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            await response.write(_sse(event))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass  # the tab was closed, or the server is stopping
+    finally:
+        stop()
+    return response
+
+
+async def _send(request: web.Request) -> web.Response:
+    body = await _body(request, _Send)
+    if isinstance(body, web.Response):
+        return body
+    assert isinstance(body, _Send)
+    provider, rt = request.app[CHAT_PROVIDER], request.app[RUNTIME]
+    first = provider.last_message(body.phone) is None
+    # A user who writes first answers no message: no tracking data, the bot's own URL.
+    result = await provider.reply(
+        body.phone, body.text, tracking=None if first else "last",
+        callback_url=rt.callback_url if first else None,
+    )
+    return web.json_response({"ok": result.ok, "status": result.status, "answer": result.data},
+                             status=200 if result.ok else 502)
+
+
+async def _start(request: web.Request) -> web.Response:
+    body = await _body(request, _Start)
+    if isinstance(body, web.Response):
+        return body
+    assert isinstance(body, _Start)
+    rt = request.app[RUNTIME]
+    if body.flow not in rt.flows:
+        return web.json_response({"error": f"no flow is named {body.flow!r}", "field": "flow"},
+                                 status=400)
+    assert rt.engine is not None
+    result = await rt.engine.start(body.flow, body.phone)  # wakes the sender itself
+    return web.json_response({"outcome": result.outcome, "detail": result.detail})
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel | web.Response:
+    try:
+        return model.model_validate(json.loads(await request.read()))
+    except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return web.json_response({"error": f"{where}: {first['msg']}", "field": where},
+                                     status=400)
+        return web.json_response({"error": f"body is not valid JSON: {exc}"}, status=400)
+
+
+def _mine(event: dict[str, Any], phone: str) -> bool:
+    return str(event.get("phone", "")).lstrip("+") == phone.lstrip("+")
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()

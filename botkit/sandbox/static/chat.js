@@ -1,0 +1,128 @@
+// botkit sandbox chat: plain JavaScript, no build step.
+// Every text goes into the page with textContent, never innerHTML: no HTML injection.
+"use strict";
+
+const TICKS = { 5: "🕓", 0: "✓", 1: "✓✓", 2: "✗ error", 3: "✗ rejected", 4: "✗ undelivered", 20: "?" };
+
+const messages = document.getElementById("messages");
+const phoneInput = document.getElementById("phone");
+const textInput = document.getElementById("text");
+let phone = null;
+let source = null;
+let seen = new Set();
+
+function randomPhone() {
+  return "38050" + String(Math.floor(Math.random() * 1e7)).padStart(7, "0");
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function scrollDown() {
+  messages.scrollTop = messages.scrollHeight;
+}
+
+function showBot(event) {
+  const bubble = el("div", "bubble bot");
+  bubble.dataset.id = String(event.id);
+  bubble.dataset.type = String(event.type);
+  bubble.appendChild(el("p", "text", event.text));
+  if (event.image) {
+    const img = el("img", "image");
+    img.src = event.image;
+    img.alt = "image from the bot";
+    img.loading = "lazy";
+    bubble.appendChild(img);
+  }
+  if (event.button) {
+    const link = el("a", "button", event.button.caption);
+    link.href = event.button.url;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    bubble.appendChild(link);
+  }
+  const meta = el("span", "meta");
+  meta.appendChild(el("span", "type", String(event.type)));
+  const ticks = el("span", "ticks", TICKS[event.status] || "");
+  ticks.dataset.status = String(event.status);
+  meta.appendChild(ticks);
+  bubble.appendChild(meta);
+  messages.appendChild(bubble);
+}
+
+function showStatus(event) {
+  const bubble = messages.querySelector(`.bubble.bot[data-id="${Number(event.id)}"]`);
+  if (!bubble) return;
+  const ticks = bubble.querySelector(".ticks");
+  ticks.textContent = TICKS[event.status] || "";
+  ticks.dataset.status = String(event.status);
+}
+
+function handle(event) {
+  if (seen.has(event.seq)) return;  // history is replayed when the stream reconnects
+  seen.add(event.seq);
+  if (event.kind === "bot") showBot(event);
+  else if (event.kind === "status") showStatus(event);
+  else if (event.kind === "user") messages.appendChild(el("div", "bubble user", event.text));
+  else if (event.kind === "error") messages.appendChild(el("div", "notice", event.error));
+  scrollDown();
+}
+
+function open(newPhone) {
+  phone = newPhone;
+  phoneInput.value = phone;
+  const url = new URL(location.href);
+  url.searchParams.set("phone", phone);
+  history.replaceState(null, "", url);
+  document.title = `botkit sandbox · ${phone}`;
+  if (source) source.close();
+  messages.replaceChildren();
+  seen = new Set();
+  source = new EventSource(`/sandbox/chat/events?phone=${encodeURIComponent(phone)}`);
+  source.onmessage = (message) => handle(JSON.parse(message.data));
+}
+
+async function post(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) {
+    const answer = await response.json().catch(() => ({}));
+    messages.appendChild(el("div", "notice", answer.error || `error ${response.status}`));
+    scrollDown();
+  }
+  return response;
+}
+
+document.getElementById("phone-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (phoneInput.checkValidity()) open(phoneInput.value.trim());
+});
+
+document.getElementById("composer").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const text = textInput.value.trim();
+  if (!text) return;
+  textInput.value = "";
+  await post("/sandbox/chat/send", { phone, text });
+  textInput.focus();
+});
+
+for (const button of document.querySelectorAll("button.start")) {
+  button.addEventListener("click", async () => {
+    const response = await post("/sandbox/chat/start", { phone, flow: button.dataset.flow });
+    const answer = await response.json().catch(() => ({}));
+    if (answer.outcome === "skipped") {
+      messages.appendChild(el("div", "notice", `already in ${button.dataset.flow}: ${answer.detail}`));
+      scrollDown();
+    }
+  });
+}
+
+open(new URL(location.href).searchParams.get("phone") || randomPhone());
