@@ -35,7 +35,7 @@ function showBot(event) {
     const img = el("img", "image");
     img.src = event.image;
     img.alt = "image from the bot";
-    img.loading = "lazy";
+    img.addEventListener("load", scrollDown);
     bubble.appendChild(img);
   }
   if (event.button) {

@@ -1,0 +1,125 @@
+"""End to end in real headless Chromium: the survey through the sandbox web chat.
+
+Runs ``python run.py`` in sandbox mode as a user would, drives Debian's Chromium with
+Playwright, and checks the bubbles and the stored answers. Without Chromium this test is
+skipped with the reason; CI sets BOTKIT_REQUIRE_BROWSER=1 so it can never be skipped there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from aiohttp.test_utils import unused_port
+
+ROOT = Path(__file__).parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def browser_missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed (pip install playwright)"
+    return None
+
+
+@pytest.fixture
+def sandbox_server(tmp_path):
+    port = unused_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    env.update(BOTKIT_DB=str(tmp_path / "browser.db"), BOTKIT_PORT=str(port))
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                process.wait()
+                raise AssertionError(f"server did not start: {log.read_text()}")
+            time.sleep(0.1)
+    yield url, tmp_path / "browser.db"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=20)
+
+
+def test_survey_in_the_web_chat(sandbox_server, tmp_path):
+    missing = browser_missing()
+    if missing:
+        if os.environ.get("BOTKIT_REQUIRE_BROWSER"):
+            pytest.fail(f"browser test required here: {missing}")
+        pytest.skip(missing)
+    from playwright.sync_api import expect, sync_playwright
+
+    url, db = sandbox_server
+    phone = "380509876543"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+            page.goto(f"{url}/?phone={phone}")
+            expect(page.locator("#phone")).to_have_value(phone)
+            bots = page.locator(".bubble.bot")
+
+            page.get_by_role("button", name="Start survey").click()
+            expect(bots.nth(0)).to_contain_text("First, what's your name?")
+            expect(bots.nth(0).locator(".ticks")).to_have_text("✓✓")
+
+            def say(text: str, count: int) -> None:
+                page.locator("#text").fill(text)
+                page.locator("#send").click()
+                expect(bots).to_have_count(count)
+
+            say("Ana", 2)
+            expect(bots.nth(1)).to_contain_text("Thanks, Ana!")
+            say("ten", 3)
+            expect(bots.nth(2)).to_contain_text('Please answer 1 to 5 ("ten" is not one of them)')
+            say("4", 4)
+            say("<b>Quick</b> & friendly", 5)
+            expect(page.locator(".bubble.user").last).to_have_text("<b>Quick</b> & friendly")
+            assert page.locator(".bubble b").count() == 0  # shown as text, never parsed
+            thanks = bots.nth(4)
+            expect(thanks).to_contain_text("You rated us 4/5")
+            expect(thanks.locator("img.image")).to_have_attribute(
+                "src", f"{url}/static/survey/thanks.png")
+            page.wait_for_function(
+                "() => document.querySelector('.bubble.bot:last-child img').naturalWidth > 0")
+            button = thanks.locator("a.button")
+            expect(button).to_have_text("See what's new")
+            expect(button).to_have_attribute("href", f"{url}/static/survey/news.html")
+            expect(page.locator(".bubble.user")).to_have_count(4)
+            expect(thanks.locator(".ticks")).to_have_text("✓✓")
+            page.evaluate("document.getElementById('messages').scrollTop = 1e9")
+            # docs/img/chat.png is refreshed with BOTKIT_UPDATE_SCREENSHOT=1.
+            shot = ROOT / "docs" / "img" / "chat.png"
+            if not os.environ.get("BOTKIT_UPDATE_SCREENSHOT"):
+                shot = tmp_path / "chat.png"
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+
+    conv = next(sqlite_utils.Database(db).query(
+        "SELECT status, state FROM conversations WHERE phone = ?", [phone]))
+    assert conv["status"] == "done"
+    assert conv["state"] == (
+        '{"name": "Ana", "rating": 4, "comment": "<b>Quick</b> & friendly"}')
