@@ -33,6 +33,7 @@ from .conversation import Conversation
 from .flows import Flow
 from .models import MessageType
 from .sandbox import FakeProvider, create_provider_app
+from .sandbox.faults import Faults
 from .server import RUNTIME, Runtime, create_app
 
 __all__ = ["BotMessage", "Chat", "Clock", "Harness", "bot_harness"]
@@ -141,6 +142,11 @@ class Harness:
         }
         values.update(self.extra_settings)
         return Settings(**values)
+
+    @property
+    def faults(self) -> Faults:
+        """The fake provider's fault switches: ``harness.faults.script(Fault.status(429))``."""
+        return self.provider.faults
 
     @property
     def runtime(self) -> Runtime:
