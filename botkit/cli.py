@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from .errors import BotkitError
 from .flows import FlowSet
+from .models import normalize_phone
 
 __all__ = ["main"]
 
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--phone")
     p.add_argument("--flow")
     p.add_argument("--limit", type=int, default=50)
+    p = command("messages", _messages, "a phone's last messages in and out, with their status")
+    p.add_argument("phone")
+    p.add_argument("--limit", type=int, default=30)
     p = command("release", _release, "give a conversation with a human back to the bot")
     p.add_argument("phone")
     p = command("fake-provider", _fake_provider, "run the fake provider standalone (testing)")
@@ -113,8 +117,9 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, flows.values(), templates=args.templates)
     where = f"http://{settings.host}:{settings.port}"
     if settings.sandbox:
-        print(f"botkit SANDBOX: no provider key, nothing leaves this machine. Chat with your"
-              f" bots at {where}/", flush=True)
+        why = "no provider key" if settings.api_key is None else "BOTKIT_SANDBOX=1"
+        print(f"botkit SANDBOX ({why}): messages go to a fake provider inside this process."
+              f" Chat with your bots at {where}/", flush=True)
     else:
         print(f"botkit serving on {where}, sending through {settings.api_url}", flush=True)
     web.run_app(app, host=settings.host, port=settings.port, print=None,
@@ -142,16 +147,16 @@ def _start(args: argparse.Namespace) -> int:
     import secrets
 
     from .engine import Engine
-    from .templates import Renderer
+    from .server import callback_url, renderer_for
 
     settings = _settings(args)
     flows = _flows(args)
     flows[args.flow]  # noqa: B018 - fails early, with a suggestion, for a wrong flow name
-    phones: list[str] = list(args.phones)
-    bad: list[str] = []
+    phones, bad = _check_phones(args.phones, "argument")
     if args.phones_file:
-        more, bad = _read_phones(Path(args.phones_file))
+        more, bad_rows = _read_phones(Path(args.phones_file))
         phones += more
+        bad += bad_rows
     for problem in bad:
         print(f"skipped {problem}", file=sys.stderr)
     if not phones:
@@ -164,14 +169,14 @@ def _start(args: argparse.Namespace) -> int:
             secret = settings.callback_secret.get_secret_value()
         else:
             secret = await store.secret(lambda: secrets.token_urlsafe(24))
-        engine = Engine(store, flows, Renderer(args.templates), sender=settings.sender,
-                        callback_url=f"{settings.public_base}/viber/callback/{secret}")
+        engine = Engine(store, flows, renderer_for(settings, args.templates),
+                        sender=settings.sender, callback_url=callback_url(settings, secret))
         counts = {"started": 0, "skipped": 0, "replaced": 0}
         for n, phone in enumerate(dict.fromkeys(phones), 1):
             result = await engine.start(args.flow, phone)
             counts[result.outcome] += 1
-            if result.outcome != "started":
-                print(f"{result.outcome} {phone}: {result.detail or 'had another flow open'}")
+            if result.detail:
+                print(f"{result.outcome} {phone}: {result.detail}")
             if n % 1000 == 0:
                 print(f"... {n}/{len(phones)}", file=sys.stderr)
         print(f"{args.flow}: started {counts['started'] + counts['replaced']} conversations"
@@ -180,6 +185,21 @@ def _start(args: argparse.Namespace) -> int:
         return 1 if bad else 0
 
     return _with_store(args, job)
+
+
+def _check_phones(values: list[str], where: str) -> tuple[list[str], list[str]]:
+    from pydantic import TypeAdapter, ValidationError
+
+    from .models import Phone
+
+    adapter: TypeAdapter[str] = TypeAdapter(Phone)
+    good, bad = [], []
+    for value in values:
+        try:
+            good.append(adapter.validate_python(value))
+        except ValidationError:
+            bad.append(f"{where} {value!r}: not a phone number (digits, optional +, at most 20)")
+    return good, bad
 
 
 def _read_phones(path: Path) -> tuple[list[str], list[str]]:
@@ -267,7 +287,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _conversations(args: argparse.Namespace) -> int:
     async def job(store: Any) -> int:
-        convs = await store.conversations(phone=args.phone, flow=args.flow, limit=args.limit)
+        phone = normalize_phone(args.phone) if args.phone else None
+        convs = await store.conversations(phone=phone, flow=args.flow, limit=args.limit)
         now = time.time()
         print(f"{'id':>6}  {'phone':<16} {'flow':<12} {'step':<16} {'status':<9} last activity")
         for c in convs:
@@ -281,9 +302,24 @@ def _conversations(args: argparse.Namespace) -> int:
     return _with_store(args, job)
 
 
+def _messages(args: argparse.Namespace) -> int:
+    async def job(store: Any) -> int:
+        phone = normalize_phone(args.phone)
+        entries = await store.history(phone, args.limit)
+        for entry in entries:
+            who = "user" if entry.direction == "in" else "bot "
+            print(f"{_iso(entry.at)}  {who}  {entry.text}")
+            print(f"{'':27}[{entry.detail}]")
+        if not entries:
+            print(f"(no messages with {phone})")
+        return 0
+
+    return _with_store(args, job)
+
+
 def _release(args: argparse.Namespace) -> int:
     async def job(store: Any) -> int:
-        conv = await store.release(args.phone, time.time())
+        conv = await store.release(normalize_phone(args.phone), time.time())
         if conv is None:
             print(f"error: {args.phone} has no conversation waiting for a human", file=sys.stderr)
             return 1

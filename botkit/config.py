@@ -6,6 +6,8 @@ Tests build it directly (``Settings(db=tmp_path / "bot.db")``); the server build
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,8 @@ from .errors import ConfigError
 __all__ = ["Settings", "DEFAULT_API_URL"]
 
 DEFAULT_API_URL = "https://web.it-decision.com/v1/api"
+
+log = logging.getLogger("botkit.config")
 
 # Settings field -> (environment variable, accepted form shown in errors)
 ENV_VARS: dict[str, tuple[str, str]] = {
@@ -126,11 +130,22 @@ class Settings(BaseModel):
                 raw = source.get(var)
                 if raw is not None and raw != "":
                     values[field] = raw
+        _warn_unknown(sources)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**values)
         except ValidationError as exc:
             raise ConfigError(_explain(exc)) from None
+
+
+def _warn_unknown(sources: list[Mapping[str, str | None]]) -> None:
+    known = [var for var, _ in ENV_VARS.values()]
+    for source in sources:
+        for name in source:
+            if name.startswith("BOTKIT_") and name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                log.warning("ignoring unknown setting %s%s", name, hint)
 
 
 def _explain(exc: ValidationError) -> str:

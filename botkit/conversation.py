@@ -61,4 +61,5 @@ class SentRef:
 
     message_id: int
     conversation_id: int | None
+    flow: str | None
     step: str | None

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from .conversation import Conversation, Status
 from .errors import ConcurrentUpdateError, DefinitionError
 from .flows import Delivery, Flow, FlowSet, Step
-from .models import MessageType, SendRequest, parse_tracking_id
+from .models import MessageType, SendRequest, normalize_phone, parse_tracking_id
 from .routing import Route, RouteKind, route
 from .store import Commit, ConversationChange, Inbound, OutboxItem, Store
 from .templates import Renderer
@@ -134,25 +134,33 @@ class Engine:
         flow has that conversation closed as replaced.
         """
         flow = self.flows[flow_name]
+        phone = normalize_phone(phone)
         now = self.clock()
         active = await self.store.open_conversation(phone)
         closes: tuple[tuple[Conversation, Status], ...] = ()
         outcome: Literal["started", "replaced"] = "started"
+        detail = ""
         if active is not None:
+            if active.status is Status.HUMAN:
+                return StartResult(phone, "skipped", active.id, "waiting for a human agent")
             if active.flow == flow.name and not active.expired(now):
                 return StartResult(phone, "skipped", active.id, f"already at {active.step!r}")
-            status = Status.EXPIRED if active.expired(now) else Status.REPLACED
-            closes, outcome = ((active, status),), "replaced"
+            if active.expired(now):
+                closes, detail = ((active, Status.EXPIRED),), "the previous one had expired"
+            else:
+                closes, outcome = ((active, Status.REPLACED),), "replaced"
+                detail = f"closed an open {active.flow!r} conversation"
         first = flow.first
         change = self._new(phone, flow, first.name, dict(state or {}), now)
         reply = Reply(self._prompt_of(first), {})
         commit = Commit(None, route="start", conversation=change, closes=closes,
-                        outbox=self._render([(reply, flow)], phone, first.name, change.state))
+                        outbox=self._render([(reply, flow)], phone, (flow.name, first.name),
+                                            change.state))
         try:
             conv_id, _ = await self._commit(commit)
         except ConcurrentUpdateError as exc:
             return StartResult(phone, "skipped", None, str(exc))
-        return StartResult(phone, outcome, conv_id)
+        return StartResult(phone, outcome, conv_id, detail)
 
     # -- one turn ---------------------------------------------------------------------------
 
@@ -186,7 +194,8 @@ class Engine:
         log.info("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
                  _where(decided), decided.reason, len(out.replies))
         state = out.change.state if out.change else None
-        outbox = self._render(out.replies, message.phone, out.step, state)
+        asked = (out.change.flow, out.step) if out.change and out.step else None
+        outbox = self._render(out.replies, message.phone, asked, state)
         return Commit(inbound.id, "handled", kind.value, None, out.change, decided.close, outbox)
 
     async def _run_handler(
@@ -194,9 +203,11 @@ class Engine:
     ) -> _Outcome:
         conv = decided.conversation
         state = dict(conv.state) if conv else {}
+        # A late answer's step is not the current one: its retry count starts afresh.
+        retries = conv.retries if conv and not decided.late else 0
         turn = Turn(flows=self.flows, step=step, message=message, state=state,
-                    conversation_id=conv.id if conv else 0,
-                    retries=conv.retries if conv else 0, late=decided.late)
+                    conversation_id=conv.id if conv else 0, retries=retries,
+                    late=decided.late)
         await step.handler(turn)
         flow = self.flows[step.flow]
         current = conv.step if conv else step.name  # a late answer leaves the current step
@@ -205,9 +216,9 @@ class Engine:
         if t is not None:
             if t.kind in ("ask", "switch"):
                 target_flow, target_step, retries = self.flows[t.flow], t.step or current, 0
-            elif t.kind == "retry":
+            elif t.kind == "retry":  # re-asks the handler's step (the late one, if late)
                 status = Status.GAVE_UP if turn.gave_up else Status.ACTIVE
-                retries = turn.retries + 1
+                target_step, retries = step.name, turn.retries + 1
             elif t.kind == "finish":
                 status = Status.DONE
             elif t.kind == "handoff":
@@ -250,9 +261,10 @@ class Engine:
         self,
         replies: list[tuple[Reply, Flow | None]],
         phone: str,
-        step: str | None,
+        asked: tuple[str, str] | None,
         state: dict[str, Any] | None = None,
     ) -> tuple[OutboxItem, ...]:
+        """Render and validate replies; each records the (flow, step) its answer goes to."""
         items = []
         for reply, flow in replies:
             # Every template sees the conversation's state and the phone; reply variables win.
@@ -274,7 +286,8 @@ class Engine:
                 validity_period=int(validity) if validity is not None else None,
             )
             items.append(OutboxItem(
-                phone, step, reply.template, rendered.text, int(request.message_type),
+                phone, asked[0] if asked else None, asked[1] if asked else None,
+                reply.template, rendered.text, int(request.message_type),
                 request.model_dump(mode="json", exclude_none=True),
             ))
         return tuple(items)

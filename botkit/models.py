@@ -36,6 +36,7 @@ __all__ = [
     "SendResult",
     "StatusResult",
     "StatusUpdate",
+    "normalize_phone",
     "parse_tracking_id",
 ]
 
@@ -94,11 +95,25 @@ def _str_from_int(value: Any) -> Any:
     return value
 
 
+def normalize_phone(value: str) -> str:
+    """The one spelling botkit stores for a phone: digits without a leading ``+``.
+
+    >>> normalize_phone(" +380501112233")
+    '380501112233'
+    """
+    return value.strip().removeprefix("+")
+
+
+def _phone(value: Any) -> Any:
+    # One spelling per user: "+380 50..." and "38050..." are the same phone. The provider
+    # posts numbers without "+" and its examples send them that way (PROVIDER_API.md).
+    value = _str_from_int(value)
+    return normalize_phone(value) if isinstance(value, str) else value
+
+
 ProviderId = Annotated[StrictInt, BeforeValidator(_int_from_digits), Field(ge=0, lt=2**63)]
 Token = Annotated[str, BeforeValidator(_str_from_int), Field(min_length=1, max_length=64)]
-Phone = Annotated[
-    str, BeforeValidator(_str_from_int), Field(min_length=1, max_length=20, pattern=r"^\+?\d+$")
-]
+Phone = Annotated[str, BeforeValidator(_phone), Field(min_length=1, max_length=20, pattern=r"^\d+$")]
 
 
 class ReplyMessage(BaseModel):

@@ -100,9 +100,9 @@ def _tracked(sent: SentRef, conv: Conversation, flows: FlowSet, now: float) -> R
         return None  # rule 4 is applied to the phone's open conversation, which this is
     current = _step_of(conv, flows)
     assert current is not None
-    if sent.step == conv.step:
+    if sent.flow == conv.flow and sent.step == conv.step:
         return Route(RouteKind.STEP, "answer to the current question", conv, current)
-    answered = flows[conv.flow].steps.get(sent.step or "")
+    answered = flows[conv.flow].steps.get(sent.step or "") if sent.flow == conv.flow else None
     if answered is not None and answered.accept_late:
         return Route(RouteKind.STEP, f"late answer to {answered.name!r}", conv, answered, True)
     return Route(RouteKind.STALE, f"stale answer to {sent.step!r}", conv, current)

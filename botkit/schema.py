@@ -63,12 +63,14 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             conversation_id INTEGER,
             inbound_id INTEGER,
             phone TEXT NOT NULL,
+            flow TEXT,
             step TEXT,
             template TEXT NOT NULL,
             text TEXT NOT NULL,
             message_type INTEGER NOT NULL,
             payload TEXT NOT NULL,
             status TEXT NOT NULL DEFAULT 'queued',
+            due_at REAL NOT NULL DEFAULT 0,
             attempts INTEGER NOT NULL DEFAULT 0,
             error TEXT,
             message_id INTEGER,
@@ -77,7 +79,12 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             created_at REAL NOT NULL,
             sent_at REAL
         )""")
+    # The sender's queue, and "is an earlier message of this phone still waiting?".
     db.execute("CREATE INDEX outbound_queue ON outbound (id) WHERE status IN ('queued', 'sending')")
+    db.execute(
+        "CREATE INDEX outbound_phone_queue ON outbound (phone, id)"
+        " WHERE status IN ('queued', 'sending')"
+    )
     db.execute("CREATE INDEX outbound_message_id ON outbound (message_id)")
     db.execute("CREATE INDEX outbound_conversation ON outbound (conversation_id)")
     db.execute("""

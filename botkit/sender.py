@@ -1,10 +1,13 @@
 """Sender: the background worker that delivers outbox rows through the provider client.
 
-It claims queued rows, sends each phone's messages in order (phones in parallel, up to
-``concurrency``), and records the provider's ``message_id`` or the reason a message failed.
-401 and 402 pause all sending (the queue is kept, the operator is told in the log and in
-``/healthz``); after ``pause_seconds`` the next send probes whether the provider accepts
-again. Rows queued by other processes (``run.py start``) are found by polling.
+It claims due rows, one per phone so that each phone's messages leave in order (phones in
+parallel, up to ``concurrency``), and records the provider's ``message_id`` or the reason a
+message failed. The client retries 429s, 5xx and network errors within a request; when those
+retries run out the row is queued again for later, ``retry_rounds`` times with growing
+delays, before it is marked failed. 401 and 402 pause all sending (the queue is kept, the
+operator is told in the log and in ``/healthz``); after ``pause_seconds`` the next send
+probes whether the provider accepts again. Rows queued by other processes (``run.py
+start``) are found by polling.
 """
 
 from __future__ import annotations
@@ -42,17 +45,19 @@ class Sender:
         *,
         clock: Callable[[], float] = time.time,
         concurrency: int = 8,
-        batch: int = 64,
         poll_interval: float = 1.0,
         pause_seconds: float = 60.0,
+        retry_rounds: int = 5,
+        round_delay: float = 30.0,
     ) -> None:
         self.store = store
         self.client = client
         self.clock = clock
         self.concurrency = concurrency
-        self.batch = batch
         self.poll_interval = poll_interval
         self.pause_seconds = pause_seconds
+        self.retry_rounds = retry_rounds
+        self.round_delay = round_delay
         self.paused: str | None = None
         self.sent = 0
         self.failed = 0
@@ -86,17 +91,16 @@ class Sender:
             if self.clock() < self._paused_until or len(self._inflight) >= self.concurrency:
                 await self._sleep(self.poll_interval)
                 continue
-            rows = await self.store.claim_outbox(self.batch, self._inflight)
+            rows = await self.store.claim_outbox(
+                self.concurrency - len(self._inflight), self.clock()
+            )
             if not rows:
                 await self._sleep(self.poll_interval)
                 continue
-            groups: dict[str, list[Outgoing]] = {}
-            for row in rows:
-                groups.setdefault(row.phone, []).append(row)
-            for phone, group in groups.items():
-                task = asyncio.create_task(self._send_group(group), name=f"send-{phone}")
-                self._inflight[phone] = task
-                task.add_done_callback(functools.partial(self._done, phone))
+            for row in rows:  # at most one per phone
+                task = asyncio.create_task(self._send(row), name=f"send-{row.phone}")
+                self._inflight[row.phone] = task
+                task.add_done_callback(functools.partial(self._done, row.phone))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish sends in progress (up to ``timeout``); unsent rows stay queued."""
@@ -119,30 +123,36 @@ class Sender:
         except TimeoutError:
             pass
 
-    async def _send_group(self, group: list[Outgoing]) -> None:
-        for index, row in enumerate(group):
-            if self._stopping or self.clock() < self._paused_until:
-                await self.store.requeue([r.id for r in group[index:]], "not sent yet")
-                return
-            try:
-                request = SendRequest.model_validate(row.payload)
-                result = await self.client.send(request)
-            except (UnauthorizedError, BalanceError) as exc:
-                await self.store.requeue([r.id for r in group[index:]], exc.reason)
-                self._pause(exc)
-                return
-            except ProviderError as exc:
+    async def _send(self, row: Outgoing) -> None:
+        if self._stopping or self.clock() < self._paused_until:
+            await self.store.requeue([row.id], "not sent yet")
+            return
+        try:
+            request = SendRequest.model_validate(row.payload)
+            result = await self.client.send(request)
+        except (UnauthorizedError, BalanceError) as exc:
+            await self.store.requeue([row.id], exc.reason)
+            self._pause(exc)
+            return
+        except ProviderError as exc:
+            if exc.retryable and row.attempts <= self.retry_rounds:
+                delay = min(self.round_delay * 2 ** (row.attempts - 1), 3600.0)
+                log.warning("outbox %d to %s: %s; trying again in %.0fs (round %d of %d)",
+                            row.id, row.phone, exc.reason, delay, row.attempts,
+                            self.retry_rounds + 1)
+                await self.store.requeue([row.id], exc.reason, self.clock() + delay)
+            else:
                 await self._fail(row, exc.reason)
-                continue
-            except ValidationError as exc:
-                await self._fail(row, f"stored payload is invalid: {exc.errors()[0]['msg']}")
-                continue
-            await self.store.mark_sent(row.id, result.message_id, self.clock())
-            self.sent += 1
-            log.info("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
-            if self.paused:
-                log.warning("provider accepts messages again; sending resumed")
-                self.paused = None
+            return
+        except ValidationError as exc:
+            await self._fail(row, f"stored payload is invalid: {exc.errors()[0]['msg']}")
+            return
+        await self.store.mark_sent(row.id, result.message_id, self.clock())
+        self.sent += 1
+        log.info("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
+        if self.paused:
+            log.warning("provider accepts messages again; sending resumed")
+            self.paused = None
 
     async def _fail(self, row: Outgoing, reason: str) -> None:
         self.failed += 1

@@ -32,7 +32,8 @@ from .sqlite_store import SQLiteStore
 from .store import Inbound, Store
 from .templates import Renderer
 
-__all__ = ["RUNTIME", "Runtime", "create_app", "MAX_BODY"]
+__all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_url", "create_app", "provider_url",
+           "renderer_for"]
 
 log = logging.getLogger("botkit.server")
 
@@ -84,7 +85,7 @@ def create_app(
     >>> web.run_app(app, host="127.0.0.1", port=8080)
     """
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
-    renderer = Renderer(templates, globals={"public_url": settings.public_base})
+    renderer = renderer_for(settings, templates)
     app[RUNTIME] = Runtime(
         settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
         store=store or SQLiteStore(settings.db), session=session,
@@ -98,12 +99,23 @@ def create_app(
         from .sandbox import FakeProvider, create_provider_app
         from .sandbox.chat import add_chat_routes
 
-        # Ids in milliseconds, so a restarted sandbox never reuses a message id.
-        provider = FakeProvider(first_id=int(time.time() * 1000))
+        # Ids and tokens from the clock, so a restarted sandbox never reuses one.
+        now_ms = int(time.time() * 1000)
+        provider = FakeProvider(first_id=now_ms, first_token=now_ms * 10)
         app.add_subapp(SANDBOX_PREFIX, create_provider_app(provider))
         add_chat_routes(app, provider)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def renderer_for(settings: Settings, templates: str | None) -> Renderer:
+    """The message renderer, with the globals every template sees (``public_url``)."""
+    return Renderer(templates, globals={"public_url": settings.public_base})
+
+
+def callback_url(settings: Settings, secret: str) -> str:
+    """The URL every message names for the provider's callbacks."""
+    return f"{settings.public_base}/viber/callback/{secret}"
 
 
 def provider_url(settings: Settings) -> str:
@@ -122,7 +134,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         rt.secret = settings.callback_secret.get_secret_value()
     else:
         rt.secret = await rt.store.secret(lambda: secrets.token_urlsafe(24))  # 192 bits
-    rt.callback_url = f"{settings.public_base}/viber/callback/{rt.secret}"
+    rt.callback_url = callback_url(settings, rt.secret)
+    if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
+        log.warning("listening on %s without BOTKIT_PUBLIC_URL: the provider is told to post"
+                    " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
+                    settings.host, settings.public_base)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     rt.client = ProviderClient(provider_url(settings), key, session=rt.session, retry=rt.retry)
     rt.sender = Sender(rt.store, rt.client, clock=rt.clock)

@@ -25,7 +25,7 @@ from .conversation import Conversation, SentRef, Status
 from .errors import ConcurrentUpdateError
 from .models import InboundReply, MessageStatus, StatusUpdate
 from .schema import check_and_migrate
-from .store import Commit, Inbound, Outgoing, Store
+from .store import Commit, Inbound, LogEntry, Outgoing, Store
 
 __all__ = ["SQLiteStore"]
 
@@ -198,12 +198,13 @@ class SQLiteStore(Store):
         sent = tracked = None
         if tracking_id is not None:
             row = self._one(
-                "SELECT message_id, conversation_id, step FROM outbound"
+                "SELECT message_id, conversation_id, flow, step FROM outbound"
                 " WHERE message_id = ? AND phone = ? ORDER BY id DESC LIMIT 1",
                 [tracking_id, phone],
             )
             if row is not None:
-                sent = SentRef(row["message_id"], row["conversation_id"], row["step"])
+                sent = SentRef(row["message_id"], row["conversation_id"], row["flow"],
+                               row["step"])
                 if sent.conversation_id is not None:
                     tracked = self._conversation("id = ?", [sent.conversation_id])
         return sent, tracked, self._open_conversation(phone)
@@ -231,10 +232,10 @@ class SQLiteStore(Store):
             outbox_ids = []
             for item in change.outbox:
                 cursor = db.execute(
-                    "INSERT INTO outbound (conversation_id, phone, step, template, text,"
+                    "INSERT INTO outbound (conversation_id, phone, flow, step, template, text,"
                     " message_type, payload, inbound_id, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [conv_id if item.in_conversation else None, item.phone, item.step,
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [conv_id if item.in_conversation else None, item.phone, item.flow, item.step,
                      item.template, item.text, item.message_type, json.dumps(item.payload),
                      change.inbound_id, now],
                 )
@@ -299,6 +300,27 @@ class SQLiteStore(Store):
         )
         return [_conversation(r) for r in rows]
 
+    async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:
+        return await self._run(self._history, phone, limit)
+
+    def _history(self, phone: str, limit: int) -> list[LogEntry]:
+        rows = self.db.query(
+            "SELECT * FROM ("
+            "  SELECT 'in' AS direction, received_at AS at, text, id,"
+            "    status || coalesce(' (' || route || ')', '') AS detail"
+            "  FROM inbound WHERE phone = :phone"
+            "  UNION ALL"
+            "  SELECT 'out', created_at, text, id, status"
+            "    || coalesce(', message ' || message_id, '')"
+            "    || coalesce(', delivery ' || delivery_status, '')"
+            "    || coalesce(', asks ' || step, '') || coalesce(': ' || error, '')"
+            "  FROM outbound WHERE phone = :phone"
+            "  ORDER BY at DESC, id DESC LIMIT :limit"
+            ") ORDER BY at, id",
+            {"phone": phone, "limit": limit},
+        )
+        return [LogEntry(r["direction"], r["at"], r["text"], r["detail"]) for r in rows]
+
     async def release(self, phone: str, now: float) -> Conversation | None:
         return await self._run(self._release, phone, now)
 
@@ -313,18 +335,21 @@ class SQLiteStore(Store):
 
     # -- outbox -----------------------------------------------------------------------------
 
-    async def claim_outbox(self, limit: int, exclude_phones: Iterable[str]) -> list[Outgoing]:
-        return await self._run(self._claim_outbox, limit, frozenset(exclude_phones))
+    async def claim_outbox(self, limit: int, now: float) -> list[Outgoing]:
+        return await self._run(self._claim_outbox, limit, now)
 
-    def _claim_outbox(self, limit: int, busy: frozenset[str]) -> list[Outgoing]:
+    def _claim_outbox(self, limit: int, now: float) -> list[Outgoing]:
         with self._write() as db:
+            # One message per phone at a time, in order: skip a row while an earlier one of
+            # its phone is still queued (maybe waiting to be retried) or being sent.
             rows = list(db.query(
-                "SELECT id, phone, payload, attempts, conversation_id FROM outbound"
-                " WHERE status = 'queued' ORDER BY id LIMIT ?",
-                [limit + len(busy)],
+                "SELECT id, phone, payload, attempts, conversation_id FROM outbound AS o"
+                " WHERE status = 'queued' AND due_at <= ? AND NOT EXISTS ("
+                "   SELECT 1 FROM outbound AS e WHERE e.phone = o.phone AND e.id < o.id"
+                "   AND e.status IN ('queued', 'sending'))"
+                " ORDER BY id LIMIT ?",
+                [now, limit],
             ))
-            # A phone's messages leave in order: never overtake one that is still in flight.
-            rows = [r for r in rows if r["phone"] not in busy][:limit]
             if rows:
                 marks = ",".join("?" * len(rows))
                 db.execute(
@@ -367,15 +392,15 @@ class SQLiteStore(Store):
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)
 
-    async def requeue(self, outbox_ids: Iterable[int], reason: str) -> None:
+    async def requeue(self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0) -> None:
         for outbox_id in outbox_ids:
-            await self._run(self._set_outbox, outbox_id, "queued", reason)
+            await self._run(self._set_outbox, outbox_id, "queued", reason, due_at)
 
-    def _set_outbox(self, outbox_id: int, status: str, reason: str) -> None:
+    def _set_outbox(self, outbox_id: int, status: str, reason: str, due_at: float = 0.0) -> None:
         with self._write() as db:
             db.execute(
-                "UPDATE outbound SET status = ?, error = ? WHERE id = ?",
-                [status, reason, outbox_id],
+                "UPDATE outbound SET status = ?, error = ?, due_at = ? WHERE id = ?",
+                [status, reason, due_at, outbox_id],
             )
 
     async def reset_sending(self) -> int:

@@ -28,6 +28,7 @@ __all__ = [
     "Commit",
     "ConversationChange",
     "Inbound",
+    "LogEntry",
     "Outgoing",
     "OutboxItem",
     "Store",
@@ -67,6 +68,7 @@ class OutboxItem:
     """A message to send, rendered and validated, linked to the turn's conversation or not."""
 
     phone: str
+    flow: str | None
     step: str | None
     template: str
     text: str
@@ -98,6 +100,16 @@ class Outgoing:
     attempts: int
     conversation_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One message of a phone's history: ``direction`` "in" (the user) or "out" (the bot)."""
+
+    direction: Literal["in", "out"]
+    at: float
+    text: str
+    detail: str
 
 
 class Store(ABC):
@@ -142,8 +154,12 @@ class Store(ABC):
         """The phone's open conversation, if any."""
 
     @abstractmethod
-    async def claim_outbox(self, limit: int, exclude_phones: Iterable[str]) -> list[Outgoing]:
-        """Take up to ``limit`` queued messages for sending, oldest first."""
+    async def claim_outbox(self, limit: int, now: float) -> list[Outgoing]:
+        """Take up to ``limit`` due messages for sending, oldest first, one per phone.
+
+        A message is never taken while an earlier one to the same phone is queued or being
+        sent, so each phone's messages leave in order.
+        """
 
     @abstractmethod
     async def mark_sent(self, outbox_id: int, message_id: int, now: float) -> None:
@@ -154,8 +170,8 @@ class Store(ABC):
         """Record that a message will not be sent, and why."""
 
     @abstractmethod
-    async def requeue(self, outbox_ids: Iterable[int], reason: str) -> None:
-        """Put claimed messages back in the queue (sending paused)."""
+    async def requeue(self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0) -> None:
+        """Put claimed messages back in the queue, to be sent again from ``due_at``."""
 
     @abstractmethod
     async def reset_sending(self) -> int:
@@ -170,6 +186,10 @@ class Store(ABC):
         self, *, phone: str | None = None, flow: str | None = None, limit: int = 100
     ) -> list[Conversation]:
         """Conversations, most recently active first."""
+
+    @abstractmethod
+    async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:
+        """The phone's last messages in and out, oldest first."""
 
     @abstractmethod
     async def release(self, phone: str, now: float) -> Conversation | None:

@@ -164,7 +164,9 @@ class Turn:
         target_flow = self.flows[flow]
         target = target_flow.get(step) if step else target_flow.first
         self._end("switch", flow, target.name)
-        self.replies.append(Reply(self._prompt(target, None), variables, delivery))
+        # The new flow's first message goes out with the new flow's sending defaults.
+        chosen = (delivery or Delivery()).over(target_flow.delivery)
+        self.replies.append(Reply(self._prompt(target, None), variables, chosen))
 
     def finish(
         self,

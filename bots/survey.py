@@ -1,5 +1,7 @@
 """A customer satisfaction survey: name, a 1-5 rating, an optional comment, a thank-you.
 
+An invalid rating is asked again; after three invalid tries the survey ends politely.
+
 Started proactively (``python run.py start survey 380501112233``) or by the keyword
 ``survey``. ``python run.py export survey --csv answers.csv`` gives the answers.
 """
@@ -32,7 +34,7 @@ async def name(turn: Turn) -> None:
 
 
 @survey.step(
-    "rating", prompt="survey/ask_rating.txt", retries=3, give_up="survey/rating_give_up.txt"
+    "rating", prompt="survey/ask_rating.txt", retries=2, give_up="survey/rating_give_up.txt"
 )
 async def rating(turn: Turn) -> None:
     answer = turn.text.strip()

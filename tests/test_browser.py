@@ -2,7 +2,7 @@
 
 Runs ``python run.py`` in sandbox mode as a user would, drives Debian's Chromium with
 Playwright, and checks the bubbles and the stored answers. Without Chromium this test is
-skipped with the reason; CI sets BOTKIT_REQUIRE_BROWSER=1 so it can never be skipped there.
+skipped with the reason; CI sets REQUIRE_BROWSER_TEST=1 so it can never be skipped there.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def sandbox_server(tmp_path):
 def test_survey_in_the_web_chat(sandbox_server, tmp_path):
     missing = browser_missing()
     if missing:
-        if os.environ.get("BOTKIT_REQUIRE_BROWSER"):
+        if os.environ.get("REQUIRE_BROWSER_TEST"):
             pytest.fail(f"browser test required here: {missing}")
         pytest.skip(missing)
     from playwright.sync_api import expect, sync_playwright
@@ -110,9 +110,9 @@ def test_survey_in_the_web_chat(sandbox_server, tmp_path):
             expect(page.locator(".bubble.user")).to_have_count(4)
             expect(thanks.locator(".ticks")).to_have_text("✓✓")
             page.evaluate("document.getElementById('messages').scrollTop = 1e9")
-            # docs/img/chat.png is refreshed with BOTKIT_UPDATE_SCREENSHOT=1.
+            # docs/img/chat.png is refreshed with UPDATE_SCREENSHOT=1.
             shot = ROOT / "docs" / "img" / "chat.png"
-            if not os.environ.get("BOTKIT_UPDATE_SCREENSHOT"):
+            if not os.environ.get("UPDATE_SCREENSHOT"):
                 shot = tmp_path / "chat.png"
             page.screenshot(path=str(shot))
         finally:

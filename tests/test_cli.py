@@ -124,7 +124,7 @@ def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str])
 def test_check_passes_on_the_example_bots(db: Path) -> None:
     result = run_cli("check", db=db)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: 2 flows (support, survey)")
+    assert result.stdout.startswith("ok: ") and "support" in result.stdout and "survey" in result.stdout
 
 
 def test_check_reports_every_problem_with_file_and_line(tmp_path: Path, db: Path) -> None:

@@ -39,3 +39,8 @@ def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match="invalid configuration") as info:
         Settings.from_env(env, env_file=None)
     assert message in str(info.value)
+
+
+def test_unknown_variable_is_reported_with_a_suggestion(caplog):
+    Settings.from_env({"BOTKIT_PROT": "9000"}, env_file=None)
+    assert "ignoring unknown setting BOTKIT_PROT; did you mean BOTKIT_PORT?" in caplog.text

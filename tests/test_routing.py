@@ -188,3 +188,59 @@ async def test_orphaned_conversation_after_deploy(bot_harness):
     assert fallback.text.startswith("Sorry, I didn't understand")
     statuses = [r[0] for r in bot.db().execute("SELECT status FROM conversations")]
     assert statuses == ["orphaned"]
+
+
+async def test_switch_prompt_uses_the_new_flow_s_sender(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("1")
+    await chat.answer("switch")
+    senders = [m.request.source_addr for m in bot.provider.messages_to(PHONE)]
+    assert senders == ["Demo", "Demo", "Demo", "Echo"]
+
+
+async def test_a_plus_prefixed_phone_is_the_same_user(bot):
+    await bot.runtime.engine.start("demo", "+" + PHONE)
+    await bot.settle()
+    [sent] = bot.provider.sent
+    assert sent.request.destination_addr == PHONE
+    status, _ = await bot.post({"message_token": 9, "phone_number": PHONE, "time": 1,
+                                "message": {"text": "Ana"}})
+    await bot.settle()
+    assert status == 200 and bot.chat(PHONE).conversation().step == "two"
+
+
+async def test_start_skips_a_conversation_with_a_human(bot):
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("1")
+    await chat.answer("human")
+    result = await bot.runtime.engine.start("echo", PHONE)
+    assert (result.outcome, result.detail) == ("skipped", "waiting for a human agent")
+
+
+async def test_late_retry_reasks_the_late_step(bot_harness):
+    from botkit import Flow
+
+    late = Flow("late")
+
+    @late.step("a", prompt="demo/ask_one.txt", accept_late=True)
+    async def a(turn):
+        if turn.text == "bad":
+            return turn.retry()
+        turn.ask("b")
+
+    @late.step("b", prompt="demo/ask_three.txt")
+    async def b(turn):
+        turn.finish()
+
+    bot = await bot_harness(flows=[late], templates=TEMPLATES)
+    chat = bot.chat(PHONE)
+    [qa] = await chat.start("late")
+    await chat.answer("ok")  # now at b
+    [again] = await chat.send("bad", tracking=qa.message_id)
+    assert (again.text, again.step) == ("Question one?", "a")
+    conv = chat.conversation()
+    assert (conv.step, conv.retries) == ("a", 1)

@@ -50,10 +50,21 @@ async def test_invalid_parameter_fails_visibly_without_retry(bot_harness, caplog
 
 async def test_retries_exhausted_end_in_failed_state_with_reason(bot_harness):
     bot = await bot_with_faults(bot_harness, *[Fault.status(503)] * 3)  # policy: 3 attempts
+    bot.runtime.sender.retry_rounds = 0  # no later rounds either
     chat = bot.chat(PHONE)
     assert await chat.start("demo") == []
     status, error = bot.db().execute("SELECT status, error FROM outbound").fetchone()
     assert status == "failed" and "HTTP 503" in error
+
+
+async def test_an_outage_longer_than_the_client_retries_is_retried_later(bot_harness, caplog):
+    bot = await bot_with_faults(bot_harness, *[Fault.status(503)] * 3)  # one client round
+    bot.runtime.sender.round_delay = 0.05
+    chat = bot.chat(PHONE)
+    [q1] = await chat.start("demo")  # the second round gets through
+    assert q1.text == "Question one?"
+    assert bot.db().execute("SELECT status, attempts FROM outbound").fetchone() == ("sent", 2)
+    assert "trying again in 0s (round 1 of 6)" in caplog.text
 
 
 async def test_402_pauses_sending_keeps_the_queue_and_resumes(bot_harness, caplog):

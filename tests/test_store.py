@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
 
 from botkit import SchemaTooNewError
+from botkit.models import StatusUpdate
 from botkit.sqlite_store import SQLiteStore
 from botkit.store import Commit, OutboxItem
 
@@ -55,26 +57,57 @@ async def test_secret_is_generated_once_and_kept(tmp_path):
 
 
 def item(phone: str, n: int) -> OutboxItem:
-    return OutboxItem(phone, None, "t", f"m{n}", 206, {"text": f"m{n}"}, False)
+    return OutboxItem(phone, None, None, "t", f"m{n}", 206, {"text": f"m{n}"}, False)
 
 
 async def test_two_stores_claim_disjoint_rows(tmp_path):
     a, b = await opened(tmp_path / "d.db"), await opened(tmp_path / "d.db")
     await a.commit(Commit(None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(40))), 1.0)
-    claimed_a = await a.claim_outbox(25, [])
-    claimed_b = await b.claim_outbox(25, [])
+    claimed_a, claimed_b = await asyncio.gather(a.claim_outbox(25, 2.0), b.claim_outbox(25, 2.0))
     ids_a, ids_b = {r.id for r in claimed_a}, {r.id for r in claimed_b}
-    assert len(ids_a) == 25 and len(ids_b) == 15 and not ids_a & ids_b
+    assert len(ids_a | ids_b) == 40 and not ids_a & ids_b
     assert await a.reset_sending() == 40
     await a.close()
     await b.close()
 
 
-async def test_claim_never_overtakes_a_phone_in_flight(tmp_path):
+def texts(rows) -> list[str]:
+    return [r.payload["text"] for r in rows]
+
+
+async def test_a_phone_s_messages_leave_one_at_a_time_in_order(tmp_path):
     store = await opened(tmp_path / "e.db")
     await store.commit(Commit(None, outbox=(item("1", 0), item("2", 1), item("1", 2))), 1.0)
-    first = await store.claim_outbox(1, [])
-    assert [r.payload["text"] for r in first] == ["m0"]
-    second = await store.claim_outbox(10, ["1"])  # phone 1 is still being sent
-    assert [r.payload["text"] for r in second] == ["m1"]
+    first = await store.claim_outbox(10, 2.0)
+    assert texts(first) == ["m0", "m1"]  # m2 waits behind m0 of the same phone
+    assert await store.claim_outbox(10, 2.0) == []
+    await store.mark_sent(first[0].id, 5000, 3.0)
+    assert texts(await store.claim_outbox(10, 3.0)) == ["m2"]
     await store.close()
+
+
+async def test_a_message_queued_for_later_holds_back_its_phone(tmp_path):
+    store = await opened(tmp_path / "f.db")
+    await store.commit(Commit(None, outbox=(item("1", 0), item("1", 1), item("2", 2))), 1.0)
+    [m0, m2] = await store.claim_outbox(10, 2.0)
+    await store.requeue([m0.id], "HTTP 503", due_at=60.0)
+    await store.mark_sent(m2.id, 5001, 3.0)
+    assert await store.claim_outbox(10, 30.0) == []  # m0 is not due; m1 must wait for it
+    again = await store.claim_outbox(10, 61.0)
+    assert texts(again) == ["m0"] and again[0].attempts == 2
+    await store.close()
+
+
+async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_path):
+    store = await opened(tmp_path / "g.db")
+    for status in (0, 1, 0):  # shuffled and duplicated, before the send's answer is stored
+        matched = await store.record_status(
+            StatusUpdate.model_validate({"message_id": 123456, "status": status}), 1.0)
+        assert matched is False
+    _, [outbox_id] = await store.commit(Commit(None, outbox=(item("1", 0),)), 1.0)
+    await store.claim_outbox(1, 2.0)
+    await store.mark_sent(outbox_id, 123456, 2.0)
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "g.db")
+    assert conn.execute("SELECT delivery_status FROM outbound").fetchone() == (1,)
+    conn.close()

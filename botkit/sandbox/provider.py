@@ -128,6 +128,7 @@ class FakeProvider:
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
         first_id: int = 1000,
+        first_token: int = 10**13,
         auto_deliver: bool = True,
         delivery_delay: float = 0.0,
     ) -> None:
@@ -143,7 +144,7 @@ class FakeProvider:
         self._by_id: dict[int, SentMessage] = {}
         self._offline: set[str] = set()
         self._next_id = first_id
-        self._next_token = 10**13  # the provider's tokens are 14-digit numbers
+        self._next_token = first_token  # the provider's tokens are 14-digit numbers
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
