@@ -92,9 +92,10 @@ class Engine:
             parse_tracking_id(inbound.tracking_data),
         )
         if inbound.attempts > self.max_attempts:
-            log.error("message %s from %s: giving up after %d interrupted attempts",
-                      inbound.id, inbound.phone, inbound.attempts - 1)
-            reason = f"abandoned after {inbound.attempts - 1} interrupted attempts"
+            # ``attempts`` counts restarts that found the message unhandled: a message that
+            # keeps killing the process must not keep doing so.
+            reason = f"abandoned after {inbound.attempts} restarts left it unhandled"
+            log.error("message %s from %s: %s", inbound.id, inbound.phone, reason)
             await self._commit(self._failure(inbound, message, None, reason, None))
             return
         for _ in range(3):
@@ -130,8 +131,8 @@ class Engine:
     ) -> StartResult:
         """Begin a conversation proactively by asking the flow's first step.
 
-        A phone already in an open conversation of this flow is skipped; one in another
-        flow has that conversation closed as replaced.
+        Skipped for a phone already in an open conversation of this flow, or with a human
+        agent; an expired conversation is closed as expired, one in another flow as replaced.
         """
         flow = self.flows[flow_name]
         phone = normalize_phone(phone)

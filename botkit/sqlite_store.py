@@ -373,21 +373,17 @@ class SQLiteStore(Store):
                 " WHERE id = ?",
                 [message_id, now, outbox_id],
             )
-            # A status callback may have arrived before the message_id was stored.
-            early = self._one(
+            # Status callbacks may have arrived before the message_id was stored: apply the
+            # furthest one (the first final status wins, as it would have on arrival).
+            best: dict[str, Any] | None = None
+            for event in db.query(
                 "SELECT status, received_at FROM status_events WHERE message_id = ?"
-                " ORDER BY id DESC LIMIT 1",
-                [message_id],
-            )
-            if early is not None:
-                for event in db.query(
-                    "SELECT status, received_at FROM status_events WHERE message_id = ?"
-                    " ORDER BY id", [message_id]
-                ):
-                    row = self._one("SELECT delivery_status FROM outbound WHERE id = ?",
-                                    [outbox_id])
-                    current = row["delivery_status"] if row else None
-                    self._apply_status(outbox_id, current, event["status"], event["received_at"])
+                " ORDER BY id", [message_id]
+            ):
+                if status_rank(event["status"]) > status_rank(best["status"] if best else None):
+                    best = event
+            if best is not None:
+                self._apply_status(outbox_id, None, best["status"], best["received_at"])
 
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)

@@ -74,13 +74,13 @@ async def test_inbound_interrupted_too_often_is_abandoned_with_one_error_reply(b
     store = SQLiteStore(bot.db_path)
     await store.open()
     await store.record_inbound(InboundReply.model_validate(callback(6, "demo")), 1.0)
-    for _ in range(3):  # three processes died while handling it
+    for _ in range(3):  # three restarts found it unhandled (each process died on it)
         await store.pending_inbound()
     await store.close()
     await bot.start()
     await bot.settle()
     assert bot.db().execute("SELECT status, error FROM inbound").fetchone() == (
-        "failed", "abandoned after 3 interrupted attempts")
+        "failed", "abandoned after 4 restarts left it unhandled")
     assert [m.request.text for m in bot.provider.messages_to(PHONE)] == [
         "Sorry, something went wrong on our side. Please try again in a moment."]
 
