@@ -308,7 +308,8 @@ def _messages(args: argparse.Namespace) -> int:
         entries = await store.history(phone, args.limit)
         for entry in entries:
             who = "user" if entry.direction == "in" else "bot "
-            print(f"{_iso(entry.at)}  {who}  {entry.text}")
+            text = entry.text.replace("\n", "\n" + " " * 33)
+            print(f"{_iso(entry.at)}  {who}  {text}")
             print(f"{'':27}[{entry.detail}]")
         if not entries:
             print(f"(no messages with {phone})")

@@ -213,7 +213,9 @@ class Engine:
         flow = self.flows[step.flow]
         current = conv.step if conv else step.name  # a late answer leaves the current step
         t = turn.transition
-        status, retries, target_flow, target_step = Status.ACTIVE, turn.retries, flow, current
+        # A late turn that does not end leaves the current step's retry count as it was.
+        retries = conv.retries if conv and decided.late else turn.retries
+        status, target_flow, target_step = Status.ACTIVE, flow, current
         if t is not None:
             if t.kind in ("ask", "switch"):
                 target_flow, target_step, retries = self.flows[t.flow], t.step or current, 0

@@ -125,13 +125,13 @@ class Sender:
 
     async def _send(self, row: Outgoing) -> None:
         if self._stopping or self.clock() < self._paused_until:
-            await self.store.requeue([row.id], "not sent yet")
+            await self.store.requeue([row.id], "not sent yet", tried=False)
             return
         try:
             request = SendRequest.model_validate(row.payload)
             result = await self.client.send(request)
         except (UnauthorizedError, BalanceError) as exc:
-            await self.store.requeue([row.id], exc.reason)
+            await self.store.requeue([row.id], exc.reason, tried=False)
             self._pause(exc)
             return
         except ProviderError as exc:

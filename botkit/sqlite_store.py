@@ -388,15 +388,20 @@ class SQLiteStore(Store):
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)
 
-    async def requeue(self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0) -> None:
+    async def requeue(
+        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True
+    ) -> None:
         for outbox_id in outbox_ids:
-            await self._run(self._set_outbox, outbox_id, "queued", reason, due_at)
+            await self._run(self._set_outbox, outbox_id, "queued", reason, due_at, tried)
 
-    def _set_outbox(self, outbox_id: int, status: str, reason: str, due_at: float = 0.0) -> None:
+    def _set_outbox(
+        self, outbox_id: int, status: str, reason: str, due_at: float = 0.0, tried: bool = True
+    ) -> None:
         with self._write() as db:
             db.execute(
-                "UPDATE outbound SET status = ?, error = ?, due_at = ? WHERE id = ?",
-                [status, reason, due_at, outbox_id],
+                "UPDATE outbound SET status = ?, error = ?, due_at = ?,"
+                " attempts = attempts - ? WHERE id = ?",
+                [status, reason, due_at, 0 if tried else 1, outbox_id],
             )
 
     async def reset_sending(self) -> int:

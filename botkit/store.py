@@ -170,8 +170,13 @@ class Store(ABC):
         """Record that a message will not be sent, and why."""
 
     @abstractmethod
-    async def requeue(self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0) -> None:
-        """Put claimed messages back in the queue, to be sent again from ``due_at``."""
+    async def requeue(
+        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True
+    ) -> None:
+        """Put claimed messages back in the queue, to be sent again from ``due_at``.
+
+        ``tried=False`` (sending paused or stopping) does not count the claim as an attempt.
+        """
 
     @abstractmethod
     async def reset_sending(self) -> int:

@@ -31,7 +31,7 @@ from .client import RetryPolicy
 from .config import Settings
 from .conversation import Conversation
 from .flows import Flow
-from .models import MessageType
+from .models import MessageType, normalize_phone
 from .sandbox import FakeProvider, create_provider_app
 from .sandbox.faults import Faults
 from .server import RUNTIME, Runtime, create_app
@@ -232,7 +232,7 @@ class Chat:
 
     def __init__(self, harness: Harness, phone: str) -> None:
         self.harness = harness
-        self.phone = phone
+        self.phone = normalize_phone(phone)  # "+380..." and "380..." are one user
         self.transcript: list[tuple[str, str]] = []
         self._seen = 0
 

@@ -40,6 +40,16 @@ async def test_stale_answer_to_accept_late_step_is_handled_by_it(bot):
     assert conv.step == "three" and conv.state["one"] == "Bob"
 
 
+async def test_late_answer_keeps_the_current_step_s_retry_count(bot):
+    chat = bot.chat(PHONE)
+    [q1] = await chat.start("demo")
+    await chat.answer("Ana")
+    await chat.answer("not a number")  # step two, one retry used
+    await chat.send("Bob", tracking=q1.message_id)  # late answer to step one, no ending verb
+    conv = chat.conversation()
+    assert (conv.step, conv.retries, conv.state["one"]) == ("two", 1, "Bob")
+
+
 async def test_stale_answer_to_other_step_reasks_current_step(bot):
     chat = bot.chat(PHONE)
     await chat.start("demo")

@@ -88,6 +88,8 @@ async def test_402_pauses_sending_keeps_the_queue_and_resumes(bot_harness, caplo
     await bot.settle()
     assert [m.request.text for m in bot.provider.messages_to(PHONE)] == ["Question one?"]
     assert sender.paused is None and "sending resumed" in caplog.text
+    # The claim made while paused did not use up one of the message's attempts.
+    assert bot.db().execute("SELECT attempts FROM outbound").fetchone() == (1,)
     assert chat.conversation().step == "one"
 
 
