@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import pytest
 import sqlite_utils
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer, unused_port
 
 from .client import RetryPolicy

@@ -56,7 +56,7 @@ def sandbox_server(tmp_path):
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 process.wait()
-                raise AssertionError(f"server did not start: {log.read_text()}")
+                raise AssertionError(f"server did not start: {log.read_text()}") from None
             time.sleep(0.1)
     yield url, tmp_path / "browser.db"
     process.send_signal(signal.SIGTERM)

@@ -81,7 +81,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 5.0
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
             time.sleep(0.05)
 
 
