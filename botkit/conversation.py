@@ -24,6 +24,8 @@ class Status(str, Enum):
     DONE = "done"
     GAVE_UP = "gave_up"  # a step's retries ran out
     EXPIRED = "expired"  # no activity for the flow's timeout
+    TIMED_OUT = "timed_out"  # a step's timeout ran out
+    UNREACHABLE = "unreachable"  # its question could not be delivered
     RELEASED = "released"  # a human conversation released by the operator
     REPLACED = "replaced"  # another flow was started for the phone
     ORPHANED = "orphaned"  # its flow or step no longer exists after a deploy

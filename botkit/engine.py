@@ -1,9 +1,11 @@
-"""Engine: one turn, from a stored user message to a committed state change and outbox.
+"""Engine: one turn, from a stored user message (or a due timer) to a committed change.
 
-Route the message (``routing``), run the step's handler with a ``Turn``, render its replies,
-validate them against the provider's limits, and commit the conversation change, the closed
-conversations, the outbox rows and the inbound row's outcome in one transaction. A handler
-or template that fails rolls all of that back and commits only the error reply.
+Route the message (``routing``), run the step's handler with a ``Turn``, render its replies
+(``outbox.Composer``), and commit the conversation change, the closed conversations, the
+outbox rows, the timers the new step starts and the inbound row's outcome in one
+transaction. A handler or template that fails rolls all of that back and commits only the
+error reply. Timers and delivery statuses become turns too (``fire``, ``on_status``), by the
+rules of ``lifecycle``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .conversation import Conversation, Status
-from .errors import ConcurrentUpdateError, DefinitionError
-from .flows import Delivery, Flow, FlowSet, Step
-from .models import MessageType, SendRequest, normalize_phone, parse_tracking_id
+from .errors import ConcurrentUpdateError, DefinitionError, TimerTakenError
+from .flows import Flow, FlowSet, Step
+from .lifecycle import closing_status, inapplicable, plan_timers, status_timers
+from .models import StatusUpdate, normalize_phone, parse_tracking_id
+from .outbox import Composer
 from .routing import Route, RouteKind, route
-from .store import Commit, ConversationChange, Inbound, OutboxItem, Store
+from .store import (
+    Commit,
+    ConversationChange,
+    Inbound,
+    OutboxItem,
+    StatusChange,
+    Store,
+    Timer,
+    TimerSpec,
+)
 from .templates import Renderer
 from .turn import Message, Reply, Turn
 
@@ -48,6 +61,9 @@ class _Outcome:
     change: ConversationChange | None
     replies: list[tuple[Reply, Flow | None]]
     step: str | None
+    timers: tuple[TimerSpec, ...] = ()
+    reset_timers: bool = True
+    did: str | None = None
 
 
 class Engine:
@@ -76,17 +92,18 @@ class Engine:
     ) -> None:
         self.store = store
         self.flows = flows
-        self.renderer = renderer
-        self.sender = sender
-        self.callback_url = callback_url
+        self.composer = Composer(renderer, flows, sender=sender, callback_url=callback_url)
         self.clock = clock
         self.on_outbox = on_outbox
         self.max_attempts = max_attempts
         self.raise_errors = raise_errors
         self.failures: list[Exception] = []
 
-    async def handle(self, inbound: Inbound) -> None:
-        """Handle one stored message; never raises for a handler's or template's fault."""
+    async def handle(self, item: Inbound | Timer) -> None:
+        """Handle one stored message or due timer; never raises for a bot's fault."""
+        if isinstance(item, Timer):
+            return await self.fire(item)
+        inbound = item
         message = Message(
             inbound.text, inbound.phone, inbound.time, inbound.token,
             parse_tracking_id(inbound.tracking_data),
@@ -102,6 +119,10 @@ class Engine:
             sent, tracked, active = await self.store.routing_context(
                 message.phone, message.tracking_id
             )
+            if message.tracking_id is not None and sent is None:
+                log.info("message %s from %s answers message %s, which this bot never sent;"
+                         " treated as having no tracking data", inbound.id, inbound.phone,
+                         message.tracking_id)
             decided = route(message, sent=sent, tracked=tracked, active=active,
                             flows=self.flows, now=self.clock())
             failure: Exception | None = None
@@ -155,13 +176,83 @@ class Engine:
         change = self._new(phone, flow, first.name, dict(state or {}), now)
         reply = Reply(self._prompt_of(first), {})
         commit = Commit(None, route="start", conversation=change, closes=closes,
-                        outbox=self._render([(reply, flow)], phone, (flow.name, first.name),
-                                            change.state))
+                        outbox=self.composer.compose([(reply, flow)], phone,
+                                                     (flow.name, first.name), change.state),
+                        timers=plan_timers(flow, first, now))
         try:
             conv_id, _ = await self._commit(commit)
         except ConcurrentUpdateError as exc:
             return StartResult(phone, "skipped", None, str(exc))
         return StartResult(phone, outcome, conv_id, detail)
+
+    # -- life-cycle events ------------------------------------------------------------------
+
+    async def fire(self, timer: Timer) -> None:
+        """Fire a due timer as a turn of its conversation, or skip it if it no longer applies.
+
+        The commit marks the timer fired only if it is still pending, so a timer fires once
+        even when two processes sweep the same database.
+        """
+        for _ in range(3):
+            now = self.clock()
+            conv = await self.store.conversation(timer.conversation_id)
+            reason = inapplicable(timer, conv, self.flows)
+            if reason is not None or conv is None:
+                if await self.store.skip_timer(timer.id, reason or "no conversation", now):
+                    log.info("timer %s (%s of %s.%s) skipped: %s", timer.id, timer.kind,
+                             timer.flow, timer.step, reason)
+                return
+            flow = self.flows[conv.flow]
+            step = flow.steps[conv.step]
+            try:
+                commit = await self._event_turn(timer, conv, flow, step, now)
+            except Exception as exc:  # a bot's fault: logged, kept on the timer, no reply
+                log.exception("%s handler failed: conversation %s (%s.%s)", timer.kind,
+                              conv.id, conv.flow, conv.step)
+                if self.raise_errors:
+                    self.failures.append(exc)
+                commit = Commit(None, route=timer.kind, error=repr(exc)[:500], fire=timer)
+            try:
+                await self._commit(commit)
+            except TimerTakenError:
+                return  # another process fired it, or the user answered meanwhile
+            except ConcurrentUpdateError:
+                continue
+            log.info("timer %s fired: %s of conversation %s (%s.%s), %d messages", timer.id,
+                     timer.kind, conv.id, conv.flow, conv.step, len(commit.outbox))
+            return
+
+    async def on_status(self, update: StatusUpdate) -> StatusChange | None:
+        """Record a delivery status; an undelivered or delivered question may start a timer."""
+        now = self.clock()
+        return await self.store.record_status(
+            update, now, lambda change: status_timers(self.flows, change, now)
+        )
+
+    async def _event_turn(
+        self, timer: Timer, conv: Conversation, flow: Flow, step: Step, now: float
+    ) -> Commit:
+        reaction = {
+            "remind": step.remind, "timeout": step.on_timeout, "expire": flow.on_expire,
+            "unanswered": step.on_unanswered, "undelivered": step.on_undelivered,
+        }.get(timer.kind)
+        message = Message("", conv.phone, int(now), f"timer:{timer.id}", timer.message_id)
+        turn = Turn(flows=self.flows, step=step, message=message, state=dict(conv.state),
+                    conversation_id=conv.id, retries=conv.retries, event=timer.kind)
+        if isinstance(reaction, str):
+            if timer.kind in ("timeout", "expire"):
+                turn.finish(reaction)
+            else:
+                turn.say(reaction)
+        elif reaction is not None:
+            await reaction(turn)
+        out = self._outcome(turn, conv, step, now)
+        asked = (out.change.flow, out.step) if out.change and out.step else (conv.flow, conv.step)
+        outbox = self.composer.compose(out.replies, conv.phone, asked,
+                                       out.change.state if out.change else conv.state)
+        return Commit(None, "handled", timer.kind, None, out.change, (), outbox,
+                      (flow.name, step.name), out.did, out.reset_timers, out.timers, timer,
+                      link=conv.id)
 
     # -- one turn ---------------------------------------------------------------------------
 
@@ -182,39 +273,59 @@ class Engine:
             out = _Outcome(self._touch(conv, now), [], conv.step)
         elif kind is RouteKind.STALE:
             assert conv is not None and step is not None
-            reply = Reply(self._prompt_of(step), {})
-            out = _Outcome(self._touch(conv, now), [(reply, self.flows[conv.flow])], conv.step)
+            out = await self._stale(message, decided, conv, step, now)
         elif kind in (RouteKind.START, RouteKind.RESTART):
             assert step is not None
             flow = self.flows[step.flow]
             change = self._new(message.phone, flow, step.name, {}, now)
-            out = _Outcome(change, [(Reply(self._prompt_of(step), {}), flow)], step.name)
+            replies: list[tuple[Reply, Flow | None]] = []
+            if decided.notice:
+                replies.append((Reply(decided.notice, {}), flow))
+            replies.append((Reply(self._prompt_of(step), {}), flow))
+            out = _Outcome(change, replies, step.name, plan_timers(flow, step, now))
         else:  # STEP, ENTRY: the handler runs
             assert step is not None
-            out = await self._run_handler(message, decided, step, now)
+            state = dict(conv.state) if conv else {}
+            # A late answer's step is not the current one: its retry count starts afresh.
+            turn = Turn(flows=self.flows, step=step, message=message, state=state,
+                        conversation_id=conv.id if conv else 0,
+                        retries=conv.retries if conv and not decided.late else 0,
+                        late=decided.late)
+            await step.handler(turn)
+            out = self._outcome(turn, conv, step, now)
         log.info("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
                  _where(decided), decided.reason, len(out.replies))
-        state = out.change.state if out.change else None
         asked = (out.change.flow, out.step) if out.change and out.step else None
-        outbox = self._render(out.replies, message.phone, asked, state)
-        return Commit(inbound.id, "handled", kind.value, None, out.change, decided.close, outbox)
+        outbox = self.composer.compose(out.replies, message.phone, asked,
+                                       out.change.state if out.change else None)
+        handled_by = (step.flow, step.name) if step else None
+        return Commit(inbound.id, "handled", kind.value, None, out.change, decided.close,
+                      outbox, handled_by, out.did, out.reset_timers, out.timers)
 
-    async def _run_handler(
-        self, message: Message, decided: Route, step: Step, now: float
+    async def _stale(
+        self, message: Message, decided: Route, conv: Conversation, step: Step, now: float
     ) -> _Outcome:
-        conv = decided.conversation
-        state = dict(conv.state) if conv else {}
-        # A late answer's step is not the current one: its retry count starts afresh.
-        retries = conv.retries if conv and not decided.late else 0
-        turn = Turn(flows=self.flows, step=step, message=message, state=state,
-                    conversation_id=conv.id if conv else 0, retries=retries,
-                    late=decided.late)
-        await step.handler(turn)
+        flow = self.flows[conv.flow]
+        if flow.stale is None:  # the core policy: ask the current question again
+            reply = Reply(self._prompt_of(step), {})
+            return _Outcome(self._touch(conv, now), [(reply, flow)], conv.step,
+                            plan_timers(flow, step, now), did="stale")
+        turn = Turn(flows=self.flows, step=step, message=message, state=dict(conv.state),
+                    conversation_id=conv.id, retries=conv.retries, event="stale",
+                    answered=decided.answered)
+        await flow.stale(turn)
+        return self._outcome(turn, conv, step, now)
+
+    def _outcome(
+        self, turn: Turn, conv: Conversation | None, step: Step, now: float
+    ) -> _Outcome:
+        """What a handler's Turn does to its conversation, and the timers that follow."""
         flow = self.flows[step.flow]
         current = conv.step if conv else step.name  # a late answer leaves the current step
-        t = turn.transition
-        # A late turn that does not end leaves the current step's retry count as it was.
-        retries = conv.retries if conv and decided.late else turn.retries
+        t, event = turn.transition, turn.event
+        # Events and late turns that do not end leave the current step's retry count alone.
+        keep_retries = conv is not None and (turn.late or (event not in (None, "stale")))
+        retries = conv.retries if conv is not None and keep_retries else turn.retries
         status, target_flow, target_step = Status.ACTIVE, flow, current
         if t is not None:
             if t.kind in ("ask", "switch"):
@@ -223,17 +334,35 @@ class Engine:
                 status = Status.GAVE_UP if turn.gave_up else Status.ACTIVE
                 target_step, retries = step.name, turn.retries + 1
             elif t.kind == "finish":
-                status = Status.DONE
+                status = closing_status(event) if event not in (None, "stale") else Status.DONE
             elif t.kind == "handoff":
                 status = Status.HUMAN
+        elif event in ("timeout", "expire"):
+            status = closing_status(event)
+        # A user's message (or an event turn that ends) restarts the clock of the step it
+        # leaves the conversation at; a reminder that only speaks leaves the timers running.
+        reset = event in (None, "stale") or t is not None or status is not Status.ACTIVE
+        unchanged = conv is not None and not reset and turn.state == conv.state
+        if unchanged:
+            assert conv is not None
+            return _Outcome(None, [(r, flow) for r in turn.replies], conv.step, (), False,
+                            "stay")
+        expires = (now + target_flow.timeout.total_seconds()) if reset or conv is None else (
+            conv.expires_at)
         change = ConversationChange(
-            phone=message.phone, flow=target_flow.name, step=target_step, status=status,
-            state=state, retries=retries,
-            expires_at=now + target_flow.timeout.total_seconds(),
+            phone=turn.phone, flow=target_flow.name, step=target_step, status=status,
+            state=turn.state, retries=retries, expires_at=expires,
             id=conv.id if conv else None, expected_version=conv.version if conv else 0,
+            flow_version=target_flow.version_id,
         )
+        timers: tuple[TimerSpec, ...] = ()
+        if status is Status.ACTIVE and reset:
+            target = target_flow.steps[target_step]
+            timers = plan_timers(target_flow, target, now, t.remind_after if t else None,
+                                 t.timeout if t else None)
         asked = target_step if status.is_open else None
-        return _Outcome(change, [(r, flow) for r in turn.replies], asked)
+        did = "gave_up" if turn.gave_up else (t.kind if t else "stay")
+        return _Outcome(change, [(r, flow) for r in turn.replies], asked, timers, reset, did)
 
     def _failure(
         self, inbound: Inbound, message: Message, decided: Route | None, error: str,
@@ -244,7 +373,8 @@ class Engine:
         outbox: tuple[OutboxItem, ...] = ()
         for candidate in dict.fromkeys((template, ERROR_TEMPLATE)):
             try:
-                outbox = self._render([(Reply(candidate, {}), flow)], message.phone, None)
+                outbox = self.composer.compose([(Reply(candidate, {}), flow)], message.phone,
+                                                None)
                 break
             except Exception:
                 log.exception("error reply %s could not be rendered", candidate)
@@ -260,52 +390,18 @@ class Engine:
             self.on_outbox()
         return result
 
-    def _render(
-        self,
-        replies: list[tuple[Reply, Flow | None]],
-        phone: str,
-        asked: tuple[str, str] | None,
-        state: dict[str, Any] | None = None,
-    ) -> tuple[OutboxItem, ...]:
-        """Render and validate replies; each records the (flow, step) its answer goes to."""
-        items = []
-        for reply, flow in replies:
-            # Every template sees the conversation's state and the phone; reply variables win.
-            context = {"state": state or {}, "phone": phone, **reply.variables}
-            rendered = self.renderer.render(reply.template, context)
-            base = flow.delivery if flow else Delivery()
-            delivery = (reply.delivery or Delivery()).over(base)
-            validity = delivery.validity.total_seconds() if delivery.validity else None
-            request = SendRequest.checked(
-                source_addr=delivery.sender or self.sender,
-                destination_addr=phone,
-                message_type=MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT,
-                text=rendered.text,
-                image=rendered.image,
-                button_caption=rendered.button_caption,
-                button_action=rendered.button_action,
-                source_type=delivery.source_type or 1,
-                callback_url=self.callback_url,
-                validity_period=int(validity) if validity is not None else None,
-            )
-            items.append(OutboxItem(
-                phone, asked[0] if asked else None, asked[1] if asked else None,
-                reply.template, rendered.text, int(request.message_type),
-                request.model_dump(mode="json", exclude_none=True),
-            ))
-        return tuple(items)
-
     def _new(
         self, phone: str, flow: Flow, step: str, state: dict[str, Any], now: float
     ) -> ConversationChange:
         return ConversationChange(phone, flow.name, step, Status.ACTIVE, state, 0,
-                                  now + flow.timeout.total_seconds())
+                                  now + flow.timeout.total_seconds(),
+                                  flow_version=flow.version_id)
 
     def _touch(self, conv: Conversation, now: float) -> ConversationChange:
         flow = self.flows[conv.flow]
         return ConversationChange(conv.phone, conv.flow, conv.step, conv.status, conv.state,
                                   conv.retries, now + flow.timeout.total_seconds(), conv.id,
-                                  conv.version)
+                                  conv.version, flow.version_id)
 
     @staticmethod
     def _prompt_of(step: Step) -> str:

@@ -8,6 +8,7 @@
     ├── ReplyLimitError          a reply breaks a provider limit (field, limit, value)
     ├── SchemaTooNewError        the database was migrated by a newer botkit
     ├── ConcurrentUpdateError    a conversation changed under a turn (the turn is re-run)
+    │   └── TimerTakenError      another process fired, skipped or cancelled the timer
     └── ProviderError            the provider refused or failed a request
         ├── RateLimitedError         429, code 0            (retryable)
         ├── ProviderUnavailableError 5xx, timeouts, network (retryable)
@@ -47,6 +48,10 @@ class SchemaTooNewError(BotkitError):
 
 class ConcurrentUpdateError(BotkitError):
     """A conversation was changed by another writer while a turn was computed."""
+
+
+class TimerTakenError(ConcurrentUpdateError):
+    """The timer being fired is no longer pending: it fires once, elsewhere or not at all."""
 
 
 class ReplyLimitError(BotkitError):

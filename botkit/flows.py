@@ -7,7 +7,9 @@ RouteTableDef); the app receives flows explicitly through ``create_app(flows=[..
 from __future__ import annotations
 
 import difflib
+import hashlib
 import inspect
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "Flow", "FlowSet", "Step", "normalize"]
 
 Handler = Callable[["Turn"], Awaitable[Any]]
+Reaction = str | Handler  # a template name, or a handler to run
 H = TypeVar("H", bound=Handler)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -69,6 +72,20 @@ class Step:
     give_up: str | None = None
     keywords: tuple[str, ...] = ()
     accept_late: bool = False
+    remind_after: timedelta | None = None
+    remind: Reaction | None = None
+    timeout: timedelta | None = None
+    on_timeout: Reaction | None = None
+    unanswered_after: timedelta | None = None
+    on_unanswered: Reaction | None = None
+    on_undelivered: Reaction | None = None
+
+    @property
+    def templates(self) -> list[str]:
+        """Every template this step names (prompt, give-up and reaction templates)."""
+        named = [self.prompt, self.give_up, self.remind, self.on_timeout, self.on_unanswered,
+                 self.on_undelivered]
+        return [t for t in named if isinstance(t, str)]
 
     @property
     def where(self) -> str:
@@ -87,9 +104,15 @@ class Flow:
     Args:
         start: the first step (asked when the flow starts); defaults to the first declared.
         keywords: messages (case- and space-insensitive) that start the flow at ``start``.
-        timeout: inactivity after which the conversation expires.
+        timeout: inactivity after which the conversation expires (a durable timer).
+        on_expire: template sent, or handler run, when it expires.
         error: template sent when a handler fails (default: the global error reply).
         give_up: template sent when a step's retries run out and the step names none.
+        stale: handler for answers to a question the conversation has moved past
+            (default: the current question is asked again).
+        version: the flow's version (default: a hash of its steps and their templates).
+        migrate: after a deploy, where a conversation at a removed step goes:
+            ``{"old_step": "new_step"}``; unmapped ones are told and restarted.
     """
 
     name: str
@@ -101,6 +124,10 @@ class Flow:
     timeout: timedelta = timedelta(hours=24)
     error: str | None = None
     give_up: str | None = None
+    on_expire: Reaction | None = None
+    stale: Handler | None = None
+    version: str | None = None
+    migrate: Mapping[str, str] = field(default_factory=dict)
     steps: dict[str, Step] = field(default_factory=dict, init=False, repr=False)
     _frozen: bool = field(default=False, init=False, repr=False)
 
@@ -112,6 +139,8 @@ class Flow:
         self.keywords = tuple(normalize(k) for k in self.keywords)
         if self.timeout <= timedelta(0):
             raise DefinitionError(f"flow {self.name!r}: timeout must be positive")
+        _check_reaction(f"flow {self.name!r}", "on_expire", self.on_expire)
+        _check_reaction(f"flow {self.name!r}", "stale", self.stale, template_ok=False)
 
     @property
     def delivery(self) -> Delivery:
@@ -134,6 +163,13 @@ class Flow:
         give_up: str | None = None,
         keywords: Iterable[str] = (),
         accept_late: bool = False,
+        remind_after: timedelta | None = None,
+        remind: Reaction | None = None,
+        timeout: timedelta | None = None,
+        on_timeout: Reaction | None = None,
+        unanswered_after: timedelta | None = None,
+        on_unanswered: Reaction | None = None,
+        on_undelivered: Reaction | None = None,
     ) -> Callable[[H], H]:
         """Register an async handler for the answers to step ``name``.
 
@@ -141,6 +177,12 @@ class Flow:
         times ``turn.retry()`` may re-ask before ``give_up`` is sent and the conversation
         ends. ``keywords`` start a conversation right at this step, handing it the message.
         ``accept_late`` lets the step handle answers to it after the conversation moved on.
+
+        Timers (durable, counted from when the step is asked): ``remind`` (a template sent
+        once, or a handler) after ``remind_after``; ``on_timeout`` after ``timeout`` (a
+        template that closes the conversation as timed out, or a handler; without one the
+        conversation just closes). ``on_unanswered`` runs ``unanswered_after`` the question
+        was *delivered*. ``on_undelivered`` reacts when the question could not be delivered.
 
         >>> @survey.step("rating", prompt="survey/ask_rating.txt", retries=3)
         ... async def rating(turn): ...
@@ -155,6 +197,19 @@ class Flow:
             )
         if retries < 0:
             raise DefinitionError(f"flow {self.name!r}, step {name!r}: retries must be >= 0")
+        where = f"flow {self.name!r}, step {name!r}"
+        for option, reaction, after in (
+            ("remind", remind, remind_after), ("on_timeout", on_timeout, timeout),
+            ("on_unanswered", on_unanswered, unanswered_after),
+        ):
+            _check_reaction(where, option, reaction)
+            if after is not None and after <= timedelta(0):
+                raise DefinitionError(f"{where}: the delay of {option} must be positive")
+        if remind is not None and remind_after is None:
+            raise DefinitionError(f"{where}: remind needs remind_after")
+        if on_unanswered is not None and unanswered_after is None:
+            raise DefinitionError(f"{where}: on_unanswered needs unanswered_after")
+        _check_reaction(where, "on_undelivered", on_undelivered)
 
         def register(handler: H) -> H:
             if not inspect.iscoroutinefunction(cast(Any, handler)):
@@ -169,7 +224,8 @@ class Flow:
                 )
             self.steps[name] = Step(
                 self.name, name, handler, prompt, retries, give_up,
-                tuple(normalize(k) for k in keywords), accept_late,
+                tuple(normalize(k) for k in keywords), accept_late, remind_after, remind,
+                timeout, on_timeout, unanswered_after, on_unanswered, on_undelivered,
             )
             return handler
 
@@ -186,7 +242,25 @@ class Flow:
     def freeze(self) -> None:
         """Refuse further steps; called when an app starts with this flow."""
         self.first  # noqa: B018 - validates that the start step exists
+        for old, new in self.migrate.items():
+            if old in self.steps or new not in self.steps:
+                raise DefinitionError(
+                    f"flow {self.name!r}: migrate {old!r} -> {new!r} must map a removed step"
+                    f" to an existing one{_suggest(new, self.steps)}"
+                )
         self._frozen = True
+
+    @property
+    def version_id(self) -> str:
+        """``version``, or a hash of the step names and the templates they name.
+
+        Conversations remember it, so ``run.py conversations --by-version`` shows who runs
+        on what after a deploy.
+        """
+        if self.version:
+            return self.version
+        shape = sorted((s.name, s.templates) for s in self.steps.values())
+        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:12]
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -247,6 +321,14 @@ class FlowSet(Mapping[str, Flow]):
     def keywords(self) -> list[str]:
         """Every entry keyword, in declaration order."""
         return list(self._keywords)
+
+
+def _check_reaction(where: str, option: str, value: object, template_ok: bool = True) -> None:
+    if value is None or (template_ok and isinstance(value, str)):
+        return
+    if not inspect.iscoroutinefunction(value):
+        form = "a template name or an 'async def' handler" if template_ok else "an 'async def'"
+        raise DefinitionError(f"{where}: {option} must be {form}, got {value!r}")
 
 
 def _suggest(name: str, choices: Iterable[str]) -> str:

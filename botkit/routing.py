@@ -16,20 +16,25 @@ The rules, in order (docs/routing.md explains them with examples):
    message starts fresh: a keyword starts its flow, anything else restarts the expired
    conversation's flow from its first step (``RESTART``); the late text is not applied.
 
-A conversation whose flow or step no longer exists (after a deploy) is closed as orphaned
-and the message is routed as if it had none.
+After a deploy, a conversation whose step no longer exists moves to the step its flow's
+``migrate`` maps it to (and the message goes there); without a mapping it is closed as
+orphaned, the user is told (``botkit/restarted.txt``) and the flow starts again
+(``RESTART``). A conversation whose flow no longer exists is closed as orphaned and the
+message is routed as if it had none.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from .conversation import Conversation, SentRef, Status
 from .flows import FlowSet, Step
 from .turn import Message
 
-__all__ = ["Route", "RouteKind", "route"]
+__all__ = ["RESTARTED_TEMPLATE", "Route", "RouteKind", "route"]
+
+RESTARTED_TEMPLATE = "botkit/restarted.txt"
 
 
 class RouteKind(str, Enum):
@@ -54,6 +59,8 @@ class Route:
     step: Step | None = None
     late: bool = False
     close: tuple[tuple[Conversation, Status], ...] = ()
+    notice: str | None = None  # a template sent before the step's prompt (RESTART)
+    answered: str | None = None  # the earlier step a STALE answer answers
 
 
 def route(
@@ -70,11 +77,19 @@ def route(
     ``sent`` is the bot's message named by the tracking data (None if unknown), ``tracked``
     its conversation, ``active`` the phone's open conversation.
     """
+    tracked, active = _migrated(tracked, flows), _migrated(active, flows)
     close: list[tuple[Conversation, Status]] = []
+    restart: Step | None = None
     for candidate in _unique(tracked, active):
         if candidate.status.is_open and _step_of(candidate, flows) is None:
             close.append((candidate, Status.ORPHANED))
+            flow = flows.get(candidate.flow)
+            restart = flow.first if flow is not None else restart
     closed_ids = {c.id for c, _ in close}
+    if restart is not None and not (active and active.id not in closed_ids):
+        return _with(Route(RouteKind.RESTART, f"step {next(c.step for c, _ in close)!r} was"
+                           " removed by a deploy", None, restart,
+                           notice=RESTARTED_TEMPLATE), close)
 
     if sent is not None and tracked is not None and tracked.status.is_open:
         if tracked.id not in closed_ids:
@@ -100,12 +115,15 @@ def _tracked(sent: SentRef, conv: Conversation, flows: FlowSet, now: float) -> R
         return None  # rule 4 is applied to the phone's open conversation, which this is
     current = _step_of(conv, flows)
     assert current is not None
-    if sent.flow == conv.flow and sent.step == conv.step:
+    # A step renamed by a deploy (``migrate``) still matches the questions it asked before.
+    asked = flows[conv.flow].migrate.get(sent.step or "", sent.step)
+    if sent.flow == conv.flow and asked == conv.step:
         return Route(RouteKind.STEP, "answer to the current question", conv, current)
-    answered = flows[conv.flow].steps.get(sent.step or "") if sent.flow == conv.flow else None
+    answered = flows[conv.flow].steps.get(asked or "") if sent.flow == conv.flow else None
     if answered is not None and answered.accept_late:
         return Route(RouteKind.STEP, f"late answer to {answered.name!r}", conv, answered, True)
-    return Route(RouteKind.STALE, f"stale answer to {sent.step!r}", conv, current)
+    return Route(RouteKind.STALE, f"stale answer to {sent.flow}.{asked}", conv, current,
+                 answered=asked)
 
 
 def _fresh(
@@ -125,6 +143,16 @@ def _fresh(
     return _with(Route(RouteKind.FALLBACK, "no conversation and no keyword"), close)
 
 
+def _migrated(conv: Conversation | None, flows: FlowSet) -> Conversation | None:
+    """The conversation at the step its flow's ``migrate`` maps a removed step to."""
+    if conv is None or not conv.status.is_open:
+        return conv
+    flow = flows.get(conv.flow)
+    if flow is None or conv.step in flow.steps or conv.step not in flow.migrate:
+        return conv
+    return replace(conv, step=flow.migrate[conv.step])
+
+
 def _step_of(conv: Conversation, flows: FlowSet) -> Step | None:
     flow = flows.get(conv.flow)
     return flow.steps.get(conv.step) if flow is not None else None
@@ -139,9 +167,4 @@ def _unique(*convs: Conversation | None) -> list[Conversation]:
 
 
 def _with(decided: Route, close: list[tuple[Conversation, Status]]) -> Route:
-    if not close:
-        return decided
-    return Route(
-        decided.kind, decided.reason, decided.conversation, decided.step, decided.late,
-        tuple(close),
-    )
+    return replace(decided, close=tuple(close)) if close else decided

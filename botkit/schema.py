@@ -114,3 +114,43 @@ def check_and_migrate(db: sqlite_utils.Database, where: str) -> list[str]:
     pending = [m.name for m in MIGRATIONS.pending(db)]
     MIGRATIONS.apply(db)
     return pending
+
+
+@MIGRATIONS(name="m002_life_cycle")
+def m002_life_cycle(db: sqlite_utils.Database) -> None:
+    """Timers, flow versions, what each turn did (for stats), and status polling."""
+    db.execute("ALTER TABLE conversations ADD COLUMN flow_version TEXT")
+    db.execute("ALTER TABLE outbound ADD COLUMN flow_version TEXT")
+    db.execute("ALTER TABLE outbound ADD COLUMN ttl INTEGER")
+    db.execute("ALTER TABLE outbound ADD COLUMN polled_at REAL")
+    db.execute("ALTER TABLE inbound ADD COLUMN flow TEXT")
+    db.execute("ALTER TABLE inbound ADD COLUMN step TEXT")
+    db.execute("ALTER TABLE inbound ADD COLUMN outcome TEXT")
+    # Messages whose delivery is still unknown, for the /receive-viber poller.
+    db.execute(
+        "CREATE INDEX outbound_unconfirmed ON outbound (sent_at)"
+        " WHERE status = 'sent' AND (delivery_status IS NULL OR delivery_status IN (0, 5, 20))"
+    )
+    db.execute("CREATE INDEX inbound_flow_step ON inbound (flow, step)")
+    db.execute("CREATE INDEX outbound_flow_step ON outbound (flow, step)")
+    db.execute("""
+        CREATE TABLE timers (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL,
+            conversation_version INTEGER NOT NULL,
+            phone TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            flow TEXT NOT NULL,
+            step TEXT NOT NULL,
+            due_at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            message_id INTEGER,
+            created_at REAL NOT NULL,
+            done_at REAL,
+            detail TEXT
+        )""")
+    db.execute("CREATE INDEX timers_due ON timers (due_at) WHERE status = 'pending'")
+    db.execute(
+        "CREATE INDEX timers_conversation ON timers (conversation_id) WHERE status = 'pending'"
+    )
+    db.execute("CREATE INDEX timers_flow_step ON timers (flow, step, kind)")

@@ -211,11 +211,12 @@ async def _status(rt: Runtime, data: dict[str, Any]) -> web.Response:
         update = StatusUpdate.model_validate(data)
     except ValidationError as exc:
         return _invalid(exc)
-    matched = await rt.store.record_status(update, rt.clock())
-    if not matched:
+    assert rt.engine is not None
+    change = await rt.engine.on_status(update)
+    if change is None:
         log.info("status %d for message %d kept until the message is known",
                  update.status, update.message_id)
-    return web.json_response({"ok": True, "matched": matched})
+    return web.json_response({"ok": True, "matched": change is not None})
 
 
 async def _healthz(request: web.Request) -> web.Response:

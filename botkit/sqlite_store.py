@@ -22,10 +22,19 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from .conversation import Conversation, SentRef, Status
-from .errors import ConcurrentUpdateError
+from .errors import ConcurrentUpdateError, TimerTakenError
 from .models import InboundReply, MessageStatus, StatusUpdate
 from .schema import check_and_migrate
-from .store import Commit, Inbound, LogEntry, Outgoing, Store
+from .store import (
+    Commit,
+    Inbound,
+    LogEntry,
+    Outgoing,
+    StatusChange,
+    Store,
+    Timer,
+    TimerSpec,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -140,10 +149,20 @@ class SQLiteStore(Store):
             )
             return cursor.lastrowid if cursor.rowcount == 1 else None
 
-    async def record_status(self, update: StatusUpdate, now: float) -> bool:
-        return await self._run(self._record_status, update, now)
+    async def record_status(
+        self,
+        update: StatusUpdate,
+        now: float,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+    ) -> StatusChange | None:
+        return await self._run(self._record_status, update, now, plan)
 
-    def _record_status(self, update: StatusUpdate, now: float) -> bool:
+    def _record_status(
+        self,
+        update: StatusUpdate,
+        now: float,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None,
+    ) -> StatusChange | None:
         with self._write() as db:
             db.execute(
                 "INSERT INTO status_events (message_id, status, body, received_at)"
@@ -151,22 +170,32 @@ class SQLiteStore(Store):
                 [update.message_id, int(update.status), update.model_dump_json(), now],
             )
             row = self._one(
-                "SELECT id, delivery_status FROM outbound WHERE message_id = ?"
-                " ORDER BY id DESC LIMIT 1",
+                "SELECT id, phone, flow, step, conversation_id, delivery_status FROM outbound"
+                " WHERE message_id = ? ORDER BY id DESC LIMIT 1",
                 [update.message_id],
             )
             if row is None:
-                return False
-            self._apply_status(row["id"], row["delivery_status"], int(update.status), now)
-            return True
+                return None
+            old = row["delivery_status"]
+            changed = self._apply_status(row["id"], old, int(update.status), now)
+            conv = None
+            if row["conversation_id"] is not None:
+                conv = self._conversation("id = ?", [row["conversation_id"]])
+            change = StatusChange(update.message_id, row["phone"], row["flow"], row["step"],
+                                  old, int(update.status), conv)
+            if plan is not None and conv is not None and changed:
+                self._add_timers(conv.id, conv.version, conv.phone, plan(change), now)
+            return change
 
-    def _apply_status(self, outbox_id: int, current: int | None, new: int, now: float) -> None:
+    def _apply_status(self, outbox_id: int, current: int | None, new: int, now: float) -> bool:
         # A status never moves backwards: a final one is never replaced (issue 4, rule 1).
-        if status_rank(new) > status_rank(current):
-            self.db.execute(
-                "UPDATE outbound SET delivery_status = ?, delivery_status_at = ? WHERE id = ?",
-                [new, now, outbox_id],
-            )
+        if status_rank(new) <= status_rank(current):
+            return False
+        self.db.execute(
+            "UPDATE outbound SET delivery_status = ?, delivery_status_at = ? WHERE id = ?",
+            [new, now, outbox_id],
+        )
+        return True
 
     async def pending_inbound(self) -> list[Inbound]:
         return await self._run(self._pending_inbound)
@@ -224,53 +253,89 @@ class SQLiteStore(Store):
 
     def _commit(self, change: Commit, now: float) -> tuple[int | None, list[int]]:
         with self._write() as db:
+            if change.fire is not None:
+                self._finish_timer(change.fire.id, "fired", change.error, now)
             for conv, status in change.closes:
                 self._update_conversation(
                     conv.id, conv.version, {"status": status.value, "updated_at": now}
                 )
-            conv_id = self._save_conversation(change, now)
+                self._cancel_timers(conv.id, now)
+            conv_id, version = self._save_conversation(change, now)
+            conv_id = conv_id if conv_id is not None else change.link
+            if conv_id is not None and change.conversation is not None:
+                if change.reset_timers or change.conversation.status is not Status.ACTIVE:
+                    self._cancel_timers(conv_id, now)
+                self._add_timers(conv_id, version, change.conversation.phone, change.timers, now)
             outbox_ids = []
             for item in change.outbox:
+                ttl = item.payload.get("validity_period")
                 cursor = db.execute(
-                    "INSERT INTO outbound (conversation_id, phone, flow, step, template, text,"
-                    " message_type, payload, inbound_id, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [conv_id if item.in_conversation else None, item.phone, item.flow, item.step,
-                     item.template, item.text, item.message_type, json.dumps(item.payload),
-                     change.inbound_id, now],
+                    "INSERT INTO outbound (conversation_id, phone, flow, flow_version, step,"
+                    " template, text, message_type, payload, ttl, inbound_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [conv_id if item.in_conversation else None, item.phone, item.flow,
+                     item.flow_version, item.step, item.template, item.text, item.message_type,
+                     json.dumps(item.payload), ttl, change.inbound_id, now],
                 )
                 outbox_ids.append(int(cursor.lastrowid or 0))
             if change.inbound_id is not None:
+                flow, step = change.handled_by or (None, None)
                 db.execute(
                     "UPDATE inbound SET status = ?, route = ?, error = ?, conversation_id = ?,"
-                    " handled_at = ? WHERE id = ?",
-                    [change.outcome, change.route, change.error, conv_id, now,
-                     change.inbound_id],
+                    " handled_at = ?, flow = ?, step = ?, outcome = ? WHERE id = ?",
+                    [change.outcome, change.route, change.error, conv_id, now, flow, step,
+                     change.did, change.inbound_id],
                 )
             return conv_id, outbox_ids
 
-    def _save_conversation(self, change: Commit, now: float) -> int | None:
+    def _cancel_timers(self, conv_id: int, now: float) -> None:
+        self.db.execute(
+            "UPDATE timers SET status = 'cancelled', done_at = ?"
+            " WHERE conversation_id = ? AND status = 'pending'",
+            [now, conv_id],
+        )
+
+    def _add_timers(
+        self, conv_id: int, version: int, phone: str, timers: Iterable[TimerSpec], now: float
+    ) -> None:
+        for t in timers:
+            self.db.execute(
+                "INSERT INTO timers (conversation_id, conversation_version, phone, kind, flow,"
+                " step, due_at, message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [conv_id, version, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now],
+            )
+
+    def _finish_timer(self, timer_id: int, status: str, detail: str | None, now: float) -> None:
+        cursor = self.db.execute(
+            "UPDATE timers SET status = ?, detail = ?, done_at = ?"
+            " WHERE id = ? AND status = 'pending'",
+            [status, detail, now, timer_id],
+        )
+        if cursor.rowcount != 1:  # another process fired, skipped or cancelled it first
+            raise TimerTakenError(f"timer {timer_id} is no longer pending")
+
+    def _save_conversation(self, change: Commit, now: float) -> tuple[int | None, int]:
         conv = change.conversation
         if conv is None:
-            return None
+            return None, 0
         values = {
             "flow": conv.flow, "step": conv.step, "status": conv.status.value,
             "state": json.dumps(conv.state), "retries": conv.retries,
-            "expires_at": conv.expires_at, "updated_at": now,
+            "expires_at": conv.expires_at, "updated_at": now, "flow_version": conv.flow_version,
         }
         if conv.id is not None:
             self._update_conversation(conv.id, conv.expected_version, values)
-            return conv.id
+            return conv.id, conv.expected_version + 1
         try:
             cursor = self.db.execute(
                 "INSERT INTO conversations (phone, flow, step, status, state, retries,"
-                " expires_at, updated_at, created_at, version)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                " expires_at, updated_at, flow_version, created_at, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 [conv.phone, *values.values(), now],
             )
         except sqlite3.IntegrityError as exc:
             raise ConcurrentUpdateError(f"{conv.phone} already has an open conversation") from exc
-        return int(cursor.lastrowid or 0)
+        return int(cursor.lastrowid or 0), 0
 
     def _update_conversation(self, conv_id: int, version: int, values: dict[str, Any]) -> None:
         sets = ", ".join(f"{k} = ?" for k in values)
@@ -413,6 +478,113 @@ class SQLiteStore(Store):
                 "UPDATE outbound SET status = 'queued' WHERE status = 'sending'"
             )
             return int(cursor.rowcount)
+
+    async def conversation(self, conversation_id: int) -> Conversation | None:
+        return await self._run(self._conversation, "id = ?", [conversation_id])
+
+    # -- timers and status polling ----------------------------------------------------------
+
+    async def due_timers(self, now: float, limit: int) -> list[Timer]:
+        return await self._run(self._due_timers, now, limit)
+
+    def _due_timers(self, now: float, limit: int) -> list[Timer]:
+        rows = self.db.query(
+            "SELECT id, conversation_id, conversation_version, phone, kind, flow, step, due_at,"
+            " message_id FROM timers WHERE status = 'pending' AND due_at <= ?"
+            " ORDER BY due_at, id LIMIT ?",
+            [now, limit],
+        )
+        return [Timer(**r) for r in rows]
+
+    async def skip_timer(self, timer_id: int, reason: str, now: float) -> bool:
+        return await self._run(self._skip_timer, timer_id, reason, now)
+
+    def _skip_timer(self, timer_id: int, reason: str, now: float) -> bool:
+        with self._write():
+            try:
+                self._finish_timer(timer_id, "skipped", reason, now)
+            except TimerTakenError:
+                return False
+            return True
+
+    async def unconfirmed(
+        self, sent_before: float, sent_after: float, limit: int
+    ) -> list[tuple[int, int]]:
+        return await self._run(self._unconfirmed, sent_before, sent_after, limit)
+
+    def _unconfirmed(self, sent_before: float, sent_after: float, limit: int) -> list[tuple[int, int]]:
+        rows = self.db.query(
+            "SELECT id, message_id FROM outbound INDEXED BY outbound_unconfirmed"
+            " WHERE status = 'sent' AND (delivery_status IS NULL OR delivery_status IN (0, 5, 20))"
+            " AND sent_at <= ? AND sent_at >= ? AND (polled_at IS NULL OR polled_at <= ?)"
+            " ORDER BY coalesce(polled_at, 0), sent_at LIMIT ?",
+            [sent_before, sent_after, sent_before, limit],
+        )
+        return [(r["id"], r["message_id"]) for r in rows]
+
+    async def mark_polled(self, outbox_ids: Iterable[int], now: float) -> None:
+        await self._run(self._mark_polled, list(outbox_ids), now)
+
+    def _mark_polled(self, outbox_ids: list[int], now: float) -> None:
+        if outbox_ids:
+            with self._write() as db:
+                marks = ",".join("?" * len(outbox_ids))
+                db.execute(f"UPDATE outbound SET polled_at = ? WHERE id IN ({marks})",
+                           [now, *outbox_ids])
+
+    # -- reports ----------------------------------------------------------------------------
+
+    async def versions(self) -> list[dict[str, Any]]:
+        return await self._run(self._versions)
+
+    def _versions(self) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT flow, coalesce(flow_version, '?') AS version,"
+            " sum(status IN ('active', 'human')) AS open, count(*) AS total"
+            " FROM conversations GROUP BY flow, flow_version ORDER BY flow, open DESC"
+        ))
+
+    async def funnel(self, flow: str) -> dict[str, Any]:
+        return await self._run(self._funnel, flow)
+
+    def _funnel(self, flow: str) -> dict[str, Any]:
+        """Per step: sent, delivered, answered, re-asked, timed out, dropped, answer delays."""
+        steps: dict[str, dict[str, Any]] = {}
+
+        def add(rows: Iterable[dict[str, Any]], key: str) -> None:
+            for r in rows:
+                if r["step"] is not None:
+                    steps.setdefault(r["step"], {})[key] = r["n"]
+
+        q = self.db.query
+        add(q("SELECT step, count(*) AS n FROM outbound WHERE flow = ? AND status = 'sent'"
+              " GROUP BY step", [flow]), "sent")
+        add(q("SELECT step, count(*) AS n FROM outbound WHERE flow = ? AND delivery_status = 1"
+              " GROUP BY step", [flow]), "delivered")
+        add(q("SELECT step, count(*) AS n FROM inbound WHERE flow = ? AND route = 'step'"
+              " GROUP BY step", [flow]), "answered")
+        add(q("SELECT step, count(*) AS n FROM inbound WHERE flow = ? AND outcome = 'retry'"
+              " GROUP BY step", [flow]), "reasked")
+        add(q("SELECT step, count(*) AS n FROM timers WHERE flow = ? AND kind = 'timeout'"
+              " AND status = 'fired' GROUP BY step", [flow]), "timed_out")
+        add(q("SELECT step, count(*) AS n FROM conversations WHERE flow = ?"
+              " AND status NOT IN ('active', 'human', 'done') GROUP BY step", [flow]), "dropped")
+        # Time to answer: from the send of the question answered to the answer's arrival.
+        for r in q(
+            "SELECT i.step, i.received_at - o.sent_at AS delay FROM inbound AS i"
+            " JOIN outbound AS o ON o.message_id = CAST(substr(i.tracking_data, 13) AS INTEGER)"
+            " AND o.phone = i.phone"
+            " WHERE i.flow = ? AND i.route = 'step' AND i.tracking_data LIKE 'tracking_id:%'"
+            " AND o.sent_at IS NOT NULL AND o.step = i.step",
+            [flow],
+        ):
+            steps.setdefault(r["step"], {}).setdefault("delays", []).append(r["delay"])
+        totals = self._one(
+            "SELECT count(*) AS started, sum(status = 'done') AS done FROM conversations"
+            " WHERE flow = ?", [flow],
+        ) or {}
+        return {"steps": steps, "started": totals.get("started") or 0,
+                "completed": totals.get("done") or 0}
 
     async def health(self) -> dict[str, Any]:
         return await self._run(self._health)

@@ -26,6 +26,9 @@ from .models import InboundReply, StatusUpdate
 
 __all__ = [
     "Commit",
+    "StatusChange",
+    "Timer",
+    "TimerSpec",
     "ConversationChange",
     "Inbound",
     "LogEntry",
@@ -61,6 +64,7 @@ class ConversationChange:
     expires_at: float
     id: int | None = None
     expected_version: int = 0
+    flow_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,58 @@ class OutboxItem:
     message_type: int
     payload: dict[str, Any]
     in_conversation: bool = True
+    flow_version: str | None = None
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    """A timer to create: ``kind`` is remind, timeout, unanswered, undelivered or expire."""
+
+    kind: str
+    flow: str
+    step: str
+    due_at: float
+    message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A stored timer, due or pending, of one conversation at one step."""
+
+    id: int
+    conversation_id: int
+    conversation_version: int
+    phone: str
+    kind: str
+    flow: str
+    step: str
+    due_at: float
+    message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """What a delivery status did to the message it names (``old`` is None if it was unset)."""
+
+    message_id: int
+    phone: str
+    flow: str | None
+    step: str | None
+    old: int | None
+    new: int
+    conversation: Conversation | None
 
 
 @dataclass(frozen=True)
 class Commit:
-    """Everything one turn changes, applied in one transaction."""
+    """Everything one turn changes, applied in one transaction.
+
+    ``handled_by`` and ``did`` record which (flow, step) handled the message and what the
+    turn did, for ``run.py stats``. ``reset_timers`` cancels the conversation's pending
+    timers before ``timers`` are created (they belong to its new version); ``fire`` is the
+    timer this turn fires: the commit fails with TimerTakenError if another process fired
+    or cancelled it first, so a timer fires once (``error`` is kept on the timer).
+    """
 
     inbound_id: int | None
     outcome: Literal["handled", "failed"] = "handled"
@@ -88,6 +139,12 @@ class Commit:
     conversation: ConversationChange | None = None
     closes: tuple[tuple[Conversation, Status], ...] = ()
     outbox: tuple[OutboxItem, ...] = ()
+    handled_by: tuple[str, str] | None = None
+    did: str | None = None
+    reset_timers: bool = False
+    timers: tuple[TimerSpec, ...] = ()
+    fire: Timer | None = None
+    link: int | None = None  # the conversation the outbox rows belong to, if not changed
 
 
 @dataclass(frozen=True)
@@ -132,8 +189,17 @@ class Store(ABC):
         """Store a user's message; None if its token was seen before."""
 
     @abstractmethod
-    async def record_status(self, update: StatusUpdate, now: float) -> bool:
-        """Store a delivery status; True if it matched a sent message."""
+    async def record_status(
+        self,
+        update: StatusUpdate,
+        now: float,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+    ) -> StatusChange | None:
+        """Store a delivery status; returns what it changed, or None if no message matched.
+
+        ``plan`` (pure, no I/O) says which timers the change starts; they are created in
+        the same transaction (e.g. "undelivered" at once, "unanswered" later).
+        """
 
     @abstractmethod
     async def pending_inbound(self) -> list[Inbound]:
@@ -181,6 +247,35 @@ class Store(ABC):
     @abstractmethod
     async def reset_sending(self) -> int:
         """Requeue messages a previous process claimed but never finished; returns how many."""
+
+    @abstractmethod
+    async def conversation(self, conversation_id: int) -> Conversation | None:
+        """One conversation by id."""
+
+    @abstractmethod
+    async def due_timers(self, now: float, limit: int) -> list[Timer]:
+        """Pending timers due by ``now``, earliest first."""
+
+    @abstractmethod
+    async def skip_timer(self, timer_id: int, reason: str, now: float) -> bool:
+        """Mark a pending timer skipped (it no longer applies); False if it was not pending."""
+
+    @abstractmethod
+    async def unconfirmed(self, sent_before: float, sent_after: float,
+                          limit: int) -> list[tuple[int, int]]:
+        """(outbox id, message_id) of sent messages without a final status, least polled first."""
+
+    @abstractmethod
+    async def mark_polled(self, outbox_ids: Iterable[int], now: float) -> None:
+        """Record that these messages' statuses were just asked for."""
+
+    @abstractmethod
+    async def versions(self) -> list[dict[str, Any]]:
+        """Conversations per flow and flow version: ``flow``, ``version``, ``open``, ``total``."""
+
+    @abstractmethod
+    async def funnel(self, flow: str) -> dict[str, Any]:
+        """Raw counts behind ``run.py stats FLOW`` (see sqlite_store for the shape)."""
 
     @abstractmethod
     async def health(self) -> dict[str, Any]:

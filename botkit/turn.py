@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import FlowError
@@ -44,12 +45,17 @@ class Reply:
 
 @dataclass(frozen=True)
 class Transition:
-    """How a turn ended: which verb, where it leads, and where in the handler it was called."""
+    """How a turn ended: which verb, where it leads, and where in the handler it was called.
+
+    ``remind_after`` and ``timeout`` override the asked step's timer delays (``ask`` only).
+    """
 
     kind: Ending
     flow: str
     step: str | None
     call: str
+    remind_after: timedelta | None = None
+    timeout: timedelta | None = None
 
 
 class Turn:
@@ -59,6 +65,11 @@ class Turn:
     JSON-serialisable dict); answer with ``say`` (any number of times) and end with at most
     one of ``ask``, ``retry``, ``switch``, ``finish`` or ``handoff``. A turn that ends with
     none of them stays on its step.
+
+    A turn started by the conversation's life cycle rather than a user message has
+    ``turn.event`` set ("remind", "timeout", "unanswered", "undelivered", "expire", or "stale"
+    for an answer to an earlier question, whose step is ``turn.answered``) and, except for
+    "stale", an empty ``turn.text``.
 
     >>> async def name(turn: Turn) -> None:
     ...     turn.state["name"] = turn.text.strip()
@@ -75,6 +86,8 @@ class Turn:
         conversation_id: int,
         retries: int = 0,
         late: bool = False,
+        event: str | None = None,
+        answered: str | None = None,
     ) -> None:
         self.flows = flows
         self.step = step
@@ -83,6 +96,8 @@ class Turn:
         self.conversation_id = conversation_id
         self.retries = retries
         self.late = late
+        self.event = event
+        self.answered = answered
         self.replies: list[Reply] = []
         self.transition: Transition | None = None
 
@@ -115,14 +130,18 @@ class Turn:
         *,
         template: str | None = None,
         delivery: Delivery | None = None,
+        remind_after: timedelta | None = None,
+        timeout: timedelta | None = None,
         **variables: Any,
     ) -> None:
         """Move to ``step`` and send its prompt (or ``template``); its answer goes to ``step``.
 
+        ``remind_after`` and ``timeout`` override the step's timer delays for this question.
+
         >>> turn.ask("rating", name="Ana")
         """
         target = self.flow.get(step)
-        self._end("ask", self.flow.name, step)
+        self._end("ask", self.flow.name, step, remind_after, timeout)
         self.replies.append(Reply(self._prompt(target, template), variables, delivery))
 
     def retry(
@@ -220,13 +239,20 @@ class Turn:
             )
         return chosen
 
-    def _end(self, kind: Ending, flow: str, step: str | None) -> None:
+    def _end(
+        self,
+        kind: Ending,
+        flow: str,
+        step: str | None,
+        remind_after: timedelta | None = None,
+        timeout: timedelta | None = None,
+    ) -> None:
         call = f"{kind}() at {_caller()}"
         if self.transition is not None:
             raise FlowError(
                 f"this turn already ended with {self.transition.call}; cannot also {call}"
             )
-        self.transition = Transition(kind, flow, step, call)
+        self.transition = Transition(kind, flow, step, call, remind_after, timeout)
 
 
 def _caller() -> str:

@@ -194,10 +194,49 @@ async def test_orphaned_conversation_after_deploy(bot_harness):
 
     bot.flows = [renamed, echo]
     await bot.restart()
-    [fallback] = await chat.answer("7")
+    [notice, first_prompt] = await chat.answer("7")
+    assert notice.text.startswith("We've updated this conversation")
+    assert (first_prompt.text, first_prompt.step) == ("Question one?", "first")
+    statuses = [r[0] for r in bot.db().execute("SELECT status FROM conversations ORDER BY id")]
+    assert statuses == ["orphaned", "active"]
+
+
+async def test_conversation_of_a_removed_flow_is_closed_and_message_routed_afresh(bot_harness):
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES)
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    bot.flows = [echo]
+    await bot.restart()
+    [fallback] = await chat.answer("Ana")
     assert fallback.text.startswith("Sorry, I didn't understand")
-    statuses = [r[0] for r in bot.db().execute("SELECT status FROM conversations")]
+    statuses = [r[0] for r in bot.db().execute("SELECT status FROM conversations ORDER BY id")]
     assert statuses == ["orphaned"]
+
+
+async def test_migrated_step_takes_the_answer_to_its_old_question(bot_harness):
+    from botkit import Flow
+
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES)
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")  # at step "two"
+    v2 = Flow("demo", keywords=["demo"], migrate={"two": "number"})
+
+    @v2.step("one", prompt="demo/ask_one.txt")
+    async def one(turn):
+        turn.ask("number")
+
+    @v2.step("number", prompt="demo/ask_two.txt")
+    async def number(turn):
+        turn.state["number"] = turn.text
+        turn.finish("demo/done.txt")
+
+    bot.flows = [v2, echo]
+    await bot.restart()
+    [done] = await chat.answer("7")  # answers the old "two" question: goes to "number"
+    assert done.text == 'Done: {"number": "7", "one": "Ana"}'
+    conv = chat.conversation()
+    assert (conv.step, conv.status.value) == ("number", "done")
 
 
 async def test_switch_prompt_uses_the_new_flow_s_sender(bot):

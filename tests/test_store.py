@@ -26,12 +26,29 @@ async def test_wal_full_sync_and_schema_version(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     names = [r[0] for r in conn.execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = 'botkit'")]
-    assert names == ["m001_initial"]
+    assert names == ["m001_initial", "m002_life_cycle"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"conversations", "inbound", "outbound", "status_events", "meta"} <= tables
+    assert {"conversations", "inbound", "outbound", "status_events", "meta", "timers"} <= tables
     conn.close()
     again = await opened(tmp_path / "a.db")  # reopening applies nothing twice
     await again.close()
+
+
+async def test_a_version_1_database_is_migrated_in_place(tmp_path):
+    from sqlite_utils import Database
+
+    from botkit.schema import MIGRATIONS
+
+    db = Database(tmp_path / "old.db")
+    MIGRATIONS.apply(db, stop_before="m002_life_cycle")  # as botkit 0.1 left it
+    db.execute("INSERT INTO conversations (phone, flow, step, status, created_at, updated_at,"
+               " expires_at) VALUES ('1', 'survey', 'name', 'active', 0, 0, 9e9)")
+    db.conn.commit()
+    db.close()
+    store = await opened(tmp_path / "old.db")
+    [conv] = await store.conversations()
+    assert (conv.phone, conv.step) == ("1", "name")
+    await store.close()
 
 
 async def test_newer_database_is_refused(tmp_path):
@@ -103,7 +120,7 @@ async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_pat
     for status in (0, 1, 0):  # shuffled and duplicated, before the send's answer is stored
         matched = await store.record_status(
             StatusUpdate.model_validate({"message_id": 123456, "status": status}), 1.0)
-        assert matched is False
+        assert matched is None
     _, [outbox_id] = await store.commit(Commit(None, outbox=(item("1", 0),)), 1.0)
     await store.claim_outbox(1, 2.0)
     await store.mark_sent(outbox_id, 123456, 2.0)

@@ -1,0 +1,116 @@
+"""The conversation life cycle as pure rules: which timers a turn starts, whether a due timer
+still applies, and which statuses start timers. No I/O; the engine applies them.
+
+Timer kinds (docs/conversations.md has the diagram):
+
+- ``remind``: ``remind_after`` the step was asked, its ``remind`` template is sent (or handler
+  run) once; the conversation stays at the step.
+- ``timeout``: ``timeout`` after the step was asked, ``on_timeout`` runs, or the conversation
+  closes as ``timed_out`` (with the template, if one is named).
+- ``expire``: the flow's ``timeout`` of inactivity; the conversation closes as ``expired``
+  (``on_expire`` is sent or run first).
+- ``unanswered``: ``unanswered_after`` the question was *delivered* (status 1), if the step
+  is still waiting.
+- ``undelivered``: the question came back undelivered, rejected or in error (status 4, 3,
+  2) while the step was still waiting; ``on_undelivered`` reacts.
+
+Any answer from the user cancels the conversation's pending timers, and the step the turn
+leaves the conversation at starts its own. A timer whose conversation has since closed or
+moved to another step is skipped, never fired. Timers that came due while the server was
+down fire when it is back, except that of several due timers of one conversation only the
+latest fires (a due timeout makes its reminder pointless; an expiry, both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from .conversation import Conversation, Status
+from .flows import Flow, FlowSet, Step
+from .models import MessageStatus
+from .store import StatusChange, Timer, TimerSpec
+
+__all__ = ["closing_status", "inapplicable", "latest_per_conversation", "plan_timers",
+           "status_timers"]
+
+FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
+
+
+def plan_timers(
+    flow: Flow,
+    step: Step,
+    now: float,
+    remind_after: timedelta | None = None,
+    timeout: timedelta | None = None,
+) -> tuple[TimerSpec, ...]:
+    """The timers a conversation starts when it is left waiting at ``step``.
+
+    ``remind_after`` and ``timeout`` override the step's own delays (``turn.ask(...)``).
+    """
+    timers = [TimerSpec("expire", flow.name, step.name, now + flow.timeout.total_seconds())]
+    remind_after = remind_after or step.remind_after
+    if step.remind is not None and remind_after is not None:
+        timers.append(TimerSpec("remind", flow.name, step.name, now + remind_after.total_seconds()))
+    timeout = timeout or step.timeout
+    if timeout is not None:
+        timers.append(TimerSpec("timeout", flow.name, step.name, now + timeout.total_seconds()))
+    return tuple(timers)
+
+
+def status_timers(flows: FlowSet, change: StatusChange, now: float) -> list[TimerSpec]:
+    """Timers a delivery status starts for the question it is about, if still waiting."""
+    conv = change.conversation
+    if conv is None or conv.status is not Status.ACTIVE:
+        return []
+    if (change.flow, change.step) != (conv.flow, conv.step):
+        return []  # not the question the conversation waits on
+    flow = flows.get(conv.flow)
+    step = flow.steps.get(conv.step) if flow else None
+    if step is None:
+        return []
+    status = MessageStatus(change.new)
+    if status in FAILED and step.on_undelivered is not None:
+        return [TimerSpec("undelivered", conv.flow, conv.step, now, change.message_id)]
+    if status is MessageStatus.DELIVERED and step.unanswered_after is not None:
+        due = now + step.unanswered_after.total_seconds()
+        return [TimerSpec("unanswered", conv.flow, conv.step, due, change.message_id)]
+    return []
+
+
+def inapplicable(timer: Timer, conv: Conversation | None, flows: FlowSet) -> str | None:
+    """Why a due timer must be skipped, or None if it fires."""
+    if conv is None or conv.status is not Status.ACTIVE:
+        return "the conversation is closed"
+    if (conv.flow, conv.step) != (timer.flow, timer.step):
+        return f"the conversation moved on to {conv.flow}.{conv.step}"
+    flow = flows.get(conv.flow)
+    if flow is None or conv.step not in flow.steps:
+        return "the flow no longer has this step"
+    return None
+
+
+def latest_per_conversation(timers: Iterable[Timer]) -> tuple[list[Timer], list[Timer]]:
+    """Split due timers into those that fire (the latest-due of each conversation) and the
+    ones they supersede."""
+    latest: dict[int, Timer] = {}
+    superseded: list[Timer] = []
+    for timer in timers:
+        other = latest.get(timer.conversation_id)
+        if other is None:
+            latest[timer.conversation_id] = timer
+        elif (timer.due_at, timer.id) > (other.due_at, other.id):
+            superseded.append(other)
+            latest[timer.conversation_id] = timer
+        else:
+            superseded.append(timer)
+    return list(latest.values()), superseded
+
+
+def closing_status(kind: str) -> Status:
+    """How a conversation closes when an event turn finishes it (or by default)."""
+    return {
+        "timeout": Status.TIMED_OUT,
+        "expire": Status.EXPIRED,
+        "undelivered": Status.UNREACHABLE,
+    }.get(kind, Status.DONE)

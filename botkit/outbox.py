@@ -1,0 +1,72 @@
+"""Composer: turns a turn's replies into rendered, validated outbox rows.
+
+Each reply's template is rendered with the conversation's ``state`` and ``phone``, checked
+against every provider limit (``SendRequest.checked``: a broken limit fails the turn, not the
+send), and given the sending defaults of its flow, the reply's overrides, and the callback
+URL. Each row records the (flow, step) its answer goes to, and the flow's version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .flows import Delivery, Flow, FlowSet
+from .models import MessageType, SendRequest
+from .store import OutboxItem
+from .templates import Renderer
+from .turn import Reply
+
+__all__ = ["Composer"]
+
+
+class Composer:
+    """Renders replies into outbox rows for one bot.
+
+    >>> Composer(renderer, flows, sender="Acme", callback_url=url).compose(
+    ...     [(Reply("survey/ask_name.txt"), survey)], "380501112233", ("survey", "name"), {})
+    """
+
+    def __init__(
+        self, renderer: Renderer, flows: FlowSet, *, sender: str, callback_url: str
+    ) -> None:
+        self.renderer = renderer
+        self.flows = flows
+        self.sender = sender
+        self.callback_url = callback_url
+
+    def compose(
+        self,
+        replies: list[tuple[Reply, Flow | None]],
+        phone: str,
+        asked: tuple[str, str] | None,
+        state: dict[str, Any] | None = None,
+    ) -> tuple[OutboxItem, ...]:
+        """Render and validate ``replies``; each records the (flow, step) it asks."""
+        asked_flow = self.flows.get(asked[0]) if asked else None
+        version = asked_flow.version_id if asked_flow else None
+        items = []
+        for reply, flow in replies:
+            # Every template sees the conversation's state and the phone; reply variables win.
+            context = {"state": state or {}, "phone": phone, **reply.variables}
+            rendered = self.renderer.render(reply.template, context)
+            base = flow.delivery if flow else Delivery()
+            delivery = (reply.delivery or Delivery()).over(base)
+            validity = delivery.validity.total_seconds() if delivery.validity else None
+            request = SendRequest.checked(
+                source_addr=delivery.sender or self.sender,
+                destination_addr=phone,
+                message_type=MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT,
+                text=rendered.text,
+                image=rendered.image,
+                button_caption=rendered.button_caption,
+                button_action=rendered.button_action,
+                source_type=delivery.source_type or 1,
+                callback_url=self.callback_url,
+                validity_period=int(validity) if validity is not None else None,
+            )
+            items.append(OutboxItem(
+                phone, asked[0] if asked else None, asked[1] if asked else None,
+                reply.template, rendered.text, int(request.message_type),
+                request.model_dump(mode="json", exclude_none=True), True, version,
+            ))
+        return tuple(items)
