@@ -43,6 +43,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "port": ("BOTKIT_PORT", "a TCP port number 1-65535"),
     "sender": ("BOTKIT_SENDER", "the default sender name (source_addr), 1-20 characters"),
     "sandbox": ("BOTKIT_SANDBOX", "1 to force the sandbox (and its web chat) on, 0 for off"),
+    "status_poll_after": ("BOTKIT_STATUS_POLL_AFTER",
+                          "seconds after sending to ask for a status that never came (>= 60)"),
 }
 
 
@@ -64,6 +66,7 @@ class Settings(BaseModel):
     port: int = Field(default=8080, ge=1, le=65535)
     sender: str = Field(default="botkit", min_length=1, max_length=20)
     sandbox_mode: bool | None = Field(default=None, alias="sandbox")
+    status_poll_after: float = Field(default=900.0, ge=60)
 
     @field_validator("api_url", "public_url")
     @classmethod

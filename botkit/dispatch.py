@@ -1,9 +1,9 @@
-"""Dispatcher: hands stored messages to the engine, one phone at a time, in arrival order.
+"""Dispatcher: hands stored messages and due timers to the engine, one phone at a time.
 
-Messages of one phone (and so of one conversation) are never handled at the same time and
-are handled in the order they were stored; different phones proceed concurrently. The queue
-of a phone is dropped as soon as it is empty, so memory follows the number of busy phones,
-not of phones ever seen.
+Messages (and timers) of one phone, and so of one conversation, are never handled at the
+same time and are handled in the order they were submitted; different phones proceed
+concurrently. The queue of a phone is dropped as soon as it is empty, so memory follows the
+number of busy phones, not of phones ever seen.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from .store import Inbound
+from .store import Inbound, Timer
+
+Item = Inbound | Timer
 
 __all__ = ["Dispatcher"]
 
@@ -27,9 +29,9 @@ class Dispatcher:
     >>> dispatcher.submit(inbound)
     """
 
-    def __init__(self, handle: Callable[[Inbound], Awaitable[None]], *, limit: int = 256) -> None:
+    def __init__(self, handle: Callable[[Item], Awaitable[None]], *, limit: int = 256) -> None:
         self._handle = handle
-        self._queues: dict[str, deque[Inbound]] = {}
+        self._queues: dict[str, deque[tuple[Item, Callable[[], None] | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(limit)
         self._closing = False
@@ -39,16 +41,19 @@ class Dispatcher:
         """Phones with messages being handled or waiting."""
         return len(self._queues)
 
-    def submit(self, inbound: Inbound) -> None:
-        """Queue a stored message behind the earlier ones of the same phone."""
+    def submit(self, item: Item, done: Callable[[], None] | None = None) -> None:
+        """Queue a stored message (or due timer) behind the earlier ones of the same phone.
+
+        ``done`` is called once the item was handled (or could not be).
+        """
         if self._closing:
             return  # stays pending in the store; handled after the restart
-        queue = self._queues.get(inbound.phone)
+        queue = self._queues.get(item.phone)
         if queue is not None:
-            queue.append(inbound)
+            queue.append((item, done))
             return
-        self._queues[inbound.phone] = deque([inbound])
-        task = asyncio.create_task(self._drain(inbound.phone), name=f"phone-{inbound.phone}")
+        self._queues[item.phone] = deque([(item, done)])
+        task = asyncio.create_task(self._drain(item.phone), name=f"phone-{item.phone}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -56,15 +61,18 @@ class Dispatcher:
         queue = self._queues[phone]
         try:
             while queue and not self._closing:
-                inbound = queue[0]
+                item, done = queue[0]
                 async with self._slots:
                     try:
-                        await self._handle(inbound)
+                        await self._handle(item)
                     except Exception:
                         # The store failed (disk full, locked too long): the row stays
                         # pending and is handled again after a restart.
-                        log.exception("message %s from %s could not be handled; left pending",
-                                      inbound.id, phone)
+                        log.exception("%s %s of %s could not be handled; left pending",
+                                      type(item).__name__.lower(), item.id, phone)
+                    finally:
+                        if done is not None:
+                            done()
                 queue.popleft()
         finally:
             del self._queues[phone]

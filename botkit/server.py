@@ -28,8 +28,10 @@ from .engine import Engine
 from .flows import Flow, FlowSet
 from .models import InboundReply, StatusUpdate
 from .sender import Sender
+from .poller import StatusPoller
 from .sqlite_store import SQLiteStore
 from .store import Inbound, Store
+from .sweeper import Sweeper
 from .templates import Renderer
 
 __all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_url", "create_app", "provider_url",
@@ -59,6 +61,8 @@ class Runtime:
     engine: Engine | None = None
     sender: Sender | None = None
     dispatcher: Dispatcher | None = None
+    sweeper: Sweeper | None = None
+    poller: StatusPoller | None = None
 
 
 RUNTIME = web.AppKey("botkit_runtime", Runtime)
@@ -152,16 +156,24 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.warning("resuming %d messages accepted before the last stop", len(pending))
     for inbound in pending:
         rt.dispatcher.submit(inbound)
-    sender_task = asyncio.create_task(rt.sender.run(), name="botkit-sender")
+    rt.sweeper = Sweeper(rt.store, rt.dispatcher, clock=rt.clock)
+    rt.poller = StatusPoller(rt.store, rt.client, rt.engine, clock=rt.clock,
+                             after=settings.status_poll_after)
+    tasks = [asyncio.create_task(rt.sender.run(), name="botkit-sender"),
+             asyncio.create_task(rt.sweeper.run(), name="botkit-sweeper"),
+             asyncio.create_task(rt.poller.run(), name="botkit-poller")]
     log.info("serving flows %s; provider callbacks go to %s",
              ", ".join(rt.flows) or "(none)", rt.callback_url)
     try:
         yield
     finally:
+        rt.sweeper.stop()
+        rt.poller.stop()
         await rt.dispatcher.close()
         await rt.sender.stop()
-        sender_task.cancel()
-        await asyncio.gather(sender_task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await rt.client.close()
         await rt.store.close()
 

@@ -220,6 +220,18 @@ class Harness:
                 raise TimeoutError(f"bot did not settle in {self.timeout}s: {health}")
             await asyncio.sleep(0.005)
 
+    async def sweep(self) -> None:
+        """Fire the timers due by the bot's clock (after ``clock.advance(...)``) and settle."""
+        assert self.runtime.sweeper is not None
+        await self.runtime.sweeper.sweep_once()
+        await self.settle()
+
+    async def poll_statuses(self) -> None:
+        """Ask the provider for the statuses that never arrived, as the poller does."""
+        assert self.runtime.poller is not None
+        await self.runtime.poller.poll_once()
+        await self.settle()
+
     async def start_flow(self, flow: str, phone: str) -> None:
         """Begin a conversation proactively (as ``run.py start`` does) and wait for the send."""
         assert self.runtime.engine is not None

@@ -1,0 +1,89 @@
+"""StatusPoller: asks the provider about messages whose delivery status never arrived.
+
+Status callbacks can be lost. A message still without a final status ``after`` seconds after
+it was sent is polled with ``/receive-viber`` (only within the provider's 5-day window), at
+most ``batch`` messages every ``interval`` seconds, least recently polled first; the answer
+goes through the same path as a status callback (``Engine.on_status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .client import ProviderClient
+from .engine import Engine
+from .errors import ProviderError
+from .models import StatusUpdate
+from .store import Store
+
+__all__ = ["StatusPoller"]
+
+log = logging.getLogger("botkit.poller")
+
+WINDOW = 5 * 86400.0  # /receive-viber answers for the last 5 days (PROVIDER_API.md)
+
+
+class StatusPoller:
+    """Polls the delivery status of unconfirmed messages at a bounded rate.
+
+    >>> poller = StatusPoller(store, client, engine, after=900)
+    >>> await poller.poll_once()
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        client: ProviderClient,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.time,
+        after: float = 900.0,
+        interval: float = 60.0,
+        batch: int = 20,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.engine = engine
+        self.clock = clock
+        self.after = after
+        self.interval = interval
+        self.batch = batch
+        self._stopping = asyncio.Event()
+
+    async def poll_once(self) -> int:
+        """Poll up to ``batch`` unconfirmed messages; returns how many answered."""
+        now = self.clock()
+        rows = await self.store.unconfirmed(now - self.after, now - WINDOW, self.batch)
+        answered = 0
+        for _, message_id in rows:
+            try:
+                result = await self.client.get_status(message_id)
+            except ProviderError as exc:
+                log.warning("status of message %d: %s", message_id, exc.reason)
+                continue
+            await self.engine.on_status(StatusUpdate(message_id=result.message_id,
+                                                     status=result.status))
+            answered += 1
+        await self.store.mark_polled([outbox_id for outbox_id, _ in rows], now)
+        if rows:
+            log.info("polled %d unconfirmed messages, %d answered", len(rows), answered)
+        return answered
+
+    async def run(self) -> None:
+        """Poll every ``interval`` seconds until ``stop()``."""
+        while not self._stopping.is_set():
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("status polling failed; trying again in %.0fs", self.interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        """End ``run()`` after the current round."""
+        self._stopping.set()

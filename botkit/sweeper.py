@@ -1,0 +1,80 @@
+"""Sweeper: the background task that fires due timers through the dispatcher.
+
+Every ``interval`` seconds it reads the timers due by the (injectable) clock, skips those a
+later timer of the same conversation supersedes, and hands the rest to the dispatcher, so a
+timer is a turn of its conversation in order with the user's messages. Firing is decided in
+the engine's commit (pending -> fired, once), which keeps it exactly-once even when several
+processes sweep the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from .dispatch import Dispatcher
+from .lifecycle import latest_per_conversation
+from .store import Store
+
+__all__ = ["Sweeper"]
+
+log = logging.getLogger("botkit.sweeper")
+
+
+class Sweeper:
+    """Fires due timers.
+
+    >>> sweeper = Sweeper(store, dispatcher)
+    >>> await sweeper.sweep_once()   # tests: after clock.advance(...)
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], float] = time.time,
+        interval: float = 1.0,
+        batch: int = 500,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.interval = interval
+        self.batch = batch
+        self._inflight: set[int] = set()
+        self._stopping = asyncio.Event()
+
+    async def sweep_once(self) -> int:
+        """Submit every due timer not already being fired here; returns how many."""
+        now = self.clock()
+        due = [t for t in await self.store.due_timers(now, self.batch)
+               if t.id not in self._inflight]
+        fire, superseded = latest_per_conversation(due)
+        for timer in superseded:
+            if await self.store.skip_timer(timer.id, "superseded by a later timer", now):
+                log.info("timer %s (%s of %s.%s) skipped: a later timer of the conversation"
+                         " is due too", timer.id, timer.kind, timer.flow, timer.step)
+        for timer in fire:
+            self._inflight.add(timer.id)
+            self.dispatcher.submit(timer, functools.partial(self._inflight.discard, timer.id))
+        return len(fire)
+
+    async def run(self) -> None:
+        """Sweep until ``stop()``; a failing sweep is logged and retried next interval."""
+        while not self._stopping.is_set():
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("timer sweep failed; trying again in %.0fs", self.interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        """End ``run()`` after the current sweep."""
+        self._stopping.set()
