@@ -29,16 +29,15 @@ def check(flows: FlowSet, renderer: Renderer, templates: str | Path | None) -> l
         for path in sorted(Path(templates).rglob("*.txt")):
             problems += _try_template(renderer, path.relative_to(templates).as_posix(), str(path))
     for flow in flows.values():
-        for name in (flow.error, flow.give_up):
-            if name:
+        for name in (flow.error, flow.give_up, flow.on_expire):
+            if isinstance(name, str):
                 problems += _try_template(renderer, name, f"flow {flow.name!r}")
         if flow.first.prompt is None:
             problems.append(f"flow {flow.name!r}: its first step {flow.first.name!r} has no"
                             " prompt, so the flow cannot be started")
         for step in flow.steps.values():
-            for name in (step.prompt, step.give_up):
-                if name:
-                    problems += _try_template(renderer, name, step.where)
+            for name in step.templates:
+                problems += _try_template(renderer, name, step.where)
             problems += list(_check_calls(flows, flow, step, renderer))
     return list(dict.fromkeys(problems))
 

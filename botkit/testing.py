@@ -220,6 +220,23 @@ class Harness:
                 raise TimeoutError(f"bot did not settle in {self.timeout}s: {health}")
             await asyncio.sleep(0.005)
 
+    async def wait_until(self, check: Callable[[], bool], what: str) -> None:
+        """Wait (up to the harness timeout) until ``check()`` is true, e.g. a status arrived."""
+        deadline = time.monotonic() + self.timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {self.timeout}s for {what}")
+            await asyncio.sleep(0.005)
+
+    async def delivered(self, message_id: int) -> None:
+        """Wait until the bot has recorded message ``message_id`` as delivered."""
+        await self.wait_until(
+            lambda: self.db().execute(
+                "SELECT delivery_status FROM outbound WHERE message_id = ?", [message_id]
+            ).fetchone() == (1,),
+            f"message {message_id} to be recorded as delivered",
+        )
+
     async def sweep(self) -> None:
         """Fire the timers due by the bot's clock (after ``clock.advance(...)``) and settle."""
         assert self.runtime.sweeper is not None

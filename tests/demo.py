@@ -47,3 +47,33 @@ async def three(turn: Turn) -> None:
 @echo.step("echo", prompt="demo/echo_prompt.txt", keywords=["echo"])
 async def echo_step(turn: Turn) -> None:
     turn.say("demo/said.txt", text=turn.text)
+
+
+async def undelivered(turn: Turn) -> None:
+    if turn.state.get("resent"):
+        return turn.finish()
+    turn.state["resent"] = True
+    turn.ask("q")
+
+
+async def on_stale(turn: Turn) -> None:
+    turn.say("demo/stale.txt", answered=turn.answered, current=turn.step.name)
+
+
+timed = Flow("timed", timeout=timedelta(hours=10), on_expire="demo/expired.txt",
+             stale=on_stale)
+
+
+@timed.step("q", prompt="demo/ask_one.txt", remind_after=timedelta(minutes=30),
+            remind="demo/remind.txt", timeout=timedelta(hours=2), on_timeout="demo/timeout.txt",
+            unanswered_after=timedelta(hours=1), on_unanswered="demo/unanswered.txt",
+            on_undelivered=undelivered)
+async def q(turn: Turn) -> None:
+    turn.ask("r")
+
+
+@timed.step("r", prompt="demo/ask_three.txt")
+async def r(turn: Turn) -> None:
+    if turn.text == "back":
+        return turn.ask("q")
+    turn.finish("demo/done.txt")

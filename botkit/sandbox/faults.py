@@ -143,11 +143,15 @@ class Faults:
     ``latency`` (seconds) delays every request; ``duplicate_callbacks`` posts that many
     extra copies of every callback. Scripted faults are used first, then the random rate.
 
+    ``drop_status_callbacks`` loses every status callback (the status still changes and
+    ``/receive-viber`` reports it), as when the provider's callbacks go missing.
+
     Example: ``provider.faults.duplicate_callbacks = 2``  (every callback arrives 3 times)
     """
 
     latency: float = 0.0
     duplicate_callbacks: int = 0
+    drop_status_callbacks: bool = False
     _script: deque[Fault] = field(default_factory=deque, repr=False)
     _error_rate: float = 0.0
     _statuses: tuple[int, ...] = (429, 500)
@@ -181,6 +185,7 @@ class Faults:
         self._error_rate = 0.0
         self.latency = 0.0
         self.duplicate_callbacks = 0
+        self.drop_status_callbacks = False
 
     @property
     def pending(self) -> int:

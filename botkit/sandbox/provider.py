@@ -353,8 +353,11 @@ class FakeProvider:
 
     async def _announce(self, msg: SentMessage, status: MessageStatus) -> None:
         url = msg.request.callback_url
-        if url is not None:
-            await self._post_all(url, {"message_id": msg.message_id, "status": int(status)})
+        body = {"message_id": msg.message_id, "status": int(status)}
+        if url is not None and self.faults.drop_status_callbacks:
+            self.callback_log.append(CallbackRecord(url, body, "dropped (fault)"))
+        elif url is not None:
+            await self._post_all(url, body)
 
     def _last_two_way(self, phone: str) -> SentMessage | None:
         for msg in reversed(self.messages_to(phone)):
