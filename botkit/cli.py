@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import csv
 import logging
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--phone")
     p.add_argument("--flow")
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--by-version", action="store_true",
+                   help="count conversations per flow version instead (after a deploy)")
+    p = command("stats", _stats, "a flow's funnel: per step sent, delivered, answered, ...")
+    p.add_argument("flow")
     p = command("messages", _messages, "a phone's last messages in and out, with their status")
     p.add_argument("phone")
     p.add_argument("--limit", type=int, default=30)
@@ -286,6 +291,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _conversations(args: argparse.Namespace) -> int:
+    if args.by_version:
+        return _by_version(args)
+
     async def job(store: Any) -> int:
         phone = normalize_phone(args.phone) if args.phone else None
         convs = await store.conversations(phone=phone, flow=args.flow, limit=args.limit)
@@ -300,6 +308,61 @@ def _conversations(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, job)
+
+
+def _by_version(args: argparse.Namespace) -> int:
+    flows = _flows(args)
+
+    async def job(store: Any) -> int:
+        rows = await store.versions()
+        print(f"{'flow':<12} {'version':<14} {'open':>6} {'total':>7}")
+        for row in rows:
+            flow = flows.get(row["flow"])
+            mark = " (current)" if flow and flow.version_id == row["version"] else (
+                "" if flow else " (flow no longer loaded)")
+            print(f"{row['flow']:<12} {row['version']:<14} {row['open']:>6} {row['total']:>7}"
+                  f"{mark}")
+        if not rows:
+            print("(no conversations)")
+        return 0
+
+    return _with_store(args, job)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    flows = _flows(args)
+
+    async def job(store: Any) -> int:
+        funnel = await store.funnel(args.flow)
+        if not funnel["started"]:
+            flows[args.flow]  # noqa: B018 - a typo gets "did you mean"
+        flow = flows.get(args.flow)
+        order = list(flow.steps) if flow else []
+        steps = order + sorted(set(funnel["steps"]) - set(order))
+        started, completed = funnel["started"], funnel["completed"]
+        rate = f"{100 * completed / started:.0f}%" if started else "-"
+        print(f"{args.flow}: {started} conversations started, {completed} completed ({rate})")
+        columns = ("sent", "delivered", "answered", "reasked", "timed_out", "dropped")
+        print(f"{'step':<16}" + "".join(f"{c.replace('_', ' '):>11}" for c in columns)
+              + f"{'median answer':>15}")
+        for name in steps:
+            row = funnel["steps"].get(name, {})
+            delays = sorted(row.get("delays", []))
+            median = _duration(statistics.median(delays)) if delays else "-"
+            print(f"{name:<16}" + "".join(f"{row.get(c, 0):>11}" for c in columns)
+                  + f"{median:>15}")
+        return 0
+
+    return _with_store(args, job)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def _messages(args: argparse.Namespace) -> int:
