@@ -25,6 +25,7 @@ from .errors import (
     RateLimitedError,
     ReplyLimitError,
     SchemaTooNewError,
+    TimerTakenError,
     UnauthorizedError,
     UnknownStepError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "SchemaTooNewError",
     "Settings",
     "Status",
+    "TimerTakenError",
     "Turn",
     "UnauthorizedError",
     "UnknownStepError",

@@ -298,10 +298,10 @@ def _conversations(args: argparse.Namespace) -> int:
         phone = normalize_phone(args.phone) if args.phone else None
         convs = await store.conversations(phone=phone, flow=args.flow, limit=args.limit)
         now = time.time()
-        print(f"{'id':>6}  {'phone':<16} {'flow':<12} {'step':<16} {'status':<9} last activity")
+        print(f"{'id':>6}  {'phone':<16} {'flow':<12} {'step':<16} {'status':<11} last activity")
         for c in convs:
             status = "expired" if c.expired(now) else c.status.value
-            print(f"{c.id:>6}  {c.phone:<16} {c.flow:<12} {c.step:<16} {status:<9}"
+            print(f"{c.id:>6}  {c.phone:<16} {c.flow:<12} {c.step:<16} {status:<11}"
                   f" {_iso(c.updated_at)}")
         if not convs:
             print("(no conversations)")

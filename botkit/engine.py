@@ -64,6 +64,7 @@ class _Outcome:
     timers: tuple[TimerSpec, ...] = ()
     reset_timers: bool = True
     did: str | None = None
+    question: bool = False  # the last reply asks ``step`` (its statuses can start timers)
 
 
 class Engine:
@@ -177,7 +178,8 @@ class Engine:
         reply = Reply(self._prompt_of(first), {})
         commit = Commit(None, route="start", conversation=change, closes=closes,
                         outbox=self.composer.compose([(reply, flow)], phone,
-                                                     (flow.name, first.name), change.state),
+                                                     (flow.name, first.name), change.state,
+                                                     question=True),
                         timers=plan_timers(flow, first, now))
         try:
             conv_id, _ = await self._commit(commit)
@@ -202,10 +204,14 @@ class Engine:
                     log.info("timer %s (%s of %s.%s) skipped: %s", timer.id, timer.kind,
                              timer.flow, timer.step, reason)
                 return
-            flow = self.flows[conv.flow]
-            step = flow.steps[conv.step]
+            flow = self.flows.get(conv.flow)
+            step = flow.steps.get(conv.step) if flow else None
             try:
-                commit = await self._event_turn(timer, conv, flow, step, now)
+                if flow is None or step is None:  # an expiry at a step a deploy removed
+                    commit = Commit(None, route="expire", fire=timer,
+                                    closes=((conv, Status.EXPIRED),))
+                else:
+                    commit = await self._event_turn(timer, conv, flow, step, now)
             except Exception as exc:  # a bot's fault: logged, kept on the timer, no reply
                 log.exception("%s handler failed: conversation %s (%s.%s)", timer.kind,
                               conv.id, conv.flow, conv.step)
@@ -224,10 +230,11 @@ class Engine:
 
     async def on_status(self, update: StatusUpdate) -> StatusChange | None:
         """Record a delivery status; an undelivered or delivered question may start a timer."""
-        now = self.clock()
-        return await self.store.record_status(
-            update, now, lambda change: status_timers(self.flows, change, now)
-        )
+        return await self.store.record_status(update, self.clock(), self.plan_status)
+
+    def plan_status(self, change: StatusChange) -> list[TimerSpec]:
+        """The timers a status change starts (also applied to statuses that beat the send)."""
+        return status_timers(self.flows, change, self.clock())
 
     async def _event_turn(
         self, timer: Timer, conv: Conversation, flow: Flow, step: Step, now: float
@@ -247,9 +254,13 @@ class Engine:
         elif reaction is not None:
             await reaction(turn)
         out = self._outcome(turn, conv, step, now)
-        asked = (out.change.flow, out.step) if out.change and out.step else (conv.flow, conv.step)
+        if out.change is None:  # a nudge: answers to it still go to the waiting step
+            asked: tuple[str, str] | None = (conv.flow, conv.step)
+        else:  # a goodbye asks nothing
+            asked = (out.change.flow, out.step) if out.step else None
         outbox = self.composer.compose(out.replies, conv.phone, asked,
-                                       out.change.state if out.change else conv.state)
+                                       out.change.state if out.change else conv.state,
+                                       question=out.question)
         return Commit(None, "handled", timer.kind, None, out.change, (), outbox,
                       (flow.name, step.name), out.did, out.reset_timers, out.timers, timer,
                       link=conv.id)
@@ -282,7 +293,8 @@ class Engine:
             if decided.notice:
                 replies.append((Reply(decided.notice, {}), flow))
             replies.append((Reply(self._prompt_of(step), {}), flow))
-            out = _Outcome(change, replies, step.name, plan_timers(flow, step, now))
+            out = _Outcome(change, replies, step.name, plan_timers(flow, step, now),
+                           question=True)
         else:  # STEP, ENTRY: the handler runs
             assert step is not None
             state = dict(conv.state) if conv else {}
@@ -297,7 +309,8 @@ class Engine:
                  _where(decided), decided.reason, len(out.replies))
         asked = (out.change.flow, out.step) if out.change and out.step else None
         outbox = self.composer.compose(out.replies, message.phone, asked,
-                                       out.change.state if out.change else None)
+                                       out.change.state if out.change else None,
+                                       question=out.question)
         handled_by = (step.flow, step.name) if step else None
         return Commit(inbound.id, "handled", kind.value, None, out.change, decided.close,
                       outbox, handled_by, out.did, out.reset_timers, out.timers)
@@ -309,7 +322,7 @@ class Engine:
         if flow.stale is None:  # the core policy: ask the current question again
             reply = Reply(self._prompt_of(step), {})
             return _Outcome(self._touch(conv, now), [(reply, flow)], conv.step,
-                            plan_timers(flow, step, now), did="stale")
+                            plan_timers(flow, step, now), did="stale", question=True)
         turn = Turn(flows=self.flows, step=step, message=message, state=dict(conv.state),
                     conversation_id=conv.id, retries=conv.retries, event="stale",
                     answered=decided.answered)
@@ -362,7 +375,10 @@ class Engine:
                                  t.timeout if t else None)
         asked = target_step if status.is_open else None
         did = "gave_up" if turn.gave_up else (t.kind if t else "stay")
-        return _Outcome(change, [(r, flow) for r in turn.replies], asked, timers, reset, did)
+        question = t is not None and t.kind in ("ask", "retry", "switch") and (
+            status is Status.ACTIVE)
+        return _Outcome(change, [(r, flow) for r in turn.replies], asked, timers, reset, did,
+                        question)
 
     def _failure(
         self, inbound: Inbound, message: Message, decided: Route | None, error: str,

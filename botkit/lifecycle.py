@@ -61,8 +61,8 @@ def plan_timers(
 def status_timers(flows: FlowSet, change: StatusChange, now: float) -> list[TimerSpec]:
     """Timers a delivery status starts for the question it is about, if still waiting."""
     conv = change.conversation
-    if conv is None or conv.status is not Status.ACTIVE:
-        return []
+    if conv is None or conv.status is not Status.ACTIVE or not change.question:
+        return []  # only the message that asks a step (not a reminder or a goodbye) counts
     if (change.flow, change.step) != (conv.flow, conv.step):
         return []  # not the question the conversation waits on
     flow = flows.get(conv.flow)
@@ -79,13 +79,17 @@ def status_timers(flows: FlowSet, change: StatusChange, now: float) -> list[Time
 
 
 def inapplicable(timer: Timer, conv: Conversation | None, flows: FlowSet) -> str | None:
-    """Why a due timer must be skipped, or None if it fires."""
+    """Why a due timer must be skipped, or None if it fires.
+
+    An expiry still fires when a deploy removed the step (the conversation closes); other
+    timers of a removed step are skipped.
+    """
     if conv is None or conv.status is not Status.ACTIVE:
         return "the conversation is closed"
     if (conv.flow, conv.step) != (timer.flow, timer.step):
         return f"the conversation moved on to {conv.flow}.{conv.step}"
     flow = flows.get(conv.flow)
-    if flow is None or conv.step not in flow.steps:
+    if timer.kind != "expire" and (flow is None or conv.step not in flow.steps):
         return "the flow no longer has this step"
     return None
 

@@ -8,6 +8,7 @@ URL. Each row records the (flow, step) its answer goes to, and the flow's versio
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .flows import Delivery, Flow, FlowSet
@@ -40,8 +41,13 @@ class Composer:
         phone: str,
         asked: tuple[str, str] | None,
         state: dict[str, Any] | None = None,
+        *,
+        question: bool = False,
     ) -> tuple[OutboxItem, ...]:
-        """Render and validate ``replies``; each records the (flow, step) it asks."""
+        """Render and validate ``replies``; each records the (flow, step) it asks.
+
+        ``question`` marks the last reply as the one that asks the step.
+        """
         asked_flow = self.flows.get(asked[0]) if asked else None
         version = asked_flow.version_id if asked_flow else None
         items = []
@@ -69,4 +75,6 @@ class Composer:
                 reply.template, rendered.text, int(request.message_type),
                 request.model_dump(mode="json", exclude_none=True), True, version,
             ))
+        if question and items:
+            items[-1] = replace(items[-1], question=True)
         return tuple(items)

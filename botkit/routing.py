@@ -86,7 +86,8 @@ def route(
             flow = flows.get(candidate.flow)
             restart = flow.first if flow is not None else restart
     closed_ids = {c.id for c, _ in close}
-    if restart is not None and not (active and active.id not in closed_ids):
+    keyword = flows.entry(message.text) is not None  # a keyword wins, as after expiry
+    if restart is not None and not keyword and not (active and active.id not in closed_ids):
         return _with(Route(RouteKind.RESTART, f"step {next(c.step for c, _ in close)!r} was"
                            " removed by a deploy", None, restart,
                            notice=RESTARTED_TEMPLATE), close)

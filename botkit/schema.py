@@ -123,6 +123,8 @@ def m002_life_cycle(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outbound ADD COLUMN flow_version TEXT")
     db.execute("ALTER TABLE outbound ADD COLUMN ttl INTEGER")
     db.execute("ALTER TABLE outbound ADD COLUMN polled_at REAL")
+    # "question": the message that asks its step (its statuses can start timers).
+    db.execute("ALTER TABLE outbound ADD COLUMN role TEXT")
     db.execute("ALTER TABLE inbound ADD COLUMN flow TEXT")
     db.execute("ALTER TABLE inbound ADD COLUMN step TEXT")
     db.execute("ALTER TABLE inbound ADD COLUMN outcome TEXT")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from .client import ProviderClient
 from .errors import BalanceError, ProviderError, UnauthorizedError
 from .models import SendRequest
-from .store import Outgoing, Store
+from .store import Outgoing, StatusChange, Store, TimerSpec
 
 __all__ = ["Sender"]
 
@@ -49,6 +49,7 @@ class Sender:
         pause_seconds: float = 60.0,
         retry_rounds: int = 5,
         round_delay: float = 30.0,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -58,6 +59,7 @@ class Sender:
         self.pause_seconds = pause_seconds
         self.retry_rounds = retry_rounds
         self.round_delay = round_delay
+        self.plan = plan  # timers for statuses that arrived before the send's answer
         self.paused: str | None = None
         self.sent = 0
         self.failed = 0
@@ -147,7 +149,7 @@ class Sender:
         except ValidationError as exc:
             await self._fail(row, f"stored payload is invalid: {exc.errors()[0]['msg']}")
             return
-        await self.store.mark_sent(row.id, result.message_id, self.clock())
+        await self.store.mark_sent(row.id, result.message_id, self.clock(), self.plan)
         self.sent += 1
         log.info("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
         if self.paused:

@@ -150,6 +150,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
         clock=rt.clock, on_outbox=rt.sender.wake, raise_errors=rt.raise_errors,
     )
+    rt.sender.plan = rt.engine.plan_status
     rt.dispatcher = Dispatcher(rt.engine.handle)
     pending = await rt.store.pending_inbound()
     if pending:

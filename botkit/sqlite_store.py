@@ -170,22 +170,35 @@ class SQLiteStore(Store):
                 [update.message_id, int(update.status), update.model_dump_json(), now],
             )
             row = self._one(
-                "SELECT id, phone, flow, step, conversation_id, delivery_status FROM outbound"
-                " WHERE message_id = ? ORDER BY id DESC LIMIT 1",
+                "SELECT id FROM outbound WHERE message_id = ? ORDER BY id DESC LIMIT 1",
                 [update.message_id],
             )
             if row is None:
                 return None
-            old = row["delivery_status"]
-            changed = self._apply_status(row["id"], old, int(update.status), now)
-            conv = None
-            if row["conversation_id"] is not None:
-                conv = self._conversation("id = ?", [row["conversation_id"]])
-            change = StatusChange(update.message_id, row["phone"], row["flow"], row["step"],
-                                  old, int(update.status), conv)
-            if plan is not None and conv is not None and changed:
-                self._add_timers(conv.id, conv.version, conv.phone, plan(change), now)
-            return change
+            return self._status_change(row["id"], int(update.status), now, plan)
+
+    def _status_change(
+        self,
+        outbox_id: int,
+        status: int,
+        at: float,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None,
+    ) -> StatusChange:
+        """Apply a status to a sent message; timers planned for a change join the transaction."""
+        row = self._one(
+            "SELECT phone, flow, step, conversation_id, delivery_status, message_id, role"
+            " FROM outbound WHERE id = ?", [outbox_id],
+        )
+        assert row is not None
+        changed = self._apply_status(outbox_id, row["delivery_status"], status, at)
+        conv = None
+        if row["conversation_id"] is not None:
+            conv = self._conversation("id = ?", [row["conversation_id"]])
+        change = StatusChange(row["message_id"], row["phone"], row["flow"], row["step"],
+                              row["delivery_status"], status, conv, row["role"] == "question")
+        if plan is not None and conv is not None and changed:
+            self._add_timers(conv.id, conv.version, conv.phone, plan(change), at)
+        return change
 
     def _apply_status(self, outbox_id: int, current: int | None, new: int, now: float) -> bool:
         # A status never moves backwards: a final one is never replaced (issue 4, rule 1).
@@ -271,11 +284,12 @@ class SQLiteStore(Store):
                 ttl = item.payload.get("validity_period")
                 cursor = db.execute(
                     "INSERT INTO outbound (conversation_id, phone, flow, flow_version, step,"
-                    " template, text, message_type, payload, ttl, inbound_id, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " template, text, message_type, payload, ttl, role, inbound_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [conv_id if item.in_conversation else None, item.phone, item.flow,
                      item.flow_version, item.step, item.template, item.text, item.message_type,
-                     json.dumps(item.payload), ttl, change.inbound_id, now],
+                     json.dumps(item.payload), ttl, "question" if item.question else None,
+                     change.inbound_id, now],
                 )
                 outbox_ids.append(int(cursor.lastrowid or 0))
             if change.inbound_id is not None:
@@ -428,10 +442,22 @@ class SQLiteStore(Store):
                 for r in rows
             ]
 
-    async def mark_sent(self, outbox_id: int, message_id: int, now: float) -> None:
-        await self._run(self._mark_sent, outbox_id, message_id, now)
+    async def mark_sent(
+        self,
+        outbox_id: int,
+        message_id: int,
+        now: float,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+    ) -> None:
+        await self._run(self._mark_sent, outbox_id, message_id, now, plan)
 
-    def _mark_sent(self, outbox_id: int, message_id: int, now: float) -> None:
+    def _mark_sent(
+        self,
+        outbox_id: int,
+        message_id: int,
+        now: float,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None,
+    ) -> None:
         with self._write() as db:
             db.execute(
                 "UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
@@ -448,7 +474,7 @@ class SQLiteStore(Store):
                 if status_rank(event["status"]) > status_rank(best["status"] if best else None):
                     best = event
             if best is not None:
-                self._apply_status(outbox_id, None, best["status"], best["received_at"])
+                self._status_change(outbox_id, best["status"], now, plan)
 
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)

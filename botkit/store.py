@@ -80,6 +80,7 @@ class OutboxItem:
     payload: dict[str, Any]
     in_conversation: bool = True
     flow_version: str | None = None
+    question: bool = False  # the message that asks its step (not a say, nudge or goodbye)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class StatusChange:
     old: int | None
     new: int
     conversation: Conversation | None
+    question: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,18 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def mark_sent(self, outbox_id: int, message_id: int, now: float) -> None:
-        """Record the provider's ``message_id`` for a sent message."""
+    async def mark_sent(
+        self,
+        outbox_id: int,
+        message_id: int,
+        now: float,
+        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+    ) -> None:
+        """Record the provider's ``message_id`` for a sent message.
+
+        Statuses that arrived before it are applied now, planning timers like
+        ``record_status``.
+        """
 
     @abstractmethod
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:

@@ -268,7 +268,7 @@ class Chat:
     async def start(self, flow: str) -> list[BotMessage]:
         """Start ``flow`` for this phone proactively; returns the bot's new messages."""
         await self.harness.start_flow(flow, self.phone)
-        return self._new()
+        return self.unread()
 
     async def send(
         self, text: str, *, tracking: int | None | Literal["last"] = "last"
@@ -290,7 +290,7 @@ class Chat:
         if result.status != 200:
             raise AssertionError(f"bot answered {result.status}: {result.data}")
         await self.harness.settle()
-        return self._new()
+        return self.unread()
 
     answer = send
 
@@ -338,7 +338,9 @@ class Chat:
         row = next(self.harness.db().query("SELECT * FROM conversations WHERE id = ?", [conv_id]))
         return _conversation(row)
 
-    def _new(self) -> list[BotMessage]:
+    def unread(self) -> list[BotMessage]:
+        """The bot's messages since the last ``start``, ``send`` or ``unread`` (e.g. a
+        reminder a timer sent)."""
         replies = self.replies
         new = replies[self._seen:]
         self._seen = len(replies)

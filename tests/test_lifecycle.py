@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import timedelta
 
 import pytest
 
 from botkit.sandbox import FakeProvider
 from botkit.testing import TEST_KEY, Clock, Harness
-from demo import TEMPLATES, timed
+from demo import TEMPLATES, q, timed
 
 PHONE = "380500000011"
 
@@ -39,14 +40,14 @@ async def test_reminder_fires_once_and_keeps_the_step_waiting(bot, clock):
     await chat.start("timed")
     clock.advance(minutes=31)
     await bot.sweep()
-    assert [m.text for m in chat._new()] == ["Reminder: question one?"]
+    assert [m.text for m in chat.unread()] == ["Reminder: question one?"]
     await bot.sweep()
-    assert chat._new() == []
+    assert chat.unread() == []
     assert chat.conversation().step == "q"
     assert ("remind", "fired") in timers(bot) and ("timeout", "pending") in timers(bot)
     clock.advance(hours=2)  # the timeout still runs from when the question was asked
     await bot.sweep()
-    assert [m.text for m in chat._new()] == ["Timed out, bye."]
+    assert [m.text for m in chat.unread()] == ["Timed out, bye."]
     assert chat.conversation().status.value == "timed_out"
 
 
@@ -57,7 +58,7 @@ async def test_any_answer_cancels_the_step_s_timers(bot, clock):
     await chat.answer("hi")  # moves on to r
     clock.advance(hours=3)
     await bot.sweep()
-    assert chat._new() == []
+    assert chat.unread() == []
     rows = timers(bot, "kind", "status", "step")
     assert {kind for kind, status, step in rows if step == "q"} >= {"remind", "timeout"}
     assert all(status == "cancelled" for _, status, step in rows if step == "q")
@@ -70,9 +71,33 @@ async def test_overdue_timers_only_the_latest_fires(bot, clock):
     await chat.start("timed")
     clock.advance(hours=3)  # reminder and timeout are both due
     await bot.sweep()
-    assert [m.text for m in chat._new()] == ["Timed out, bye."]
+    assert [m.text for m in chat.unread()] == ["Timed out, bye."]
     assert timers(bot, "kind", "status", "detail")[1] == (
         "remind", "skipped", "superseded by a later timer")
+
+
+async def test_a_goodbye_asks_nothing(bot, clock):
+    chat = bot.chat(PHONE)
+    await chat.start("timed")
+    clock.advance(hours=3)
+    await bot.sweep()
+    assert (await chat.last_reply()).step is None  # a reply to it is not an answer to q
+
+
+async def test_expiry_closes_a_conversation_whose_step_a_deploy_removed(bot_harness, clock):
+    from botkit import Flow
+
+    bot = await bot_harness(flows=[timed], templates=TEMPLATES, clock=clock)
+    chat = bot.chat(PHONE)
+    await chat.start("timed")
+    v2 = Flow("timed", timeout=timedelta(hours=10))
+    v2.step("other", prompt="demo/ask_one.txt")(q)
+    bot.flows = [v2]
+    await bot.restart()
+    clock.advance(hours=11)
+    await bot.sweep()
+    assert chat.conversation().status.value == "expired"
+    assert chat.unread() == []  # nothing is sent on expiry
 
 
 async def test_inactivity_expiry_closes_politely(bot, clock):
@@ -81,7 +106,7 @@ async def test_inactivity_expiry_closes_politely(bot, clock):
     await chat.answer("go")  # at r, which only has the flow's 10-hour expiry
     clock.advance(hours=10, seconds=1)
     await bot.sweep()
-    assert [m.text for m in chat._new()] == ["Expired, bye."]
+    assert [m.text for m in chat.unread()] == ["Expired, bye."]
     assert chat.conversation().status.value == "expired"
 
 
@@ -94,7 +119,7 @@ async def test_timers_survive_a_restart_and_fire_once(bot, clock):
     await bot.sweep()
     await bot.restart()
     await bot.sweep()
-    assert [m.text for m in chat._new()] == ["Reminder: question one?"]
+    assert [m.text for m in chat.unread()] == ["Reminder: question one?"]
     assert [k for k, s in timers(bot) if s == "fired"] == ["remind"]
 
 
@@ -106,7 +131,7 @@ async def test_a_timer_that_no_longer_applies_is_skipped(bot, clock):
     db.conn.commit()
     clock.advance(minutes=31)
     await bot.sweep()
-    assert chat._new() == []
+    assert chat.unread() == []
     assert timers(bot, "kind", "status", "detail")[1] == (
         "remind", "skipped", "the conversation moved on to timed.r")
 
@@ -143,13 +168,13 @@ async def test_undelivered_question_is_resent_once_then_closed(bot):
     await bot.wait_until(lambda: any(k == "undelivered" for k, _ in timers(bot)),
                          "the undelivered event")
     await bot.sweep()
-    [again] = chat._new()
+    [again] = chat.unread()
     assert again.text == "Question one?" and chat.state == {"resent": True}
     await bot.provider.deliver(again.message_id, status=4)
     await bot.wait_until(lambda: len([t for t in timers(bot) if t[0] == "undelivered"]) == 2,
                          "the second undelivered event")
     await bot.sweep()
-    assert chat._new() == []
+    assert chat.unread() == []
     assert chat.conversation().status.value == "unreachable"
 
 
@@ -170,7 +195,12 @@ async def test_delivered_but_unanswered(bot, clock):
     await bot.delivered(first.message_id)
     clock.advance(minutes=61)  # remind (30 min) and unanswered (1 h after delivery) are due
     await bot.sweep()
-    assert [m.text for m in chat._new()] == ["Delivered but no answer yet?"]
+    [nudge] = chat.unread()
+    assert nudge.text == "Delivered but no answer yet?"
+    await bot.delivered(nudge.message_id)  # the nudge's own delivery starts nothing
+    clock.advance(hours=1, minutes=1)
+    await bot.sweep()
+    assert [m.text for m in chat.unread()] == ["Timed out, bye."]
 
 
 async def test_statuses_shuffled_and_duplicated_end_at_the_true_final_one(bot):

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from botkit.testing import Clock
-from demo import TEMPLATES, demo, echo
+from demo import TEMPLATES, demo, echo, one
 
 PHONE = "380500000001"
 
@@ -199,6 +199,21 @@ async def test_orphaned_conversation_after_deploy(bot_harness):
     assert (first_prompt.text, first_prompt.step) == ("Question one?", "first")
     statuses = [r[0] for r in bot.db().execute("SELECT status FROM conversations ORDER BY id")]
     assert statuses == ["orphaned", "active"]
+
+
+async def test_a_keyword_wins_over_the_restart_after_a_deploy(bot_harness):
+    from botkit import Flow
+
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES)
+    chat = bot.chat(PHONE)
+    await chat.start("demo")
+    await chat.answer("Ana")  # at step "two"
+    renamed = Flow("demo", keywords=["demo"])
+    renamed.step("first", prompt="demo/ask_one.txt")(one)
+    bot.flows = [renamed, echo]
+    await bot.restart()
+    [said] = await chat.answer("echo")
+    assert said.text == "You said echo" and chat.conversation().flow == "echo"
 
 
 async def test_conversation_of_a_removed_flow_is_closed_and_message_routed_afresh(bot_harness):

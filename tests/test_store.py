@@ -128,3 +128,27 @@ async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_pat
     conn = sqlite3.connect(tmp_path / "g.db")
     assert conn.execute("SELECT delivery_status FROM outbound").fetchone() == (1,)
     conn.close()
+
+
+async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_path):
+    from botkit.store import ConversationChange, TimerSpec
+    from botkit.conversation import Status
+
+    store = await opened(tmp_path / "h.db")
+    change = ConversationChange("1", "f", "q", Status.ACTIVE, {}, 0, 9e9)
+    question = OutboxItem("1", "f", "q", "t", "m0", 206, {"text": "m0"}, True, None, True)
+    _, [outbox_id] = await store.commit(Commit(None, conversation=change,
+                                                outbox=(question,)), 1.0)
+    await store.record_status(
+        StatusUpdate.model_validate({"message_id": 777, "status": 4}), 1.5)  # before the id
+    await store.claim_outbox(1, 2.0)
+    seen = []
+
+    def plan(status_change):
+        seen.append((status_change.new, status_change.question, status_change.step))
+        return [TimerSpec("undelivered", "f", "q", 2.0, status_change.message_id)]
+
+    await store.mark_sent(outbox_id, 777, 2.0, plan)
+    assert seen == [(4, True, "q")]
+    assert [t.kind for t in await store.due_timers(3.0, 10)] == ["undelivered"]
+    await store.close()

@@ -67,11 +67,11 @@ async def test_reminder_then_polite_close(bot_harness):
     await chat.answer("Ana")
     clock.advance(hours=2, seconds=1)
     await harness.sweep()
-    [nudge] = chat._new()
+    [nudge] = chat.unread()
     assert nudge.text == "Still there, Ana? Your answer to the question above would help us a lot."
     clock.advance(hours=10)
     await harness.sweep()
-    [closed] = chat._new()
+    [closed] = chat.unread()
     assert closed.text.startswith("We haven't heard back, so we've closed this survey.")
     assert chat.conversation().status.value == "timed_out"
 
