@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("messages", _messages, "a phone's last messages in and out, with their status")
     p.add_argument("phone")
     p.add_argument("--limit", type=int, default=30)
+    command("resume", _resume, "resume sending paused by a 401/402 (after fixing the cause)")
     p = command("release", _release, "give a conversation with a human back to the bot")
     p.add_argument("phone")
     p = command("fake-provider", _fake_provider, "run the fake provider standalone (testing)")
@@ -376,6 +377,15 @@ def _messages(args: argparse.Namespace) -> int:
             print(f"{'':27}[{entry.detail}]")
         if not entries:
             print(f"(no messages with {phone})")
+        return 0
+
+    return _with_store(args, job)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    async def job(store: Any) -> int:
+        await store.set_meta("resume_sending", str(time.time()))
+        print("asked the running server to resume sending; it does within a second")
         return 0
 
     return _with_store(args, job)

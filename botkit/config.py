@@ -45,6 +45,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "sandbox": ("BOTKIT_SANDBOX", "1 to force the sandbox (and its web chat) on, 0 for off"),
     "status_poll_after": ("BOTKIT_STATUS_POLL_AFTER",
                           "seconds after sending to ask for a status that never came (>= 60)"),
+    "send_rate": ("BOTKIT_SEND_RATE", "the most messages sent per second (0: no limit)"),
+    "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
 }
 
 
@@ -67,6 +69,8 @@ class Settings(BaseModel):
     sender: str = Field(default="botkit", min_length=1, max_length=20)
     sandbox_mode: bool | None = Field(default=None, alias="sandbox")
     status_poll_after: float = Field(default=900.0, ge=60)
+    send_rate: float = Field(default=0.0, ge=0)
+    crash_at: str | None = None
 
     @field_validator("api_url", "public_url")
     @classmethod

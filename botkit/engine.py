@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from . import crashpoints
 from .conversation import Conversation, Status
 from .errors import ConcurrentUpdateError, DefinitionError, TimerTakenError
 from .flows import Flow, FlowSet, Step
@@ -402,6 +403,7 @@ class Engine:
 
     async def _commit(self, commit: Commit) -> tuple[int | None, list[int]]:
         result = await self.store.commit(commit, self.clock())
+        crashpoints.hit("after_turn_commit")
         if commit.outbox:
             self.on_outbox()
         return result

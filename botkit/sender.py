@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import crashpoints
 from .client import ProviderClient
 from .errors import BalanceError, ProviderError, UnauthorizedError
 from .models import SendRequest
@@ -50,6 +51,7 @@ class Sender:
         retry_rounds: int = 5,
         round_delay: float = 30.0,
         plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+        rate: float = 0.0,
     ) -> None:
         self.store = store
         self.client = client
@@ -60,6 +62,9 @@ class Sender:
         self.retry_rounds = retry_rounds
         self.round_delay = round_delay
         self.plan = plan  # timers for statuses that arrived before the send's answer
+        self.rate = rate  # most sends started per second; 0 is no limit
+        self._next_slot = 0.0
+        self._paused_wall = 0.0  # wall-clock time of the pause, compared with run.py resume
         self.paused: str | None = None
         self.sent = 0
         self.failed = 0
@@ -90,6 +95,8 @@ class Sender:
                         " them again (a user may receive one of them twice)", stale)
         while not self._stopping:
             self._wake.clear()  # cleared before looking, so a wake-up during the look counts
+            if self.paused and await self._resume_requested():
+                self.resume()
             if self.clock() < self._paused_until or len(self._inflight) >= self.concurrency:
                 await self._sleep(self.poll_interval)
                 continue
@@ -115,6 +122,22 @@ class Sender:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _resume_requested(self) -> bool:
+        """True when ``run.py resume`` asked for it since sending paused."""
+        asked = await self.store.meta("resume_sending")
+        return asked is not None and float(asked) >= self._paused_wall
+
+    async def _throttle(self) -> None:
+        """Space send starts at least 1/rate seconds apart (wall clock), across phones."""
+        if self.rate <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
     def _done(self, phone: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(phone, None)
         self._wake.set()
@@ -131,6 +154,7 @@ class Sender:
             return
         try:
             request = SendRequest.model_validate(row.payload)
+            await self._throttle()
             result = await self.client.send(request)
         except (UnauthorizedError, BalanceError) as exc:
             await self.store.requeue([row.id], exc.reason, tried=False)
@@ -149,7 +173,9 @@ class Sender:
         except ValidationError as exc:
             await self._fail(row, f"stored payload is invalid: {exc.errors()[0]['msg']}")
             return
+        crashpoints.hit("after_send_request")
         await self.store.mark_sent(row.id, result.message_id, self.clock(), self.plan)
+        crashpoints.hit("after_send_recorded")
         self.sent += 1
         log.info("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
         if self.paused:
@@ -165,7 +191,8 @@ class Sender:
         what = "the access key was refused" if isinstance(exc, UnauthorizedError) else (
             "the account balance is empty")
         self.paused = f"{what} ({exc.reason})"
+        self._paused_wall = time.time()
         self._paused_until = self.clock() + self.pause_seconds
         log.error("SENDING PAUSED: %s. Messages stay queued; retrying in %.0fs. Fix it with"
-                  " your account manager (BOTKIT_API_KEY / top-up).", self.paused,
-                  self.pause_seconds)
+                  " your account manager (BOTKIT_API_KEY / top-up), then `python run.py"
+                  " resume` to resume at once.", self.paused, self.pause_seconds)

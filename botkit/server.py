@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import ClientSession, web
 from pydantic import ValidationError
 
+from . import crashpoints
 from .client import ProviderClient, RetryPolicy
 from .config import Settings
 from .dispatch import Dispatcher
@@ -133,6 +134,7 @@ def provider_url(settings: Settings) -> str:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     settings = rt.settings
+    crashpoints.arm(settings.crash_at)
     await rt.store.open()
     if settings.callback_secret is not None:
         rt.secret = settings.callback_secret.get_secret_value()
@@ -145,7 +147,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                     settings.host, settings.public_base)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     rt.client = ProviderClient(provider_url(settings), key, session=rt.session, retry=rt.retry)
-    rt.sender = Sender(rt.store, rt.client, clock=rt.clock)
+    rt.sender = Sender(rt.store, rt.client, clock=rt.clock, rate=settings.send_rate)
     rt.engine = Engine(
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
         clock=rt.clock, on_outbox=rt.sender.wake, raise_errors=rt.raise_errors,
@@ -208,6 +210,7 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
     except ValidationError as exc:
         return _invalid(exc)
     inbound_id = await rt.store.record_inbound(reply, rt.clock())
+    crashpoints.hit("after_inbound_stored")
     if inbound_id is None:
         log.info("duplicate callback %s from %s ignored", reply.message_token, reply.phone_number)
         return web.json_response({"ok": True, "duplicate": True})

@@ -135,6 +135,18 @@ class SQLiteStore(Store):
             db.execute("INSERT INTO meta (key, value) VALUES ('callback_secret', ?)", [value])
             return value
 
+    async def meta(self, key: str) -> str | None:
+        row = await self._run(self._one, "SELECT value FROM meta WHERE key = ?", [key])
+        return None if row is None else str(row["value"])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(self._set_meta, key, value)
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
+                       " ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value])
+
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
         return await self._run(self._record_inbound, reply, now)
 

@@ -187,6 +187,14 @@ class Store(ABC):
         """The stored callback secret, storing ``generate()`` the first time."""
 
     @abstractmethod
+    async def meta(self, key: str) -> str | None:
+        """A small operator setting (e.g. ``resume_sending``), or None."""
+
+    @abstractmethod
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a small operator setting, visible to every process on the store."""
+
+    @abstractmethod
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
         """Store a user's message; None if its token was seen before."""
 
