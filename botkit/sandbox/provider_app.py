@@ -42,6 +42,7 @@ def create_provider_app(provider: FakeProvider, *, prefix: str = "") -> web.Appl
     prefix = prefix.rstrip("/")
     app.router.add_post(f"{prefix}/send-viber", _send_viber)
     app.router.add_post(f"{prefix}/receive-viber", _receive_viber)
+    app.router.add_get(f"{prefix}/sandbox/sent", _sent_log)
     app.cleanup_ctx.append(_run_provider)
     return app
 
@@ -90,6 +91,21 @@ async def _accept_send(request: web.Request, provider: FakeProvider) -> web.Resp
         return _invalid_parameter(exc, body)
     headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
     return web.json_response({"message_id": provider.accept(send, body, headers)})
+
+
+async def _sent_log(request: web.Request) -> web.Response:
+    """What the fake accepted, from index ``since`` on: for drivers in another process.
+
+    Not part of the provider's contract; the real provider has no such endpoint.
+    """
+    provider = request.app[PROVIDER_KEY]
+    since = request.query.get("since", "0")
+    start = int(since) if since.isdigit() else 0
+    return web.json_response({"next": len(provider.sent), "messages": [
+        {"index": i, "message_id": m.message_id, "phone": m.phone, "text": m.request.text,
+         "callback_url": m.request.callback_url, "received_at": m.received_at}
+        for i, m in enumerate(provider.sent[start:], start)
+    ]})
 
 
 async def _receive_viber(request: web.Request) -> web.StreamResponse:
