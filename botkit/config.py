@@ -46,6 +46,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "status_poll_after": ("BOTKIT_STATUS_POLL_AFTER",
                           "seconds after sending to ask for a status that never came (>= 60)"),
     "send_rate": ("BOTKIT_SEND_RATE", "the most messages sent per second (0: no limit)"),
+    "api_timeout": ("BOTKIT_API_TIMEOUT", "seconds to wait for each provider request (> 0)"),
     "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
 }
 
@@ -70,6 +71,7 @@ class Settings(BaseModel):
     sandbox_mode: bool | None = Field(default=None, alias="sandbox")
     status_poll_after: float = Field(default=900.0, ge=60)
     send_rate: float = Field(default=0.0, ge=0)
+    api_timeout: float = Field(default=10.0, gt=0)
     crash_at: str | None = None
 
     @field_validator("api_url", "public_url")

@@ -146,7 +146,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                     " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
                     settings.host, settings.public_base)
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    rt.client = ProviderClient(provider_url(settings), key, session=rt.session, retry=rt.retry)
+    rt.client = ProviderClient(provider_url(settings), key, session=rt.session, retry=rt.retry,
+                               timeout=settings.api_timeout)
     rt.sender = Sender(rt.store, rt.client, clock=rt.clock, rate=settings.send_rate)
     rt.engine = Engine(
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,

@@ -142,6 +142,7 @@ class FakeProvider:
         self._session = session
         self._owns_session = session is None
         self._by_id: dict[int, SentMessage] = {}
+        self._by_phone: dict[str, list[SentMessage]] = {}
         self._offline: set[str] = set()
         self._next_id = first_id
         self._next_token = first_token  # the provider's tokens are 14-digit numbers
@@ -163,7 +164,7 @@ class FakeProvider:
 
     def messages_to(self, phone: str) -> list[SentMessage]:
         """Every accepted message to ``phone``, oldest first (a leading ``+`` is ignored)."""
-        return [m for m in self.sent if _same_phone(m.phone, phone)]
+        return list(self._by_phone.get(phone.lstrip("+"), ()))
 
     def last_message(self, phone: str) -> SentMessage | None:
         """The last accepted message to ``phone``, or None."""
@@ -299,6 +300,7 @@ class FakeProvider:
         self._mark(msg, MessageStatus.PENDING)
         self.sent.append(msg)
         self._by_id[message_id] = msg
+        self._by_phone.setdefault(msg.phone.lstrip("+"), []).append(msg)
         self._emit(_bot_event(msg))
         log.info("accepted message %d to %s (type %d)", message_id, msg.phone, request.message_type)
         if self.auto_deliver:
