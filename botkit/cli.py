@@ -112,9 +112,7 @@ def _flows(args: argparse.Namespace) -> FlowSet:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from .server import create_app
+    from .server import create_app, serve
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -128,8 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
               f" Chat with your bots at {where}/", flush=True)
     else:
         print(f"botkit serving on {where}, sending through {settings.api_url}", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None,
-                shutdown_timeout=15, handle_signals=True)
+    serve(app, settings.host, settings.port)
     return 0
 
 

@@ -47,6 +47,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                           "seconds after sending to ask for a status that never came (>= 60)"),
     "send_rate": ("BOTKIT_SEND_RATE", "the most messages sent per second (0: no limit)"),
     "api_timeout": ("BOTKIT_API_TIMEOUT", "seconds to wait for each provider request (> 0)"),
+    "read_deadline": ("BOTKIT_READ_DEADLINE",
+                      "seconds a client may take to send a request, or stay idle (> 0)"),
     "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
 }
 
@@ -72,6 +74,7 @@ class Settings(BaseModel):
     status_poll_after: float = Field(default=900.0, ge=60)
     send_rate: float = Field(default=0.0, ge=0)
     api_timeout: float = Field(default=10.0, gt=0)
+    read_deadline: float = Field(default=10.0, gt=0)
     crash_at: str | None = None
 
     @field_validator("api_url", "public_url")

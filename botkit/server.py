@@ -27,6 +27,7 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .engine import Engine
 from .flows import Flow, FlowSet
+from .guard import GUARD, SlowClientGuard
 from .models import InboundReply, StatusUpdate
 from .sender import Sender
 from .poller import StatusPoller
@@ -36,7 +37,7 @@ from .sweeper import Sweeper
 from .templates import Renderer
 
 __all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_url", "create_app", "provider_url",
-           "renderer_for"]
+           "renderer_for", "serve"]
 
 log = logging.getLogger("botkit.server")
 
@@ -89,7 +90,9 @@ def create_app(
     >>> app = create_app(Settings.from_env(), [survey, support])
     >>> web.run_app(app, host="127.0.0.1", port=8080)
     """
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+    guard = SlowClientGuard(settings.read_deadline)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware, _json_errors])
+    app[GUARD] = guard
     renderer = renderer_for(settings, templates)
     app[RUNTIME] = Runtime(
         settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
@@ -111,6 +114,32 @@ def create_app(
         add_chat_routes(app, provider)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float = 15.0) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, closing slow clients (``run.py serve``).
+
+    Like ``web.run_app``, plus the SlowClientGuard watching the server's connections.
+    """
+    asyncio.run(_serve(app, host, port, shutdown_timeout))
+
+
+async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+    runner = web.AppRunner(app, handle_signals=True, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    watch = None
+    try:
+        await web.TCPSite(runner, host, port).start()
+        assert runner.server is not None
+        watch = asyncio.create_task(app[GUARD].watch(runner.server), name="botkit-guard")
+        await asyncio.Event().wait()  # until a signal raises GracefulExit
+    except web.GracefulExit:
+        pass
+    finally:
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        await runner.cleanup()
 
 
 def renderer_for(settings: Settings, templates: str | None) -> Renderer:
@@ -187,10 +216,14 @@ async def _callback(request: web.Request) -> web.Response:
     given = request.match_info["secret"].encode()
     if not hmac.compare_digest(given, rt.secret.encode()):
         return _error(404, "not found")
+    deadline = request.app[GUARD].deadline
     try:
-        raw = await request.read()
+        async with asyncio.timeout(deadline):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body is larger than {MAX_BODY} bytes")
+    except TimeoutError:  # a client trickling its body holds nothing for long
+        return _error(408, f"body not received within {deadline:.0f}s")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

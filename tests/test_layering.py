@@ -10,7 +10,7 @@ import botkit
 PACKAGE = Path(botkit.__file__).parent
 PURE = {"errors", "models", "config", "flows", "turn", "routing", "conversation", "store",
         "dispatch"}
-AIOHTTP_ALLOWED = {"server", "client", "testing", "cli"}
+AIOHTTP_ALLOWED = {"server", "client", "testing", "cli", "guard"}
 LIBRARIES = {"aiohttp", "sqlite_utils", "jinja2", "sqlite3"}
 
 
