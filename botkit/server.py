@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -125,16 +126,21 @@ def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float
 
 
 async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
-    runner = web.AppRunner(app, handle_signals=True, shutdown_timeout=shutdown_timeout)
+    # Signals only set an event: the shutdown then runs in order (stop taking turns, finish
+    # the sends in flight, close the store) instead of cancelling every task at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     watch = None
     try:
         await web.TCPSite(runner, host, port).start()
         assert runner.server is not None
         watch = asyncio.create_task(app[GUARD].watch(runner.server), name="botkit-guard")
-        await asyncio.Event().wait()  # until a signal raises GracefulExit
-    except web.GracefulExit:
-        pass
+        await stop.wait()
+        log.info("stopping: finishing the turns and sends in progress")
     finally:
         if watch is not None:
             watch.cancel()

