@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -40,7 +41,7 @@ __all__ = [
     "parse_tracking_id",
 ]
 
-_TRACKING = re.compile(r"^\s*tracking_id:(\d{1,19})\s*$")
+_TRACKING = re.compile(r"^\s*tracking_id:([0-9]{1,19})\s*$")  # ASCII digits only
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -79,12 +80,13 @@ def parse_tracking_id(tracking_data: str | None) -> int | None:
     if not tracking_data:
         return None
     match = _TRACKING.match(tracking_data)
-    return int(match.group(1)) if match else None
+    value = int(match.group(1)) if match else None
+    return value if value is not None and value < 2**63 else None
 
 
 def _int_from_digits(value: Any) -> Any:
     # The provider may send ids as numbers or as digit strings (PROVIDER_API.md, SDK tests).
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value.strip())
     return value
 
@@ -112,8 +114,20 @@ def _phone(value: Any) -> Any:
 
 
 ProviderId = Annotated[StrictInt, BeforeValidator(_int_from_digits), Field(ge=0, lt=2**63)]
-Token = Annotated[str, BeforeValidator(_str_from_int), Field(min_length=1, max_length=64)]
-Phone = Annotated[str, BeforeValidator(_phone), Field(min_length=1, max_length=20, pattern=r"^\d+$")]
+
+
+def _utf8(value: str) -> str:
+    value.encode()  # a lone surrogate raises UnicodeEncodeError, a ValueError
+    return value
+
+
+Token = Annotated[
+    str, BeforeValidator(_str_from_int), Field(min_length=1, max_length=64), AfterValidator(_utf8)
+]
+# ASCII digits: pydantic's \d would also take Arabic-Indic or fullwidth digits.
+Phone = Annotated[
+    str, BeforeValidator(_phone), Field(min_length=1, max_length=20, pattern=r"^[0-9]+$")
+]
 
 
 class ReplyMessage(BaseModel):

@@ -139,6 +139,8 @@ async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: f
         await web.TCPSite(runner, host, port).start()
         assert runner.server is not None
         watch = asyncio.create_task(app[GUARD].watch(runner.server), name="botkit-guard")
+        # Printed once for the operator (not logged): the URL to give the provider.
+        print(f"provider callbacks go to {app[RUNTIME].callback_url}", flush=True)
         await stop.wait()
         log.info("stopping: finishing the turns and sends in progress")
     finally:
@@ -201,8 +203,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(rt.sender.run(), name="botkit-sender"),
              asyncio.create_task(rt.sweeper.run(), name="botkit-sweeper"),
              asyncio.create_task(rt.poller.run(), name="botkit-poller")]
-    log.info("serving flows %s; provider callbacks go to %s",
-             ", ".join(rt.flows) or "(none)", rt.callback_url)
+    masked = callback_url(settings, rt.secret[:4] + "...")  # the log never holds the secret
+    log.info("serving flows %s; provider callbacks go to %s", ", ".join(rt.flows) or "(none)",
+             masked)
     try:
         yield
     finally:
@@ -228,11 +231,13 @@ async def _callback(request: web.Request) -> web.Response:
             raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body is larger than {MAX_BODY} bytes")
+    except web.RequestPayloadError as exc:  # e.g. a corrupt gzip body
+        return _error(400, f"body could not be read: {exc}")
     except TimeoutError:  # a client trickling its body holds nothing for long
         return _error(408, f"body not received within {deadline:.0f}s")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         return _error(400, f"body is not valid JSON: {exc}")
     if not isinstance(data, dict):
         return _error(400, "body must be a JSON object")

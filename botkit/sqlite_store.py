@@ -169,6 +169,12 @@ class SQLiteStore(Store):
     ) -> StatusChange | None:
         return await self._run(self._record_status, update, now, plan)
 
+    def _record_status_body(self, update: StatusUpdate) -> str:
+        try:
+            return update.model_dump_json()
+        except ValueError:  # extra fields too deep or not UTF-8: keep what matters
+            return json.dumps({"message_id": update.message_id, "status": int(update.status)})
+
     def _record_status(
         self,
         update: StatusUpdate,
@@ -179,7 +185,7 @@ class SQLiteStore(Store):
             db.execute(
                 "INSERT INTO status_events (message_id, status, body, received_at)"
                 " VALUES (?, ?, ?, ?)",
-                [update.message_id, int(update.status), update.model_dump_json(), now],
+                [update.message_id, int(update.status), self._record_status_body(update), now],
             )
             row = self._one(
                 "SELECT id FROM outbound WHERE message_id = ? ORDER BY id DESC LIMIT 1",
