@@ -14,7 +14,6 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from .conversation import Conversation, SentRef, Status
+from .db_thread import DatabaseThread
 from .errors import ConcurrentUpdateError, TimerTakenError
 from .models import InboundReply, MessageStatus, StatusUpdate
 from .schema import check_and_migrate
@@ -65,14 +65,18 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-db")
         self._db: sqlite_utils.Database | None = None
+        self._savepoints = 0
+        self.thread = DatabaseThread(
+            lambda: self.db.execute("BEGIN IMMEDIATE"),
+            lambda: self.db.execute("COMMIT"),
+            lambda: self.db.rollback(),
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await self.thread.run(fn, *args)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -82,20 +86,35 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One atomic unit of work: a savepoint inside the thread's group transaction, or
+        its own ``BEGIN IMMEDIATE`` transaction when run alone."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        if not db.conn.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.rollback()
+                raise
+            db.execute("COMMIT")
+            return
+        self._savepoints += 1
+        name = f"job{self._savepoints}"
+        db.execute(f"SAVEPOINT {name}")
         try:
             yield db
         except BaseException:
-            db.rollback()
+            if db.conn.in_transaction:  # some errors end the whole transaction
+                db.execute(f"ROLLBACK TO {name}")
+                db.execute(f"RELEASE {name}")
             raise
-        db.execute("COMMIT")
+        db.execute(f"RELEASE {name}")
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
         return next(self.db.query(sql, list(params)), None)
 
     async def open(self) -> None:
-        await self._run(self._open)
+        await self.thread.run(self._open, alone=True)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,9 +136,9 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._run(self._db.close)
+            await self.thread.run(self._db.close, alone=True)
             self._db = None
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self.thread.stop)
 
     # -- inbound ----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # the harness next to this file
 from harness import Driver, Processes, check, make_conversations, percentile  # noqa: E402
 
-CONVERSATIONS = int(os.environ.get("RELIABILITY_SCALE_CRASH", "300"))
+CONVERSATIONS = int(os.environ.get("RELIABILITY_SCALE_CRASH", "500"))
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(procs, record
 
     async def killer() -> None:
         while True:
-            await asyncio.sleep(rng.uniform(0.4, 1.5))
+            await asyncio.sleep(rng.uniform(0.3, 1.0))
             procs.kill_server()
             await procs.start_server()
 

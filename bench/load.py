@@ -1,0 +1,211 @@
+"""The benchmark's load: the fake provider and the simulated users, in one process.
+
+Each user answers the bot's last message (with its ``tracking_data``) as soon as that reply
+reaches the provider. Two phases:
+
+- saturation: every user always has a callback in flight (no think time): callbacks/s;
+- fixed rate: callbacks are started at exactly ``rate``/s, each by a user whose last reply has
+  arrived: end-to-end latency (callback sent -> reply received by the provider) and ack
+  latency (callback sent -> HTTP 200).
+
+Prints ``PHASE <name> start|end`` lines (the runner samples the server's CPU time there) and
+finally one JSON line of results. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from botkit.models import SendRequest  # noqa: E402
+from botkit.sandbox import FakeProvider, create_provider_app  # noqa: E402
+
+ANSWERS = ["bench", "a1", "a2", "a3", "a4", "a5"]
+
+
+class User:
+    def __init__(self, phone: str) -> None:
+        self.phone = phone
+        self.step = 0  # index into ANSWERS of the next callback
+        self.last_id: int | None = None
+        self.sent_at = 0.0
+        self.waiting = False  # a callback is in flight and its reply has not arrived
+
+
+class Load(FakeProvider):
+    """The fake provider, told when a reply arrives, and the users who answer it."""
+
+    def __init__(self, key: str, users: int) -> None:
+        super().__init__(api_key=key, auto_deliver=False, first_id=10**9)
+        self.users = {f"38050{n:07d}": User(f"38050{n:07d}") for n in range(users)}
+        self.ready: deque[User] = deque(self.users.values())
+        self.e2e: list[float] = []
+        self.acks: list[float] = []
+        self.replies = 0
+        self.callbacks = 0
+        self.errors = 0
+        self.unexpected = 0  # replies with no callback waiting for them: doubled or lost
+        self.measuring = False
+        self.saturate = False
+        self.url = ""
+        self.session: aiohttp.ClientSession | None = None
+
+    def accept(self, request: SendRequest, body: dict[str, Any], headers: dict[str, str]) -> int:
+        message_id = super().accept(request, body, headers)
+        user = self.users.get(request.destination_addr)
+        if user is None or not user.waiting:
+            self.unexpected += 1
+            return message_id
+        user.waiting, user.last_id = False, message_id
+        self.replies += 1
+        if self.measuring:
+            self.e2e.append(time.perf_counter() - user.sent_at)
+        if self.saturate:
+            asyncio.get_running_loop().create_task(self.post(user))
+        else:
+            self.ready.append(user)
+        return message_id
+
+    async def post(self, user: User) -> None:
+        assert self.session is not None
+        text = ANSWERS[user.step]
+        user.step = (user.step + 1) % len(ANSWERS)
+        message: dict[str, Any] = {"text": text}
+        if user.last_id is not None and text != "bench":
+            message["tracking_data"] = f"tracking_id:{user.last_id}"
+        self.callbacks += 1
+        body = {"message_token": self.callbacks + 10**12, "phone_number": user.phone,
+                "time": int(time.time()), "message": message}
+        user.waiting, user.sent_at = True, time.perf_counter()
+        try:
+            async with self.session.post(self.url, json=body) as response:
+                await response.read()
+                ok = response.status == 200
+        except aiohttp.ClientError:
+            ok = False
+        if self.measuring:
+            self.acks.append(time.perf_counter() - user.sent_at)
+        if not ok:
+            self.errors += 1
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] * 1000
+
+
+def phase(name: str, edge: str) -> None:
+    print(f"PHASE {name} {edge}", flush=True)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load = Load(args.key, args.users)
+    load.url = args.callback
+    runner = web.AppRunner(create_provider_app(load), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", args.provider_port).start()
+    connector = aiohttp.TCPConnector(limit=0)
+    load.session = aiohttp.ClientSession(connector=connector)
+    results: dict[str, Any] = {}
+    try:
+        await wait_healthy(load.session, args.server)
+        print("READY", flush=True)
+        # Saturation: every user keeps one callback in flight.
+        load.saturate = True
+        for user in list(load.ready):
+            asyncio.get_running_loop().create_task(load.post(user))
+        load.ready.clear()
+        await asyncio.sleep(args.warmup)
+        load.measuring, load.e2e, load.acks = True, [], []
+        start_replies, started = load.replies, time.perf_counter()
+        phase("saturation", "start")
+        await asyncio.sleep(args.seconds)
+        phase("saturation", "end")
+        elapsed = time.perf_counter() - started
+        results["saturation"] = {
+            "callbacks_per_s": (load.replies - start_replies) / elapsed,
+            "e2e_p50_ms": pct(load.e2e, 50), "e2e_p99_ms": pct(load.e2e, 99),
+        }
+        # Drain, then the fixed rate.
+        load.saturate, load.measuring = False, False
+        deadline = time.perf_counter() + 30
+        while any(u.waiting for u in load.users.values()) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        load.ready = deque(u for u in load.users.values() if not u.waiting)
+        rng = random.Random(1)
+        rng.shuffle(load.ready)
+        load.measuring, load.e2e, load.acks = True, [], []
+        phase("rate", "start")
+        interval, next_at = 1.0 / args.rate, time.perf_counter()
+        end = next_at + args.seconds
+        sent = late = 0
+        while next_at < end:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if load.ready:
+                asyncio.get_running_loop().create_task(load.post(load.ready.popleft()))
+                sent += 1
+            else:
+                late += 1  # every user is waiting for a reply: the server is behind
+            next_at += interval
+        await asyncio.sleep(1.0)
+        phase("rate", "end")
+        results["rate"] = {
+            "target_per_s": args.rate, "sent": sent, "skipped_no_ready_user": late,
+            "e2e_p50_ms": pct(load.e2e, 50), "e2e_p95_ms": pct(load.e2e, 95),
+            "e2e_p99_ms": pct(load.e2e, 99), "ack_p50_ms": pct(load.acks, 50),
+            "ack_p99_ms": pct(load.acks, 99),
+        }
+        await asyncio.sleep(0.5)
+        results["errors"] = load.errors
+        results["unexpected_replies"] = load.unexpected
+        results["waiting_at_end"] = sum(u.waiting for u in load.users.values())
+    finally:
+        await load.session.close()
+        await runner.cleanup()
+    return results
+
+
+async def wait_healthy(session: aiohttp.ClientSession, server: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(server + "/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{server} did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--provider-port", type=int, required=True)
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--callback", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The benchmark: botkit against a bare aiohttp baseline, in the same run, on this machine.
+
+    python bench/run.py                 # the full run (about 2 minutes)
+    python bench/run.py --smoke         # a few seconds, to keep it working (CI)
+
+For each server (bare, then botkit) it starts the load process (the fake provider and the
+simulated users, bench/load.py) pinned to CPU 1 and the server pinned to CPU 0, measures
+saturation throughput and latency at a fixed rate, samples the server's CPU time and peak
+RSS from /proc, and prints a table with botkit/bare ratios. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import unused_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+KEY = "bench-key"
+SECRET = "bench-secret-0123456789abcdef"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu), *command]
+    return command
+
+
+def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    port, provider_port = unused_port(), unused_port()
+    server_url = f"http://127.0.0.1:{port}"
+    callback = f"{server_url}/viber/callback/{SECRET}"
+    provider = f"http://127.0.0.1:{provider_port}"
+    db = tmp / f"{kind}.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    if kind == "botkit":
+        env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider, BOTKIT_DB=str(db),
+                   BOTKIT_PORT=str(port), BOTKIT_PUBLIC_URL=server_url,
+                   BOTKIT_CALLBACK_SECRET=SECRET)
+        server_cmd = [sys.executable, "run.py", "serve", "--bots", str(BENCH / "bots"),
+                      "--templates", str(BENCH / "templates")]
+        if args.profile:  # cProfile of the event loop's thread, written at a clean stop
+            server_cmd[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
+    else:
+        server_cmd = [sys.executable, str(BENCH / "bare.py"), "--port", str(port),
+                      "--provider", provider, "--key", KEY, "--db", str(db),
+                      "--templates", str(BENCH / "templates"), "--callback", callback]
+    load_cmd = [sys.executable, str(BENCH / "load.py"), "--provider-port", str(provider_port),
+                "--server", server_url, "--callback", callback, "--key", KEY,
+                "--users", str(args.users), "--rate", str(args.rate),
+                "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    load = subprocess.Popen(pinned(1, load_cmd), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            text=True)
+    time.sleep(0.3)  # the provider listens before the server sends anything
+    with (tmp / f"{kind}-server.log").open("w") as log:
+        started = time.monotonic()
+        server = subprocess.Popen(pinned(0, server_cmd), cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    marks: dict[str, float] = {}
+    result: dict[str, Any] = {}
+    try:
+        assert load.stdout is not None
+        for line in load.stdout:
+            if line.startswith("READY"):
+                result["startup_s"] = time.monotonic() - started
+            elif line.startswith("PHASE"):
+                _, name, edge = line.split()
+                marks[f"{name}_{edge}"] = cpu_seconds(server.pid)
+            elif line.startswith("{"):
+                result.update(json.loads(line))
+        load.wait(60)
+        result["rss_peak_mb"] = peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+        if load.poll() is None:
+            load.kill()
+    callbacks = result["saturation"]["callbacks_per_s"] * args.seconds
+    cpu = marks["saturation_end"] - marks["saturation_start"]
+    result["cpu_ms_per_callback"] = 1000 * cpu / callbacks if callbacks else float("nan")
+    result["db_bytes"] = db.stat().st_size if db.exists() else 0
+    return result
+
+
+def table(bare: dict[str, Any], botkit: dict[str, Any]) -> str:
+    rows = [
+        ("callbacks/s at saturation", "saturation.callbacks_per_s", "{:.0f}"),
+        ("server CPU ms per callback", "cpu_ms_per_callback", "{:.2f}"),
+        ("e2e p50 ms at fixed rate", "rate.e2e_p50_ms", "{:.1f}"),
+        ("e2e p95 ms at fixed rate", "rate.e2e_p95_ms", "{:.1f}"),
+        ("e2e p99 ms at fixed rate", "rate.e2e_p99_ms", "{:.1f}"),
+        ("ack p99 ms at fixed rate", "rate.ack_p99_ms", "{:.1f}"),
+        ("peak RSS MB", "rss_peak_mb", "{:.0f}"),
+        ("start-up s", "startup_s", "{:.2f}"),
+        ("errors", "errors", "{}"),
+        ("lost or doubled replies", "unexpected_replies", "{}"),
+    ]
+
+    def get(d: dict[str, Any], path: str) -> Any:
+        for part in path.split("."):
+            d = d[part]
+        return d
+
+    lines = [f"| metric | botkit | bare | botkit/bare |", "|---|---|---|---|"]
+    for label, path, fmt in rows:
+        a, b = get(botkit, path), get(bare, path)
+        ratio = f"{a / b:.2f}" if isinstance(a, float) and b else "-"
+        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--profile", type=Path, help="write a cProfile of botkit's server here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.users, args.seconds, args.warmup, args.rate = 20, 1.0, 0.5, 20.0
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    pinning = "server on CPU 0, load and provider on CPU 1" if shutil.which("taskset") and (
+        os.cpu_count() or 1) >= 2 else "not pinned (taskset or a 2nd core missing)"
+    print(f"{time.strftime('%Y-%m-%d')}, nproc {os.cpu_count()}, {cpu}, Python"
+          f" {platform.python_version()}; {pinning}")
+    print(f"{args.users} users, saturation {args.seconds:.0f}s, then {args.rate:.0f}"
+          f" callbacks/s for {args.seconds:.0f}s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {kind: run_one(kind, args, Path(tmp)) for kind in ("bare", "botkit")}
+    print(table(results["bare"], results["botkit"]))
+    print(json.dumps(results))
+    bad = results["botkit"]["errors"] or results["botkit"]["unexpected_replies"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
