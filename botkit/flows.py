@@ -130,6 +130,7 @@ class Flow:
     migrate: Mapping[str, str] = field(default_factory=dict)
     steps: dict[str, Step] = field(default_factory=dict, init=False, repr=False)
     _frozen: bool = field(default=False, init=False, repr=False)
+    _version_id: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -259,8 +260,13 @@ class Flow:
         """
         if self.version:
             return self.version
+        if self._frozen and self._version_id:
+            return self._version_id  # steps can't change once frozen: hash once
         shape = sorted((s.name, s.templates) for s in self.steps.values())
-        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:12]
+        version = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:12]
+        if self._frozen:
+            self._version_id = version
+        return version
 
     def __hash__(self) -> int:
         return hash(self.name)

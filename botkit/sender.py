@@ -177,7 +177,7 @@ class Sender:
         await self.store.mark_sent(row.id, result.message_id, self.clock(), self.plan)
         crashpoints.hit("after_send_recorded")
         self.sent += 1
-        log.info("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
+        log.debug("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
         if self.paused:
             log.warning("provider accepts messages again; sending resumed")
             self.paused = None

@@ -132,7 +132,8 @@ async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: f
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    # No access log: the engine logs one line per message with what happened to it.
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     await runner.setup()
     watch = None
     try:
