@@ -125,6 +125,9 @@ def m002_life_cycle(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outbound ADD COLUMN polled_at REAL")
     # "question": the message that asks its step (its statuses can start timers).
     db.execute("ALTER TABLE outbound ADD COLUMN role TEXT")
+    # Which sender claimed a row, and when: a restart requeues only abandoned claims.
+    db.execute("ALTER TABLE outbound ADD COLUMN claimed_by TEXT")
+    db.execute("ALTER TABLE outbound ADD COLUMN claimed_at REAL")
     db.execute("ALTER TABLE inbound ADD COLUMN flow TEXT")
     db.execute("ALTER TABLE inbound ADD COLUMN step TEXT")
     db.execute("ALTER TABLE inbound ADD COLUMN outcome TEXT")

@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,9 +27,37 @@ from .client import ProviderClient
 from .errors import BalanceError, ProviderError, UnauthorizedError
 from .store import Outgoing, StatusChange, Store, TimerSpec
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "abandoned"]
 
 log = logging.getLogger("botkit.sender")
+
+HOST = socket.gethostname()
+LEASE = 600.0  # a claim from another host older than this is taken as abandoned
+_LIVE: set[str] = set()  # the senders running in this process (their claim names)
+
+
+def abandoned(claimed_by: str | None, claimed_at: float) -> bool:
+    """Whether the sender that claimed a row is gone, so the row must be sent again.
+
+    A claim names ``host/pid/token``. On this host, it is gone when its process is not
+    running, or when it is this process and no sender of it still runs under that token.
+    From another host, only a claim older than the lease is taken as gone.
+    """
+    if not claimed_by:
+        return True
+    host, pid_text, token = (claimed_by.split("/") + ["", ""])[:3]
+    if host != HOST:
+        return time.time() - claimed_at > LEASE
+    pid = int(pid_text) if pid_text.isdigit() else -1
+    if pid == os.getpid():
+        return claimed_by not in _LIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 class Sender:
@@ -69,6 +100,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self.name = f"{HOST}/{os.getpid()}/{secrets.token_hex(4)}"  # recorded on its claims
 
     def wake(self) -> None:
         """Tell the sender new rows are queued."""
@@ -86,9 +118,10 @@ class Sender:
 
     async def run(self) -> None:
         """Deliver until ``stop()``; requeues rows a crashed process left mid-send first."""
-        stale = await self.store.reset_sending()
+        _LIVE.add(self.name)
+        stale = await self.store.reset_sending(abandoned)
         if stale:
-            log.warning("%d messages were being sent when the last process stopped; sending"
+            log.warning("%d messages were being sent when their sender stopped; sending"
                         " them again (a user may receive one of them twice)", stale)
         while not self._stopping:
             self._wake.clear()  # cleared before looking, so a wake-up during the look counts
@@ -98,7 +131,7 @@ class Sender:
                 await self._sleep(self.poll_interval)
                 continue
             rows = await self.store.claim_outbox(
-                self.concurrency - len(self._inflight), self.clock()
+                self.concurrency - len(self._inflight), self.clock(), self.name
             )
             if not rows:
                 await self._sleep(self.poll_interval)
@@ -111,6 +144,7 @@ class Sender:
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish sends in progress (up to ``timeout``); unsent rows stay queued."""
         self._stopping = True
+        _LIVE.discard(self.name)  # whatever it leaves mid-send is now abandoned
         self._wake.set()
         tasks = list(self._inflight.values())
         if tasks:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -459,10 +460,10 @@ class SQLiteStore(Store):
 
     # -- outbox -----------------------------------------------------------------------------
 
-    async def claim_outbox(self, limit: int, now: float) -> list[Outgoing]:
-        return await self._run(self._claim_outbox, limit, now)
+    async def claim_outbox(self, limit: int, now: float, claimer: str = "") -> list[Outgoing]:
+        return await self._run(self._claim_outbox, limit, now, claimer)
 
-    def _claim_outbox(self, limit: int, now: float) -> list[Outgoing]:
+    def _claim_outbox(self, limit: int, now: float, claimer: str) -> list[Outgoing]:
         with self._write() as db:
             # One message per phone at a time, in order: skip a row while an earlier one of
             # its phone is still queued (maybe waiting to be retried) or being sent.
@@ -477,9 +478,9 @@ class SQLiteStore(Store):
             if rows:
                 marks = ",".join("?" * len(rows))
                 db.execute(
-                    "UPDATE outbound SET status = 'sending', attempts = attempts + 1"
-                    f" WHERE id IN ({marks})",
-                    [r["id"] for r in rows],
+                    "UPDATE outbound SET status = 'sending', attempts = attempts + 1,"
+                    f" claimed_by = ?, claimed_at = ? WHERE id IN ({marks})",
+                    [claimer, time.time(), *[r["id"] for r in rows]],
                 )
             return [
                 Outgoing(r["id"], r["phone"], json.loads(r["payload"]), r["attempts"] + 1,
@@ -540,15 +541,18 @@ class SQLiteStore(Store):
                 [status, reason, due_at, 0 if tried else 1, outbox_id],
             )
 
-    async def reset_sending(self) -> int:
-        return await self._run(self._reset_sending)
+    async def reset_sending(self, abandoned: Callable[[str | None, float], bool]) -> int:
+        return await self._run(self._reset_sending, abandoned)
 
-    def _reset_sending(self) -> int:
+    def _reset_sending(self, abandoned: Callable[[str | None, float], bool]) -> int:
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE outbound SET status = 'queued' WHERE status = 'sending'"
-            )
-            return int(cursor.rowcount)
+            rows = self._rows(
+                "SELECT id, claimed_by, claimed_at FROM outbound WHERE status = 'sending'")
+            ids = [r["id"] for r in rows if abandoned(r["claimed_by"], r["claimed_at"] or 0.0)]
+            for row_id in ids:
+                db.execute("UPDATE outbound SET status = 'queued' WHERE id = ?"
+                           " AND status = 'sending'", [row_id])
+            return len(ids)
 
     async def conversation(self, conversation_id: int) -> Conversation | None:
         return await self._run(self._conversation, "id = ?", [conversation_id])

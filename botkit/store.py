@@ -11,7 +11,8 @@ Durability contract every implementation keeps:
   conversations closed on the way and the outbox rows, all or nothing (the outbox pattern);
   an update whose ``expected_version`` is stale raises ConcurrentUpdateError;
 - ``claim_outbox`` moves rows from ``queued`` to ``sending`` atomically, so two senders never
-  take the same row; ``reset_sending`` returns rows a crashed sender left behind.
+  take the same row; ``reset_sending`` returns rows a crashed sender left behind (and only
+  those: another live process's claims are kept).
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ class Store(ABC):
         """The phone's open conversation, if any."""
 
     @abstractmethod
-    async def claim_outbox(self, limit: int, now: float) -> list[Outgoing]:
+    async def claim_outbox(self, limit: int, now: float, claimer: str = "") -> list[Outgoing]:
         """Take up to ``limit`` due messages for sending, oldest first, one per phone.
 
         A message is never taken while an earlier one to the same phone is queued or being
@@ -265,8 +266,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def reset_sending(self) -> int:
-        """Requeue messages a previous process claimed but never finished; returns how many."""
+    async def reset_sending(self, abandoned: Callable[[str | None, float], bool]) -> int:
+        """Requeue messages claimed by senders that are gone; returns how many.
+
+        ``abandoned(claimed_by, claimed_at)`` says whether a claim's sender is gone; a live
+        sender in another process keeps its rows.
+        """
 
     @abstractmethod
     async def conversation(self, conversation_id: int) -> Conversation | None:

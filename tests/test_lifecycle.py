@@ -155,7 +155,10 @@ async def test_two_processes_sweeping_one_file_fire_each_timer_once(tmp_path, cl
             await one.settle()
             await two.settle()
     reminders = [m for m in provider.sent if m.request.text == "Reminder: question one?"]
-    assert sorted(m.phone for m in reminders) == phones
+    rows = one.db().execute("SELECT phone, status, attempts, message_id FROM outbound"
+                            " WHERE template = 'demo/remind.txt' ORDER BY phone").fetchall()
+    assert len(rows) == len(phones), rows  # each timer fired once
+    assert sorted(m.phone for m in reminders) == phones, rows  # each reminder sent once
     fired = one.db().execute(
         "SELECT count(*) FROM timers WHERE kind = 'remind' AND status = 'fired'").fetchone()
     assert fired == (30,)

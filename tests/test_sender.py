@@ -114,3 +114,27 @@ async def test_messages_of_one_phone_leave_in_order(bot_harness):
     await bot.settle()
     texts = [m.request.text for m in bot.provider.messages_to(PHONE)]
     assert texts == ["You said echo", *[f"You said m{n}" for n in range(8)]]
+
+
+def test_only_claims_of_senders_that_are_gone_are_taken_over():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from botkit.sender import HOST, LEASE, _LIVE, abandoned
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert abandoned(None, 0.0)  # no claimer recorded
+    assert abandoned(f"{HOST}/{dead}/x", time.time())  # its process has exited
+    assert not abandoned(f"{HOST}/1/x", time.time())  # a live process (init) keeps its rows
+    mine = f"{HOST}/{os.getpid()}/live"
+    _LIVE.add(mine)
+    try:
+        assert not abandoned(mine, time.time())  # a running sender of this process
+        assert abandoned(f"{HOST}/{os.getpid()}/stopped", time.time())  # a stopped one
+    finally:
+        _LIVE.discard(mine)
+    assert not abandoned("elsewhere/12/x", time.time())  # another host: only after the lease
+    assert abandoned("elsewhere/12/x", time.time() - LEASE - 1)

@@ -83,7 +83,7 @@ async def test_two_stores_claim_disjoint_rows(tmp_path):
     claimed_a, claimed_b = await asyncio.gather(a.claim_outbox(25, 2.0), b.claim_outbox(25, 2.0))
     ids_a, ids_b = {r.id for r in claimed_a}, {r.id for r in claimed_b}
     assert len(ids_a | ids_b) == 40 and not ids_a & ids_b
-    assert await a.reset_sending() == 40
+    assert await a.reset_sending(lambda claimed_by, claimed_at: True) == 40
     await a.close()
     await b.close()
 
