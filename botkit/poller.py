@@ -8,15 +8,15 @@ goes through the same path as a status callback (``Engine.on_status``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .client import ProviderClient
 from .engine import Engine
 from .errors import ProviderError
 from .models import StatusUpdate
+from .periodic import Periodic
 from .store import Store
 
 __all__ = ["StatusPoller"]
@@ -26,7 +26,7 @@ log = logging.getLogger("botkit.poller")
 WINDOW = 5 * 86400.0  # /receive-viber answers for the last 5 days (PROVIDER_API.md)
 
 
-class StatusPoller:
+class StatusPoller(Periodic):
     """Polls the delivery status of unconfirmed messages at a bounded rate.
 
     >>> poller = StatusPoller(store, client, engine, after=900)
@@ -44,6 +44,8 @@ class StatusPoller:
         interval: float = 60.0,
         batch: int = 20,
     ) -> None:
+        super().__init__()
+        self.what, self.log = "status polling", log
         self.store = store
         self.client = client
         self.engine = engine
@@ -51,7 +53,6 @@ class StatusPoller:
         self.after = after
         self.interval = interval
         self.batch = batch
-        self._stopping = asyncio.Event()
 
     async def poll_once(self) -> int:
         """Poll up to ``batch`` unconfirmed messages; returns how many answered."""
@@ -72,18 +73,6 @@ class StatusPoller:
             log.info("polled %d unconfirmed messages, %d answered", len(rows), answered)
         return answered
 
-    async def run(self) -> None:
-        """Poll every ``interval`` seconds until ``stop()``."""
-        while not self._stopping.is_set():
-            try:
-                await self.poll_once()
-            except Exception:
-                log.exception("status polling failed; trying again in %.0fs", self.interval)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
-            except TimeoutError:
-                pass
-
-    def stop(self) -> None:
-        """End ``run()`` after the current round."""
-        self._stopping.set()
+    def round(self) -> Awaitable[int]:
+        """One round: ``poll_once()``."""
+        return self.poll_once()

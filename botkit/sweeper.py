@@ -9,14 +9,14 @@ processes sweep the same database.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .dispatch import Dispatcher
 from .lifecycle import latest_per_conversation
+from .periodic import Periodic
 from .store import Store
 
 __all__ = ["Sweeper"]
@@ -24,7 +24,7 @@ __all__ = ["Sweeper"]
 log = logging.getLogger("botkit.sweeper")
 
 
-class Sweeper:
+class Sweeper(Periodic):
     """Fires due timers.
 
     >>> sweeper = Sweeper(store, dispatcher)
@@ -40,13 +40,14 @@ class Sweeper:
         interval: float = 1.0,
         batch: int = 500,
     ) -> None:
+        super().__init__()
+        self.what, self.log = "timer sweep", log
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
         self.interval = interval
         self.batch = batch
         self._inflight: set[int] = set()
-        self._stopping = asyncio.Event()
 
     async def sweep_once(self) -> int:
         """Submit every due timer not already being fired here; returns how many."""
@@ -63,18 +64,6 @@ class Sweeper:
             self.dispatcher.submit(timer, functools.partial(self._inflight.discard, timer.id))
         return len(fire)
 
-    async def run(self) -> None:
-        """Sweep until ``stop()``; a failing sweep is logged and retried next interval."""
-        while not self._stopping.is_set():
-            try:
-                await self.sweep_once()
-            except Exception:
-                log.exception("timer sweep failed; trying again in %.0fs", self.interval)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
-            except TimeoutError:
-                pass
-
-    def stop(self) -> None:
-        """End ``run()`` after the current sweep."""
-        self._stopping.set()
+    def round(self) -> Awaitable[int]:
+        """One round: ``sweep_once()``."""
+        return self.sweep_once()
