@@ -80,7 +80,7 @@ class Processes:
         self.provider = self._spawn(
             ["fake-provider", "--port", str(self.provider_port), "--key", KEY],
             "provider.log", self._env())
-        await _wait_http(self.provider_url + "/sandbox/sent", self.provider)
+        await wait_http(self.provider_url + "/sandbox/sent", self.provider)
 
     async def start_server(self, **env: str) -> None:
         self.server = self._spawn(
@@ -88,7 +88,7 @@ class Processes:
              str(HERE / "rel_templates")],
             "server.log", self._env(env))
         self.starts += 1
-        await _wait_http(self.url + "/healthz", self.server)
+        await wait_http(self.url + "/healthz", self.server)
 
     def kill_server(self) -> None:
         """SIGKILL: no cleanup, as a crash or an OOM kill."""
@@ -124,7 +124,7 @@ class Processes:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-async def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+async def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while True:

@@ -15,7 +15,14 @@ import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the harness next to this file
-from harness import Driver, Processes, check, make_conversations, percentile  # noqa: E402
+from harness import (  # noqa: E402
+    Driver,
+    Processes,
+    wait_http,
+    check,
+    make_conversations,
+    percentile,
+)
 
 CONVERSATIONS = int(os.environ.get("RELIABILITY_SCALE_CRASH", "500"))
 
@@ -29,6 +36,10 @@ async def procs(tmp_path):
 
 
 async def finish(procs: Processes, convs) -> dict:
+    if procs.server_died():
+        await procs.start_server()
+    assert procs.server is not None
+    await wait_http(procs.url + "/healthz", procs.server)  # a restart may still be under way
     async with aiohttp.ClientSession() as session:
         for _ in range(200):  # let the last sends and statuses land
             async with session.get(procs.url + "/healthz") as r:
@@ -45,9 +56,19 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(procs, record
     driver = Driver(procs, convs, concurrency=40)
     rng = random.Random(7)
 
+    total = 4 * len(convs)
+
     async def killer() -> None:
+        # Every 0.3-1.0 s, and at least at every sixth of the callbacks, so that a fast run
+        # still sees several kills.
+        step, threshold = total // 6, total // 6
         while True:
-            await asyncio.sleep(rng.uniform(0.3, 1.0))
+            due = asyncio.get_running_loop().time() + rng.uniform(0.3, 1.0)
+            while asyncio.get_running_loop().time() < due:
+                if sum(len(c.acked) for c in convs) >= threshold:
+                    threshold += step
+                    break
+                await asyncio.sleep(0.02)
             procs.kill_server()
             await procs.start_server()
 
@@ -57,8 +78,6 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(procs, record
     finally:
         kills.cancel()
         await asyncio.gather(kills, return_exceptions=True)
-    if procs.server_died():
-        await procs.start_server()
     final = await finish(procs, convs)
     report = check(procs, final["log"], convs)
     latencies = [x for c in convs for x in c.latencies]
