@@ -276,7 +276,8 @@ class Engine:
             log.info("message %s from %s: no conversation, no keyword; fallback reply. To start"
                      " a flow with it, declare Flow(..., keywords=[%r])", inbound.id,
                      message.phone, " ".join(message.text.split())[:40])
-            reply = Reply(FALLBACK_TEMPLATE, {"keywords": self.flows.keywords, "text": message.text})
+            variables = {"keywords": self.flows.keywords, "text": message.text}
+            reply = Reply(FALLBACK_TEMPLATE, variables)
             out = _Outcome(None, [(reply, None)], None)
         elif kind is RouteKind.HUMAN:
             assert conv is not None

@@ -58,10 +58,11 @@ class Composer:
             base = flow.delivery if flow else Delivery()
             delivery = (reply.delivery or Delivery()).over(base)
             validity = delivery.validity.total_seconds() if delivery.validity else None
+            kind = MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT
             request = SendRequest.checked(
                 source_addr=delivery.sender or self.sender,
                 destination_addr=phone,
-                message_type=MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT,
+                message_type=kind,
                 text=rendered.text,
                 image=rendered.image,
                 button_caption=rendered.button_caption,

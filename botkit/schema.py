@@ -142,7 +142,6 @@ def m002_life_cycle(db: sqlite_utils.Database) -> None:
         CREATE TABLE timers (
             id INTEGER PRIMARY KEY,
             conversation_id INTEGER NOT NULL,
-            conversation_version INTEGER NOT NULL,
             phone TEXT NOT NULL,
             kind TEXT NOT NULL,
             flow TEXT NOT NULL,

@@ -43,6 +43,8 @@ log = logging.getLogger("botkit.store")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
+# What applying a delivery status needs to know of the message.
+_SENT_COLUMNS = "id, phone, flow, step, conversation_id, delivery_status, message_id, role"
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 
 
@@ -216,34 +218,31 @@ class SQLiteStore(Store):
                 [update.message_id, int(update.status), self._record_status_body(update), now],
             )
             row = self._one(
-                "SELECT id FROM outbound WHERE message_id = ? ORDER BY id DESC LIMIT 1",
+                f"SELECT {_SENT_COLUMNS} FROM outbound WHERE message_id = ?"
+                " ORDER BY id DESC LIMIT 1",
                 [update.message_id],
             )
             if row is None:
                 return None
-            return self._status_change(row["id"], int(update.status), now, plan)
+            return self._status_change(row, int(update.status), now, plan)
 
     def _status_change(
         self,
-        outbox_id: int,
+        row: dict[str, Any],
         status: int,
         at: float,
         plan: Callable[[StatusChange], list[TimerSpec]] | None,
     ) -> StatusChange:
-        """Apply a status to a sent message; timers planned for a change join the transaction."""
-        row = self._one(
-            "SELECT phone, flow, step, conversation_id, delivery_status, message_id, role"
-            " FROM outbound WHERE id = ?", [outbox_id],
-        )
-        assert row is not None
-        changed = self._apply_status(outbox_id, row["delivery_status"], status, at)
+        """Apply a status to a sent message (an outbound row of ``_SENT_COLUMNS``); timers
+        planned for a change join the transaction."""
+        changed = self._apply_status(row["id"], row["delivery_status"], status, at)
         conv = None
         if row["conversation_id"] is not None:
             conv = self._conversation("id = ?", [row["conversation_id"]])
         change = StatusChange(row["message_id"], row["phone"], row["flow"], row["step"],
                               row["delivery_status"], status, conv, row["role"] == "question")
         if plan is not None and conv is not None and changed:
-            self._add_timers(conv.id, conv.version, conv.phone, plan(change), at)
+            self._add_timers(conv.id, conv.phone, plan(change), at)
         return change
 
     def _apply_status(self, outbox_id: int, current: int | None, new: int, now: float) -> bool:
@@ -319,12 +318,12 @@ class SQLiteStore(Store):
                     conv.id, conv.version, {"status": status.value, "updated_at": now}
                 )
                 self._cancel_timers(conv.id, now)
-            conv_id, version = self._save_conversation(change, now)
+            conv_id = self._save_conversation(change, now)
             conv_id = conv_id if conv_id is not None else change.link
             if conv_id is not None and change.conversation is not None:
                 if change.reset_timers or change.conversation.status is not Status.ACTIVE:
                     self._cancel_timers(conv_id, now)
-                self._add_timers(conv_id, version, change.conversation.phone, change.timers, now)
+                self._add_timers(conv_id, change.conversation.phone, change.timers, now)
             outbox_ids = []
             for item in change.outbox:
                 ttl = item.payload.get("validity_period")
@@ -356,13 +355,13 @@ class SQLiteStore(Store):
         )
 
     def _add_timers(
-        self, conv_id: int, version: int, phone: str, timers: Iterable[TimerSpec], now: float
+        self, conv_id: int, phone: str, timers: Iterable[TimerSpec], now: float
     ) -> None:
         for t in timers:
             self.db.execute(
-                "INSERT INTO timers (conversation_id, conversation_version, phone, kind, flow,"
-                " step, due_at, message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [conv_id, version, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now],
+                "INSERT INTO timers (conversation_id, phone, kind, flow, step, due_at,"
+                " message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [conv_id, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now],
             )
 
     def _finish_timer(self, timer_id: int, status: str, detail: str | None, now: float) -> None:
@@ -374,10 +373,10 @@ class SQLiteStore(Store):
         if cursor.rowcount != 1:  # another process fired, skipped or cancelled it first
             raise TimerTakenError(f"timer {timer_id} is no longer pending")
 
-    def _save_conversation(self, change: Commit, now: float) -> tuple[int | None, int]:
+    def _save_conversation(self, change: Commit, now: float) -> int | None:
         conv = change.conversation
         if conv is None:
-            return None, 0
+            return None
         values = {
             "flow": conv.flow, "step": conv.step, "status": conv.status.value,
             "state": json.dumps(conv.state), "retries": conv.retries,
@@ -385,7 +384,7 @@ class SQLiteStore(Store):
         }
         if conv.id is not None:
             self._update_conversation(conv.id, conv.expected_version, values)
-            return conv.id, conv.expected_version + 1
+            return conv.id
         try:
             cursor = self.db.execute(
                 "INSERT INTO conversations (phone, flow, step, status, state, retries,"
@@ -395,7 +394,7 @@ class SQLiteStore(Store):
             )
         except sqlite3.IntegrityError as exc:
             raise ConcurrentUpdateError(f"{conv.phone} already has an open conversation") from exc
-        return int(cursor.lastrowid or 0), 0
+        return int(cursor.lastrowid or 0)
 
     def _update_conversation(self, conv_id: int, version: int, values: dict[str, Any]) -> None:
         sets = ", ".join(f"{k} = ?" for k in values)
@@ -520,7 +519,10 @@ class SQLiteStore(Store):
                 if status_rank(event["status"]) > status_rank(best["status"] if best else None):
                     best = event
             if best is not None:
-                self._status_change(outbox_id, best["status"], now, plan)
+                row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?",
+                                [outbox_id])
+                assert row is not None
+                self._status_change(row, best["status"], now, plan)
 
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)
@@ -564,7 +566,7 @@ class SQLiteStore(Store):
 
     def _due_timers(self, now: float, limit: int) -> list[Timer]:
         rows = self._rows(
-            "SELECT id, conversation_id, conversation_version, phone, kind, flow, step, due_at,"
+            "SELECT id, conversation_id, phone, kind, flow, step, due_at,"
             " message_id FROM timers WHERE status = 'pending' AND due_at <= ?"
             " ORDER BY due_at, id LIMIT ?",
             [now, limit],
@@ -587,7 +589,9 @@ class SQLiteStore(Store):
     ) -> list[tuple[int, int]]:
         return await self._run(self._unconfirmed, sent_before, sent_after, limit)
 
-    def _unconfirmed(self, sent_before: float, sent_after: float, limit: int) -> list[tuple[int, int]]:
+    def _unconfirmed(
+        self, sent_before: float, sent_after: float, limit: int
+    ) -> list[tuple[int, int]]:
         rows = self._rows(
             "SELECT id, message_id FROM outbound INDEXED BY outbound_unconfirmed"
             " WHERE status = 'sent' AND (delivery_status IS NULL OR delivery_status IN (0, 5, 20))"
@@ -626,26 +630,21 @@ class SQLiteStore(Store):
         """Per step: sent, delivered, answered, re-asked, timed out, dropped, answer delays."""
         steps: dict[str, dict[str, Any]] = {}
 
-        def add(rows: Iterable[dict[str, Any]], key: str) -> None:
-            for r in rows:
+        counts = (  # (column of the report, table, which rows)
+            ("sent", "outbound", "status = 'sent'"),
+            ("delivered", "outbound", "delivery_status = 1"),
+            ("answered", "inbound", "route = 'step'"),
+            ("reasked", "inbound", "outcome = 'retry'"),
+            ("timed_out", "timers", "kind = 'timeout' AND status = 'fired'"),
+            ("dropped", "conversations", "status NOT IN ('active', 'human', 'done')"),
+        )
+        for key, table, where in counts:
+            for r in self._rows(f"SELECT step, count(*) AS n FROM {table}"
+                                f" WHERE flow = ? AND {where} GROUP BY step", [flow]):
                 if r["step"] is not None:
                     steps.setdefault(r["step"], {})[key] = r["n"]
-
-        q = self.db.query
-        add(q("SELECT step, count(*) AS n FROM outbound WHERE flow = ? AND status = 'sent'"
-              " GROUP BY step", [flow]), "sent")
-        add(q("SELECT step, count(*) AS n FROM outbound WHERE flow = ? AND delivery_status = 1"
-              " GROUP BY step", [flow]), "delivered")
-        add(q("SELECT step, count(*) AS n FROM inbound WHERE flow = ? AND route = 'step'"
-              " GROUP BY step", [flow]), "answered")
-        add(q("SELECT step, count(*) AS n FROM inbound WHERE flow = ? AND outcome = 'retry'"
-              " GROUP BY step", [flow]), "reasked")
-        add(q("SELECT step, count(*) AS n FROM timers WHERE flow = ? AND kind = 'timeout'"
-              " AND status = 'fired' GROUP BY step", [flow]), "timed_out")
-        add(q("SELECT step, count(*) AS n FROM conversations WHERE flow = ?"
-              " AND status NOT IN ('active', 'human', 'done') GROUP BY step", [flow]), "dropped")
         # Time to answer: from the send of the question answered to the answer's arrival.
-        for r in q(
+        for r in self._rows(
             "SELECT i.step, i.received_at - o.sent_at AS delay FROM inbound AS i"
             " JOIN outbound AS o ON o.message_id = CAST(substr(i.tracking_data, 13) AS INTEGER)"
             " AND o.phone = i.phone"

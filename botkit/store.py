@@ -101,7 +101,6 @@ class Timer:
 
     id: int
     conversation_id: int
-    conversation_version: int
     phone: str
     kind: str
     flow: str

@@ -105,7 +105,6 @@ class Harness:
         self.retry = retry or RetryPolicy(attempts=3, base=0.01, cap=0.05)
         self.timeout = timeout
         self.extra_settings = settings
-        self.errors: list[BaseException] = []
         self._provider_server: TestServer | None = None
         self._bot_server: TestServer | None = None
         self._session: ClientSession | None = None
