@@ -277,14 +277,9 @@ class Chat:
         ``tracking=None`` sends no tracking data; an int names a message id to answer.
         """
         self.transcript.append(("user", text))
-        if self.harness.provider.last_message(self.phone) is None:
-            # The user writes first: no bot message to answer, so no tracking data.
-            url: str | None = self.harness.callback_url
-            tracking = None
-        else:
-            url = None if tracking is None else self.harness.callback_url
+        # "last" is none when the user writes first: then no tracking data is sent.
         result = await self.harness.provider.reply(
-            self.phone, text, tracking=tracking, callback_url=url
+            self.phone, text, tracking=tracking, callback_url=self.harness.callback_url
         )
         if result.status != 200:
             raise AssertionError(f"bot answered {result.status}: {result.data}")

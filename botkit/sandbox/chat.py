@@ -106,12 +106,8 @@ async def _send(request: web.Request) -> web.Response:
         return body
     assert isinstance(body, _Send)
     provider, rt = request.app[CHAT_PROVIDER], request.app[RUNTIME]
-    first = provider.last_message(body.phone) is None
-    # A user who writes first answers no message: no tracking data, the bot's own URL.
-    result = await provider.reply(
-        body.phone, body.text, tracking=None if first else "last",
-        callback_url=rt.callback_url if first else None,
-    )
+    # Tracking data names the phone's last 2Way message (none if the user writes first).
+    result = await provider.reply(body.phone, body.text, callback_url=rt.callback_url)
     return web.json_response({"ok": result.ok, "status": result.status, "answer": result.data},
                              status=200 if result.ok else 502)
 
