@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from . import crashpoints
 from .conversation import Conversation, Status
@@ -26,9 +27,11 @@ from .outbox import Composer
 from .routing import Route, RouteKind, route
 from .store import (
     Commit,
+    Committed,
     ConversationChange,
     Inbound,
     OutboxItem,
+    Outgoing,
     StatusChange,
     Store,
     Timer,
@@ -37,7 +40,7 @@ from .store import (
 from .templates import Renderer
 from .turn import Message, Reply, Turn
 
-__all__ = ["Engine", "StartResult"]
+__all__ = ["Engine", "Outlet", "StartResult"]
 
 log = logging.getLogger("botkit.engine")
 
@@ -68,13 +71,37 @@ class _Outcome:
     question: bool = False  # the last reply asks ``step`` (its statuses can start timers)
 
 
+class Outlet(Protocol):
+    """Where committed messages go: the Sender in a server."""
+
+    def reserve(self) -> str | None:
+        """A claim name if a send slot is free (the commit then claims a message for it)."""
+
+    def deliver(
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+    ) -> None:
+        """After a commit that queued messages: send ``claimed`` (releasing the reserved
+        slot); ``queued`` more messages of ``phone`` wait in the queue."""
+
+
+class _NoOutlet:
+    def reserve(self) -> str | None:
+        return None
+
+    def deliver(
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+    ) -> None:
+        pass
+
+
 class Engine:
     """Handles stored messages turn by turn.
 
     Args:
         sender: the default ``source_addr`` when a flow sets none.
         callback_url: set on every message, so replies and statuses come back here.
-        on_outbox: called after a commit that queued messages (wakes the sender).
+        outlet: the sender the turns' messages go to (``Outlet``); without one they stay
+            queued for whichever sender polls the store (``run.py start``).
         raise_errors: keep handler errors in ``failures`` after committing the error reply,
             for the testing kit to re-raise in the test.
     """
@@ -88,7 +115,7 @@ class Engine:
         sender: str,
         callback_url: str,
         clock: Callable[[], float] = time.time,
-        on_outbox: Callable[[], None] = lambda: None,
+        outlet: Outlet | None = None,
         max_attempts: int = 3,
         raise_errors: bool = False,
     ) -> None:
@@ -96,10 +123,11 @@ class Engine:
         self.flows = flows
         self.composer = Composer(renderer, flows, sender=sender, callback_url=callback_url)
         self.clock = clock
-        self.on_outbox = on_outbox
+        self.outlet = outlet or _NoOutlet()
         self.max_attempts = max_attempts
         self.raise_errors = raise_errors
         self.failures: list[Exception] = []
+        self.counts: Counter[str] = Counter()  # messages by route, for the activity log
 
     async def handle(self, item: Inbound | Timer) -> None:
         """Handle one stored message or due timer; never raises for a bot's fault."""
@@ -132,6 +160,7 @@ class Engine:
                 commit = await self._turn(inbound, message, decided)
             except Exception as exc:  # a bot's fault: logged, rolled back, answered
                 failure = exc
+                self.counts["handler errors"] += 1
                 conv = decided.conversation
                 log.exception("handler failed: conversation %s (%s), message %s from %s",
                               conv.id if conv else None, _where(decided), inbound.id,
@@ -183,10 +212,10 @@ class Engine:
                                                      question=True),
                         timers=plan_timers(flow, first, now))
         try:
-            conv_id, _ = await self._commit(commit)
+            committed = await self._commit(commit)
         except ConcurrentUpdateError as exc:
             return StartResult(phone, "skipped", None, str(exc))
-        return StartResult(phone, outcome, conv_id, detail)
+        return StartResult(phone, outcome, committed.conversation_id, detail)
 
     # -- life-cycle events ------------------------------------------------------------------
 
@@ -307,7 +336,8 @@ class Engine:
                         late=decided.late)
             await step.handler(turn)
             out = self._outcome(turn, conv, step, now)
-        log.info("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
+        self.counts[f"route:{kind.value}"] += 1
+        log.debug("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
                  _where(decided), decided.reason, len(out.replies))
         asked = (out.change.flow, out.step) if out.change and out.step else None
         outbox = self.composer.compose(out.replies, message.phone, asked,
@@ -402,11 +432,22 @@ class Engine:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    async def _commit(self, commit: Commit) -> tuple[int | None, list[int]]:
-        result = await self.store.commit(commit, self.clock())
+    async def _commit(self, commit: Commit) -> Committed:
+        # A sender with a free slot takes the turn's first message in the same commit.
+        claimer = self.outlet.reserve() if commit.outbox else None
+        if claimer is not None:
+            commit = replace(commit, claim_for=claimer)
+        try:
+            result = await self.store.commit(commit, self.clock())
+        except BaseException:
+            if claimer is not None:
+                self.outlet.deliver([], reserved=True)
+            raise
         crashpoints.hit("after_turn_commit")
         if commit.outbox:
-            self.on_outbox()
+            self.outlet.deliver(result.claimed, reserved=claimer is not None,
+                                phone=commit.outbox[0].phone,
+                                queued=len(commit.outbox) - len(result.claimed))
         return result
 
     def _new(

@@ -158,3 +158,9 @@ def m002_life_cycle(db: sqlite_utils.Database) -> None:
         "CREATE INDEX timers_conversation ON timers (conversation_id) WHERE status = 'pending'"
     )
     db.execute("CREATE INDEX timers_flow_step ON timers (flow, step, kind)")
+
+
+@MIGRATIONS(name="m003_failed_index")
+def m003_failed_index(db: sqlite_utils.Database) -> None:
+    """Failed messages by index, so ``/healthz`` counts them without reading every message."""
+    db.execute("CREATE INDEX outbound_failed ON outbound (id) WHERE status = 'failed'")

@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -100,11 +101,43 @@ class Sender:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0  # slots promised to commits in progress (reserve/deliver)
+        self._backlog = True  # the queue may hold rows this sender can claim now
+        self._behind: Counter[str] = Counter()  # rows queued behind a phone's send in flight
         self.name = f"{HOST}/{os.getpid()}/{secrets.token_hex(4)}"  # recorded on its claims
 
     def wake(self) -> None:
         """Tell the sender new rows are queued."""
+        self._backlog = True
         self._wake.set()
+
+    # -- Outlet: the engine hands over what a turn committed --------------------------------
+
+    def reserve(self) -> str | None:
+        """A free send slot for the next commit to claim a message in, or None."""
+        if (self._stopping or self.clock() < self._paused_until
+                or len(self._inflight) + self._reserved >= self.concurrency):
+            return None
+        self._reserved += 1
+        return self.name
+
+    def deliver(
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+    ) -> None:
+        """Send the rows a commit claimed for this sender.
+
+        ``queued`` more rows of ``phone`` were committed but not claimed: they wait behind
+        the phone's message in flight (claimed as soon as it is sent) or for a free slot.
+        """
+        if reserved:
+            self._reserved -= 1
+        for row in claimed:
+            self._start(row)
+        if queued:
+            self._behind[phone] += queued
+            if not claimed:  # not blocked by a message of its own: maybe by a full sender
+                self._backlog = True
+                self._wake.set()
 
     def resume(self) -> None:
         """End a pause now (the operator fixed the key or the balance)."""
@@ -123,23 +156,33 @@ class Sender:
         if stale:
             log.warning("%d messages were being sent when their sender stopped; sending"
                         " them again (a user may receive one of them twice)", stale)
+        loop = asyncio.get_running_loop()
+        next_poll = 0.0
         while not self._stopping:
             self._wake.clear()  # cleared before looking, so a wake-up during the look counts
             if self.paused and await self._resume_requested():
                 self.resume()
-            if self.clock() < self._paused_until or len(self._inflight) >= self.concurrency:
-                await self._sleep(self.poll_interval)
+            free = self.concurrency - len(self._inflight) - self._reserved
+            now = loop.time()
+            # Claim when rows are known to wait, and every poll_interval for rows queued by
+            # other processes or due for another try; not after every send.
+            if self.clock() < self._paused_until or free <= 0 or not (
+                    self._backlog or now >= next_poll):
+                await self._sleep(max(next_poll - now, 0.001) if free > 0 else
+                                  self.poll_interval)
                 continue
-            rows = await self.store.claim_outbox(
-                self.concurrency - len(self._inflight), self.clock(), self.name
-            )
-            if not rows:
-                await self._sleep(self.poll_interval)
-                continue
+            next_poll = now + self.poll_interval
+            self._backlog = False  # set again by a commit or a send finishing meanwhile
+            rows = await self.store.claim_outbox(free, self.clock(), self.name)
             for row in rows:  # at most one per phone
-                task = asyncio.create_task(self._send(row), name=f"send-{row.phone}")
-                self._inflight[row.phone] = task
-                task.add_done_callback(functools.partial(self._done, row.phone))
+                self._start(row)
+                if self._behind[row.phone] > 0:
+                    self._behind[row.phone] -= 1
+            if len(rows) == free:  # there may be more
+                self._backlog = True
+            else:  # all that could go went: a phone not in flight has nothing waiting
+                for phone in [p for p in self._behind if p not in self._inflight]:
+                    del self._behind[phone]
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish sends in progress (up to ``timeout``); unsent rows stay queued."""
@@ -169,9 +212,17 @@ class Sender:
         if slot > now:
             await asyncio.sleep(slot - now)
 
+    def _start(self, row: Outgoing) -> None:
+        task = asyncio.create_task(self._send(row), name=f"send-{row.phone}")
+        self._inflight[row.phone] = task
+        task.add_done_callback(functools.partial(self._done, row.phone))
+
     def _done(self, phone: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(phone, None)
-        self._wake.set()
+        if self._behind[phone] > 0:  # its next message may go now
+            self._backlog = True
+        if self._backlog:  # a slot is free now
+            self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -15,6 +15,7 @@ import logging
 import secrets
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from aiohttp import ClientSession, web
 from pydantic import ValidationError
 
 from . import crashpoints
+from .activity import Activity
 from .client import ProviderClient, RetryPolicy
 from .config import Settings
 from .dispatch import Dispatcher
@@ -67,6 +69,7 @@ class Runtime:
     dispatcher: Dispatcher | None = None
     sweeper: Sweeper | None = None
     poller: StatusPoller | None = None
+    activity: Activity | None = None
 
 
 RUNTIME = web.AppKey("botkit_runtime", Runtime)
@@ -195,7 +198,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt.sender = Sender(rt.store, rt.client, clock=rt.clock, rate=settings.send_rate)
     rt.engine = Engine(
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
-        clock=rt.clock, on_outbox=rt.sender.wake, raise_errors=rt.raise_errors,
+        clock=rt.clock, outlet=rt.sender, raise_errors=rt.raise_errors,
     )
     rt.sender.plan = rt.engine.plan_status
     rt.dispatcher = Dispatcher(rt.engine.handle)
@@ -207,9 +210,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt.sweeper = Sweeper(rt.store, rt.dispatcher, clock=rt.clock)
     rt.poller = StatusPoller(rt.store, rt.client, rt.engine, clock=rt.clock,
                              after=settings.status_poll_after)
+    engine, sender = rt.engine, rt.sender
+    rt.activity = Activity(lambda: engine.counts + Counter(sent=sender.sent,
+                                                           failed_sends=sender.failed))
     tasks = [asyncio.create_task(rt.sender.run(), name="botkit-sender"),
              asyncio.create_task(rt.sweeper.run(), name="botkit-sweeper"),
-             asyncio.create_task(rt.poller.run(), name="botkit-poller")]
+             asyncio.create_task(rt.poller.run(), name="botkit-poller"),
+             asyncio.create_task(rt.activity.run(), name="botkit-activity")]
     masked = callback_url(settings, rt.secret[:4] + "...")  # the log never holds the secret
     log.info("serving flows %s; provider callbacks go to %s", ", ".join(rt.flows) or "(none)",
              masked)
@@ -218,6 +225,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         rt.sweeper.stop()
         rt.poller.stop()
+        rt.activity.stop()
+        rt.activity.log_once()  # what happened since the last line
         await rt.dispatcher.close()
         await rt.sender.stop()
         for task in tasks:

@@ -11,7 +11,8 @@ Durability contract every implementation keeps:
   conversations closed on the way and the outbox rows, all or nothing (the outbox pattern);
   an update whose ``expected_version`` is stale raises ConcurrentUpdateError;
 - ``claim_outbox`` moves rows from ``queued`` to ``sending`` atomically, so two senders never
-  take the same row; ``reset_sending`` returns rows a crashed sender left behind (and only
+  take the same row (a ``commit`` with ``claim_for`` may insert its first message already
+  claimed, under the same one-message-per-phone rule); ``reset_sending`` returns rows a crashed sender left behind (and only
   those: another live process's claims are kept).
 """
 
@@ -20,13 +21,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .conversation import Conversation, SentRef, Status
 from .models import InboundReply, StatusUpdate
 
 __all__ = [
     "Commit",
+    "Committed",
     "StatusChange",
     "Timer",
     "TimerSpec",
@@ -147,6 +149,9 @@ class Commit:
     timers: tuple[TimerSpec, ...] = ()
     fire: Timer | None = None
     link: int | None = None  # the conversation the outbox rows belong to, if not changed
+    # A sender with a free slot: the first new message is inserted already claimed by it
+    # (when no earlier message of its phone waits), which saves the sender a claim.
+    claim_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,14 @@ class Outgoing:
     attempts: int
     conversation_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Committed(NamedTuple):
+    """What ``Store.commit`` did: the conversation, the new outbox rows, those claimed."""
+
+    conversation_id: int | None
+    outbox_ids: list[int]
+    claimed: list[Outgoing]
 
 
 @dataclass(frozen=True)
@@ -219,11 +232,16 @@ class Store(ABC):
     async def routing_context(
         self, phone: str, tracking_id: int | None
     ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
-        """The sent message named by ``tracking_id``, its conversation, and the phone's open one."""
+        """The sent message named by ``tracking_id``, its conversation, and the phone's open one.
+
+        It sees every commit that finished before the call (the engine handles a phone's
+        messages one after another, so a turn sees the one before it).
+        """
 
     @abstractmethod
-    async def commit(self, change: Commit, now: float) -> tuple[int | None, list[int]]:
-        """Apply a turn atomically; returns the conversation id and the new outbox ids."""
+    async def commit(self, change: Commit, now: float) -> Committed:
+        """Apply a turn atomically; returns the conversation id, the new outbox ids and the
+        rows claimed for ``change.claim_for``."""
 
     @abstractmethod
     async def open_conversation(self, phone: str) -> Conversation | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from botkit import Flow, Turn
 from botkit.sandbox import Fault
 from demo import TEMPLATES, demo, echo
 
@@ -138,3 +139,37 @@ def test_only_claims_of_senders_that_are_gone_are_taken_over():
         _LIVE.discard(mine)
     assert not abandoned("elsewhere/12/x", time.time())  # another host: only after the lease
     assert abandoned("elsewhere/12/x", time.time() - LEASE - 1)
+
+
+chatty = Flow("chatty", keywords=["chatty"], sender="Demo")
+
+
+@chatty.step("a", prompt="demo/ask_one.txt")
+async def chatty_a(turn: Turn) -> None:
+    turn.say("demo/said.txt", text=turn.text)  # two messages: the second waits for the first
+    turn.ask("a")
+
+
+async def test_a_turn_hands_its_messages_to_the_sender_without_waiting_for_a_poll(bot_harness):
+    bot = await bot_harness(flows=[chatty], templates=TEMPLATES)
+    sender, store = bot.runtime.sender, bot.runtime.store
+    sender.poll_interval = 3600.0  # a message left for the poll would not go out in the test
+    sender.wake()
+    await asyncio.sleep(0.05)
+    claims = 0
+    claim_outbox = store.claim_outbox
+
+    async def counted(*args, **kwargs):
+        nonlocal claims
+        claims += 1
+        return await claim_outbox(*args, **kwargs)
+
+    store.claim_outbox = counted
+    chat = bot.chat(PHONE)
+    assert [m.text for m in await chat.send("chatty")] == ["Question one?"]
+    assert claims == 0  # the reply was claimed in its turn's commit
+    replies = await chat.answer("hi")
+    assert [m.text for m in replies] == ["You said hi", "Question one?"]
+    assert claims == 1  # the second was claimed when the first had gone, not at the poll
+    rows = bot.db().execute("SELECT status, attempts FROM outbound ORDER BY id").fetchall()
+    assert rows == [("sent", 1)] * 3

@@ -26,7 +26,7 @@ async def test_wal_full_sync_and_schema_version(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     names = [r[0] for r in conn.execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = 'botkit'")]
-    assert names == ["m001_initial", "m002_life_cycle"]
+    assert names == ["m001_initial", "m002_life_cycle", "m003_failed_index"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"conversations", "inbound", "outbound", "status_events", "meta", "timers"} <= tables
     conn.close()
@@ -121,7 +121,7 @@ async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_pat
         matched = await store.record_status(
             StatusUpdate.model_validate({"message_id": 123456, "status": status}), 1.0)
         assert matched is None
-    _, [outbox_id] = await store.commit(Commit(None, outbox=(item("1", 0),)), 1.0)
+    [outbox_id] = (await store.commit(Commit(None, outbox=(item("1", 0),)), 1.0)).outbox_ids
     await store.claim_outbox(1, 2.0)
     await store.mark_sent(outbox_id, 123456, 2.0)
     await store.close()
@@ -137,8 +137,8 @@ async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_pa
     store = await opened(tmp_path / "h.db")
     change = ConversationChange("1", "f", "q", Status.ACTIVE, {}, 0, 9e9)
     question = OutboxItem("1", "f", "q", "t", "m0", 206, {"text": "m0"}, True, None, True)
-    _, [outbox_id] = await store.commit(Commit(None, conversation=change,
-                                                outbox=(question,)), 1.0)
+    committed = await store.commit(Commit(None, conversation=change, outbox=(question,)), 1.0)
+    [outbox_id] = committed.outbox_ids
     await store.record_status(
         StatusUpdate.model_validate({"message_id": 777, "status": 4}), 1.5)  # before the id
     await store.claim_outbox(1, 2.0)

@@ -1,0 +1,53 @@
+"""Activity: one log line a minute that sums up what the server did.
+
+Each handled message is logged at DEBUG level only (a line per message costs more CPU than
+routing it); operators get this summary at INFO instead, and ``run.py messages PHONE`` for
+one user's history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from .periodic import Periodic
+
+__all__ = ["Activity"]
+
+log = logging.getLogger("botkit.activity")
+
+
+class Activity(Periodic):
+    """Logs, every ``interval`` seconds, the counts that changed since the last line.
+
+    ``counts()`` returns running totals (messages by route, sends, failures, commits...);
+    the line shows their growth, and nothing when the server was idle.
+    """
+
+    def __init__(self, counts: Callable[[], Counter[str]], interval: float = 60.0) -> None:
+        super().__init__()
+        self.what, self.log, self.interval = "activity summary", log, interval
+        self._counts = counts
+        self._last: Counter[str] = Counter()
+
+    async def round(self) -> None:
+        self.log_once()
+
+    def log_once(self) -> str | None:
+        """Log (and return) the summary line since the last one; None when nothing changed."""
+        now = self._counts()
+        grown = {key: now[key] - self._last[key] for key in now if now[key] > self._last[key]}
+        self._last = now
+        if not grown:
+            return None
+        handled = sum(n for key, n in grown.items() if key.startswith("route:"))
+        routes = ", ".join(f"{key[6:]} {n}" for key, n in sorted(grown.items())
+                           if key.startswith("route:"))
+        others = ", ".join(f"{key} {n}" for key, n in sorted(grown.items())
+                           if not key.startswith("route:"))
+        line = f"last {self.interval:.0f}s: {handled} messages handled"
+        line += f" ({routes})" if routes else ""
+        line += f"; {others}" if others else ""
+        log.info("%s", line)
+        return line

@@ -1,0 +1,66 @@
+"""Every statement the server runs while it works is an index lookup, never a table scan.
+
+Routing, claiming, timers, statuses, polling, start-up and /healthz must cost the same with
+a million stored conversations as with ten (issue 6). The test records every statement the
+store runs through a realistic session and asks SQLite how it would run each one.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from botkit.sender import abandoned
+from botkit.testing import Clock
+from demo import TEMPLATES, demo, timed
+
+PHONE = "380500000031"
+# "SCAN outbound" reads every row; "SCAN o USING INDEX outbound_queue" reads a partial index.
+FULL_SCAN = re.compile(r"^SCAN (\w+)$")
+
+
+@pytest.fixture
+async def bot(bot_harness):
+    return await bot_harness(flows=[timed, demo], templates=TEMPLATES, clock=Clock())
+
+
+async def test_statements_of_a_working_server_use_indexes(bot):
+    store = bot.runtime.store
+    statements: set[str] = set()
+
+    def record(sql: str) -> None:
+        statements.add(" ".join(sql.split()))
+
+    await store.thread.run(store.db.conn.set_trace_callback, record, alone=True)
+    store._reader.set_trace_callback(record)
+    chat = bot.chat(PHONE)
+    await chat.start("timed")
+    await chat.answer("first")            # a step answered, timers replaced
+    await bot.chat("380500000032").send("demo")  # a keyword starts a conversation
+    await bot.chat("380500000033").send("hello")  # the fallback, no conversation
+    bot.clock.advance(hours=11)
+    await bot.sweep()                      # the expiry fires
+    await bot.poll_statuses()
+    health = await store.health()          # what /healthz reads
+    assert health["outbox"]["queued"] == 0
+    await store.pending_inbound()          # what a start-up runs
+    await store.reset_sending(abandoned)
+    await store.claim_outbox(8, 0.0, "test")  # the sender's poll round
+    await store.thread.run(store.db.conn.set_trace_callback, None, alone=True)
+    store._reader.set_trace_callback(None)
+
+    conn = sqlite3.connect(bot.db_path)
+    scans: dict[str, list[str]] = {}
+    checked = 0
+    for sql in sorted(statements):
+        if not sql.split()[0].upper() in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+            continue
+        checked += 1
+        for *_, detail in conn.execute("EXPLAIN QUERY PLAN " + sql):
+            if FULL_SCAN.match(detail):  # a table or its alias, read row by row
+                scans.setdefault(sql[:160], []).append(detail)
+    conn.close()
+    assert checked >= 15, f"only {checked} statements recorded: is tracing on?"
+    assert not scans, f"full-table scans: {scans}"
