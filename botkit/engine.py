@@ -19,7 +19,12 @@ from typing import Any, Literal, Protocol
 
 from . import crashpoints
 from .conversation import Conversation, Status
-from .errors import ConcurrentUpdateError, DefinitionError, TimerTakenError
+from .errors import (
+    ConcurrentUpdateError,
+    DefinitionError,
+    DuplicateMessageError,
+    TimerTakenError,
+)
 from .flows import Flow, FlowSet, Step
 from .lifecycle import closing_status, inapplicable, plan_timers, status_timers
 from .models import StatusUpdate, normalize_phone, parse_tracking_id
@@ -133,7 +138,12 @@ class Engine:
         """Handle one stored message or due timer; never raises for a bot's fault."""
         if isinstance(item, Timer):
             return await self.fire(item)
-        inbound = item
+        try:
+            await self._handle(item)
+        except DuplicateMessageError as exc:  # another process handled it first
+            log.info("message %s from %s: %s; its turn is dropped", item.id, item.phone, exc)
+
+    async def _handle(self, inbound: Inbound) -> None:
         message = Message(
             inbound.text, inbound.phone, inbound.time, inbound.token,
             parse_tracking_id(inbound.tracking_data),

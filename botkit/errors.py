@@ -9,6 +9,7 @@
     ├── SchemaTooNewError        the database was migrated by a newer botkit
     ├── ConcurrentUpdateError    a conversation changed under a turn (the turn is re-run)
     │   └── TimerTakenError      another process fired, skipped or cancelled the timer
+    ├── DuplicateMessageError    a user message was already handled (its turn is dropped)
     └── ProviderError            the provider refused or failed a request
         ├── RateLimitedError         429, code 0            (retryable)
         ├── ProviderUnavailableError 5xx, timeouts, network (retryable)
@@ -52,6 +53,10 @@ class ConcurrentUpdateError(BotkitError):
 
 class TimerTakenError(ConcurrentUpdateError):
     """The timer being fired is no longer pending: it fires once, elsewhere or not at all."""
+
+
+class DuplicateMessageError(BotkitError):
+    """The message (by ``message_token``) was handled before: this turn is rolled back."""
 
 
 class ReplyLimitError(BotkitError):

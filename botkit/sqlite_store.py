@@ -23,7 +23,7 @@ import sqlite_utils
 
 from .conversation import Conversation, SentRef, Status
 from .db_thread import DatabaseThread
-from .errors import ConcurrentUpdateError, TimerTakenError
+from .errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
 from .models import InboundReply, MessageStatus, StatusUpdate
 from .schema import check_and_migrate
 from .store import (
@@ -389,12 +389,15 @@ class SQLiteStore(Store):
                     claimed.append(Outgoing(outbox_ids[-1], item.phone, item.payload, 1, row_conv))
             if change.inbound_id is not None:
                 flow, step = change.handled_by or (None, None)
-                db.execute(
+                cursor = db.execute(
                     "UPDATE inbound SET status = ?, route = ?, error = ?, conversation_id = ?,"
-                    " handled_at = ?, flow = ?, step = ?, outcome = ? WHERE id = ?",
+                    " handled_at = ?, flow = ?, step = ?, outcome = ?"
+                    " WHERE id = ? AND status = 'pending'",
                     [change.outcome, change.route, change.error, conv_id, now, flow, step,
                      change.did, change.inbound_id],
                 )
+                if cursor.rowcount != 1:  # another turn (process) handled it first: void
+                    raise DuplicateMessageError(f"message {change.inbound_id} was already handled")
             return Committed(conv_id, outbox_ids, claimed)
 
     def _cancel_timers(self, conv_id: int, now: float) -> None:

@@ -7,13 +7,14 @@ implement the same methods and nothing else would change.
 Durability contract every implementation keeps:
 - ``record_inbound`` has committed before the server answers 2xx, and it refuses a
   ``message_token`` it has seen (the duplicate is acknowledged, never handled twice);
-- ``commit`` applies a turn atomically: the inbound row's outcome, the conversation change,
+- ``commit`` applies a turn atomically: the inbound row's outcome (only while the row is
+  pending: a message is handled once, else DuplicateMessageError), the conversation change,
   conversations closed on the way and the outbox rows, all or nothing (the outbox pattern);
   an update whose ``expected_version`` is stale raises ConcurrentUpdateError;
 - ``claim_outbox`` moves rows from ``queued`` to ``sending`` atomically, so two senders never
   take the same row (a ``commit`` with ``claim_for`` may insert its first message already
-  claimed, under the same one-message-per-phone rule); ``reset_sending`` returns rows a crashed sender left behind (and only
-  those: another live process's claims are kept).
+  claimed, under the same one-message-per-phone rule); ``reset_sending`` returns rows a
+  crashed sender left behind (and only those: another live process's claims are kept).
 """
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ class Store(ABC):
     @abstractmethod
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
         """Store a user's message; None if its token was seen before."""
+
 
     @abstractmethod
     async def record_status(

@@ -152,3 +152,21 @@ async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_pa
     assert seen == [(4, True, "q")]
     assert [t.kind for t in await store.due_timers(3.0, 10)] == ["undelivered"]
     await store.close()
+
+
+async def test_a_message_is_handled_once_even_when_two_turns_commit_it(tmp_path):
+    from botkit.errors import DuplicateMessageError
+    from botkit.models import InboundReply
+
+    store = await opened(tmp_path / "dup.db")
+    reply = InboundReply.model_validate({"message_token": "t1", "phone_number": "380501",
+                                         "time": 1, "message": {"text": "hi"}})
+    inbound_id = await store.record_inbound(reply, 1.0)
+    await store.commit(Commit(inbound_id, outbox=(item("380501", 0),)), 2.0)
+    with pytest.raises(DuplicateMessageError):  # e.g. a second process took it over
+        await store.commit(Commit(inbound_id, outbox=(item("380501", 1),)), 3.0)
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "dup.db")
+    assert conn.execute("SELECT count(*) FROM outbound").fetchone() == (1,)  # rolled back
+    assert conn.execute("SELECT handled_at FROM inbound").fetchone() == (2.0,)
+    conn.close()
