@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import csv
 import logging
+import signal
 import statistics
 import sys
 import time
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("phones", nargs="*", metavar="PHONE")
     p.add_argument("--phones", dest="phones_file", metavar="FILE.csv",
                    help="CSV with a 'phone' column (or phones in the first column)")
+    p.add_argument("--concurrency", type=int, default=16, metavar="N",
+                   help="messages sent at the same time (default 16)")
+    p.add_argument("--rate", type=float, metavar="N",
+                   help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
+    p.add_argument("--resend-uncertain", action="store_true",
+                   help="send again the flow's messages a killed run may or may not have sent")
     p = command("status", _status, "ask the provider for a message's delivery status")
     p.add_argument("message_id", type=int)
     command("check", _check, "load every bot and template; report what to fix")
@@ -152,6 +159,8 @@ def _start(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .server import callback_url, renderer_for
 
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
     flows = _flows(args)
     flows[args.flow]  # noqa: B018 - fails early, with a suggestion, for a wrong flow name
@@ -168,26 +177,86 @@ def _start(args: argparse.Namespace) -> int:
         return 2
 
     async def job(store: Any) -> int:
+        from .campaign import Campaign, Progress
+        from .client import ProviderClient
+        from .sender import Sender
+        from .server import provider_url
+
         if settings.callback_secret is not None:
             secret = settings.callback_secret.get_secret_value()
         else:
             secret = await store.secret(lambda: secrets.token_urlsafe(24))
+        if args.resend_uncertain:
+            again = await store.resend_uncertain(args.flow)
+            print(f"{args.flow}: {again} uncertain messages queued again", file=sys.stderr)
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        client = ProviderClient(provider_url(settings), key, timeout=settings.api_timeout)
+        rate = settings.send_rate if args.rate is None else args.rate
+        sender = Sender(store, client, concurrency=max(1, args.concurrency), rate=rate,
+                        hold_abandoned=True)
         engine = Engine(store, flows, renderer_for(settings, args.templates),
                         sender=settings.sender, callback_url=callback_url(settings, secret))
-        counts = {"started": 0, "skipped": 0, "replaced": 0}
-        for n, phone in enumerate(dict.fromkeys(phones), 1):
-            result = await engine.start(args.flow, phone)
-            counts[result.outcome] += 1
-            if result.detail:
-                print(f"{result.outcome} {phone}: {result.detail}")
-            if n % 1000 == 0:
-                print(f"... {n}/{len(phones)}", file=sys.stderr)
-        print(f"{args.flow}: started {counts['started'] + counts['replaced']} conversations"
-              f" ({counts['replaced']} replaced another flow), skipped {counts['skipped']};"
-              " the running server sends the first messages")
-        return 1 if bad else 0
+        tty = sys.stderr.isatty()
+
+        def report(progress: Progress) -> None:
+            print(("\r" if tty else "") + f"{args.flow}: {progress.line()}", file=sys.stderr,
+                  end="" if tty else "\n", flush=True)
+
+        problem = await _unreachable(provider_url(settings))
+        if problem:
+            print(f"{problem}: the conversations are started and their first messages queued;"
+                  " the server sends them when it runs", file=sys.stderr)
+        campaign = Campaign(store, engine, sender, args.flow, phones, report=report,
+                            send=problem is None)
+        # Ctrl-C or SIGTERM: the sends in flight finish and are recorded, then it stops;
+        # a re-run goes on from there.
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        stopped = False
+        try:
+            progress = await campaign.run()
+        except asyncio.CancelledError:
+            stopped, progress = True, campaign.progress
+        finally:
+            await client.close()
+        if tty:
+            print(file=sys.stderr)
+        if stopped:
+            print(f"{args.flow}: stopped after {progress.sent} messages; run the same command"
+                  " again to go on (nothing is sent twice)", file=sys.stderr)
+            return 130
+        for detail in progress.details[:20]:
+            print(detail)
+        if len(progress.details) > 20:
+            print(f"... and {len(progress.details) - 20} more skipped")
+        print(f"{args.flow}: started {progress.started} conversations, skipped"
+              f" {progress.skipped}; sent {progress.sent} messages in {progress.seconds:.1f}s"
+              f" ({progress.rate:.0f}/s), {progress.failed} failed")
+        if progress.waiting:
+            print(f"{progress.waiting} messages wait in the queue (for a later try, or for"
+                  " the server to send them)")
+        if progress.uncertain:
+            print(f"{progress.uncertain} messages are uncertain (a killed run was sending"
+                  " them); `run.py start FLOW --resend-uncertain` sends them again")
+        return 1 if bad or progress.failed else 0
 
     return _with_store(args, job)
+
+
+async def _unreachable(url: str, timeout: float = 3.0) -> str | None:
+    """Why nothing answers at ``url`` (a TCP connect), or None when something does."""
+    from yarl import URL
+
+    parsed = URL(url)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parsed.host, parsed.port), timeout)
+    except (OSError, TimeoutError) as exc:
+        return f"the provider at {url} does not answer ({exc or type(exc).__name__})"
+    writer.close()
+    return None
 
 
 def _check_phones(values: list[str], where: str) -> tuple[list[str], list[str]]:

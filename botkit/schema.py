@@ -160,7 +160,9 @@ def m002_life_cycle(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX timers_flow_step ON timers (flow, step, kind)")
 
 
-@MIGRATIONS(name="m003_failed_index")
-def m003_failed_index(db: sqlite_utils.Database) -> None:
-    """Failed messages by index, so ``/healthz`` counts them without reading every message."""
-    db.execute("CREATE INDEX outbound_failed ON outbound (id) WHERE status = 'failed'")
+@MIGRATIONS(name="m003_attention_index")
+def m003_attention_index(db: sqlite_utils.Database) -> None:
+    """Failed and uncertain messages by index, so ``/healthz`` counts them without reading
+    every message."""
+    db.execute("CREATE INDEX outbound_attention ON outbound (status)"
+               " WHERE status IN ('failed', 'uncertain')")

@@ -21,6 +21,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import crashpoints
@@ -58,7 +59,16 @@ def abandoned(claimed_by: str | None, claimed_at: float) -> bool:
         return True
     except (PermissionError, OverflowError, ValueError):
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process whose parent has not collected it yet still answers os.kill."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # not Linux, or it is gone by now
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 class Sender:
@@ -81,6 +91,7 @@ class Sender:
         round_delay: float = 30.0,
         plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
         rate: float = 0.0,
+        hold_abandoned: bool = False,
     ) -> None:
         self.store = store
         self.client = client
@@ -104,7 +115,10 @@ class Sender:
         self._reserved = 0  # slots promised to commits in progress (reserve/deliver)
         self._backlog = True  # the queue may hold rows this sender can claim now
         self._behind: Counter[str] = Counter()  # rows queued behind a phone's send in flight
-        self.name = f"{HOST}/{os.getpid()}/{secrets.token_hex(4)}"  # recorded on its claims
+        # Recorded on its claims. "/hold": if this process dies mid-send, its rows in flight
+        # are marked uncertain instead of sent again (a campaign never sends twice).
+        self.name = f"{HOST}/{os.getpid()}/{secrets.token_hex(4)}" + (
+            "/hold" if hold_abandoned else "")
 
     def wake(self) -> None:
         """Tell the sender new rows are queued."""
@@ -152,10 +166,15 @@ class Sender:
     async def run(self) -> None:
         """Deliver until ``stop()``; requeues rows a crashed process left mid-send first."""
         _LIVE.add(self.name)
-        stale = await self.store.reset_sending(abandoned)
+        stale, held = await self.store.reset_sending(abandoned)
         if stale:
             log.warning("%d messages were being sent when their sender stopped; sending"
                         " them again (a user may receive one of them twice)", stale)
+        if held:
+            log.warning("%d campaign messages were being sent when their sender was killed;"
+                        " they may have reached their users, so they are not sent again"
+                        " (marked uncertain; `run.py start FLOW --resend-uncertain` sends them)",
+                        held)
         loop = asyncio.get_running_loop()
         next_poll = 0.0
         while not self._stopping:

@@ -50,6 +50,7 @@ OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # The condition of the partial indexes outbound_queue and outbound_phone_queue: a query on
 # the outbox repeats it word for word, or SQLite cannot use them and scans every message.
 _QUEUE = "status IN ('queued', 'sending')"
+_ATTENTION = "status IN ('failed', 'uncertain')"  # the same, for index outbound_attention
 
 
 def status_rank(status: int | None) -> int:
@@ -598,19 +599,48 @@ class SQLiteStore(Store):
                 [status, reason, due_at, 0 if tried else 1, outbox_id],
             )
 
-    async def reset_sending(self, abandoned: Callable[[str | None, float], bool]) -> int:
+    async def reset_sending(
+        self, abandoned: Callable[[str | None, float], bool]
+    ) -> tuple[int, int]:
         return await self._run(self._reset_sending, abandoned)
 
-    def _reset_sending(self, abandoned: Callable[[str | None, float], bool]) -> int:
+    def _reset_sending(self, abandoned: Callable[[str | None, float], bool]) -> tuple[int, int]:
         with self._write() as db:
             rows = self._rows(
                 "SELECT id, claimed_by, claimed_at FROM outbound"
                 f" WHERE {_QUEUE} AND status = 'sending'")
-            ids = [r["id"] for r in rows if abandoned(r["claimed_by"], r["claimed_at"] or 0.0)]
-            for row_id in ids:
-                db.execute("UPDATE outbound SET status = 'queued' WHERE id = ?"
-                           " AND status = 'sending'", [row_id])
-            return len(ids)
+            gone = [r for r in rows if abandoned(r["claimed_by"], r["claimed_at"] or 0.0)]
+            held = 0
+            for row in gone:
+                hold = (row["claimed_by"] or "").endswith("/hold")
+                held += hold
+                db.execute(
+                    "UPDATE outbound SET status = ?, error = ? WHERE id = ? AND status = 'sending'",
+                    ["uncertain" if hold else "queued",
+                     "its sender was killed during the send: it may have reached the user"
+                     if hold else None, row["id"]],
+                )
+            return len(gone) - held, held
+
+    async def queue_size(self, now: float) -> tuple[int, int]:
+        return await self._run(self._queue_size, now)
+
+    def _queue_size(self, now: float) -> tuple[int, int]:
+        row = self._one(f"SELECT count(*) AS n, coalesce(sum(due_at > ?), 0) AS later"
+                        f" FROM outbound WHERE {_QUEUE} AND status = 'queued'", [now])
+        assert row is not None
+        return row["n"] - row["later"], row["later"]
+
+    async def resend_uncertain(self, flow: str | None = None) -> int:
+        return await self._run(self._resend_uncertain, flow)
+
+    def _resend_uncertain(self, flow: str | None) -> int:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE outbound SET status = 'queued', due_at = 0, error = NULL"
+                f" WHERE {_ATTENTION} AND status = 'uncertain'"
+                " AND (? IS NULL OR flow = ?)", [flow, flow])
+            return cursor.rowcount
 
     async def conversation(self, conversation_id: int) -> Conversation | None:
         return await self._read(self._conversation, "id = ?", [conversation_id])
@@ -721,12 +751,13 @@ class SQLiteStore(Store):
 
     def _health(self) -> dict[str, Any]:
         # Each count reads a partial index (queue, failures, pending), never every message.
-        outbox = dict.fromkeys(("queued", "sending", "failed"), 0)
+        outbox = dict.fromkeys(("queued", "sending", "failed", "uncertain"), 0)
         for row in self._rows(f"SELECT status, count(*) AS n FROM outbound WHERE {_QUEUE}"
                               " GROUP BY status"):
             outbox[row["status"]] = row["n"]
-        failed = self._one("SELECT count(*) AS n FROM outbound WHERE status = 'failed'")
-        outbox["failed"] = failed["n"] if failed else 0
+        for row in self._rows("SELECT status, count(*) AS n FROM outbound"
+                              f" WHERE {_ATTENTION} GROUP BY status"):
+            outbox[row["status"]] = row["n"]
         pending = self._one("SELECT count(*) AS n FROM inbound WHERE status = 'pending'")
         return {"outbox": outbox, "inbound_pending": pending["n"] if pending else 0}
 

@@ -285,12 +285,24 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def reset_sending(self, abandoned: Callable[[str | None, float], bool]) -> int:
-        """Requeue messages claimed by senders that are gone; returns how many.
+    async def reset_sending(
+        self, abandoned: Callable[[str | None, float], bool]
+    ) -> tuple[int, int]:
+        """Deal with messages claimed by senders that are gone; returns (requeued, held).
 
         ``abandoned(claimed_by, claimed_at)`` says whether a claim's sender is gone; a live
-        sender in another process keeps its rows.
+        sender in another process keeps its rows. A row claimed under a name ending in
+        ``/hold`` (a campaign's sender) is not sent again but marked ``uncertain``: the
+        request may have reached the provider before the process died.
         """
+
+    @abstractmethod
+    async def queue_size(self, now: float) -> tuple[int, int]:
+        """Queued messages: (due by ``now``, waiting for a later try)."""
+
+    @abstractmethod
+    async def resend_uncertain(self, flow: str | None = None) -> int:
+        """Queue ``uncertain`` messages (of ``flow``) again, on the operator's word."""
 
     @abstractmethod
     async def conversation(self, conversation_id: int) -> Conversation | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from pathlib import Path
 
 from botkit import Flow, Turn
 from botkit.sandbox import Fault
@@ -173,3 +175,25 @@ async def test_a_turn_hands_its_messages_to_the_sender_without_waiting_for_a_pol
     assert claims == 1  # the second was claimed when the first had gone, not at the poll
     rows = bot.db().execute("SELECT status, attempts FROM outbound ORDER BY id").fetchall()
     assert rows == [("sent", 1)] * 3
+
+
+def test_a_killed_process_not_yet_collected_counts_as_gone() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from botkit.sender import HOST, abandoned
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not abandoned(f"{HOST}/{child.pid}/x", time.time())  # alive: its claim holds
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.time() + 5
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+            assert time.time() < deadline, "the child did not become a zombie"
+            time.sleep(0.01)
+        assert abandoned(f"{HOST}/{child.pid}/x", time.time())  # a zombie: gone
+    finally:
+        child.kill()
+        child.wait()

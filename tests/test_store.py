@@ -26,7 +26,7 @@ async def test_wal_full_sync_and_schema_version(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     names = [r[0] for r in conn.execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = 'botkit'")]
-    assert names == ["m001_initial", "m002_life_cycle", "m003_failed_index"]
+    assert names == ["m001_initial", "m002_life_cycle", "m003_attention_index"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"conversations", "inbound", "outbound", "status_events", "meta", "timers"} <= tables
     conn.close()

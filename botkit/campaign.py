@@ -1,0 +1,158 @@
+"""Campaign: start a flow for many phones and send the first messages, with progress.
+
+``run.py start FLOW --phones FILE.csv`` runs one. Conversations are started many at a time
+(the database thread commits them in groups) while a sender in this process sends the first
+messages as soon as they are committed, ``concurrency`` at a time, at most ``rate`` per
+second when a rate is set. It is safe to re-run: a phone already in the flow is skipped, so
+a re-run after a stop (or a kill) starts only the phones that were not started and sends
+only the messages that were not sent. Messages in flight when the process was killed are
+never sent twice: they are marked ``uncertain`` (``--resend-uncertain`` sends them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .engine import Engine
+from .sender import Sender
+from .store import Store
+
+__all__ = ["Campaign", "Progress"]
+
+
+@dataclass
+class Progress:
+    """Where a campaign is: phones started or skipped, messages sent, failed, waiting."""
+
+    total: int
+    started: int = 0
+    skipped: int = 0
+    sent: int = 0
+    failed: int = 0
+    waiting: int = 0  # messages in the queue (this campaign's or other ones)
+    uncertain: int = 0
+    began: float = field(default_factory=time.monotonic)
+    details: list[str] = field(default_factory=list)  # why phones were skipped
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.began
+
+    @property
+    def rate(self) -> float:
+        """Messages sent per second so far."""
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        """One line for the terminal: counts, rate and the time left."""
+        done = self.started + self.skipped
+        text = (f"{done:,}/{self.total:,} phones started or skipped, {self.sent:,} sent"
+                f" ({self.rate:,.0f}/s)")
+        if self.waiting:
+            text += f", {self.waiting:,} waiting"
+        if self.failed:
+            text += f", {self.failed:,} failed"
+        left = self.total - self.skipped - self.sent - self.failed
+        if self.rate > 0 and left > 0:
+            text += f", about {left / self.rate:,.0f}s left"
+        return text
+
+
+class Campaign:
+    """Starts ``flow`` for ``phones`` and sends the first messages.
+
+    >>> progress = await Campaign(store, engine, sender, "survey", phones).run()
+
+    Args:
+        report: called about once a second (and at the end) with the progress.
+        batch: conversations started at the same time (they commit together).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        sender: Sender,
+        flow: str,
+        phones: Iterable[str],
+        *,
+        report: Callable[[Progress], None] = lambda progress: None,
+        batch: int = 64,
+        interval: float = 1.0,
+        send: bool = True,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.sender = sender
+        self.flow = flow
+        self.phones = list(dict.fromkeys(phones))
+        self.report = report
+        self.batch = batch
+        self.interval = interval
+        self.send = send  # False: only start (a running server sends the messages)
+        self.progress = Progress(total=len(self.phones))
+
+    async def run(self) -> Progress:
+        """Start every phone, then wait until what can be sent now is sent.
+
+        Messages that failed and wait for a later try are left to the server (or a re-run).
+        """
+        sending = None
+        if self.send:
+            self.engine.outlet = self.sender  # first messages go out as soon as committed
+            sending = asyncio.create_task(self.sender.run(), name="campaign-sender")
+        reporting = asyncio.create_task(self._report_every(), name="campaign-progress")
+        try:
+            await self._start_all()
+            if sending is not None:
+                await self._drain()
+        finally:
+            reporting.cancel()
+            await asyncio.gather(reporting, return_exceptions=True)
+            if sending is not None:
+                await self.sender.stop()
+                await asyncio.gather(sending, return_exceptions=True)
+            self._count()
+            outbox = (await self.store.health())["outbox"]
+            self.progress.waiting, self.progress.uncertain = outbox["queued"], outbox["uncertain"]
+            self.report(self.progress)
+        return self.progress
+
+    async def _start_all(self) -> None:
+        progress, flow = self.progress, self.flow
+
+        async def worker(phones: list[str]) -> None:
+            for phone in phones:
+                result = await self.engine.start(flow, phone)
+                if result.outcome == "skipped":
+                    progress.skipped += 1
+                    progress.details.append(f"skipped {phone}: {result.detail}")
+                else:
+                    progress.started += 1
+
+        # ``batch`` workers, each with its share: their commits meet in the same groups.
+        shares = [self.phones[i::self.batch] for i in range(self.batch)]
+        await asyncio.gather(*(worker(share) for share in shares if share))
+
+    async def _drain(self) -> None:
+        """Wait until no message is due and this process has no send in flight."""
+        while True:
+            due, later = await self.store.queue_size(time.time())
+            self.progress.waiting = due + later
+            if not due and not self.sender.status()["in_flight"]:
+                return
+            self.sender.wake()
+            await asyncio.sleep(0.2)
+
+    async def _report_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self._count()
+            self.report(self.progress)
+
+    def _count(self) -> None:
+        self.progress.sent = self.sender.sent
+        self.progress.failed = self.sender.failed
