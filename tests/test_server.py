@@ -115,7 +115,7 @@ async def test_healthz_reports_database_and_outbox(bot):
         body = await response.json()
     assert response.status == 200
     assert body["status"] == "ok" and body["database"] == "ok" and body["sandbox"] is False
-    assert body["outbox"] == {"queued": 0, "sending": 0, "failed": 0}
+    assert body["outbox"] == {"queued": 0, "sending": 0, "failed": 0, "uncertain": 0}
     assert body["sending"]["state"] == "running"
 
 

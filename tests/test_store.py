@@ -83,7 +83,7 @@ async def test_two_stores_claim_disjoint_rows(tmp_path):
     claimed_a, claimed_b = await asyncio.gather(a.claim_outbox(25, 2.0), b.claim_outbox(25, 2.0))
     ids_a, ids_b = {r.id for r in claimed_a}, {r.id for r in claimed_b}
     assert len(ids_a | ids_b) == 40 and not ids_a & ids_b
-    assert await a.reset_sending(lambda claimed_by, claimed_at: True) == 40
+    assert await a.reset_sending(lambda claimed_by, claimed_at: True) == (40, 0)
     await a.close()
     await b.close()
 
@@ -170,3 +170,17 @@ async def test_a_message_is_handled_once_even_when_two_turns_commit_it(tmp_path)
     assert conn.execute("SELECT count(*) FROM outbound").fetchone() == (1,)  # rolled back
     assert conn.execute("SELECT handled_at FROM inbound").fetchone() == (2.0,)
     conn.close()
+
+
+async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(tmp_path):
+    store = await opened(tmp_path / "hold.db")
+    await store.commit(Commit(None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(4))), 1.0)
+    await store.claim_outbox(2, 2.0, "host/1/a/hold")  # a campaign's sender
+    await store.claim_outbox(2, 2.0, "host/1/b")  # a server's sender
+    assert await store.reset_sending(lambda claimed_by, claimed_at: True) == (2, 2)
+    outbox = (await store.health())["outbox"]
+    assert (outbox["queued"], outbox["uncertain"]) == (2, 2)
+    assert await store.resend_uncertain("other flow") == 0
+    assert await store.resend_uncertain() == 2  # the operator's choice
+    assert (await store.health())["outbox"]["queued"] == 4
+    await store.close()
