@@ -68,7 +68,7 @@ class Campaign:
 
     Args:
         report: called about once a second (and at the end) with the progress.
-        batch: conversations started at the same time (they commit together).
+        batch: conversations started together (one read and one commit for them).
     """
 
     def __init__(
@@ -80,7 +80,7 @@ class Campaign:
         phones: Iterable[str],
         *,
         report: Callable[[Progress], None] = lambda progress: None,
-        batch: int = 64,
+        batch: int = 200,
         interval: float = 1.0,
         send: bool = True,
     ) -> None:
@@ -102,7 +102,9 @@ class Campaign:
         """
         sending = None
         if self.send:
-            self.engine.outlet = self.sender  # first messages go out as soon as committed
+            # Told of each batch committed. The sender claims messages only when a send can
+            # start at once, so few are "in flight" if the process is killed.
+            self.engine.outlet = self.sender
             sending = asyncio.create_task(self.sender.run(), name="campaign-sender")
         reporting = asyncio.create_task(self._report_every(), name="campaign-progress")
         try:
@@ -122,20 +124,21 @@ class Campaign:
         return self.progress
 
     async def _start_all(self) -> None:
-        progress, flow = self.progress, self.flow
+        progress, flow, size = self.progress, self.flow, self.batch
 
-        async def worker(phones: list[str]) -> None:
-            for phone in phones:
-                result = await self.engine.start(flow, phone)
-                if result.outcome == "skipped":
-                    progress.skipped += 1
-                    progress.details.append(f"skipped {phone}: {result.detail}")
-                else:
-                    progress.started += 1
+        async def worker(chunks: list[list[str]]) -> None:
+            for chunk in chunks:
+                for result in await self.engine.start_many(flow, chunk):
+                    if result.outcome == "skipped":
+                        progress.skipped += 1
+                        progress.details.append(f"skipped {result.phone}: {result.detail}")
+                    else:
+                        progress.started += 1
 
-        # ``batch`` workers, each with its share: their commits meet in the same groups.
-        shares = [self.phones[i::self.batch] for i in range(self.batch)]
-        await asyncio.gather(*(worker(share) for share in shares if share))
+        # A few workers, so one batch is composed while another commits; the sender sends
+        # the first messages while later batches start.
+        chunks = [self.phones[i:i + size] for i in range(0, len(self.phones), size)]
+        await asyncio.gather(*(worker(chunks[k::3]) for k in range(3)))
 
     async def _drain(self) -> None:
         """Wait until no message is due and this process has no send in flight."""

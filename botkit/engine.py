@@ -196,10 +196,44 @@ class Engine:
         Skipped for a phone already in an open conversation of this flow, or with a human
         agent; an expired conversation is closed as expired, one in another flow as replaced.
         """
+        [result] = await self.start_many(flow_name, [phone], state)
+        return result
+
+    async def start_many(
+        self, flow_name: str, phones: list[str], state: dict[str, Any] | None = None
+    ) -> list[StartResult]:
+        """``start`` for many phones at once: one read and one commit for all of them.
+
+        Each phone's conversation still commits atomically on its own (a phone that got a
+        conversation meanwhile is skipped, the others start).
+        """
         flow = self.flows[flow_name]
-        phone = normalize_phone(phone)
         now = self.clock()
-        active = await self.store.open_conversation(phone)
+        phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
+        active = await self.store.open_conversations(phones)
+        results: dict[str, StartResult] = {}
+        planned: list[tuple[str, Commit, Literal["started", "replaced"], str]] = []
+        for phone in phones:
+            plan = self._plan_start(flow, phone, active.get(phone), state, now)
+            if isinstance(plan, StartResult):
+                results[phone] = plan
+            else:
+                planned.append((phone, *plan))
+        outcomes = await self.store.commit_many([commit for _, commit, _, _ in planned], now)
+        crashpoints.hit("after_turn_commit")
+        for (phone, commit, outcome, detail), done in zip(planned, outcomes, strict=True):
+            if isinstance(done, ConcurrentUpdateError):
+                results[phone] = StartResult(phone, "skipped", None, str(done))
+            else:
+                results[phone] = StartResult(phone, outcome, done.conversation_id, detail)
+                self.outlet.deliver(done.claimed, reserved=False, phone=phone,
+                                    queued=len(commit.outbox) - len(done.claimed))
+        return [results[phone] for phone in phones]
+
+    def _plan_start(
+        self, flow: Flow, phone: str, active: Conversation | None,
+        state: dict[str, Any] | None, now: float,
+    ) -> StartResult | tuple[Commit, Literal["started", "replaced"], str]:
         closes: tuple[tuple[Conversation, Status], ...] = ()
         outcome: Literal["started", "replaced"] = "started"
         detail = ""
@@ -221,11 +255,7 @@ class Engine:
                                                      (flow.name, first.name), change.state,
                                                      question=True),
                         timers=plan_timers(flow, first, now))
-        try:
-            committed = await self._commit(commit)
-        except ConcurrentUpdateError as exc:
-            return StartResult(phone, "skipped", None, str(exc))
-        return StartResult(phone, outcome, committed.conversation_id, detail)
+        return commit, outcome, detail
 
     # -- life-cycle events ------------------------------------------------------------------
 

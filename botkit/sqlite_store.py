@@ -341,6 +341,22 @@ class SQLiteStore(Store):
     ) -> Conversation | None:
         return self._conversation("phone = ? AND status IN (?, ?)", [phone, *OPEN], conn)
 
+    async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
+        return await self._read(self._open_conversations, phones)
+
+    def _open_conversations(
+        self, phones: list[str], conn: sqlite3.Connection | None
+    ) -> dict[str, Conversation]:
+        found: dict[str, Conversation] = {}
+        for i in range(0, len(phones), 500):  # under SQLite's limit of bound variables
+            part = phones[i:i + 500]
+            for row in self._rows(
+                f"SELECT * FROM conversations WHERE phone IN ({','.join('?' * len(part))})"
+                " AND status IN (?, ?)", [*part, *OPEN], conn,
+            ):
+                found[row["phone"]] = _conversation(row)
+        return found
+
     def _conversation(
         self, where: str, params: list[Any], conn: sqlite3.Connection | None = None
     ) -> Conversation | None:
@@ -349,6 +365,22 @@ class SQLiteStore(Store):
 
     async def commit(self, change: Commit, now: float) -> Committed:
         return await self._run(self._commit, change, now)
+
+    async def commit_many(
+        self, changes: list[Commit], now: float
+    ) -> list[Committed | ConcurrentUpdateError]:
+        return await self._run(self._commit_many, changes, now)
+
+    def _commit_many(
+        self, changes: list[Commit], now: float
+    ) -> list[Committed | ConcurrentUpdateError]:
+        done: list[Committed | ConcurrentUpdateError] = []
+        for change in changes:
+            try:
+                done.append(self._commit(change, now))  # its own savepoint
+            except ConcurrentUpdateError as exc:
+                done.append(exc)
+        return done
 
     def _commit(self, change: Commit, now: float) -> Committed:
         with self._write() as db:

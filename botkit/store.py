@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from .conversation import Conversation, SentRef, Status
+from .errors import ConcurrentUpdateError
 from .models import InboundReply, StatusUpdate
 
 __all__ = [
@@ -248,6 +249,17 @@ class Store(ABC):
     @abstractmethod
     async def open_conversation(self, phone: str) -> Conversation | None:
         """The phone's open conversation, if any."""
+
+    @abstractmethod
+    async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
+        """The open conversations of ``phones``, by phone (those with none are left out)."""
+
+    @abstractmethod
+    async def commit_many(
+        self, changes: list[Commit], now: float
+    ) -> list[Committed | ConcurrentUpdateError]:
+        """``commit`` each change atomically on its own, in one call; a change that conflicts
+        gives its ConcurrentUpdateError in its place instead of raising."""
 
     @abstractmethod
     async def claim_outbox(self, limit: int, now: float, claimer: str = "") -> list[Outgoing]:
