@@ -147,17 +147,17 @@ def statuses(db: Path) -> dict[str, int]:
         conn.close()
 
 
-def run_bare(phones: list[str], concurrency: int, latency: float = 0.0) -> dict[str, Any]:
+def run_bare(path: Path, count: int, concurrency: int, latency: float = 0.0) -> dict[str, Any]:
     provider = Provider(latency)
     try:
         out = subprocess.run(pinned(0, [sys.executable, __file__, "--bare-loop", provider.url,
-                                        str(concurrency), ",".join(phones)]),
+                                        str(concurrency), str(path)]),
                              cwd=ROOT, capture_output=True, text=True, check=True)
         seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
         got = provider.received()
     finally:
         provider.stop()
-    return {"seconds": seconds, "per_s": len(phones) / seconds, **got}
+    return {"seconds": seconds, "per_s": count / seconds, **got}
 
 
 def run_campaign(
@@ -236,8 +236,8 @@ def main() -> int:
         serve_provider(args.serve_provider, args.latency)
         return 0
     if args.bare_loop:
-        url, concurrency, phones = args.bare_loop
-        bare_loop(url, phones.split(","), int(concurrency))
+        url, concurrency, path = args.bare_loop
+        bare_loop(url, Path(path).read_text().split()[1:], int(concurrency))
         return 0
     if args.smoke:
         args.phones, args.rate = 1000, 200.0
@@ -255,10 +255,10 @@ def main() -> int:
             files[name] = tmp / f"{name}.csv"
             files[name].write_text("phone\n" + "\n".join(phones[:count]) + "\n")
         results: dict[str, Any] = {}
-        results["bare"] = run_bare(phones, args.concurrency)
+        results["bare"] = run_bare(files["all"], args.phones, args.concurrency)
         print(f"  bare: {results['bare']['per_s']:.0f}/s", flush=True)
         results["botkit"] = run_campaign(files["all"], args.phones, tmp, args.concurrency)
-        results["far_bare"] = run_bare(phones[:far_count], args.concurrency, args.latency)
+        results["far_bare"] = run_bare(files["far"], far_count, args.concurrency, args.latency)
         results["far_botkit"] = run_campaign(files["far"], far_count, tmp, args.concurrency,
                                              args.latency)
         results["kill"] = run_kill(files["kill"], kill_count, tmp, args.concurrency)

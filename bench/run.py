@@ -56,7 +56,10 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     provider = f"http://127.0.0.1:{provider_port}"
     db = tmp / f"{kind}.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
-    if kind == "botkit":
+    if kind == "botkit-scale":  # a copy of the seeded database (bench/seed.py)
+        print(f"copying {args.scale} ...", flush=True)
+        shutil.copyfile(args.scale, db)
+    if kind.startswith("botkit"):
         env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider, BOTKIT_DB=str(db),
                    BOTKIT_PORT=str(port), BOTKIT_PUBLIC_URL=server_url,
                    BOTKIT_CALLBACK_SECRET=SECRET)
@@ -132,6 +135,34 @@ def table(bare: dict[str, Any], botkit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scale_table(empty: dict[str, Any], big: dict[str, Any], seeded: Path) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{seeded}?mode=ro", uri=True)
+    conversations = conn.execute("SELECT count(*) FROM conversations").fetchone()[0]
+    messages = sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                   for t in ("inbound", "outbound"))
+    conn.close()
+    size = seeded.stat().st_size
+    rows = [
+        ("callbacks/s at saturation", empty["saturation"]["callbacks_per_s"],
+         big["saturation"]["callbacks_per_s"], "{:.0f}"),
+        ("server CPU ms per callback", empty["cpu_ms_per_callback"],
+         big["cpu_ms_per_callback"], "{:.2f}"),
+        ("e2e p99 ms at fixed rate", empty["rate"]["e2e_p99_ms"], big["rate"]["e2e_p99_ms"],
+         "{:.1f}"),
+        ("peak RSS MB", empty["rss_peak_mb"], big["rss_peak_mb"], "{:.0f}"),
+        ("start-up s", empty["startup_s"], big["startup_s"], "{:.2f}"),
+    ]
+    lines = [f"database: {conversations:,} conversations, {messages:,} messages,"
+             f" {size / 1e6:,.0f} MB = {size / max(conversations, 1):,.0f} bytes per"
+             " conversation (with its messages and timers)",
+             "| metric | empty database | seeded database | seeded/empty |", "|---|---|---|---|"]
+    for label, a, b, fmt in rows:
+        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {b / a:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
@@ -140,6 +171,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--profile", type=Path, help="write a cProfile of botkit's server here")
+    parser.add_argument("--scale", type=Path, metavar="SEEDED.db",
+                        help="also run botkit on a copy of this database (bench/seed.py)")
     args = parser.parse_args()
     if args.smoke:
         args.users, args.seconds, args.warmup, args.rate = 20, 1.0, 0.5, 20.0
@@ -152,11 +185,16 @@ def main() -> int:
           f" {platform.python_version()}; {pinning}")
     print(f"{args.users} users, saturation {args.seconds:.0f}s, then {args.rate:.0f}"
           f" callbacks/s for {args.seconds:.0f}s", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {kind: run_one(kind, args, Path(tmp)) for kind in ("bare", "botkit")}
+    kinds = ["bare", "botkit"] + (["botkit-scale"] if args.scale else [])
+    # The copy of a big database goes next to it (the same disk), not to a small /tmp.
+    where = args.scale.resolve().parent if args.scale else None
+    with tempfile.TemporaryDirectory(dir=where) as tmp:
+        results = {kind: run_one(kind, args, Path(tmp)) for kind in kinds}
     print(table(results["bare"], results["botkit"]))
+    if args.scale:
+        print(scale_table(results["botkit"], results["botkit-scale"], args.scale))
     print(json.dumps(results))
-    bad = results["botkit"]["errors"] or results["botkit"]["unexpected_replies"]
+    bad = any(results[k]["errors"] or results[k]["unexpected_replies"] for k in kinds[1:])
     return 1 if bad else 0
 
 

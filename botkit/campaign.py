@@ -35,7 +35,7 @@ class Progress:
     waiting: int = 0  # messages in the queue (this campaign's or other ones)
     uncertain: int = 0
     began: float = field(default_factory=time.monotonic)
-    details: list[str] = field(default_factory=list)  # why phones were skipped
+    details: list[str] = field(default_factory=list)  # phones skipped or replaced, and why
 
     @property
     def seconds(self) -> float:
@@ -131,9 +131,11 @@ class Campaign:
                 for result in await self.engine.start_many(flow, chunk):
                     if result.outcome == "skipped":
                         progress.skipped += 1
-                        progress.details.append(f"skipped {result.phone}: {result.detail}")
                     else:
                         progress.started += 1
+                    if result.detail:
+                        progress.details.append(
+                            f"{result.outcome} {result.phone}: {result.detail}")
 
         # A few workers, so one batch is composed while another commits; the sender sends
         # the first messages while later batches start.
