@@ -47,6 +47,7 @@ log = logging.getLogger("botkit.server")
 
 MAX_BODY = 64 * 1024  # a 2Way callback is well under 5 KB; bigger bodies get 413
 SANDBOX_PREFIX = "/sandbox/api"
+OK = b'{"ok": true}'  # the answer to a stored reply, encoded once
 
 
 @dataclass
@@ -243,8 +244,11 @@ async def _callback(request: web.Request) -> web.Response:
         return _error(404, "not found")
     deadline = request.app[GUARD].deadline
     try:
-        async with asyncio.timeout(deadline):
+        if request.content.is_eof():  # the whole body came with the headers (the usual case)
             raw = await request.read()
+        else:
+            async with asyncio.timeout(deadline):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body is larger than {MAX_BODY} bytes")
     except web.RequestPayloadError as exc:  # e.g. a corrupt gzip body
@@ -280,7 +284,7 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
         inbound_id, reply.message_token, reply.phone_number, reply.time, reply.message.text,
         reply.message.tracking_data,
     ))
-    return web.json_response({"ok": True})
+    return web.Response(body=OK, content_type="application/json")
 
 
 async def _status(rt: Runtime, data: dict[str, Any]) -> web.Response:
