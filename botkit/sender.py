@@ -236,8 +236,11 @@ class Sender:
         self._inflight[row.phone] = task
         task.add_done_callback(functools.partial(self._done, row.phone))
 
-    def _done(self, phone: str, _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(phone, None)
+    def _done(self, phone: str, task: asyncio.Task[None]) -> None:
+        # The phone's next send may have started already (its row was recorded before this
+        # callback ran): that one is still in flight.
+        if self._inflight.get(phone) is task:
+            del self._inflight[phone]
         if self._behind[phone] > 0:  # its next message may go now
             self._backlog = True
         if self._backlog:  # a slot is free now
