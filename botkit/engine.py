@@ -205,7 +205,8 @@ class Engine:
         """``start`` for many phones at once: one read and one commit for all of them.
 
         Each phone's conversation still commits atomically on its own (a phone that got a
-        conversation meanwhile is skipped, the others start).
+        conversation meanwhile is skipped, the others start). Returns one result per
+        distinct phone, in the order given.
         """
         flow = self.flows[flow_name]
         now = self.clock()

@@ -125,3 +125,30 @@ def test_a_rate_limit_is_kept(
     most_in_a_second = max(sum(1 for t in times[i:] if t < start + 1.0)
                            for i, start in enumerate(times))
     assert most_in_a_second <= 41  # 40 a second, the first at the window's very start
+
+
+def test_uncertain_messages_are_sent_again_only_when_asked(
+    db: Path, fake_provider: tuple[str, str]
+) -> None:
+    phone = "380660000001"
+    assert run_cli("start", "survey", phone, db=db).returncode == 0  # no provider: queued
+    sqlite3_exec(db, "UPDATE outbound SET status = 'uncertain'")  # as after a killed run
+
+    plain = run_cli("start", "survey", phone, db=db, env=env_for(fake_provider))
+    assert "1 messages are uncertain" in plain.stdout and received(fake_provider[0]) == []
+
+    again = run_cli("start", "survey", phone, "--resend-uncertain", db=db,
+                    env=env_for(fake_provider))
+    assert again.returncode == 0, again.stderr
+    assert "survey: 1 uncertain messages queued again" in again.stderr
+    assert [m["phone"] for m in received(fake_provider[0])] == [phone]
+    assert rows(db, "SELECT status FROM outbound") == [{"status": "sent"}]
+
+
+def sqlite3_exec(db: Path, sql: str) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(sql)
+    conn.close()
