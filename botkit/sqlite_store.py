@@ -74,7 +74,6 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: sqlite_utils.Database | None = None
-        self._reader: sqlite3.Connection | None = None
         self._savepoints = 0
         self.thread = DatabaseThread(
             lambda: self.db.execute("BEGIN IMMEDIATE"),
@@ -119,39 +118,17 @@ class SQLiteStore(Store):
             raise
         db.execute(f"RELEASE {name}")
 
-    def _rows(
-        self,
-        sql: str,
-        params: Iterable[Any] | dict[str, Any] = (),
-        conn: sqlite3.Connection | None = None,
-    ) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         # The connection directly: sqlite-utils' query() wraps every read in a savepoint,
         # two more statements per read on the hot path.
-        cursor = (conn or self.db.conn).execute(
-            sql, params if isinstance(params, dict) else list(params))
+        cursor = self.db.conn.execute(sql, params if isinstance(params, dict) else list(params))
         keys = [column[0] for column in cursor.description]
         return [dict(zip(keys, row, strict=True)) for row in cursor]
 
-    def _one(
-        self, sql: str, params: Iterable[Any] = (), conn: sqlite3.Connection | None = None
-    ) -> dict[str, Any] | None:
-        rows = self._rows(sql, params, conn)
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
         return rows[0] if rows else None
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """A few indexed point reads, run at once on the reader connection.
-
-        They take microseconds from the page cache, less than a hand-off to the database
-        thread and back; if the file is busy (a checkpoint or recovery by another
-        process), the read waits its turn on the database thread instead of blocking the
-        event loop.
-        """
-        if self._reader is not None:
-            try:
-                return fn(*args, self._reader)
-            except sqlite3.OperationalError:
-                pass
-        return await self._run(fn, *args, None)
 
     async def open(self) -> None:
         await self.thread.run(self._open, alone=True)
@@ -172,17 +149,9 @@ class SQLiteStore(Store):
             applied = check_and_migrate(db, str(self.path))
         if applied:
             log.info("database %s: applied migrations %s", self.path, ", ".join(applied))
-        # The routing reads' own connection (see _read): read-only, and it never waits.
-        reader = sqlite3.connect(str(self.path), timeout=0, check_same_thread=False,
-                                 isolation_level=None)
-        reader.execute("PRAGMA query_only = 1")
-        self._reader = reader
         log.info("database %s ready (journal_mode=wal, synchronous=full)", self.path)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         if self._db is not None:
             await self.thread.run(self._db.close, alone=True)
             self._db = None
@@ -314,53 +283,47 @@ class SQLiteStore(Store):
     async def routing_context(
         self, phone: str, tracking_id: int | None
     ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
-        return await self._read(self._routing_context, phone, tracking_id)
+        return await self._run(self._routing_context, phone, tracking_id)
 
     def _routing_context(
-        self, phone: str, tracking_id: int | None, conn: sqlite3.Connection | None
+        self, phone: str, tracking_id: int | None
     ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
         sent = tracked = None
         if tracking_id is not None:
             row = self._one(
                 "SELECT message_id, conversation_id, flow, step FROM outbound"
                 " WHERE message_id = ? AND phone = ? ORDER BY id DESC LIMIT 1",
-                [tracking_id, phone], conn,
+                [tracking_id, phone],
             )
             if row is not None:
                 sent = SentRef(row["message_id"], row["conversation_id"], row["flow"],
                                row["step"])
                 if sent.conversation_id is not None:
-                    tracked = self._conversation("id = ?", [sent.conversation_id], conn)
-        return sent, tracked, self._open_conversation(phone, conn)
+                    tracked = self._conversation("id = ?", [sent.conversation_id])
+        return sent, tracked, self._open_conversation(phone)
 
     async def open_conversation(self, phone: str) -> Conversation | None:
-        return await self._read(self._open_conversation, phone)
+        return await self._run(self._open_conversation, phone)
 
-    def _open_conversation(
-        self, phone: str, conn: sqlite3.Connection | None = None
-    ) -> Conversation | None:
-        return self._conversation("phone = ? AND status IN (?, ?)", [phone, *OPEN], conn)
+    def _open_conversation(self, phone: str) -> Conversation | None:
+        return self._conversation("phone = ? AND status IN (?, ?)", [phone, *OPEN])
 
     async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
-        return await self._read(self._open_conversations, phones)
+        return await self._run(self._open_conversations, phones)
 
-    def _open_conversations(
-        self, phones: list[str], conn: sqlite3.Connection | None
-    ) -> dict[str, Conversation]:
+    def _open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
         found: dict[str, Conversation] = {}
         for i in range(0, len(phones), 500):  # under SQLite's limit of bound variables
             part = phones[i:i + 500]
             for row in self._rows(
                 f"SELECT * FROM conversations WHERE phone IN ({','.join('?' * len(part))})"
-                " AND status IN (?, ?)", [*part, *OPEN], conn,
+                " AND status IN (?, ?)", [*part, *OPEN],
             ):
                 found[row["phone"]] = _conversation(row)
         return found
 
-    def _conversation(
-        self, where: str, params: list[Any], conn: sqlite3.Connection | None = None
-    ) -> Conversation | None:
-        row = self._one(f"SELECT * FROM conversations WHERE {where} LIMIT 1", params, conn)
+    def _conversation(self, where: str, params: list[Any]) -> Conversation | None:
+        row = self._one(f"SELECT * FROM conversations WHERE {where} LIMIT 1", params)
         return _conversation(row) if row else None
 
     async def commit(self, change: Commit, now: float) -> Committed:
@@ -675,7 +638,7 @@ class SQLiteStore(Store):
             return cursor.rowcount
 
     async def conversation(self, conversation_id: int) -> Conversation | None:
-        return await self._read(self._conversation, "id = ?", [conversation_id])
+        return await self._run(self._conversation, "id = ?", [conversation_id])
 
     # -- timers and status polling ----------------------------------------------------------
 

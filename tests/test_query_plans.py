@@ -34,7 +34,6 @@ async def test_statements_of_a_working_server_use_indexes(bot):
         statements.add(" ".join(sql.split()))
 
     await store.thread.run(store.db.conn.set_trace_callback, record, alone=True)
-    store._reader.set_trace_callback(record)
     chat = bot.chat(PHONE)
     await chat.start("timed")
     await chat.answer("first")            # a step answered, timers replaced
@@ -49,7 +48,6 @@ async def test_statements_of_a_working_server_use_indexes(bot):
     await store.reset_sending(abandoned)
     await store.claim_outbox(8, 0.0, "test")  # the sender's poll round
     await store.thread.run(store.db.conn.set_trace_callback, None, alone=True)
-    store._reader.set_trace_callback(None)
 
     conn = sqlite3.connect(bot.db_path)
     scans: dict[str, list[str]] = {}
