@@ -41,6 +41,11 @@ class Dispatcher:
         """Phones with messages being handled or waiting."""
         return len(self._queues)
 
+    def idle(self, phone: str) -> bool:
+        """Nothing of ``phone`` is being handled or waiting: what is submitted now starts
+        at once."""
+        return not self._closing and phone not in self._queues
+
     def submit(self, item: Item, done: Callable[[], None] | None = None) -> None:
         """Queue a stored message (or due timer) behind the earlier ones of the same phone.
 

@@ -155,10 +155,11 @@ class Engine:
             log.error("message %s from %s: %s", inbound.id, inbound.phone, reason)
             await self._commit(self._failure(inbound, message, None, reason, None))
             return
+        context = inbound.context  # read with the insert, when the phone was idle
         for _ in range(3):
-            sent, tracked, active = await self.store.routing_context(
-                message.phone, message.tracking_id
-            )
+            if context is None:
+                context = await self.store.routing_context(message.phone, message.tracking_id)
+            (sent, tracked, active), context = context, None
             if message.tracking_id is not None and sent is None:
                 log.info("message %s from %s answers message %s, which this bot never sent;"
                          " treated as having no tracking data", inbound.id, inbound.phone,

@@ -274,15 +274,21 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
         reply = InboundReply.model_validate(data)
     except ValidationError as exc:
         return _invalid(exc)
-    inbound_id = await rt.store.record_inbound(reply, rt.clock())
+    assert rt.dispatcher is not None
+    phone = reply.phone_number
+    if rt.dispatcher.idle(phone):  # its turn starts at once: route it in the same job
+        inbound_id, context = await rt.store.record_and_route(reply, rt.clock())
+    else:
+        inbound_id, context = await rt.store.record_inbound(reply, rt.clock()), None
     crashpoints.hit("after_inbound_stored")
     if inbound_id is None:
         log.info("duplicate callback %s from %s ignored", reply.message_token, reply.phone_number)
         return web.json_response({"ok": True, "duplicate": True})
-    assert rt.dispatcher is not None
+    if not rt.dispatcher.idle(phone):
+        context = None  # something of the phone came first: its turn reads afresh
     rt.dispatcher.submit(Inbound(
-        inbound_id, reply.message_token, reply.phone_number, reply.time, reply.message.text,
-        reply.message.tracking_data,
+        inbound_id, reply.message_token, phone, reply.time, reply.message.text,
+        reply.message.tracking_data, context=context,
     ))
     return web.Response(body=OK, content_type="application/json")
 

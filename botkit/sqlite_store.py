@@ -24,7 +24,7 @@ import sqlite_utils
 from .conversation import Conversation, SentRef, Status
 from .db_thread import DatabaseThread
 from .errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
-from .models import InboundReply, MessageStatus, StatusUpdate
+from .models import InboundReply, MessageStatus, StatusUpdate, parse_tracking_id
 from .schema import check_and_migrate
 from .store import (
     Commit,
@@ -32,6 +32,7 @@ from .store import (
     Inbound,
     LogEntry,
     Outgoing,
+    RoutingContext,
     StatusChange,
     Store,
     Timer,
@@ -186,6 +187,20 @@ class SQLiteStore(Store):
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
         return await self._run(self._record_inbound, reply, now)
 
+    async def record_and_route(
+        self, reply: InboundReply, now: float
+    ) -> tuple[int | None, RoutingContext | None]:
+        return await self._run(self._record_and_route, reply, now)
+
+    def _record_and_route(
+        self, reply: InboundReply, now: float
+    ) -> tuple[int | None, RoutingContext | None]:
+        inbound_id = self._record_inbound(reply, now)
+        if inbound_id is None:
+            return None, None
+        tracking_id = parse_tracking_id(reply.message.tracking_data)
+        return inbound_id, self._routing_context(reply.phone_number, tracking_id)
+
     def _record_inbound(self, reply: InboundReply, now: float) -> int | None:
         with self._write() as db:
             cursor = db.execute(
@@ -282,12 +297,10 @@ class SQLiteStore(Store):
 
     async def routing_context(
         self, phone: str, tracking_id: int | None
-    ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
+    ) -> RoutingContext:
         return await self._run(self._routing_context, phone, tracking_id)
 
-    def _routing_context(
-        self, phone: str, tracking_id: int | None
-    ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
+    def _routing_context(self, phone: str, tracking_id: int | None) -> RoutingContext:
         sent = tracked = None
         if tracking_id is not None:
             row = self._one(

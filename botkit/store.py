@@ -39,8 +39,14 @@ __all__ = [
     "LogEntry",
     "Outgoing",
     "OutboxItem",
+    "RoutingContext",
     "Store",
 ]
+
+
+# What routing needs to know: the sent message a reply names (by its tracking_data), that
+# message's conversation, and the phone's open conversation.
+RoutingContext = tuple[SentRef | None, Conversation | None, Conversation | None]
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class Inbound:
     text: str
     tracking_data: str | None
     attempts: int = 0
+    # The routing context, when it was read with the message's insert (``record_and_route``)
+    # and nothing of the phone ran in between; the engine reads it itself otherwise.
+    context: RoutingContext | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,12 @@ class Store(ABC):
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
         """Store a user's message; None if its token was seen before."""
 
+    @abstractmethod
+    async def record_and_route(
+        self, reply: InboundReply, now: float
+    ) -> tuple[int | None, RoutingContext | None]:
+        """``record_inbound``, and in the same call the message's ``routing_context``."""
+
 
     @abstractmethod
     async def record_status(
@@ -234,7 +249,7 @@ class Store(ABC):
     @abstractmethod
     async def routing_context(
         self, phone: str, tracking_id: int | None
-    ) -> tuple[SentRef | None, Conversation | None, Conversation | None]:
+    ) -> RoutingContext:
         """The sent message named by ``tracking_id``, its conversation, and the phone's open one.
 
         It sees every commit that finished before the call (the engine handles a phone's
