@@ -4,7 +4,7 @@
     python bench/pipeline.py --profile  # and print cProfile's top functions (event loop only)
 
 200 users play the benchmark's 5-step flow as the server would handle them: store the
-callback, route it, run the turn, commit it (the reply claimed in the commit), record the
+callback and read its routing context (one database job), run the turn, commit it (the reply claimed in the commit), record the
 send's ``message_id``. The provider and HTTP are left out, so the figure moves only with
 botkit's own code, and repeats within about 2% (bench/run.py's noise is about 4%, too much
 to see small wins). Real SQLite file (WAL, synchronous=FULL), real database thread.
@@ -70,10 +70,12 @@ async def run(rounds: int, profile: bool) -> None:
             if phone in last:
                 body["message"] = {"text": text, "tracking_data": f"tracking_id:{last[phone]}"}
             reply = InboundReply.model_validate(body)
-            inbound_id = await store.record_inbound(reply, time.time())
+            # As the server does for a phone with nothing else in progress.
+            inbound_id, context = await store.record_and_route(reply, time.time())
             assert inbound_id is not None
             await engine.handle(Inbound(inbound_id, reply.message_token, phone, reply.time,
-                                        reply.message.text, reply.message.tracking_data))
+                                        reply.message.text, reply.message.tracking_data,
+                                        context=context))
             for row in outlet.claimed.pop(phone, []):
                 counter["message_id"] += 1
                 await store.mark_sent(row.id, counter["message_id"], time.time())

@@ -184,3 +184,22 @@ async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(tm
     assert await store.resend_uncertain() == 2  # the operator's choice
     assert (await store.health())["outbox"]["queued"] == 4
     await store.close()
+
+
+async def test_record_and_route_stores_once_and_reads_the_routing_context(tmp_path):
+    from botkit.conversation import Status
+    from botkit.models import InboundReply
+    from botkit.store import ConversationChange
+
+    store = await opened(tmp_path / "route.db")
+    change = ConversationChange("380502", "f", "q", Status.ACTIVE, {}, 0, 9e9)
+    await store.commit(Commit(None, conversation=change), 1.0)
+    reply = InboundReply.model_validate({"message_token": "r1", "phone_number": "380502",
+                                         "time": 1, "message": {"text": "hi"}})
+    inbound_id, context = await store.record_and_route(reply, 2.0)
+    assert inbound_id is not None and context is not None
+    sent, tracked, active = context
+    assert sent is None and tracked is None and active is not None and active.step == "q"
+    assert context == await store.routing_context("380502", None)
+    assert await store.record_and_route(reply, 3.0) == (None, None)  # a duplicate
+    await store.close()
