@@ -247,12 +247,13 @@ def _start(args: argparse.Namespace) -> int:
 
 async def _unreachable(url: str, timeout: float = 3.0) -> str | None:
     """Why nothing answers at ``url`` (a TCP connect), or None when something does."""
-    from yarl import URL
+    from urllib.parse import urlsplit
 
-    parsed = URL(url)
+    parsed = urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         _, writer = await asyncio.wait_for(
-            asyncio.open_connection(parsed.host, parsed.port), timeout)
+            asyncio.open_connection(parsed.hostname, port), timeout)
     except (OSError, TimeoutError) as exc:
         return f"the provider at {url} does not answer ({exc or type(exc).__name__})"
     writer.close()
