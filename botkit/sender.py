@@ -185,10 +185,11 @@ class Sender:
             now = loop.time()
             # Claim when rows are known to wait, and every poll_interval for rows queued by
             # other processes or due for another try; not after every send.
-            if self.clock() < self._paused_until or free <= 0 or not (
-                    self._backlog or now >= next_poll):
-                await self._sleep(max(next_poll - now, 0.001) if free > 0 else
-                                  self.poll_interval)
+            if self.clock() < self._paused_until or free <= 0:
+                await self._sleep(self.poll_interval)  # a wake-up (resume, a free slot) ends it
+                continue
+            if not self._backlog and now < next_poll:
+                await self._sleep(next_poll - now)
                 continue
             next_poll = now + self.poll_interval
             self._backlog = False  # set again by a commit or a send finishing meanwhile

@@ -75,6 +75,7 @@ async def test_402_pauses_sending_keeps_the_queue_and_resumes(bot_harness, caplo
     bot = await bot_with_faults(bot_harness, Fault.status(402))
     chat = bot.chat(PHONE)
     engine, sender = bot.runtime.engine, bot.runtime.sender
+    sender.poll_interval = 0.05
     await engine.start("demo", PHONE)
     for _ in range(300):
         if sender.paused:
@@ -87,6 +88,9 @@ async def test_402_pauses_sending_keeps_the_queue_and_resumes(bot_harness, caplo
     assert health["status"] == "degraded" and health["sending"]["state"] == "paused"
     assert health["outbox"]["queued"] == 1
     assert bot.provider.sent == []
+    jobs = bot.runtime.store.thread.jobs
+    await asyncio.sleep(0.3)  # paused: it looks for a resume once a poll, it does not spin
+    assert bot.runtime.store.thread.jobs - jobs <= 10
     sender.resume()  # the operator topped up
     await bot.settle()
     assert [m.request.text for m in bot.provider.messages_to(PHONE)] == ["Question one?"]
