@@ -280,8 +280,8 @@ def main() -> int:
     print(f"| --rate {rate['rate_set']:.0f} ({rate_count:,} phones): reached / most in any"
           f" second | {rate['rate_reached']:.1f} / {rate['most_in_any_second']} | | |")
     print(json.dumps(results))
-    ok = (bot["phones"] == args.phones and bot["doubled"] == 0 and kill["every_phone_once"]
-          and rate["most_in_any_second"] <= args.rate + 1)
+    # Correctness only: timings (the rate figures included) are reported, never asserted.
+    ok = bot["phones"] == args.phones and bot["doubled"] == 0 and kill["every_phone_once"]
     return 0 if ok else 1
 
 
