@@ -154,10 +154,8 @@ def _with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) 
 
 
 def _start(args: argparse.Namespace) -> int:
-    import secrets
-
     from .engine import Engine
-    from .server import callback_url, renderer_for
+    from .server import callback_secret, callback_url, renderer_for
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -178,19 +176,14 @@ def _start(args: argparse.Namespace) -> int:
 
     async def job(store: Any) -> int:
         from .campaign import Campaign, Progress
-        from .client import ProviderClient
         from .sender import Sender
-        from .server import provider_url
+        from .server import provider_client, provider_url
 
-        if settings.callback_secret is not None:
-            secret = settings.callback_secret.get_secret_value()
-        else:
-            secret = await store.secret(lambda: secrets.token_urlsafe(24))
+        secret = await callback_secret(settings, store)
         if args.resend_uncertain:
             again = await store.resend_uncertain(args.flow)
             print(f"{args.flow}: {again} uncertain messages queued again", file=sys.stderr)
-        key = settings.api_key.get_secret_value() if settings.api_key else None
-        client = ProviderClient(provider_url(settings), key, timeout=settings.api_timeout)
+        client = provider_client(settings)
         rate = settings.send_rate if args.rate is None else args.rate
         sender = Sender(store, client, concurrency=max(1, args.concurrency), rate=rate,
                         hold_abandoned=True)
@@ -230,7 +223,7 @@ def _start(args: argparse.Namespace) -> int:
         for detail in progress.details[:20]:
             print(detail)
         if len(progress.details) > 20:
-            print(f"... and {len(progress.details) - 20} more skipped")
+            print(f"... and {len(progress.details) - 20} more")
         print(f"{args.flow}: started {progress.started} conversations, skipped"
               f" {progress.skipped}; sent {progress.sent} messages in {progress.seconds:.1f}s"
               f" ({progress.rate:.0f}/s), {progress.failed} failed")
@@ -302,14 +295,12 @@ def _read_phones(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .client import ProviderClient
-    from .server import provider_url
+    from .server import provider_client
 
     settings = _settings(args)
 
     async def run() -> int:
-        key = settings.api_key.get_secret_value() if settings.api_key else None
-        async with ProviderClient(provider_url(settings), key) as client:
+        async with provider_client(settings) as client:
             result = await client.get_status(args.message_id)
         print(f"message {result.message_id}: {result.status.name.lower()}"
               f" ({int(result.status)})")

@@ -40,8 +40,8 @@ from .store import Inbound, Store
 from .sweeper import Sweeper
 from .templates import Renderer
 
-__all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_url", "create_app", "provider_url",
-           "renderer_for", "serve"]
+__all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_secret", "callback_url", "create_app",
+           "provider_client", "provider_url", "renderer_for", "serve"]
 
 log = logging.getLogger("botkit.server")
 
@@ -179,23 +179,32 @@ def provider_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}{SANDBOX_PREFIX}"
 
 
+async def callback_secret(settings: Settings, store: Store) -> str:
+    """The secret in the callback path: the configured one, or the stored one (made once)."""
+    if settings.callback_secret is not None:
+        return settings.callback_secret.get_secret_value()
+    return await store.secret(lambda: secrets.token_urlsafe(24))  # 192 bits
+
+
+def provider_client(settings: Settings, **options: Any) -> ProviderClient:
+    """The client for ``provider_url(settings)`` with the key and timeout of ``settings``;
+    ``options`` (``session``, ``retry``) go to ``ProviderClient``."""
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    return ProviderClient(provider_url(settings), key, timeout=settings.api_timeout, **options)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     settings = rt.settings
     crashpoints.arm(settings.crash_at)
     await rt.store.open()
-    if settings.callback_secret is not None:
-        rt.secret = settings.callback_secret.get_secret_value()
-    else:
-        rt.secret = await rt.store.secret(lambda: secrets.token_urlsafe(24))  # 192 bits
+    rt.secret = await callback_secret(settings, rt.store)
     rt.callback_url = callback_url(settings, rt.secret)
     if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
         log.warning("listening on %s without BOTKIT_PUBLIC_URL: the provider is told to post"
                     " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
                     settings.host, settings.public_base)
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    rt.client = ProviderClient(provider_url(settings), key, session=rt.session, retry=rt.retry,
-                               timeout=settings.api_timeout)
+    rt.client = provider_client(settings, session=rt.session, retry=rt.retry)
     rt.sender = Sender(rt.store, rt.client, clock=rt.clock, rate=settings.send_rate)
     rt.engine = Engine(
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,

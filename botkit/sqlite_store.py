@@ -315,9 +315,6 @@ class SQLiteStore(Store):
                     tracked = self._conversation("id = ?", [sent.conversation_id])
         return sent, tracked, self._open_conversation(phone)
 
-    async def open_conversation(self, phone: str) -> Conversation | None:
-        return await self._run(self._open_conversation, phone)
-
     def _open_conversation(self, phone: str) -> Conversation | None:
         return self._conversation("phone = ? AND status IN (?, ?)", [phone, *OPEN])
 

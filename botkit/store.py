@@ -262,10 +262,6 @@ class Store(ABC):
         rows claimed for ``change.claim_for``."""
 
     @abstractmethod
-    async def open_conversation(self, phone: str) -> Conversation | None:
-        """The phone's open conversation, if any."""
-
-    @abstractmethod
     async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
         """The open conversations of ``phones``, by phone (those with none are left out)."""
 
