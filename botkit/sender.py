@@ -196,8 +196,10 @@ class Sender:
             rows = await self.store.claim_outbox(free, self.clock(), self.name)
             for row in rows:  # at most one per phone
                 self._start(row)
-                if self._behind[row.phone] > 0:
+                if self._behind[row.phone] > 1:
                     self._behind[row.phone] -= 1
+                else:  # no entry left for a phone with nothing known to wait
+                    self._behind.pop(row.phone, None)
             if len(rows) == free:  # there may be more
                 self._backlog = True
             else:  # all that could go went: a phone not in flight has nothing waiting
