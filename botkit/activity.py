@@ -21,8 +21,8 @@ log = logging.getLogger("botkit.activity")
 class Activity(Periodic):
     """Logs, every ``interval`` seconds, the counts that changed since the last line.
 
-    ``counts()`` returns running totals (messages by route, sends, failures, commits...);
-    the line shows their growth, and nothing when the server was idle.
+    ``counts()`` returns running totals (messages by route as ``route:NAME``, handler errors,
+    sends, failed sends); the line shows their growth, and nothing when the server was idle.
     """
 
     def __init__(self, counts: Callable[[], Counter[str]], interval: float = 60.0) -> None:
@@ -37,8 +37,7 @@ class Activity(Periodic):
     def log_once(self) -> str | None:
         """Log (and return) the summary line since the last one; None when nothing changed."""
         now = self._counts()
-        grown = {key: now[key] - self._last[key] for key in now if now[key] > self._last[key]}
-        self._last = now
+        grown, self._last = now - self._last, now  # Counter subtraction keeps the growth
         if not grown:
             return None
         handled = sum(n for key, n in grown.items() if key.startswith("route:"))
