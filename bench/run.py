@@ -3,10 +3,15 @@
     python bench/run.py                 # the full run (about 2 minutes)
     python bench/run.py --smoke         # a few seconds, to keep it working (CI)
 
-For each server (bare, then botkit) it starts the load process (the fake provider and the
-simulated users, bench/load.py) pinned to CPU 1 and the server pinned to CPU 0, measures
-saturation throughput and latency at a fixed rate, samples the server's CPU time and peak
-RSS from /proc, and prints a table with botkit/bare ratios. Loopback only.
+For each server it starts the load process (the fake provider and the simulated users,
+bench/load.py) pinned to CPU 1 and the server pinned to CPU 0, measures saturation
+throughput and latency at a fixed rate, samples the server's CPU time and peak RSS from
+/proc, and prints a table with botkit/bare ratios. Loopback only.
+
+The servers take turns: bare, botkit, bare, botkit, ... (``--rounds``, 3 by default). A
+shared machine's speed drifts by tens of percent over minutes, so each botkit run is
+compared with the bare run just before it, and the table shows the median of those ratios
+and their range.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +60,7 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     server_url = f"http://127.0.0.1:{port}"
     callback = f"{server_url}/viber/callback/{SECRET}"
     provider = f"http://127.0.0.1:{provider_port}"
+    tmp.mkdir(exist_ok=True)
     db = tmp / f"{kind}.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
     if kind == "botkit-scale":  # a copy of the seeded database (bench/seed.py)
@@ -108,30 +115,40 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
-def table(bare: dict[str, Any], botkit: dict[str, Any]) -> str:
-    rows = [
-        ("callbacks/s at saturation", "saturation.callbacks_per_s", "{:.0f}"),
-        ("server CPU ms per callback", "cpu_ms_per_callback", "{:.2f}"),
-        ("e2e p50 ms at fixed rate", "rate.e2e_p50_ms", "{:.1f}"),
-        ("e2e p95 ms at fixed rate", "rate.e2e_p95_ms", "{:.1f}"),
-        ("e2e p99 ms at fixed rate", "rate.e2e_p99_ms", "{:.1f}"),
-        ("ack p99 ms at fixed rate", "rate.ack_p99_ms", "{:.1f}"),
-        ("peak RSS MB", "rss_peak_mb", "{:.0f}"),
-        ("start-up s", "startup_s", "{:.2f}"),
-        ("errors", "errors", "{}"),
-        ("lost or doubled replies", "unexpected_replies", "{}"),
-    ]
+ROWS = [
+    ("callbacks/s at saturation", "saturation.callbacks_per_s", "{:.0f}"),
+    ("server CPU ms per callback", "cpu_ms_per_callback", "{:.2f}"),
+    ("e2e p50 ms at fixed rate", "rate.e2e_p50_ms", "{:.1f}"),
+    ("e2e p95 ms at fixed rate", "rate.e2e_p95_ms", "{:.1f}"),
+    ("e2e p99 ms at fixed rate", "rate.e2e_p99_ms", "{:.1f}"),
+    ("ack p99 ms at fixed rate", "rate.ack_p99_ms", "{:.1f}"),
+    ("peak RSS MB", "rss_peak_mb", "{:.0f}"),
+    ("start-up s", "startup_s", "{:.2f}"),
+    ("errors", "errors", "{}"),
+    ("lost or doubled replies", "unexpected_replies", "{}"),
+]
 
-    def get(d: dict[str, Any], path: str) -> Any:
-        for part in path.split("."):
-            d = d[part]
-        return d
 
-    lines = [f"| metric | botkit | bare | botkit/bare |", "|---|---|---|---|"]
-    for label, path, fmt in rows:
-        a, b = get(botkit, path), get(bare, path)
-        ratio = f"{a / b:.2f}" if isinstance(a, float) and b else "-"
-        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
+def get(d: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        d = d[part]
+    return d
+
+
+def table(bare: list[dict[str, Any]], botkit: list[dict[str, Any]]) -> str:
+    """Medians of each server's runs, and the median (range) of the paired ratios."""
+    lines = ["| metric | botkit | bare | botkit/bare |", "|---|---|---|---|"]
+    for label, path, fmt in ROWS:
+        a, b = [get(r, path) for r in botkit], [get(r, path) for r in bare]
+        if isinstance(a[0], float):
+            ratios = [x / y for x, y in zip(a, b, strict=True) if y]
+            ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+            if len(ratios) > 1:
+                ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+            shown = fmt.format(statistics.median(a)), fmt.format(statistics.median(b))
+        else:  # counts: the total over the runs
+            ratio, shown = "-", (fmt.format(sum(a)), fmt.format(sum(b)))
+        lines.append(f"| {label} | {shown[0]} | {shown[1]} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -168,14 +185,16 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each server, taking turns (default 3)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of botkit's server here")
     parser.add_argument("--scale", type=Path, metavar="SEEDED.db",
                         help="also run botkit on a copy of this database (bench/seed.py)")
     args = parser.parse_args()
     if args.smoke:
-        args.users, args.seconds, args.warmup, args.rate = 20, 1.0, 0.5, 20.0
+        args.users, args.seconds, args.warmup, args.rate, args.rounds = 20, 1.0, 0.5, 20.0, 1
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -185,16 +204,27 @@ def main() -> int:
           f" {platform.python_version()}; {pinning}")
     print(f"{args.users} users, saturation {args.seconds:.0f}s, then {args.rate:.0f}"
           f" callbacks/s for {args.seconds:.0f}s", flush=True)
-    kinds = ["bare", "botkit"] + (["botkit-scale"] if args.scale else [])
+    print(f"{args.rounds} rounds of bare then botkit; each ratio compares a botkit run with"
+          " the bare run before it", flush=True)
     # The copy of a big database goes next to it (the same disk), not to a small /tmp.
     where = args.scale.resolve().parent if args.scale else None
+    results: dict[str, list[dict[str, Any]]] = {"bare": [], "botkit": []}
     with tempfile.TemporaryDirectory(dir=where) as tmp:
-        results = {kind: run_one(kind, args, Path(tmp)) for kind in kinds}
+        for n in range(args.rounds):
+            for kind in ("bare", "botkit"):
+                result = run_one(kind, args, Path(tmp) / f"{n}")
+                results[kind].append(result)
+                print(f"  round {n + 1} {kind}:"
+                      f" {result['saturation']['callbacks_per_s']:.0f} callbacks/s,"
+                      f" {result['cpu_ms_per_callback']:.2f} ms CPU each", flush=True)
+        if args.scale:
+            results["botkit-scale"] = [run_one("botkit-scale", args, Path(tmp) / "scale")]
     print(table(results["bare"], results["botkit"]))
     if args.scale:
-        print(scale_table(results["botkit"], results["botkit-scale"], args.scale))
+        print(scale_table(results["botkit"][-1], results["botkit-scale"][0], args.scale))
     print(json.dumps(results))
-    bad = any(results[k]["errors"] or results[k]["unexpected_replies"] for k in kinds[1:])
+    bad = any(r["errors"] or r["unexpected_replies"]
+              for kind, runs in results.items() if kind != "bare" for r in runs)
     return 1 if bad else 0
 
 
