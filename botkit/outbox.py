@@ -8,7 +8,6 @@ URL. Each row records the (flow, step) its answer goes to, and the flow's versio
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from .flows import Delivery, Flow, FlowSet
@@ -18,6 +17,8 @@ from .templates import Renderer
 from .turn import Reply
 
 __all__ = ["Composer"]
+
+_DEFAULTS = Delivery()  # for replies of no flow (fallback, errors)
 
 
 class Composer:
@@ -50,13 +51,15 @@ class Composer:
         """
         asked_flow = self.flows.get(asked[0]) if asked else None
         version = asked_flow.version_id if asked_flow else None
+        flow_name, step_name = asked if asked else (None, None)
         items = []
-        for reply, flow in replies:
+        last = len(replies) - 1
+        for n, (reply, flow) in enumerate(replies):
             # Every template sees the conversation's state and the phone; reply variables win.
             context = {"state": state or {}, "phone": phone, **reply.variables}
             rendered = self.renderer.render(reply.template, context)
-            base = flow.delivery if flow else Delivery()
-            delivery = (reply.delivery or Delivery()).over(base)
+            base = flow.delivery if flow else _DEFAULTS
+            delivery = reply.delivery.over(base) if reply.delivery else base
             validity = delivery.validity.total_seconds() if delivery.validity else None
             kind = MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT
             request = SendRequest.checked(
@@ -72,10 +75,8 @@ class Composer:
                 validity_period=int(validity) if validity is not None else None,
             )
             items.append(OutboxItem(
-                phone, asked[0] if asked else None, asked[1] if asked else None,
-                reply.template, rendered.text, int(request.message_type),
+                phone, flow_name, step_name, reply.template, rendered.text, int(kind),
                 request.model_dump(mode="json", exclude_none=True), True, version,
+                question=question and n == last,
             ))
-        if question and items:
-            items[-1] = replace(items[-1], question=True)
         return tuple(items)
