@@ -46,6 +46,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "status_poll_after": ("BOTKIT_STATUS_POLL_AFTER",
                           "seconds after sending to ask for a status that never came (>= 60)"),
     "send_rate": ("BOTKIT_SEND_RATE", "the most messages sent per second (0: no limit)"),
+    "send_concurrency": ("BOTKIT_SEND_CONCURRENCY",
+                         "how many messages may be on their way to the provider at once (1-100)"),
     "api_timeout": ("BOTKIT_API_TIMEOUT", "seconds to wait for each provider request (> 0)"),
     "read_deadline": ("BOTKIT_READ_DEADLINE",
                       "seconds a client may take to send a request, or stay idle (> 0)"),
@@ -73,6 +75,7 @@ class Settings(BaseModel):
     sandbox_mode: bool | None = Field(default=None, alias="sandbox")
     status_poll_after: float = Field(default=900.0, ge=60)
     send_rate: float = Field(default=0.0, ge=0)
+    send_concurrency: int = Field(default=64, ge=1, le=100)  # aiohttp keeps 100 connections
     api_timeout: float = Field(default=10.0, gt=0)
     read_deadline: float = Field(default=10.0, gt=0)
     crash_at: str | None = None

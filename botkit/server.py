@@ -205,7 +205,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                     " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
                     settings.host, settings.public_base)
     rt.client = provider_client(settings, session=rt.session, retry=rt.retry)
-    rt.sender = Sender(rt.store, rt.client, clock=rt.clock, rate=settings.send_rate)
+    rt.sender = Sender(rt.store, rt.client, clock=rt.clock, rate=settings.send_rate,
+                       concurrency=settings.send_concurrency)
     rt.engine = Engine(
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
         clock=rt.clock, outlet=rt.sender, raise_errors=rt.raise_errors,
