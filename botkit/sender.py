@@ -84,7 +84,7 @@ class Sender:
         client: ProviderClient,
         *,
         clock: Callable[[], float] = time.time,
-        concurrency: int = 8,
+        concurrency: int = 64,
         poll_interval: float = 1.0,
         pause_seconds: float = 60.0,
         retry_rounds: int = 5,

@@ -34,6 +34,8 @@ def test_key_is_never_shown():
     ({"BOTKIT_API_URL": "ftp://x"}, "BOTKIT_API_URL: Value error, must start with http"),
     ({"BOTKIT_CALLBACK_SECRET": "short"}, "BOTKIT_CALLBACK_SECRET: Value error, must be at least 16"),
     ({"BOTKIT_SENDER": "x" * 21}, "BOTKIT_SENDER: "),
+    ({"BOTKIT_SEND_CONCURRENCY": "0"}, "BOTKIT_SEND_CONCURRENCY: "),
+    ({"BOTKIT_SEND_CONCURRENCY": "101"}, "at once (1-100)"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match="invalid configuration") as info:

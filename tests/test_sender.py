@@ -20,6 +20,21 @@ async def bot_with_faults(bot_harness, *faults, **kw):
     return bot
 
 
+async def test_send_concurrency_bounds_the_requests_in_flight(bot_harness):
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES, send_concurrency=3)
+    bot.provider.faults.latency = 0.2  # each answer takes a while: sends pile up
+    sender = bot.runtime.sender
+    phones = [f"38050000{n:04d}" for n in range(9)]
+    starting = asyncio.gather(*(bot.runtime.engine.start("demo", p) for p in phones))
+    most = 0
+    while len(bot.provider.sent) < len(phones):
+        most = max(most, sender.status()["in_flight"])
+        await asyncio.sleep(0.01)
+    await starting
+    assert most == 3  # the slots were all used, and never more
+    assert sorted(m.phone for m in bot.provider.sent) == phones
+
+
 async def test_429_and_500_are_retried_until_sent(bot_harness):
     bot = await bot_with_faults(bot_harness, Fault.status(429), Fault.status(500))
     chat = bot.chat(PHONE)
