@@ -35,6 +35,7 @@ log = logging.getLogger("botkit.sender")
 
 HOST = socket.gethostname()
 LEASE = 600.0  # a claim from another host older than this is taken as abandoned
+LOOKAHEAD = 0.05  # with a rate limit, only messages that may start this soon are claimed
 _LIVE: set[str] = set()  # the senders running in this process (their claim names)
 
 
@@ -84,7 +85,7 @@ class Sender:
         client: ProviderClient,
         *,
         clock: Callable[[], float] = time.time,
-        concurrency: int = 64,
+        concurrency: int = 100,
         poll_interval: float = 1.0,
         pause_seconds: float = 60.0,
         retry_rounds: int = 5,
@@ -129,8 +130,7 @@ class Sender:
 
     def reserve(self) -> str | None:
         """A free send slot for the next commit to claim a message in, or None."""
-        if (self._stopping or self.clock() < self._paused_until
-                or len(self._inflight) + self._reserved >= self.concurrency):
+        if self._stopping or self.clock() < self._paused_until or self._room() <= 0:
             return None
         self._reserved += 1
         return self.name
@@ -181,12 +181,14 @@ class Sender:
             self._wake.clear()  # cleared before looking, so a wake-up during the look counts
             if self.paused and await self._resume_requested():
                 self.resume()
-            free = self.concurrency - len(self._inflight) - self._reserved
+            free = self._room()
             now = loop.time()
             # Claim when rows are known to wait, and every poll_interval for rows queued by
             # other processes or due for another try; not after every send.
             if self.clock() < self._paused_until or free <= 0:
-                await self._sleep(self.poll_interval)  # a wake-up (resume, a free slot) ends it
+                # A wake-up (resume, a free slot) ends the wait, or the rate limit's next start.
+                wait = self._next_slot - LOOKAHEAD - now if self.rate > 0 else 0.0
+                await self._sleep(wait if 0 < wait < self.poll_interval else self.poll_interval)
                 continue
             if not self._backlog and now < next_poll:
                 await self._sleep(next_poll - now)
@@ -223,19 +225,32 @@ class Sender:
         asked = await self.store.meta("resume_sending")
         return asked is not None and float(asked) >= self._paused_wall
 
-    async def _throttle(self) -> None:
-        """Space send starts at least 1/rate seconds apart (wall clock), across phones."""
+    def _room(self) -> int:
+        """How many more messages may be claimed now.
+
+        The free slots; with a rate limit, only as many as may start within ``LOOKAHEAD``
+        seconds, so a claimed message is one about to be sent, not one waiting its turn
+        (what a killed campaign had claimed is marked uncertain).
+        """
+        free = self.concurrency - len(self._inflight) - self._reserved
+        if self.rate > 0:
+            wait = max(0.0, self._next_slot - asyncio.get_running_loop().time())
+            startable = int((LOOKAHEAD - wait) * self.rate) + 1 if wait <= LOOKAHEAD else 0
+            free = min(free, startable - self._reserved)
+        return free
+
+    def _slot(self) -> float:
+        """When (loop time) the next send may start: sends start at least 1/rate seconds
+        apart, across phones; without a rate limit, now."""
+        now = asyncio.get_running_loop().time()
         if self.rate <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+            return now
         slot = max(now, self._next_slot)
         self._next_slot = slot + 1.0 / self.rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return slot
 
     def _start(self, row: Outgoing) -> None:
-        task = asyncio.create_task(self._send(row), name=f"send-{row.phone}")
+        task = asyncio.create_task(self._send(row, self._slot()), name=f"send-{row.phone}")
         self._inflight[row.phone] = task
         task.add_done_callback(functools.partial(self._done, row.phone))
 
@@ -255,12 +270,14 @@ class Sender:
         except TimeoutError:
             pass
 
-    async def _send(self, row: Outgoing) -> None:
+    async def _send(self, row: Outgoing, start_at: float) -> None:
         if self._stopping or self.clock() < self._paused_until:
             await self.store.requeue([row.id], "not sent yet", tried=False)
             return
         try:
-            await self._throttle()
+            delay = start_at - asyncio.get_running_loop().time()
+            if delay > 0:  # the rate limit's turn of this message
+                await asyncio.sleep(delay)
             # Checked against every provider limit when the turn made it (outbox.Composer).
             result = await self.client.send_checked(row.payload)
         except (UnauthorizedError, BalanceError) as exc:
