@@ -224,7 +224,8 @@ def run_rate(path: Path, count: int, rate: float, tmp: Path, concurrency: int) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phones", type=int, default=100_000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=100,
+                        help="for both: botkit's default (BOTKIT_SEND_CONCURRENCY)")
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--latency", type=float, default=0.02,
                         help="the provider's answer delay in the far-provider phase (s)")

@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("phones", nargs="*", metavar="PHONE")
     p.add_argument("--phones", dest="phones_file", metavar="FILE.csv",
                    help="CSV with a 'phone' column (or phones in the first column)")
-    p.add_argument("--concurrency", type=int, default=16, metavar="N",
-                   help="messages sent at the same time (default 16)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="messages sent at the same time (default BOTKIT_SEND_CONCURRENCY, 100)")
     p.add_argument("--rate", type=float, metavar="N",
                    help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
     p.add_argument("--resend-uncertain", action="store_true",
@@ -185,7 +185,8 @@ def _start(args: argparse.Namespace) -> int:
             print(f"{args.flow}: {again} uncertain messages queued again", file=sys.stderr)
         client = provider_client(settings)
         rate = settings.send_rate if args.rate is None else args.rate
-        sender = Sender(store, client, concurrency=max(1, args.concurrency), rate=rate,
+        concurrency = settings.send_concurrency if args.concurrency is None else args.concurrency
+        sender = Sender(store, client, concurrency=max(1, concurrency), rate=rate,
                         hold_abandoned=True)
         engine = Engine(store, flows, renderer_for(settings, args.templates),
                         sender=settings.sender, callback_url=callback_url(settings, secret))
