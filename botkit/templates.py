@@ -94,12 +94,18 @@ class Renderer:
     def load(self, name: str) -> jinja2.Template:
         """Load and compile template ``name``, raising DefinitionError with file and line."""
         try:
-            return self.env.get_template(name)
+            template = self.env.get_template(name)  # compiled once, then cached
         except jinja2.TemplateNotFound:
             raise DefinitionError(f"template {name} not found in the templates folder") from None
         except jinja2.TemplateSyntaxError as exc:
             where = f"{exc.filename or name}:{exc.lineno}"
             raise DefinitionError(f"template {where}: {exc.message}") from exc
+        if type(template.globals) is not dict:
+            # Jinja chains the template's globals to the environment's and copies the chain
+            # into every render's context, key by key in Python: a flat copy made once (the
+            # globals are set before any template loads) halves the cost of a render.
+            template.globals = dict(template.globals)
+        return template
 
 
 def _button(name: str, button: Any) -> tuple[str | None, str | None]:
