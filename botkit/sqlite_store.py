@@ -119,6 +119,14 @@ class SQLiteStore(Store):
             raise
         db.execute(f"RELEASE {name}")
 
+    def _write_one(self, sql: str, params: list[Any]) -> sqlite3.Cursor:
+        """One write statement. A statement is atomic by itself (a failed one leaves nothing
+        behind), so inside the thread's group transaction it needs no savepoint of its own."""
+        if self.db.conn.in_transaction:
+            return self.db.conn.execute(sql, params)
+        with self._write() as db:
+            return db.execute(sql, params)
+
     def _rows(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         # The connection directly: sqlite-utils' query() wraps every read in a savepoint,
         # two more statements per read on the hot path.
@@ -202,15 +210,14 @@ class SQLiteStore(Store):
         return inbound_id, self._routing_context(reply.phone_number, tracking_id)
 
     def _record_inbound(self, reply: InboundReply, now: float) -> int | None:
-        with self._write() as db:
-            cursor = db.execute(
-                "INSERT INTO inbound (message_token, phone, time, text, tracking_data,"
-                " received_at) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (message_token) DO NOTHING",
-                [reply.message_token, reply.phone_number, reply.time, reply.message.text,
-                 reply.message.tracking_data, now],
-            )
-            return cursor.lastrowid if cursor.rowcount == 1 else None
+        cursor = self._write_one(
+            "INSERT INTO inbound (message_token, phone, time, text, tracking_data,"
+            " received_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (message_token) DO NOTHING",
+            [reply.message_token, reply.phone_number, reply.time, reply.message.text,
+             reply.message.tracking_data, now],
+        )
+        return cursor.lastrowid if cursor.rowcount == 1 else None
 
     async def record_status(
         self,
@@ -302,6 +309,7 @@ class SQLiteStore(Store):
 
     def _routing_context(self, phone: str, tracking_id: int | None) -> RoutingContext:
         sent = tracked = None
+        active = self._open_conversation(phone)
         if tracking_id is not None:
             row = self._one(
                 "SELECT message_id, conversation_id, flow, step FROM outbound"
@@ -311,9 +319,11 @@ class SQLiteStore(Store):
             if row is not None:
                 sent = SentRef(row["message_id"], row["conversation_id"], row["flow"],
                                row["step"])
-                if sent.conversation_id is not None:
+                if active is not None and active.id == sent.conversation_id:
+                    tracked = active  # the usual answer: to the open conversation
+                elif sent.conversation_id is not None:
                     tracked = self._conversation("id = ?", [sent.conversation_id])
-        return sent, tracked, self._open_conversation(phone)
+        return sent, tracked, active
 
     def _open_conversation(self, phone: str) -> Conversation | None:
         return self._conversation("phone = ? AND status IN (?, ?)", [phone, *OPEN])
@@ -564,26 +574,25 @@ class SQLiteStore(Store):
         now: float,
         plan: Callable[[StatusChange], list[TimerSpec]] | None,
     ) -> None:
+        # Status callbacks may have arrived before the message_id was stored: apply the
+        # furthest one (the first final status wins, as it would have on arrival).
+        best: dict[str, Any] | None = None
+        for event in self._rows(
+            "SELECT status, received_at FROM status_events WHERE message_id = ?"
+            " ORDER BY id", [message_id]
+        ):
+            if status_rank(event["status"]) > status_rank(best["status"] if best else None):
+                best = event
+        sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
+                " WHERE id = ?")
+        if best is None:  # the usual case: one statement
+            self._write_one(sent, [message_id, now, outbox_id])
+            return
         with self._write() as db:
-            db.execute(
-                "UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
-                " WHERE id = ?",
-                [message_id, now, outbox_id],
-            )
-            # Status callbacks may have arrived before the message_id was stored: apply the
-            # furthest one (the first final status wins, as it would have on arrival).
-            best: dict[str, Any] | None = None
-            for event in self._rows(
-                "SELECT status, received_at FROM status_events WHERE message_id = ?"
-                " ORDER BY id", [message_id]
-            ):
-                if status_rank(event["status"]) > status_rank(best["status"] if best else None):
-                    best = event
-            if best is not None:
-                row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?",
-                                [outbox_id])
-                assert row is not None
-                self._status_change(row, best["status"], now, plan)
+            db.execute(sent, [message_id, now, outbox_id])
+            row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?", [outbox_id])
+            assert row is not None
+            self._status_change(row, best["status"], now, plan)
 
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)
