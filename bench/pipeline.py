@@ -6,8 +6,9 @@
 200 users play the benchmark's 5-step flow as the server would handle them: store the
 callback and read its routing context (one database job), run the turn, commit it (the reply claimed in the commit), record the
 send's ``message_id``. The provider and HTTP are left out, so the figure moves only with
-botkit's own code, and repeats within about 2% (bench/run.py's noise is about 4%, too much
-to see small wins). Real SQLite file (WAL, synchronous=FULL), real database thread.
+botkit's own code. Back to back it repeats within a few percent, but a shared machine's
+speed drifts over minutes: compare two versions by alternating them. Real SQLite file (WAL,
+synchronous=FULL), real database thread.
 """
 
 from __future__ import annotations
