@@ -35,6 +35,25 @@ async def test_send_concurrency_bounds_the_requests_in_flight(bot_harness):
     assert sorted(m.phone for m in bot.provider.sent) == phones
 
 
+async def test_a_rate_limit_claims_only_what_starts_soon(bot_harness):
+    # At 20 a second, sends start 50 ms apart: only the next one or two are claimed ahead of
+    # their start (`sending`), plus any still waiting for the provider's answer; the rest
+    # stay queued, so a crash leaves little in doubt. (Claiming all 8 at once was the bug.)
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES, send_rate=20)
+    phones = [f"38050001{n:04d}" for n in range(8)]
+    starting = asyncio.gather(*(bot.runtime.engine.start("demo", p) for p in phones))
+    most = 0
+    while len(bot.provider.sent) < len(phones):
+        sending = bot.db().execute(
+            "SELECT count(*) FROM outbound WHERE status = 'sending'").fetchone()[0]
+        most = max(most, sending)
+        await asyncio.sleep(0.005)
+    await starting
+    assert 1 <= most <= 4
+    times = sorted(m.received_at for m in bot.provider.sent)
+    assert times[-1] - times[0] >= 7 / 20 - 0.02  # the rate is still kept
+
+
 async def test_429_and_500_are_retried_until_sent(bot_harness):
     bot = await bot_with_faults(bot_harness, Fault.status(429), Fault.status(500))
     chat = bot.chat(PHONE)
