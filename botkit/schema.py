@@ -142,6 +142,7 @@ def m002_life_cycle(db: sqlite_utils.Database) -> None:
         CREATE TABLE timers (
             id INTEGER PRIMARY KEY,
             conversation_id INTEGER NOT NULL,
+            conversation_version INTEGER NOT NULL,
             phone TEXT NOT NULL,
             kind TEXT NOT NULL,
             flow TEXT NOT NULL,
@@ -166,3 +167,14 @@ def m003_attention_index(db: sqlite_utils.Database) -> None:
     every message."""
     db.execute("CREATE INDEX outbound_attention ON outbound (status)"
                " WHERE status IN ('failed', 'uncertain')")
+
+
+@MIGRATIONS(name="m004_timers_without_version")
+def m004_timers_without_version(db: sqlite_utils.Database) -> None:
+    """Drop ``timers.conversation_version``: nothing reads it, and inserts leave it out.
+
+    m002 stays as it shipped, so a database it migrated has the column (NOT NULL); one made
+    while m002 had been edited to leave it out has none, and is left as it is.
+    """
+    if "conversation_version" in db["timers"].columns_dict:
+        db.execute("ALTER TABLE timers DROP COLUMN conversation_version")

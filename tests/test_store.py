@@ -26,7 +26,8 @@ async def test_wal_full_sync_and_schema_version(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     names = [r[0] for r in conn.execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = 'botkit'")]
-    assert names == ["m001_initial", "m002_life_cycle", "m003_attention_index"]
+    assert names == ["m001_initial", "m002_life_cycle", "m003_attention_index",
+                     "m004_timers_without_version"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"conversations", "inbound", "outbound", "status_events", "meta", "timers"} <= tables
     conn.close()
@@ -48,6 +49,27 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path):
     store = await opened(tmp_path / "old.db")
     [conv] = await store.conversations()
     assert (conv.phone, conv.step) == ("1", "name")
+    await store.close()
+
+
+async def test_a_database_with_timers_of_m002_as_shipped_takes_new_timers(tmp_path):
+    from sqlite_utils import Database
+
+    from botkit.conversation import Status
+    from botkit.schema import MIGRATIONS
+    from botkit.store import ConversationChange, TimerSpec
+
+    db = Database(tmp_path / "m002.db")
+    MIGRATIONS.apply(db, stop_before="m003_attention_index")  # as 0.2 left it
+    db.execute("INSERT INTO timers (conversation_id, conversation_version, phone, kind, flow,"
+               " step, due_at, created_at) VALUES (1, 0, '1', 'remind', 'f', 'q', 5, 0)")
+    db.conn.commit()
+    db.close()
+    store = await opened(tmp_path / "m002.db")
+    change = ConversationChange("380503", "f", "q", Status.ACTIVE, {}, 0, 9e9)
+    timer = TimerSpec("timeout", "f", "q", 9.0)
+    await store.commit(Commit(None, conversation=change, timers=(timer,)), 1.0)
+    assert [t.kind for t in await store.due_timers(10.0, 10)] == ["remind", "timeout"]
     await store.close()
 
 
