@@ -138,7 +138,6 @@ class SQLiteStore(Store):
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 
-
     async def open(self) -> None:
         await self.thread.run(self._open, alone=True)
 
@@ -541,7 +540,7 @@ class SQLiteStore(Store):
                 "SELECT id, phone, payload, attempts, conversation_id FROM outbound AS o"
                 f" WHERE {_QUEUE} AND status = 'queued' AND due_at <= ? AND NOT EXISTS ("
                 "   SELECT 1 FROM outbound AS e WHERE e.phone = o.phone AND e.id < o.id"
-                "   AND e.status IN ('queued', 'sending'))"
+                f"   AND e.{_QUEUE})"
                 " ORDER BY id LIMIT ?",
                 [now, limit],
             ))
@@ -576,13 +575,12 @@ class SQLiteStore(Store):
     ) -> None:
         # Status callbacks may have arrived before the message_id was stored: apply the
         # furthest one (the first final status wins, as it would have on arrival).
-        best: dict[str, Any] | None = None
+        best: int | None = None
         for event in self._rows(
-            "SELECT status, received_at FROM status_events WHERE message_id = ?"
-            " ORDER BY id", [message_id]
+            "SELECT status FROM status_events WHERE message_id = ? ORDER BY id", [message_id]
         ):
-            if status_rank(event["status"]) > status_rank(best["status"] if best else None):
-                best = event
+            if status_rank(event["status"]) > status_rank(best):
+                best = event["status"]
         sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
                 " WHERE id = ?")
         if best is None:  # the usual case: one statement
@@ -592,7 +590,7 @@ class SQLiteStore(Store):
             db.execute(sent, [message_id, now, outbox_id])
             row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?", [outbox_id])
             assert row is not None
-            self._status_change(row, best["status"], now, plan)
+            self._status_change(row, best, now, plan)
 
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)

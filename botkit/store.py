@@ -228,7 +228,6 @@ class Store(ABC):
     ) -> tuple[int | None, RoutingContext | None]:
         """``record_inbound``, and in the same call the message's ``routing_context``."""
 
-
     @abstractmethod
     async def record_status(
         self,

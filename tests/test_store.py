@@ -225,3 +225,26 @@ async def test_record_and_route_stores_once_and_reads_the_routing_context(tmp_pa
     assert context == await store.routing_context("380502", None)
     assert await store.record_and_route(reply, 3.0) == (None, None)  # a duplicate
     await store.close()
+
+
+async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answers(tmp_path):
+    from botkit.conversation import Status
+    from botkit.store import ConversationChange
+
+    store = await opened(tmp_path / "tracked.db")
+    change = ConversationChange("380504", "f", "q", Status.ACTIVE, {}, 0, 9e9)
+    question = OutboxItem("380504", "f", "q", "t", "q?", 206, {"text": "q?"})
+    first = await store.commit(Commit(None, conversation=change, outbox=(question,)), 1.0)
+    await store.mark_sent(first.outbox_ids[0], 777, 1.5)
+
+    sent, tracked, active = await store.routing_context("380504", 777)
+    assert sent is not None and sent.message_id == 777
+    assert active is not None and active.id == first.conversation_id
+    assert tracked == active  # it answers the open conversation
+
+    await store.commit(Commit(None, conversation=change, closes=((active, Status.DONE),)), 2.0)
+    sent, tracked, active = await store.routing_context("380504", 777)
+    assert sent is not None and active is not None and active.id != first.conversation_id
+    assert tracked is not None and tracked.id == first.conversation_id  # the closed one
+    assert tracked.status is Status.DONE
+    await store.close()
