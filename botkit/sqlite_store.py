@@ -31,6 +31,7 @@ from .store import (
     Committed,
     Inbound,
     LogEntry,
+    OutboxItem,
     Outgoing,
     RoutingContext,
     StatusChange,
@@ -356,6 +357,8 @@ class SQLiteStore(Store):
     def _commit_many(
         self, changes: list[Commit], now: float
     ) -> list[Committed | ConcurrentUpdateError]:
+        if len(changes) > 1 and all(map(_new_conversation, changes)):
+            return self._start_many(changes, now)
         done: list[Committed | ConcurrentUpdateError] = []
         for change in changes:
             try:
@@ -363,6 +366,58 @@ class SQLiteStore(Store):
             except ConcurrentUpdateError as exc:
                 done.append(exc)
         return done
+
+    def _start_many(
+        self, changes: list[Commit], now: float
+    ) -> list[Committed | ConcurrentUpdateError]:
+        """New conversations (a campaign's batch): one multi-row INSERT per table.
+
+        A phone that has an open conversation by now (or twice in ``changes``) is left out
+        by ``ON CONFLICT DO NOTHING`` and gets a ConcurrentUpdateError; the others start.
+        The batch is one savepoint: an unexpected error leaves none of it behind.
+        """
+        convs = [c.conversation for c in changes if c.conversation is not None]
+        with self._write() as db:
+            ids: dict[str, int] = {}
+            for few_convs in _parts(convs, 10):
+                ids.update((phone, conv_id) for conv_id, phone in db.execute(
+                    "INSERT INTO conversations (phone, flow, step, status, state, retries,"
+                    " expires_at, updated_at, flow_version, created_at, version) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"] * len(few_convs))
+                    + " ON CONFLICT DO NOTHING RETURNING id, phone",
+                    [value for conv in few_convs for value in (
+                        conv.phone, conv.flow, conv.step, conv.status.value,
+                        json.dumps(conv.state), conv.retries, conv.expires_at, now,
+                        conv.flow_version, now)],
+                ))
+            started = [(change, conv.phone, ids.pop(conv.phone)) for change, conv in zip(
+                changes, convs, strict=True) if conv.phone in ids]
+            timers = [(conv_id, phone, t) for change, phone, conv_id in started
+                      for t in change.timers]
+            for few_timers in _parts(timers, 8):
+                db.execute(
+                    "INSERT INTO timers (conversation_id, phone, kind, flow, step, due_at,"
+                    " message_id, created_at) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(few_timers)),
+                    [value for conv_id, phone, t in few_timers for value in (
+                        conv_id, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now)],
+                )
+            items = [(conv_id, item) for change, _, conv_id in started for item in change.outbox]
+            outbox_ids: list[int] = []
+            for few_items in _parts(items, len(_OUTBOUND_COLUMNS)):
+                # One statement's rows get ascending ids in the order of its VALUES.
+                outbox_ids += sorted(row[0] for row in db.execute(
+                    f"INSERT INTO outbound ({', '.join(_OUTBOUND_COLUMNS)}) VALUES "
+                    + ", ".join([_OUTBOUND_VALUES] * len(few_items)) + " RETURNING id",
+                    [value for conv_id, item in few_items
+                     for value in _outbound_row(item, conv_id, None, now, None)],
+                ))
+        taken = iter(outbox_ids)
+        done = {id(change): Committed(conv_id, [next(taken) for _ in change.outbox], [])
+                for change, _, conv_id in started}
+        return [done.get(id(change)) or ConcurrentUpdateError(
+                    f"{conv.phone} already has an open conversation")
+                for change, conv in zip(changes, convs, strict=True)]
 
     def _commit(self, change: Commit, now: float) -> Committed:
         with self._write() as db:
@@ -389,15 +444,9 @@ class SQLiteStore(Store):
                     f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ? LIMIT 1",
                     [item.phone]) is None else None
                 cursor = db.execute(
-                    "INSERT INTO outbound (conversation_id, phone, flow, flow_version, step,"
-                    " template, text, message_type, payload, ttl, role, inbound_id, created_at,"
-                    " status, attempts, claimed_by, claimed_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [row_conv, item.phone, item.flow, item.flow_version, item.step,
-                     item.template, item.text, item.message_type, json.dumps(item.payload),
-                     item.payload.get("validity_period"), "question" if item.question else None,
-                     change.inbound_id, now, "sending" if claim else "queued", 1 if claim else 0,
-                     claim, time.time() if claim else None],
+                    f"INSERT INTO outbound ({', '.join(_OUTBOUND_COLUMNS)})"
+                    f" VALUES {_OUTBOUND_VALUES}",
+                    _outbound_row(item, row_conv, change.inbound_id, now, claim),
                 )
                 outbox_ids.append(int(cursor.lastrowid or 0))
                 if claim:
@@ -772,6 +821,42 @@ class SQLiteStore(Store):
             outbox[row["status"]] = row["n"]
         pending = self._one("SELECT count(*) AS n FROM inbound WHERE status = 'pending'")
         return {"outbox": outbox, "inbound_pending": pending["n"] if pending else 0}
+
+
+_OUTBOUND_COLUMNS = (
+    "conversation_id", "phone", "flow", "flow_version", "step", "template", "text",
+    "message_type", "payload", "ttl", "role", "inbound_id", "created_at", "status", "attempts",
+    "claimed_by", "claimed_at",
+)
+_OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(_OUTBOUND_COLUMNS)) + ")"
+
+
+def _outbound_row(
+    item: OutboxItem, conv_id: int | None, inbound_id: int | None, now: float,
+    claim: str | None,
+) -> list[Any]:
+    """An outbox row's values, in ``_OUTBOUND_COLUMNS`` order; ``claim``: inserted claimed."""
+    return [conv_id, item.phone, item.flow, item.flow_version, item.step, item.template,
+            item.text, item.message_type, json.dumps(item.payload),
+            item.payload.get("validity_period"), "question" if item.question else None,
+            inbound_id, now, "sending" if claim else "queued", 1 if claim else 0, claim,
+            time.time() if claim else None]
+
+
+def _new_conversation(change: Commit) -> bool:
+    """Only creates a conversation with its messages and timers (how a campaign starts)."""
+    conv = change.conversation
+    return (conv is not None and conv.id is None and conv.status is Status.ACTIVE
+            and change.inbound_id is None and change.fire is None and not change.closes
+            and change.link is None and change.claim_for is None
+            and all(item.in_conversation for item in change.outbox))
+
+
+def _parts(rows: list[T], columns: int) -> Iterator[list[T]]:
+    """``rows`` in slices that keep one statement under SQLite's 32,766 parameters."""
+    size = max(1, 32_000 // columns)
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
 
 
 def _conversation(row: dict[str, Any]) -> Conversation:

@@ -248,3 +248,59 @@ async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answ
     assert tracked is not None and tracked.id == first.conversation_id  # the closed one
     assert tracked.status is Status.DONE
     await store.close()
+
+
+def start(phone: str, texts: tuple[str, ...] = ("q",)) -> Commit:
+    """A campaign's commit: a new conversation, its messages, one timer."""
+    from botkit.conversation import Status
+    from botkit.store import ConversationChange, TimerSpec
+
+    change = ConversationChange(phone, "f", "q", Status.ACTIVE, {"n": phone}, 0, 9e9)
+    outbox = tuple(OutboxItem(phone, "f", "q", "t", text, 206, {"text": text}, True)
+                   for text in texts)
+    return Commit(None, conversation=change, outbox=outbox,
+                  timers=(TimerSpec("timeout", "f", "q", 50.0),))
+
+
+async def test_a_batch_of_new_conversations_starts_all_but_the_phones_already_open(tmp_path):
+    from botkit.errors import ConcurrentUpdateError
+
+    store = await opened(tmp_path / "many.db")
+    await store.commit(start("380500000002"), 1.0)  # opened by someone else meanwhile
+    # More phones than one statement may carry (SQLite's 32,766 parameters), a phone twice,
+    # and a phone with two messages: each result names its own rows.
+    phones = [f"38050{n:07d}" for n in range(3500)]
+    changes = [start(p, ("a", "b") if p.endswith("7") else (p,)) for p in phones]
+    changes.append(start(phones[5]))
+    done = await store.commit_many(changes, 2.0)
+
+    assert isinstance(done[2], ConcurrentUpdateError) and "380500000002" in str(done[2])
+    assert isinstance(done[-1], ConcurrentUpdateError)
+    conn = sqlite3.connect(tmp_path / "many.db")
+    for change, result in zip(changes[:-1], done[:-1], strict=True):
+        if result is done[2]:
+            continue
+        rows = [conn.execute("SELECT conversation_id, phone, text FROM outbound WHERE id = ?",
+                             [i]).fetchone() for i in result.outbox_ids]
+        phone = change.conversation.phone
+        assert rows == [(result.conversation_id, phone, item.text) for item in change.outbox]
+        assert conn.execute("SELECT phone, state FROM conversations WHERE id = ?",
+                            [result.conversation_id]).fetchone() == (phone, f'{{"n": "{phone}"}}')
+    assert conn.execute("SELECT count(*), count(DISTINCT conversation_id) FROM timers"
+                        ).fetchone() == (3500, 3500)
+    assert conn.execute("SELECT count(*) FROM conversations").fetchone() == (3500,)
+    conn.close()
+    await store.close()
+
+
+async def test_a_batch_of_new_conversations_that_fails_leaves_nothing_behind(tmp_path):
+    store = await opened(tmp_path / "fail.db")
+    broken = start("380500000009")
+    broken.outbox[0].payload["bad"] = {1, 2}  # not JSON: fails after the conversations insert
+    with pytest.raises(TypeError):
+        await store.commit_many([start("380500000001"), broken], 1.0)
+    conn = sqlite3.connect(tmp_path / "fail.db")
+    for table in ("conversations", "outbound", "timers"):
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
+    conn.close()
+    await store.close()
