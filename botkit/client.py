@@ -280,8 +280,12 @@ def _json_or_none(raw: bytes) -> Any:
 
 def _seconds(headers: Mapping[str, str]) -> float | None:
     # Only the delay-seconds form of Retry-After; an HTTP-date falls back to the policy.
+    # Most answers have none: return before float() raises for them (a hot path).
+    text = headers.get("Retry-After")
+    if text is None:
+        return None
     try:
-        value = float(headers.get("Retry-After", ""))
+        value = float(text)
     except ValueError:
         return None
     return value if math.isfinite(value) and value >= 0 else None
