@@ -19,7 +19,7 @@ import os
 import secrets
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,8 @@ class Sender:
         self.plan = plan  # timers for statuses that arrived before the send's answer
         self.rate = rate  # most sends started per second; 0 is no limit
         self._next_slot = 0.0
+        # When the latest sends started: at most `rate` (at least 1) in any one second.
+        self._starts: deque[float] = deque(maxlen=max(1, int(rate)))
         self._paused_wall = 0.0  # wall-clock time of the pause, compared with run.py resume
         self.paused: str | None = None
         self.sent = 0
@@ -249,6 +251,18 @@ class Sender:
         self._next_slot = slot + 1.0 / self.rate
         return slot
 
+    async def _window(self) -> None:
+        """Wait until a send may start without putting more than ``rate`` into one second.
+
+        Sends are planned 1/rate apart (``_slot``), but after a stall of the event loop the
+        ones planned during it would all start at once, on top of those planned after it.
+        """
+        loop = asyncio.get_running_loop()
+        starts = self._starts
+        while len(starts) == starts.maxlen and (wait := starts[0] + 1.0 - loop.time()) > 0:
+            await asyncio.sleep(wait)
+        starts.append(loop.time())
+
     def _start(self, row: Outgoing) -> None:
         task = asyncio.create_task(self._send(row, self._slot()), name=f"send-{row.phone}")
         self._inflight[row.phone] = task
@@ -278,6 +292,8 @@ class Sender:
             delay = start_at - asyncio.get_running_loop().time()
             if delay > 0:  # the rate limit's turn of this message
                 await asyncio.sleep(delay)
+            if self.rate > 0:
+                await self._window()
             # Checked against every provider limit when the turn made it (outbox.Composer).
             result = await self.client.send_checked(row.payload)
         except (UnauthorizedError, BalanceError) as exc:

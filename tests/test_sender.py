@@ -54,6 +54,32 @@ async def test_a_rate_limit_claims_only_what_starts_soon(bot_harness):
     assert times[-1] - times[0] >= 7 / 20 - 0.02  # the rate is still kept
 
 
+async def test_a_stalled_loop_does_not_bunch_more_than_the_rate_into_a_second(bot_harness):
+    # Sends are planned 1/rate apart when claimed. If the event loop stalls (a slow handler,
+    # a long GC), the ones planned during the stall would all start when it ends, and with
+    # those planned after it, one second would hold more than `rate` starts.
+    bot = await bot_harness(flows=[demo, echo], templates=TEMPLATES, send_rate=50)
+    loop, sender, starts = asyncio.get_running_loop(), bot.runtime.sender, []
+    send = sender.client.send_checked
+
+    async def timed(payload):
+        starts.append(loop.time())
+        return await send(payload)
+
+    sender.client.send_checked = timed  # type: ignore[method-assign]
+    phones = [f"38050002{n:04d}" for n in range(70)]
+    starting = asyncio.gather(*(bot.runtime.engine.start("demo", p) for p in phones))
+    while len(starts) < 5:
+        await asyncio.sleep(0.005)
+    time.sleep(0.3)  # the loop stalls: 15 sends' turns pass
+    while len(bot.provider.sent) < len(phones):
+        await asyncio.sleep(0.01)
+    await starting
+    most = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    assert 45 <= most <= 50
+    assert sorted(m.phone for m in bot.provider.sent) == phones
+
+
 async def test_429_and_500_are_retried_until_sent(bot_harness):
     bot = await bot_with_faults(bot_harness, Fault.status(429), Fault.status(500))
     chat = bot.chat(PHONE)
