@@ -467,3 +467,33 @@ async def test_duplicate_callbacks_post_extra_copies(
     status, reply = {"message_id": 1000, "status": 1}, bot.posts[3]
     assert bot.posts == [status] * 3 + [reply] * 3
     assert len(provider.callback_log) == 6 and all(r.outcome == 200 for r in provider.callback_log)
+
+
+async def test_a_client_gone_mid_body_is_dropped_quietly(
+    caplog: pytest.LogCaptureFixture, unused_tcp_port: int
+) -> None:
+    # A campaign killed mid-request: the body never arrives whole. Nothing is recorded and
+    # no traceback is logged ("Error handling request" for each of them, before). Served as
+    # `run.py sandbox` serves it (web.run_app: handlers are not cancelled when the client
+    # goes; the test server's default cancels them and would hide this).
+    provider = FakeProvider(auto_deliver=False)
+    runner = web.AppRunner(create_provider_app(provider), handler_cancellation=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(b"POST /send-viber HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 500\r\n\r\n" + b'{"source_addr": "Acme"')
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the handler is reading the body
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as session:  # and it goes on serving
+            url = f"http://127.0.0.1:{unused_tcp_port}/send-viber"
+            async with session.post(url, json=send_body()) as resp:
+                assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    assert [m.phone for m in provider.sent] == [PHONE]
+    assert "Error handling request" not in caplog.text

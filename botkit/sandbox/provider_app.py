@@ -131,6 +131,8 @@ async def _authorized_json(
         return _error(401, "Unauthorized", problem)
     try:
         body = json.loads(await request.read())
+    except ConnectionResetError:  # the client went away mid-body (e.g. a killed campaign)
+        return _error(400, "Invalid Parameter: body", "the connection closed mid-body")
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         return _error(400, "Invalid Parameter: body", f"request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
