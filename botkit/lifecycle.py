@@ -7,6 +7,10 @@ Timer kinds (docs/conversations.md has the diagram):
   run) once; the conversation stays at the step.
 - ``timeout``: ``timeout`` after the step was asked, ``on_timeout`` runs, or the conversation
   closes as ``timed_out`` (with the template, if one is named).
+
+  A question the provider took more than ``sqlite_store.LATE_SEND`` seconds after its turn
+  (a rate limit, an outage) moves its step's timers and the conversation's expiry later by
+  that delay when the send is recorded: they count from when it was sent.
 - ``expire``: the flow's ``timeout`` of inactivity; the conversation closes as ``expired``
   (``on_expire`` is sent or run first).
 - ``unanswered``: ``unanswered_after`` the question was *delivered* (status 1), if the step

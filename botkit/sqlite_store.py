@@ -47,6 +47,8 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 # What applying a delivery status needs to know of the message.
+# A question sent this many seconds after its turn asked it starts its step's timers anew.
+LATE_SEND = 1.0
 _SENT_COLUMNS = "id, phone, flow, step, conversation_id, delivery_status, message_id, role"
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # The condition of the partial indexes outbound_queue and outbound_phone_queue: a query on
@@ -631,15 +633,38 @@ class SQLiteStore(Store):
             if status_rank(event["status"]) > status_rank(best):
                 best = event["status"]
         sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
-                " WHERE id = ?")
-        if best is None:  # the usual case: one statement
-            self._write_one(sent, [message_id, now, outbox_id])
+                " WHERE id = ? RETURNING conversation_id, flow, step, role, created_at")
+        if best is None:  # the usual case: one statement, unless the question went late
+            asked = self._write_one(sent, [message_id, now, outbox_id]).fetchone()
+            if asked is not None and now - asked[4] > LATE_SEND:
+                self._restart_timers(asked, now)
             return
         with self._write() as db:
-            db.execute(sent, [message_id, now, outbox_id])
+            asked = db.execute(sent, [message_id, now, outbox_id]).fetchone()
+            if asked is not None and now - asked[4] > LATE_SEND:
+                self._restart_timers(asked, now)
             row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?", [outbox_id])
             assert row is not None
             self._status_change(row, best, now, plan)
+
+    def _restart_timers(self, asked: tuple[Any, ...], now: float) -> None:
+        """A question sent ``LATE_SEND`` or more after its turn asked it (a rate limit, an
+        outage): its step's pending timers, and the conversation's expiry, count from now.
+
+        A separate statement: should it fail, the send stays recorded (it happened) and the
+        timers keep their first due times.
+        """
+        conv_id, flow, step, role, created_at = asked
+        if role != "question" or conv_id is None:
+            return
+        late, where = now - created_at, "conversation_id = ? AND flow = ? AND step = ?"
+        self._write_one(
+            f"UPDATE timers SET due_at = due_at + ? WHERE {where} AND status = 'pending'"
+            " AND kind IN ('remind', 'timeout', 'expire')", [late, conv_id, flow, step])
+        self._write_one(
+            "UPDATE conversations SET expires_at = expires_at + ?"
+            " WHERE id = ? AND flow = ? AND step = ? AND status = 'active'",
+            [late, conv_id, flow, step])
 
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from botkit.sandbox import FakeProvider
+from botkit.sandbox import Fault, FakeProvider
 from botkit.testing import TEST_KEY, Clock, Harness
 from demo import TEMPLATES, q, timed
 
@@ -249,3 +249,31 @@ async def test_unknown_tracking_id_is_logged_and_treated_as_untracked(bot, caplo
     [r] = await chat.send("hi", tracking=424242)
     assert r.step == "r"
     assert "answers message 424242, which this bot never sent" in caplog.text
+
+
+async def test_a_question_sent_late_starts_its_step_s_timers_when_it_is_sent(bot, clock):
+    # A rate-limited campaign, or an outage, can hold a question in the outbox for a long
+    # time: its reminder and timeout count from when it was sent, not from when the turn
+    # asked it, or users would be reminded of (and timed out on) a question just received.
+    bot.provider.auto_deliver = False  # no "delivered": no unanswered timer in the way
+    bot.provider.faults.script(*[Fault.status(503)] * 3)  # one client round fails
+    sender = bot.runtime.sender
+    sender.round_delay, sender.poll_interval = 20 * 60, 0.02  # the next round in 20 minutes
+    chat = bot.chat(PHONE)
+    await bot.runtime.engine.start("timed", PHONE)
+    await bot.wait_until(lambda: bot.db().execute(
+        "SELECT attempts FROM outbound").fetchone() == (1,) and not sender.status()[
+        "in_flight"], "the first round to fail")
+    clock.advance(minutes=20)
+    await bot.wait_until(lambda: len(bot.provider.sent) == 1, "the question to be sent")
+    await bot.settle()
+    assert [m.text for m in chat.unread()] == ["Question one?"]
+    clock.advance(minutes=15)  # 35 minutes after it was asked, 15 after it was sent
+    await bot.sweep()
+    assert chat.unread() == []
+    clock.advance(minutes=16)  # 31 minutes after it was sent
+    await bot.sweep()
+    assert [m.text for m in chat.unread()] == ["Reminder: question one?"]
+    clock.advance(hours=2) # the timeout too, 2 hours after it was sent (31 min past the old)
+    await bot.sweep()
+    assert [m.text for m in chat.unread()] == ["Timed out, bye."]
