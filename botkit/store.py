@@ -290,7 +290,7 @@ class Store(ABC):
         """Record the provider's ``message_id`` for a sent message.
 
         Statuses that arrived before it are applied now, planning timers like
-        ``record_status``. A step's question sent more than a second after its turn asked
+        ``record_status``. A step's question sent more than a minute after its turn asked
         it moves the step's pending timers and the conversation's expiry later by the delay.
         """
 
