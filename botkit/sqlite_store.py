@@ -46,12 +46,12 @@ log = logging.getLogger("botkit.store")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
-# What applying a delivery status needs to know of the message.
 # A question sent this many seconds after its turn asked it starts its step's timers anew.
 # Not less: a campaign without a rate limit keeps each message waiting for up to its length
 # divided by the send rate (25 s for 100,000 at 4,000/s), and a step's timers run minutes
 # to hours; moving them costs two more statements per send.
 LATE_SEND = 60.0
+# What applying a delivery status needs to know of the message.
 _SENT_COLUMNS = "id, phone, flow, step, conversation_id, delivery_status, message_id, role"
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # The condition of the partial indexes outbound_queue and outbound_phone_queue: a query on
@@ -638,30 +638,29 @@ class SQLiteStore(Store):
         sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
                 " WHERE id = ? RETURNING conversation_id, flow, step, role, created_at")
         if best is None:  # the usual case: one statement, unless the question went late
-            asked = self._write_one(sent, [message_id, now, outbox_id]).fetchone()
-            if asked is not None and now - asked[4] > LATE_SEND:
-                self._restart_timers(asked, now)
+            self._timers_from_send(
+                self._write_one(sent, [message_id, now, outbox_id]).fetchone(), now)
             return
         with self._write() as db:
-            asked = db.execute(sent, [message_id, now, outbox_id]).fetchone()
-            if asked is not None and now - asked[4] > LATE_SEND:
-                self._restart_timers(asked, now)
+            self._timers_from_send(db.execute(sent, [message_id, now, outbox_id]).fetchone(), now)
             row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?", [outbox_id])
             assert row is not None
             self._status_change(row, best, now, plan)
 
-    def _restart_timers(self, asked: tuple[Any, ...], now: float) -> None:
+    def _timers_from_send(self, sent: tuple[Any, ...] | None, now: float) -> None:
         """A question sent more than ``LATE_SEND`` seconds after its turn asked it (a rate
         limit, an outage): its step's pending timers and the conversation's expiry count
-        from now.
+        from now. ``sent``: the row's conversation_id, flow, step, role and created_at.
 
         Statements of their own: should they fail, the send stays recorded (it happened)
         and the timers keep their first due times.
         """
-        conv_id, flow, step, role, created_at = asked
-        if role != "question" or conv_id is None:
+        if sent is None:
             return
+        conv_id, flow, step, role, created_at = sent
         late = now - created_at
+        if role != "question" or conv_id is None or late <= LATE_SEND:
+            return
         self._write_one(
             "UPDATE timers SET due_at = due_at + ? WHERE conversation_id = ? AND flow = ?"
             " AND step = ? AND status = 'pending' AND kind IN ('remind', 'timeout', 'expire')",
