@@ -8,9 +8,9 @@ Timer kinds (docs/conversations.md has the diagram):
 - ``timeout``: ``timeout`` after the step was asked, ``on_timeout`` runs, or the conversation
   closes as ``timed_out`` (with the template, if one is named).
 
-  A question the provider took more than ``sqlite_store.LATE_SEND`` seconds after its turn
-  (a rate limit, an outage) moves its step's timers and the conversation's expiry later by
-  that delay when the send is recorded: they count from when it was sent.
+  A question the provider took more than ``LATE_SEND`` seconds after its turn (a rate
+  limit, an outage) moves its step's ``ASKED`` timers and the conversation's expiry later by
+  that delay when the send is recorded (the store does it): they count from when it was sent.
 - ``expire``: the flow's ``timeout`` of inactivity; the conversation closes as ``expired``
   (``on_expire`` is sent or run first).
 - ``unanswered``: ``unanswered_after`` the question was *delivered* (status 1), if the step
@@ -35,10 +35,17 @@ from .flows import Flow, FlowSet, Step
 from .models import MessageStatus
 from .store import StatusChange, Timer, TimerSpec
 
-__all__ = ["closing_status", "inapplicable", "latest_per_conversation", "plan_timers",
-           "status_timers"]
+__all__ = ["ASKED", "LATE_SEND", "closing_status", "inapplicable", "latest_per_conversation",
+           "plan_timers", "status_timers"]
 
 FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
+# The timers ``plan_timers`` starts when a step is asked.
+ASKED = ("expire", "remind", "timeout")
+# A question sent this many seconds after its turn asked it moves its step's ASKED timers.
+# Not less: a campaign without a rate limit keeps each message waiting for up to its length
+# divided by the send rate (25 s for 100,000 at 4,000/s), a step's timers run minutes to
+# hours, and moving them costs the send two more statements.
+LATE_SEND = 60.0
 
 
 def plan_timers(

@@ -24,6 +24,7 @@ import sqlite_utils
 from .conversation import Conversation, SentRef, Status
 from .db_thread import DatabaseThread
 from .errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
+from .lifecycle import ASKED, LATE_SEND
 from .models import InboundReply, MessageStatus, StatusUpdate, parse_tracking_id
 from .schema import check_and_migrate
 from .store import (
@@ -46,11 +47,6 @@ log = logging.getLogger("botkit.store")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
-# A question sent this many seconds after its turn asked it starts its step's timers anew.
-# Not less: a campaign without a rate limit keeps each message waiting for up to its length
-# divided by the send rate (25 s for 100,000 at 4,000/s), and a step's timers run minutes
-# to hours; moving them costs two more statements per send.
-LATE_SEND = 60.0
 # What applying a delivery status needs to know of the message.
 _SENT_COLUMNS = "id, phone, flow, step, conversation_id, delivery_status, message_id, role"
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
@@ -382,6 +378,7 @@ class SQLiteStore(Store):
         The batch is one savepoint: an unexpected error leaves none of it behind.
         """
         convs = [c.conversation for c in changes if c.conversation is not None]
+        assert len(convs) == len(changes)  # each change creates one (_new_conversation)
         with self._write() as db:
             ids: dict[str, int] = {}
             for few_convs in _parts(convs, 10):
@@ -395,9 +392,9 @@ class SQLiteStore(Store):
                         json.dumps(conv.state), conv.retries, conv.expires_at, now,
                         conv.flow_version, now)],
                 ))
-            started = [(change, conv.phone, ids.pop(conv.phone)) for change, conv in zip(
-                changes, convs, strict=True) if conv.phone in ids]
-            timers = [(conv_id, phone, t) for change, phone, conv_id in started
+            started = [(n, changes[n], conv.phone, ids.pop(conv.phone))
+                       for n, conv in enumerate(convs) if conv.phone in ids]
+            timers = [(conv_id, phone, t) for _, change, phone, conv_id in started
                       for t in change.timers]
             for few_timers in _parts(timers, 8):
                 db.execute(
@@ -407,22 +404,24 @@ class SQLiteStore(Store):
                     [value for conv_id, phone, t in few_timers for value in (
                         conv_id, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now)],
                 )
-            items = [(conv_id, item) for change, _, conv_id in started for item in change.outbox]
+            items = [(conv_id, item) for _, change, _, conv_id in started
+                     for item in change.outbox]
             outbox_ids: list[int] = []
             for few_items in _parts(items, len(_OUTBOUND_COLUMNS)):
                 # One statement's rows get ascending ids in the order of its VALUES.
                 outbox_ids += sorted(row[0] for row in db.execute(
-                    f"INSERT INTO outbound ({', '.join(_OUTBOUND_COLUMNS)}) VALUES "
-                    + ", ".join([_OUTBOUND_VALUES] * len(few_items)) + " RETURNING id",
+                    _OUTBOUND_INSERT + ", ".join([_OUTBOUND_VALUES] * len(few_items))
+                    + " RETURNING id",
                     [value for conv_id, item in few_items
                      for value in _outbound_row(item, conv_id, None, now, None)],
                 ))
+        done: list[Committed | ConcurrentUpdateError] = [
+            ConcurrentUpdateError(f"{conv.phone} already has an open conversation")
+            for conv in convs]
         taken = iter(outbox_ids)
-        done = {id(change): Committed(conv_id, [next(taken) for _ in change.outbox], [])
-                for change, _, conv_id in started}
-        return [done.get(id(change)) or ConcurrentUpdateError(
-                    f"{conv.phone} already has an open conversation")
-                for change, conv in zip(changes, convs, strict=True)]
+        for n, change, _, conv_id in started:
+            done[n] = Committed(conv_id, [next(taken) for _ in change.outbox], [])
+        return done
 
     def _commit(self, change: Commit, now: float) -> Committed:
         with self._write() as db:
@@ -449,8 +448,7 @@ class SQLiteStore(Store):
                     f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ? LIMIT 1",
                     [item.phone]) is None else None
                 cursor = db.execute(
-                    f"INSERT INTO outbound ({', '.join(_OUTBOUND_COLUMNS)})"
-                    f" VALUES {_OUTBOUND_VALUES}",
+                    _OUTBOUND_INSERT + _OUTBOUND_VALUES,
                     _outbound_row(item, row_conv, change.inbound_id, now, claim),
                 )
                 outbox_ids.append(int(cursor.lastrowid or 0))
@@ -648,12 +646,12 @@ class SQLiteStore(Store):
             self._status_change(row, best, now, plan)
 
     def _timers_from_send(self, sent: tuple[Any, ...] | None, now: float) -> None:
-        """A question sent more than ``LATE_SEND`` seconds after its turn asked it (a rate
-        limit, an outage): its step's pending timers and the conversation's expiry count
-        from now. ``sent``: the row's conversation_id, flow, step, role and created_at.
+        """A question sent more than ``lifecycle.LATE_SEND`` seconds after its turn asked it
+        (a rate limit, an outage): its step's pending timers and the conversation's expiry
+        count from now. ``sent``: the row's conversation_id, flow, step, role, created_at.
 
-        Statements of their own: should they fail, the send stays recorded (it happened)
-        and the timers keep their first due times.
+        On the usual path (no early status) these are statements of their own: should they
+        fail, the send stays recorded (it happened) and the timers keep their due times.
         """
         if sent is None:
             return
@@ -663,8 +661,8 @@ class SQLiteStore(Store):
             return
         self._write_one(
             "UPDATE timers SET due_at = due_at + ? WHERE conversation_id = ? AND flow = ?"
-            " AND step = ? AND status = 'pending' AND kind IN ('remind', 'timeout', 'expire')",
-            [late, conv_id, flow, step])
+            f" AND step = ? AND status = 'pending' AND kind IN ({', '.join('?' * len(ASKED))})",
+            [late, conv_id, flow, step, *ASKED])
         self._write_one(
             "UPDATE conversations SET expires_at = expires_at + ?"
             " WHERE id = ? AND flow = ? AND step = ? AND status = 'active'",
@@ -857,6 +855,7 @@ _OUTBOUND_COLUMNS = (
     "message_type", "payload", "ttl", "role", "inbound_id", "created_at", "status", "attempts",
     "claimed_by", "claimed_at",
 )
+_OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(_OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(_OUTBOUND_COLUMNS)) + ")"
 
 
