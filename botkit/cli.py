@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import csv
 import logging
+import math
 import signal
 import statistics
 import sys
@@ -48,6 +49,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _in_range(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` between ``low`` and ``high``, or a message saying so
+    (as BOTKIT_SEND_CONCURRENCY and BOTKIT_SEND_RATE are checked)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low <= value <= high and math.isfinite(value)):
+            want = f"{low:g} to {high:g}" if math.isfinite(high) else f"{low:g} or more"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({want})")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", help="SQLite file (BOTKIT_DB, default botkit.db)")
@@ -72,9 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("phones", nargs="*", metavar="PHONE")
     p.add_argument("--phones", dest="phones_file", metavar="FILE.csv",
                    help="CSV with a 'phone' column (or phones in the first column)")
-    p.add_argument("--concurrency", type=int, metavar="N",
-                   help="messages sent at the same time (default BOTKIT_SEND_CONCURRENCY, 100)")
-    p.add_argument("--rate", type=float, metavar="N",
+    p.add_argument("--concurrency", type=_in_range(int, 1, 100), metavar="N",
+                   help="messages sent at the same time, 1-100 (default"
+                        " BOTKIT_SEND_CONCURRENCY, 100)")
+    p.add_argument("--rate", type=_in_range(float, 0, math.inf), metavar="N",
                    help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
     p.add_argument("--resend-uncertain", action="store_true",
                    help="send again the flow's messages a killed run may or may not have sent")
@@ -186,7 +203,7 @@ def _start(args: argparse.Namespace) -> int:
         client = provider_client(settings)
         rate = settings.send_rate if args.rate is None else args.rate
         concurrency = settings.send_concurrency if args.concurrency is None else args.concurrency
-        sender = Sender(store, client, concurrency=max(1, concurrency), rate=rate,
+        sender = Sender(store, client, concurrency=concurrency, rate=rate,
                         hold_abandoned=True)
         engine = Engine(store, flows, renderer_for(settings, args.templates),
                         sender=settings.sender, callback_url=callback_url(settings, secret))

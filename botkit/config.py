@@ -74,7 +74,7 @@ class Settings(BaseModel):
     sender: str = Field(default="botkit", min_length=1, max_length=20)
     sandbox_mode: bool | None = Field(default=None, alias="sandbox")
     status_poll_after: float = Field(default=900.0, ge=60)
-    send_rate: float = Field(default=0.0, ge=0)
+    send_rate: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     send_concurrency: int = Field(default=100, ge=1, le=100)  # the client keeps 100 connections
     api_timeout: float = Field(default=10.0, gt=0)
     read_deadline: float = Field(default=10.0, gt=0)

@@ -294,7 +294,7 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
     if inbound_id is None:
         log.info("duplicate callback %s from %s ignored", reply.message_token, reply.phone_number)
         return web.json_response({"ok": True, "duplicate": True})
-    if not rt.dispatcher.idle(phone):
+    if context is not None and not rt.dispatcher.idle(phone):
         context = None  # something of the phone came first: its turn reads afresh
     rt.dispatcher.submit(Inbound(
         inbound_id, reply.message_token, phone, reply.time, reply.message.text,

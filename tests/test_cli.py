@@ -240,6 +240,24 @@ def test_start_without_phones_says_how_to_give_them(db: Path) -> None:
     assert "no phone numbers given (PHONE arguments or --phones FILE.csv)" in result.stderr
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--concurrency", "0", "argument --concurrency: 0 is out of range (1 to 100)"),
+    ("--concurrency", "500", "argument --concurrency: 500 is out of range (1 to 100)"),
+    ("--concurrency", "many", "argument --concurrency: 'many' is not a number"),
+    ("--rate", "-5", "argument --rate: -5 is out of range (0 or more)"),
+    ("--rate", "inf", "argument --rate: inf is out of range (0 or more)"),
+])
+def test_start_refuses_a_sending_option_out_of_range(
+    db: Path, option: str, value: str, message: str
+) -> None:
+    # Not clamped or taken as "no limit" in silence: the message says what to give.
+    result = run_cli("start", "survey", ANA, option, value, db=db)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not db.exists() or not rows(db, "SELECT id FROM conversations")
+
+
 # -- conversations, export, release -------------------------------------------------------
 
 

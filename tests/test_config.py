@@ -36,6 +36,7 @@ def test_key_is_never_shown():
     ({"BOTKIT_SENDER": "x" * 21}, "BOTKIT_SENDER: "),
     ({"BOTKIT_SEND_CONCURRENCY": "0"}, "BOTKIT_SEND_CONCURRENCY: "),
     ({"BOTKIT_SEND_CONCURRENCY": "101"}, "at once (1-100)"),
+    ({"BOTKIT_SEND_RATE": "inf"}, "BOTKIT_SEND_RATE: Input should be a finite number"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match="invalid configuration") as info:
