@@ -1,6 +1,6 @@
 """The campaign benchmark: ``run.py start FLOW --phones`` against a bare loop of POSTs.
 
-    python bench/campaign.py                 # 100,000 phones (about 4 minutes)
+    python bench/campaign.py                 # 100,000 phones (about 5 minutes)
     python bench/campaign.py --phones 5000   # smaller (CI runs --smoke)
 
 Phases, each with a fresh fake provider (its own process, pinned to CPU 1, no status
