@@ -313,6 +313,7 @@ def _read_phones(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from .models import sms_status_label, status_label
     from .server import provider_client
 
     settings = _settings(args)
@@ -320,8 +321,11 @@ def _status(args: argparse.Namespace) -> int:
     async def run() -> int:
         async with provider_client(settings) as client:
             result = await client.get_status(args.message_id)
-        print(f"message {result.message_id}: {result.status.name.lower()}"
-              f" ({int(result.status)})")
+        line = f"message {result.message_id}: {status_label(result.status)}"
+        if result.sms_message_id is not None or result.sms_message_status is not None:
+            line += (f"; SMS fallback {result.sms_message_id}:"
+                     f" {sms_status_label(result.sms_message_status)}")
+        print(line)
         return 0
 
     return asyncio.run(run())

@@ -38,9 +38,9 @@ __all__ = ["ProviderClient", "RetryPolicy", "raise_for_answer"]
 log = logging.getLogger("botkit.client")
 _M = TypeVar("_M", SendResult, StatusResult)
 
-# PROVIDER_API.md, "Errors": the body's code and the HTTP status each name one class.
+# PROVIDER_API.md, "Errors". The body's shape is a PHP framework's, whose errors carry
+# code 0 unless the application sets one: only codes 1-3 name a class by themselves.
 _BY_CODE: dict[int, type[ProviderError]] = {
-    0: RateLimitedError,
     1: InvalidParameterError,
     2: ProviderUnavailableError,
     3: BalanceError,
@@ -100,7 +100,9 @@ def raise_for_answer(http_status: int, body: Any) -> None:
     """Raise the one ``ProviderError`` subclass an answer means, or return for a success.
 
     ``body`` is the parsed JSON (None if the answer was not JSON). An error body counts
-    even under HTTP 200, and its ``code`` (then its ``status``) wins over the HTTP status.
+    even under HTTP 200. A ``code`` of 1, 2 or 3 decides the class; otherwise the status
+    does, the body's ``status`` first and then the HTTP status (PROVIDER_API.md). ``code`` 0
+    with no status at all is a rate limit.
 
     >>> raise_for_answer(200, {"message_id": 429})  # success: returns None
     """
@@ -113,22 +115,24 @@ def raise_for_answer(http_status: int, body: Any) -> None:
         fallback = f"HTTP {http_status} with no JSON body"
     else:
         fallback = f"HTTP {http_status} with an unexpected body"
-    raise _error_class(error.code, (error.status, http_status))(
+    status = error.status if error.status is not None else (None if ok else http_status)
+    raise _error_class(error.code, status)(
         error.message or error.name or fallback,
-        status=error.status if ok and error.status is not None else http_status,
+        status=status if status is not None else http_status,
         code=error.code,
         name=error.name,
     )
 
 
-def _error_class(code: int | None, statuses: tuple[int | None, int]) -> type[ProviderError]:
+def _error_class(code: int | None, status: int | None) -> type[ProviderError]:
     if code is not None and code in _BY_CODE:
         return _BY_CODE[code]
-    for status in statuses:
-        if status is not None and status in _BY_STATUS:
-            return _BY_STATUS[status]
-        if status is not None and 500 <= status < 600:
-            return ProviderUnavailableError
+    if status is None:  # an error body under HTTP 200 that names no status
+        return RateLimitedError if code == 0 else ProviderError
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    if 500 <= status < 600:
+        return ProviderUnavailableError
     return ProviderError
 
 
@@ -164,7 +168,7 @@ class ProviderClient:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         # The SDKs base64-encode the key as given; it is not "user:password" (PROVIDER_API.md).
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, str] = {"Accept": "application/json"}  # as every SDK sends
         if api_key is not None:
             token = base64.b64encode(api_key.encode()).decode("ascii")
             self._headers["Authorization"] = f"Basic {token}"
@@ -175,7 +179,7 @@ class ProviderClient:
         self._rng = rng if rng is not None else random.Random()
 
     def __repr__(self) -> str:
-        key = "<hidden>" if self._headers else None
+        key = "<hidden>" if "Authorization" in self._headers else None
         return f"ProviderClient(base_url={self.base_url!r}, api_key={key})"
 
     async def send(self, request: SendRequest) -> SendResult:
@@ -197,7 +201,9 @@ class ProviderClient:
     async def get_status(self, message_id: int) -> StatusResult:
         """Ask for a message's delivery status (messages of the last 5 days).
 
-        Usage: ``if (await client.get_status(429)).status.is_final: ...``
+        The status may be a number ``MessageStatus`` does not list; that is no error.
+
+        Usage: ``print(status_label((await client.get_status(429)).status))``
         """
         answer = await self._call("/receive-viber", {"message_id": message_id})
         return _validate(StatusResult, answer)

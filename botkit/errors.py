@@ -11,11 +11,13 @@
     │   └── TimerTakenError      another process fired, skipped or cancelled the timer
     ├── DuplicateMessageError    a user message was already handled (its turn is dropped)
     └── ProviderError            the provider refused or failed a request
-        ├── RateLimitedError         429, code 0            (retryable)
-        ├── ProviderUnavailableError 5xx, timeouts, network (retryable)
-        ├── InvalidParameterError    400, code 1            (do not retry)
-        ├── UnauthorizedError        401, bad access key    (operator must act)
-        └── BalanceError             402, code 3            (operator must act)
+        ├── RateLimitedError         429 (code 0 alone too)   (retryable)
+        ├── ProviderUnavailableError 5xx, code 2, timeouts    (retryable)
+        ├── InvalidParameterError    400, code 1              (do not retry)
+        ├── UnauthorizedError        401, bad access key      (operator must act)
+        └── BalanceError             402, code 3              (operator must act)
+
+    Any other refusal (404, 405, another 4xx) is a plain ProviderError: not retried.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class ProviderError(BotkitError):
 
 
 class RateLimitedError(ProviderError):
-    """The provider's rate limit was hit (429, code 0): back off and retry."""
+    """The provider's rate limit was hit (status 429, or code 0 with no status): retry later."""
 
     retryable = True
 

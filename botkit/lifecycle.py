@@ -80,10 +80,9 @@ def status_timers(flows: FlowSet, change: StatusChange, now: float) -> list[Time
     step = flow.steps.get(conv.step) if flow else None
     if step is None:
         return []
-    status = MessageStatus(change.new)
-    if status in FAILED and step.on_undelivered is not None:
+    if change.new in FAILED and step.on_undelivered is not None:
         return [TimerSpec("undelivered", conv.flow, conv.step, now, change.message_id)]
-    if status is MessageStatus.DELIVERED and step.unanswered_after is not None:
+    if change.new == MessageStatus.DELIVERED and step.unanswered_after is not None:
         due = now + step.unanswered_after.total_seconds()
         return [TimerSpec("unanswered", conv.flow, conv.step, due, change.message_id)]
     return []

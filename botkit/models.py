@@ -26,8 +26,10 @@ from pydantic import (
 )
 
 from .errors import ReplyLimitError
+from .sms import sms_problem
 
 __all__ = [
+    "DeliveryStatus",
     "ErrorBody",
     "InboundReply",
     "MessageStatus",
@@ -35,10 +37,15 @@ __all__ = [
     "ReplyMessage",
     "SendRequest",
     "SendResult",
+    "SmsStatus",
     "StatusResult",
     "StatusUpdate",
+    "is_reply",
     "normalize_phone",
     "parse_tracking_id",
+    "sms_status_label",
+    "status_label",
+    "status_rank",
 ]
 
 _TRACKING = re.compile(r"^\s*tracking_id:([0-9]{1,19})\s*$")  # ASCII digits only
@@ -46,16 +53,26 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class MessageType(IntEnum):
-    """The provider's message types; botkit sends the 2Way ones (206, 208)."""
+    """The provider's message types: 2Way (206, 208) for questions, one-way (106, 108) for
+    notices."""
 
     TEXT = 106
     RICH = 108
     TWO_WAY_TEXT = 206
     TWO_WAY_RICH = 208
 
+    @property
+    def two_way(self) -> bool:
+        """True for the types a user can answer (the provider tracks the last of them)."""
+        return self in (MessageType.TWO_WAY_TEXT, MessageType.TWO_WAY_RICH)
+
 
 class MessageStatus(IntEnum):
-    """Delivery statuses of ``/receive-viber`` and status callbacks."""
+    """The documented delivery statuses of ``/receive-viber`` and status callbacks.
+
+    Other numbers may come (Viber itself knows "seen"): botkit stores them as they came
+    (``DeliveryStatus`` is any int) and shows them as ``unknown (N)``.
+    """
 
     SENT = 0
     DELIVERED = 1
@@ -68,7 +85,62 @@ class MessageStatus(IntEnum):
     @property
     def is_final(self) -> bool:
         """Delivered, error, rejected and undelivered never change again."""
-        return self in {self.DELIVERED, self.ERROR, self.REJECTED, self.UNDELIVERED}
+        return self in _FINAL
+
+
+_FINAL = frozenset({MessageStatus.DELIVERED, MessageStatus.ERROR, MessageStatus.REJECTED,
+                    MessageStatus.UNDELIVERED})
+_RANK: dict[int, int] = {MessageStatus.PENDING: 1, MessageStatus.SENT: 2}
+
+
+def status_rank(status: int | None) -> int:
+    """How far a delivery status is: none < unknown (20 or any undocumented number) <
+    pending < sent < final. A message's status only ever moves to a higher rank.
+
+    >>> status_rank(1) > status_rank(0) > status_rank(5) > status_rank(7) > status_rank(None)
+    True
+    """
+    if status is None:
+        return -1
+    if status in _FINAL:
+        return 3
+    return _RANK.get(status, 0)
+
+
+def status_label(status: int | None) -> str:
+    """A delivery status for people: ``delivered (1)``, ``unknown (7)``, ``none``.
+
+    >>> status_label(4), status_label(7)
+    ('undelivered (4)', 'unknown (7)')
+    """
+    if status is None:
+        return "none"
+    try:
+        return f"{MessageStatus(status).name.lower()} ({status})"
+    except ValueError:
+        return f"unknown ({status})"
+
+
+class SmsStatus(IntEnum):
+    """The status of the SMS fallback of a Viber + SMS message (``sms_message_status``)."""
+
+    DELIVERED = 2
+    EXPIRED = 3
+    UNDELIVERABLE = 5
+
+
+def sms_status_label(status: int | None) -> str:
+    """An SMS fallback status for people: ``delivered (2)``, ``unknown (9)``.
+
+    >>> sms_status_label(5)
+    'undeliverable (5)'
+    """
+    if status is None:
+        return "none"
+    try:
+        return f"{SmsStatus(status).name.lower()} ({status})"
+    except ValueError:
+        return f"unknown ({status})"
 
 
 def parse_tracking_id(tracking_data: str | None) -> int | None:
@@ -114,6 +186,8 @@ def _phone(value: Any) -> Any:
 
 
 ProviderId = Annotated[StrictInt, BeforeValidator(_int_from_digits), Field(ge=0, lt=2**63)]
+# Any status number, documented or not: a status is never refused for being new.
+DeliveryStatus = Annotated[StrictInt, BeforeValidator(_int_from_digits), Field(ge=0, lt=2**31)]
 
 
 def _utf8(value: str) -> str:
@@ -155,13 +229,30 @@ class InboundReply(BaseModel):
         return parse_tracking_id(self.message.tracking_data)
 
 
+def is_reply(data: dict[str, Any]) -> bool:
+    """Whether a callback body is a user's reply: it has ``message_token`` and a ``message``
+    object. A status update may carry a ``message`` string (an error text), so ``message``
+    alone does not make a reply.
+
+    >>> is_reply({"message_id": 7, "status": 2, "message": "Blocked"})
+    False
+    """
+    return isinstance(data.get("message"), dict) and "message_token" in data
+
+
 class StatusUpdate(BaseModel):
-    """A delivery status callback; undocumented by the provider, so extra fields are kept."""
+    """A delivery status callback; undocumented by the provider, so extra fields are kept.
+
+    ``status`` may be a number outside ``MessageStatus``; the SMS fields come with Viber +
+    SMS messages (PROVIDER_API.md).
+    """
 
     model_config = ConfigDict(extra="allow")
 
     message_id: ProviderId
-    status: MessageStatus
+    status: DeliveryStatus
+    sms_message_id: ProviderId | None = None
+    sms_message_status: DeliveryStatus | None = None
 
 
 class SendRequest(BaseModel):
@@ -179,6 +270,7 @@ class SendRequest(BaseModel):
     button_action: str | None = None
     callback_url: str | None = None
     validity_period: int | None = Field(default=None, ge=40, le=21600)
+    text_sms: str | None = None
 
     @field_validator("image", "button_caption")
     @classmethod
@@ -204,6 +296,22 @@ class SendRequest(BaseModel):
     def _url(cls, value: str | None) -> str | None:
         return value if value is None else _require_url(value)
 
+    @field_validator("text_sms")
+    @classmethod
+    def _sms(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        kind = info.data.get("message_type")
+        if kind is not MessageType.TEXT or info.data.get("source_type") != 2:
+            shown = int(kind) if kind is not None else "?"
+            raise ValueError("an SMS fallback needs a transactional text message (type 106,"
+                             f" source_type 2), not type {shown} with source_type"
+                             f" {info.data.get('source_type')}")
+        problem = sms_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _button_pair(self) -> SendRequest:
         if (self.button_caption is None) != (self.button_action is None):
@@ -226,6 +334,31 @@ class SendRequest(BaseModel):
             value = first.get("input") if first["loc"] else None
             raise ReplyLimitError(field, first["msg"], value) from exc
 
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> SendRequest:
+        """Validate a body as the provider receives it, where "not set" has several forms.
+
+        The official SDKs send ``null``, ``""`` (image, button and callback fields) or
+        ``validity_period: 0`` for a field they leave unset; the provider takes each as not
+        given (PROVIDER_API.md). Used by the fake provider.
+
+        >>> SendRequest.from_wire({"source_addr": "Acme", "destination_addr": 380501112233,
+        ...     "message_type": 206, "text": "Hi", "image": "", "validity_period": 0}).image
+        """
+        cleaned = {k: v for k, v in body.items() if not _unset(k, v)}
+        return cls.model_validate(cleaned)
+
+
+_BLANK_WHEN_UNSET = frozenset({"image", "button_caption", "button_action", "callback_url"})
+
+
+def _unset(key: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if key in _BLANK_WHEN_UNSET:
+        return isinstance(value, str) and value == ""
+    return key == "validity_period" and type(value) is int and value == 0
+
 
 def _require_url(value: str) -> str:
     parts = urlsplit(value)
@@ -243,12 +376,20 @@ class SendResult(BaseModel):
 
 
 class StatusResult(BaseModel):
-    """The answer of ``POST /receive-viber``."""
+    """The answer of ``POST /receive-viber``; ``status`` may be an undocumented number."""
 
     model_config = ConfigDict(extra="ignore")
 
     message_id: ProviderId
-    status: MessageStatus
+    status: DeliveryStatus
+    sms_message_id: ProviderId | None = None
+    sms_message_status: DeliveryStatus | None = None
+
+    def update(self) -> StatusUpdate:
+        """The same status as a ``StatusUpdate``, to record it like a status callback."""
+        return StatusUpdate(message_id=self.message_id, status=self.status,
+                            sms_message_id=self.sms_message_id,
+                            sms_message_status=self.sms_message_status)
 
 
 class ErrorBody(BaseModel):
@@ -265,18 +406,22 @@ class ErrorBody(BaseModel):
     def parse(cls, data: Any) -> ErrorBody | None:
         """Return the error body in ``data``, or None if ``data`` is not one.
 
-        The provider's SDKs treat a body with ``name`` and ``status`` (or ``code``) as an
-        error even under HTTP 200, so this does too.
+        The provider's SDKs treat a JSON object with any of ``name``, ``message``, ``code``
+        and ``status`` (and no ``message_id``) as an error, even under HTTP 200, so this does
+        too. A field of the wrong type (``"status": "bad"``) is left out; a number given as
+        a string (``"status": "401"``) is read as the number.
         """
         if not isinstance(data, dict) or "message_id" in data:
             return None
-        named = "name" in data or "message" in data
-        if not named or not ({"status", "code"} & data.keys()):
+        if not _ERROR_KEYS & data.keys():
             return None
         kept = {}
-        for key in ("name", "message", "code", "status"):
+        for key in _ERROR_KEYS:
             try:
                 kept.update(cls.model_validate({key: data.get(key)}).model_dump(include={key}))
             except ValidationError:
                 continue
         return cls(**kept)
+
+
+_ERROR_KEYS = frozenset({"name", "message", "code", "status"})

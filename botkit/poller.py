@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from .client import ProviderClient
 from .engine import Engine
 from .errors import ProviderError
-from .models import StatusUpdate
 from .periodic import Periodic
 from .store import Store
 
@@ -65,8 +64,7 @@ class StatusPoller(Periodic):
             except ProviderError as exc:
                 log.warning("status of message %d: %s", message_id, exc.reason)
                 continue
-            await self.engine.on_status(StatusUpdate(message_id=result.message_id,
-                                                     status=result.status))
+            await self.engine.on_status(result.update())
             answered += 1
         await self.store.mark_polled([outbox_id for outbox_id, _ in rows], now)
         if rows:

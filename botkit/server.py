@@ -32,7 +32,7 @@ from .dispatch import Dispatcher
 from .engine import Engine
 from .flows import Flow, FlowSet
 from .guard import GUARD, SlowClientGuard
-from .models import InboundReply, StatusUpdate
+from .models import InboundReply, StatusUpdate, is_reply
 from .sender import Sender
 from .poller import StatusPoller
 from .sqlite_store import SQLiteStore
@@ -271,12 +271,14 @@ async def _callback(request: web.Request) -> web.Response:
         return _error(400, f"body is not valid JSON: {exc}")
     if not isinstance(data, dict):
         return _error(400, "body must be a JSON object")
-    if "message" in data:
+    if is_reply(data):
         return await _reply(rt, data)
     if "message_id" in data or "status" in data:
         return await _status(rt, data)
-    return _error(400, "neither a reply (has 'message') nor a status update"
-                       " (has 'message_id' and 'status')")
+    if "message_token" in data or "message" in data:  # a broken reply: say what is wrong
+        return await _reply(rt, data)
+    return _error(400, "neither a reply (has 'message_token' and a 'message' object) nor a"
+                       " status update (has 'message_id' and 'status')")
 
 
 async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:

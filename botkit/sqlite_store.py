@@ -25,8 +25,16 @@ from .conversation import Conversation, SentRef, Status
 from .db_thread import DatabaseThread
 from .errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
 from .lifecycle import ASKED, LATE_SEND
-from .models import InboundReply, MessageStatus, StatusUpdate, parse_tracking_id
-from .schema import check_and_migrate
+from .models import (
+    InboundReply,
+    MessageType,
+    StatusUpdate,
+    parse_tracking_id,
+    sms_status_label,
+    status_label,
+    status_rank,
+)
+from .schema import UNCONFIRMED, check_and_migrate
 from .store import (
     Commit,
     Committed,
@@ -54,17 +62,6 @@ OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # the outbox repeats it word for word, or SQLite cannot use them and scans every message.
 _QUEUE = "status IN ('queued', 'sending')"
 _ATTENTION = "status IN ('failed', 'uncertain')"  # the same, for index outbound_attention
-
-
-def status_rank(status: int | None) -> int:
-    """Order of delivery statuses: unknown < pending < sent < any final one."""
-    if status is None:
-        return -1
-    if MessageStatus(status).is_final:
-        return 3
-    return {MessageStatus.UNKNOWN: 0, MessageStatus.PENDING: 1, MessageStatus.SENT: 2}[
-        MessageStatus(status)
-    ]
 
 
 class SQLiteStore(Store):
@@ -232,7 +229,7 @@ class SQLiteStore(Store):
         try:
             return update.model_dump_json()
         except ValueError:  # extra fields too deep or not UTF-8: keep what matters
-            return json.dumps({"message_id": update.message_id, "status": int(update.status)})
+            return json.dumps({"message_id": update.message_id, "status": update.status})
 
     def _record_status(
         self,
@@ -240,11 +237,12 @@ class SQLiteStore(Store):
         now: float,
         plan: Callable[[StatusChange], list[TimerSpec]] | None,
     ) -> StatusChange | None:
+        sms = (update.sms_message_id, update.sms_message_status)
         with self._write() as db:
             db.execute(
-                "INSERT INTO status_events (message_id, status, body, received_at)"
-                " VALUES (?, ?, ?, ?)",
-                [update.message_id, int(update.status), self._record_status_body(update), now],
+                "INSERT INTO status_events (message_id, status, body, received_at,"
+                " sms_message_id, sms_message_status) VALUES (?, ?, ?, ?, ?, ?)",
+                [update.message_id, update.status, self._record_status_body(update), now, *sms],
             )
             row = self._one(
                 f"SELECT {_SENT_COLUMNS} FROM outbound WHERE message_id = ?"
@@ -253,7 +251,8 @@ class SQLiteStore(Store):
             )
             if row is None:
                 return None
-            return self._status_change(row, int(update.status), now, plan)
+            self._apply_sms(row["id"], *sms)
+            return self._status_change(row, update.status, now, plan)
 
     def _status_change(
         self,
@@ -273,6 +272,17 @@ class SQLiteStore(Store):
         if plan is not None and conv is not None and changed:
             self._add_timers(conv.id, conv.phone, plan(change), at)
         return change
+
+    def _apply_sms(self, outbox_id: int, sms_id: int | None, sms_status: int | None) -> None:
+        """Keep the SMS fallback's id and status (Viber + SMS); a final SMS status stays."""
+        if sms_id is None and sms_status is None:
+            return  # every message without an SMS fallback: no statement
+        self.db.execute(
+            "UPDATE outbound SET sms_message_id = coalesce(?, sms_message_id),"
+            " sms_message_status = CASE WHEN sms_message_status IN (2, 3, 5)"
+            " THEN sms_message_status ELSE coalesce(?, sms_message_status) END WHERE id = ?",
+            [sms_id, sms_status, outbox_id],
+        )
 
     def _apply_status(self, outbox_id: int, current: int | None, new: int, now: float) -> bool:
         # A status never moves backwards: a final one is never replaced (issue 4, rule 1).
@@ -551,19 +561,19 @@ class SQLiteStore(Store):
         rows = self._rows(
             "SELECT * FROM ("
             "  SELECT 'in' AS direction, received_at AS at, text, id,"
-            "    status || coalesce(' (' || route || ')', '') AS detail"
+            "    status || coalesce(' (' || route || ')', '') AS detail, NULL AS message_id,"
+            "    NULL AS message_type, NULL AS delivery_status, NULL AS sms_message_id,"
+            "    NULL AS sms_message_status, NULL AS step, NULL AS error"
             "  FROM inbound WHERE phone = :phone"
             "  UNION ALL"
-            "  SELECT 'out', created_at, text, id, status"
-            "    || coalesce(', message ' || message_id, '')"
-            "    || coalesce(', delivery ' || delivery_status, '')"
-            "    || coalesce(', asks ' || step, '') || coalesce(': ' || error, '')"
+            "  SELECT 'out', created_at, text, id, status, message_id, message_type,"
+            "    delivery_status, sms_message_id, sms_message_status, step, error"
             "  FROM outbound WHERE phone = :phone"
             "  ORDER BY at DESC, id DESC LIMIT :limit"
             ") ORDER BY at, id",
             {"phone": phone, "limit": limit},
         )
-        return [LogEntry(r["direction"], r["at"], r["text"], r["detail"]) for r in rows]
+        return [LogEntry(r["direction"], r["at"], r["text"], _detail(r)) for r in rows]
 
     async def release(self, phone: str, now: float) -> Conversation | None:
         return await self._run(self._release, phone, now)
@@ -628,11 +638,15 @@ class SQLiteStore(Store):
         # Status callbacks may have arrived before the message_id was stored: apply the
         # furthest one (the first final status wins, as it would have on arrival).
         best: int | None = None
+        sms: tuple[int | None, int | None] = (None, None)
         for event in self._rows(
-            "SELECT status FROM status_events WHERE message_id = ? ORDER BY id", [message_id]
+            "SELECT status, sms_message_id, sms_message_status FROM status_events"
+            " WHERE message_id = ? ORDER BY id", [message_id]
         ):
             if status_rank(event["status"]) > status_rank(best):
                 best = event["status"]
+            if event["sms_message_id"] is not None or event["sms_message_status"] is not None:
+                sms = (event["sms_message_id"], event["sms_message_status"])
         sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
                 " WHERE id = ? RETURNING conversation_id, flow, step, role, created_at")
         if best is None:  # the usual case: one statement, unless the question went late
@@ -643,6 +657,7 @@ class SQLiteStore(Store):
             self._timers_from_send(db.execute(sent, [message_id, now, outbox_id]).fetchone(), now)
             row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?", [outbox_id])
             assert row is not None
+            self._apply_sms(outbox_id, *sms)
             self._status_change(row, best, now, plan)
 
     def _timers_from_send(self, sent: tuple[Any, ...] | None, now: float) -> None:
@@ -768,7 +783,7 @@ class SQLiteStore(Store):
     ) -> list[tuple[int, int]]:
         rows = self._rows(
             "SELECT id, message_id FROM outbound INDEXED BY outbound_unconfirmed"
-            " WHERE status = 'sent' AND (delivery_status IS NULL OR delivery_status IN (0, 5, 20))"
+            f" WHERE {UNCONFIRMED}"
             " AND sent_at <= ? AND sent_at >= ? AND (polled_at IS NULL OR polled_at <= ?)"
             " ORDER BY coalesce(polled_at, 0), sent_at LIMIT ?",
             [sent_before, sent_after, sent_before, limit],
@@ -894,3 +909,23 @@ def _conversation(row: dict[str, Any]) -> Conversation:
         version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
         expires_at=row["expires_at"],
     )
+
+
+def _detail(row: dict[str, Any]) -> str:
+    """One line on a message of ``history``: how it was handled, or how far it got."""
+    if row["direction"] == "in":
+        return str(row["detail"])
+    parts = [row["detail"]]
+    if row["message_id"] is not None:
+        parts.append(f"message {row['message_id']}")
+    if row["message_type"] in (MessageType.TEXT, MessageType.RICH):
+        parts.append(f"one-way {row['message_type']}")
+    if row["delivery_status"] is not None:
+        parts.append(f"delivery {status_label(row['delivery_status'])}")
+    if row["sms_message_id"] is not None or row["sms_message_status"] is not None:
+        sms = f"SMS {row['sms_message_id']}" if row["sms_message_id"] is not None else "SMS"
+        parts.append(f"{sms} {sms_status_label(row['sms_message_status'])}")
+    if row["step"] is not None:
+        parts.append(f"asks {row['step']}")
+    text = ", ".join(parts)
+    return f"{text}: {row['error']}" if row["error"] else text

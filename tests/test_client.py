@@ -212,6 +212,26 @@ async def test_unexpected_2xx_body_is_not_retried(connect: Connect) -> None:
         (500, BAD_PARAM, InvalidParameterError),
         (503, {"name": "Nope", "code": 99}, ProviderUnavailableError),  # unknown code: status
         (200, {"name": "Weird", "status": 200}, ProviderError),
+        # code 0 is the PHP framework's default, not "rate limited": the status decides
+        (200, {**UNAUTHORIZED, "message": "Your request was made with invalid credentials.",
+               "code": 0}, UnauthorizedError),
+        (401, {**UNAUTHORIZED, "code": 0}, UnauthorizedError),
+        (200, {"name": "Not Found", "message": "Page not found.", "code": 0, "status": 404},
+         ProviderError),
+        (404, {"name": "Not Found", "message": "Page not found.", "code": 0, "status": 404},
+         ProviderError),
+        (200, {"name": "Method Not Allowed", "code": 0, "status": 405}, ProviderError),
+        (405, {"name": "Method Not Allowed", "code": 0}, ProviderError),  # HTTP status decides
+        (200, {"name": "Bad Gateway", "code": 0, "status": 502}, ProviderUnavailableError),
+        (200, {"name": "Too Many Requests", "code": 0}, RateLimitedError),  # no status at all
+        (429, {"name": "Too Many Requests", "code": 0}, RateLimitedError),
+        (200, {"code": 0, "status": 200}, ProviderError),
+        (200, {"name": "Unauthorized", "status": "401"}, UnauthorizedError),  # a string status
+        (200, {"name": "Unauthorized", "code": "0", "status": "401"}, UnauthorizedError),
+        (200, {"name": "Odd", "status": "soon"}, ProviderError),  # an unreadable status
+        (503, {"name": "Unauthorized", "code": 0, "status": 401}, UnauthorizedError),
+        (200, {"name": "Nope", "code": 99}, ProviderError),
+        (200, {"message": "something failed"}, ProviderError),
     ],
 )
 def test_raise_for_answer_picks_one_class(
@@ -256,6 +276,24 @@ def test_raise_for_answer_carries_what_the_provider_said() -> None:
 
 
 # --- retries -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("http_status", [200, 401])
+async def test_a_wrong_key_with_code_0_is_not_retried(connect: Connect, http_status: int) -> None:
+    body = {"name": "Unauthorized", "message": "Your request was made with invalid credentials.",
+            "code": 0, "status": 401}
+    h = await connect(Step(http_status, body), Step(body={"message_id": 1}))
+    with pytest.raises(UnauthorizedError) as info:
+        await h.client.send(a_request())
+    assert (info.value.status, info.value.code) == (401, 0)
+    assert len(h.provider.requests) == 1 and h.delays == []
+
+
+async def test_every_request_accepts_json(connect: Connect) -> None:
+    h = await connect(Step(body={"message_id": 1}), Step(body={"message_id": 1, "status": 0}))
+    await h.client.send(a_request())
+    await h.client.get_status(1)
+    assert [seen.headers["Accept"] for seen in h.provider.requests] == ["application/json"] * 2
 
 
 async def test_429_then_500_then_success(connect: Connect) -> None:
@@ -366,6 +404,15 @@ async def test_get_status(connect: Connect) -> None:
     assert (result.message_id, result.status) == (429, MessageStatus.DELIVERED)
     (seen,) = h.provider.requests
     assert (seen.path, seen.json) == ("/v1/api/receive-viber", {"message_id": 429})
+
+
+async def test_get_status_with_an_undocumented_number_and_sms_fields(connect: Connect) -> None:
+    h = await connect(Step(body={"message_id": 429, "status": 7, "sms_message_id": 36478,
+                                 "sms_message_status": "2"}))
+    result = await h.client.get_status(429)
+    assert (result.status, result.sms_message_id, result.sms_message_status) == (7, 36478, 2)
+    update = result.update()
+    assert (update.message_id, update.status, update.sms_message_status) == (429, 7, 2)
 
 
 async def test_get_status_of_unknown_id(connect: Connect) -> None:

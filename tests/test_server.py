@@ -49,7 +49,8 @@ async def test_a_prefix_of_the_secret_is_refused(bot):
     ({**REPLY, "message_token": None}, "message_token:", "message_token"),
     ({**REPLY, "message": "text"}, "message:", "message"),
     ({"message_id": "abc", "status": 1}, "message_id:", "message_id"),
-    ({"message_id": 5, "status": 99}, "status:", "status"),
+    ({"message_id": 5, "status": -1}, "status:", "status"),
+    ({"message_id": 5, "status": "seen"}, "status:", "status"),
     ({"message_id": 5}, "status:", "status"),
 ])
 async def test_bad_input_is_400_naming_the_problem_and_stores_nothing(bot, body, error, field):
@@ -87,6 +88,51 @@ async def test_status_update_is_stored_on_the_message_and_never_regresses(bot):
         "SELECT delivery_status, delivery_status_at FROM outbound").fetchone()
     assert row[0] == 1 and row[1] is not None
     assert stored(bot) == (0, 7)
+
+
+async def test_an_undocumented_status_number_is_stored_as_it_came_and_never_moves_back(bot):
+    # PROVIDER_API.md: a number outside the table may come (Viber knows "seen"); a 400 would
+    # make the provider retry the callback for ever.
+    bot.provider.auto_deliver = False
+    chat = bot.chat(PHONE)
+    [q1] = await chat.start("demo")
+    code, answer = await bot.post({"message_id": q1.message_id, "status": 99})
+    assert (code, answer) == (200, {"ok": True, "matched": True})
+    assert bot.db().execute("SELECT delivery_status FROM outbound").fetchone() == (99,)
+    [entry] = await bot.runtime.store.history(PHONE)
+    assert "delivery unknown (99)" in entry.detail
+    for status in (1, 99, "7"):  # delivered stays delivered
+        code, _ = await bot.post({"message_id": q1.message_id, "status": status})
+        assert code == 200
+    assert bot.db().execute("SELECT delivery_status FROM outbound").fetchone() == (1,)
+    assert bot.db().execute("SELECT status FROM status_events ORDER BY id").fetchall() == [
+        (99,), (1,), (99,), (7,)]
+
+
+async def test_a_status_carrying_a_message_string_is_a_status_not_a_reply(bot):
+    bot.provider.auto_deliver = False
+    [q1] = await bot.chat(PHONE).start("demo")
+    body = {"message_id": q1.message_id, "status": 3, "message": "Blocked by the user"}
+    code, answer = await bot.post(body)
+    assert (code, answer) == (200, {"ok": True, "matched": True})
+    assert bot.db().execute("SELECT delivery_status FROM outbound").fetchone() == (3,)
+    assert stored(bot) == (0, 1)
+
+
+async def test_sms_fallback_fields_of_a_status_are_kept_on_the_message(bot):
+    bot.provider.auto_deliver = False
+    [q1] = await bot.chat(PHONE).start("demo")
+    for body in ({"message_id": q1.message_id, "status": 4, "sms_message_id": "36478"},
+                 {"message_id": q1.message_id, "status": 4, "sms_message_id": 36478,
+                  "sms_message_status": 2},
+                 {"message_id": q1.message_id, "status": 4, "sms_message_status": 3}):
+        assert (await bot.post(body))[0] == 200
+    # the SMS was delivered (2, final): a later expiry (3) does not undo it
+    assert bot.db().execute(
+        "SELECT delivery_status, sms_message_id, sms_message_status FROM outbound"
+    ).fetchone() == (4, 36478, 2)
+    [entry] = await bot.runtime.store.history(PHONE)
+    assert "delivery undelivered (4), SMS 36478 delivered (2)" in entry.detail
 
 
 async def test_status_for_an_unknown_message_is_kept(bot):
