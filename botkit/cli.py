@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("phone")
     p = command("fake-provider", _fake_provider, "run the fake provider standalone (testing)")
     p.add_argument("--key", help="require this access key (Basic auth)")
+    p.add_argument("--http-errors", action="store_true",
+                   help="answer errors under their HTTP status (default: under HTTP 200, as"
+                        " the provider's SDKs expect them)")
     return parser
 
 
@@ -488,7 +491,8 @@ def _fake_provider(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_fake_provider(args.host or "127.0.0.1", args.port or 9000, args.key)
+    run_fake_provider(args.host or "127.0.0.1", args.port or 9000, args.key,
+                      http_errors=args.http_errors)
     return 0
 
 

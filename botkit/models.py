@@ -40,6 +40,7 @@ __all__ = [
     "SmsStatus",
     "StatusResult",
     "StatusUpdate",
+    "is_final_status",
     "is_reply",
     "normalize_phone",
     "parse_tracking_id",
@@ -102,9 +103,18 @@ def status_rank(status: int | None) -> int:
     """
     if status is None:
         return -1
-    if status in _FINAL:
+    if is_final_status(status):
         return 3
     return _RANK.get(status, 0)
+
+
+def is_final_status(status: int | None) -> bool:
+    """Whether a status number is final (delivered, error, rejected, undelivered).
+
+    >>> is_final_status(4), is_final_status(7)
+    (True, False)
+    """
+    return status in _FINAL
 
 
 def status_label(status: int | None) -> str:

@@ -98,6 +98,14 @@ def rich_body(**overrides: Any) -> dict[str, Any]:
     return send_body(**{**rich, **overrides})
 
 
+def under(status: int, http_errors: bool) -> int:
+    """The HTTP status an error is answered with: 200 (as the SDKs expect), or its own."""
+    return status if http_errors else 200
+
+
+MODES = pytest.mark.parametrize("http_errors", [False, True], ids=["errors-200", "errors-http"])
+
+
 async def send(client: Client, body: Any, **kwargs: Any) -> tuple[int, Any]:
     resp = await client.post("/send-viber", json=body, **kwargs)
     return resp.status, await resp.json()
@@ -138,34 +146,41 @@ async def test_send_accepts_number_and_string_destinations_with_sequential_ids(
         (send_body(message_type=107), "message_type"),
     ],
 )
+@MODES
 async def test_send_rejects_each_invalid_field_naming_it(
-    start_provider: StartProvider, body: dict[str, Any], field_name: str
+    start_provider: StartProvider, body: dict[str, Any], field_name: str, http_errors: bool
 ) -> None:
-    provider, client = await start_provider()
+    provider, client = await start_provider(http_errors=http_errors)
 
     status, answer = await send(client, body)
 
-    assert status == 400
+    assert status == under(400, http_errors)
     assert answer["name"] == f"Invalid Parameter: {field_name}"
     assert answer["code"] == 1 and answer["status"] == 400 and answer["message"]
     assert provider.sent == []
 
 
-async def test_send_rejects_a_body_that_is_not_json(start_provider: StartProvider) -> None:
-    provider, client = await start_provider()
+@MODES
+async def test_send_rejects_a_body_that_is_not_json(
+    start_provider: StartProvider, http_errors: bool
+) -> None:
+    provider, client = await start_provider(http_errors=http_errors)
 
     resp = await client.post("/send-viber", data=b"source_addr=Acme")
     answer = await resp.json()
 
-    assert resp.status == 400
+    assert resp.status == under(400, http_errors)
     assert answer["name"] == "Invalid Parameter: body" and answer["code"] == 1
     assert "not valid JSON" in answer["message"]
     assert (await send(client, [1, 2]))[1]["message"] == "request body must be a JSON object"
     assert provider.sent == []
 
 
-async def test_basic_auth_is_required_when_a_key_is_set(start_provider: StartProvider) -> None:
-    provider, client = await start_provider(api_key="s3cret")
+@MODES
+async def test_basic_auth_is_required_when_a_key_is_set(
+    start_provider: StartProvider, http_errors: bool
+) -> None:
+    provider, client = await start_provider(api_key="s3cret", http_errors=http_errors)
     good = "Basic " + base64.b64encode(b"s3cret").decode()
 
     missing = await send(client, send_body())
@@ -173,8 +188,9 @@ async def test_basic_auth_is_required_when_a_key_is_set(start_provider: StartPro
     raw_key = await send(client, send_body(), headers={"Authorization": "Basic s3cret"})
     ok = await send(client, send_body(), headers={"Authorization": good, "X-Trace": "1"})
 
-    assert missing[0] == wrong[0] == raw_key[0] == 401
+    assert missing[0] == wrong[0] == raw_key[0] == under(401, http_errors)
     assert missing[1]["name"] == "Unauthorized" and missing[1]["status"] == 401
+    assert missing[1]["code"] == 0  # the PHP framework's default: code 0 is no rate limit
     assert "missing" in missing[1]["message"] and "invalid" in wrong[1]["message"]
     assert ok == (200, {"message_id": 1000})
     assert provider.sent[0].headers["X-Trace"] == "1"
@@ -192,9 +208,12 @@ async def test_routes_live_under_the_prefix(start_provider: StartProvider) -> No
 # --- /receive-viber -----------------------------------------------------------------------
 
 
-async def test_receive_reports_status_for_five_days_only(start_provider: StartProvider) -> None:
+@MODES
+async def test_receive_reports_status_for_five_days_only(
+    start_provider: StartProvider, http_errors: bool
+) -> None:
     clock = FakeClock()
-    provider, client = await start_provider(clock=clock)
+    provider, client = await start_provider(clock=clock, http_errors=http_errors)
     await send(client, send_body())
 
     async def status_of(message_id: Any) -> tuple[int, Any]:
@@ -206,12 +225,14 @@ async def test_receive_reports_status_for_five_days_only(start_provider: StartPr
     assert await status_of("1000") == (200, {"message_id": 1000, "status": 1})
 
     unknown = await status_of(4242)
-    assert unknown[0] == 400 and unknown[1]["name"] == "Invalid Parameter: message_id"
+    assert unknown[0] == under(400, http_errors)
+    assert unknown[1]["name"] == "Invalid Parameter: message_id"
     assert unknown[1]["code"] == 1 and unknown[1]["status"] == 400
 
     clock.now += 5 * 86400 + 1
     old = await status_of(1000)
-    assert old[0] == 400 and old[1]["name"] == "Invalid Parameter: message_id"
+    assert old[0] == under(400, http_errors)
+    assert old[1]["name"] == "Invalid Parameter: message_id"
 
 
 # --- delivery life cycle ------------------------------------------------------------------
@@ -377,8 +398,8 @@ async def test_reply_needs_a_callback_url(start_provider: StartProvider, bot: Bo
 async def test_scripted_faults_are_seen_by_a_plain_client(start_provider: StartProvider) -> None:
     provider, client = await start_provider()
     provider.faults.script(
-        Fault.status(429),
-        Fault.status(500),
+        Fault.status(429, http=True),
+        Fault.status(500, http=True),
         Fault.error_body_200(code=2),
         Fault.status(503, body=""),
         Fault.reset(),
@@ -414,21 +435,40 @@ async def test_scripted_faults_are_seen_by_a_plain_client(start_provider: StartP
 
 async def test_error_bodies_follow_the_providers_table(start_provider: StartProvider) -> None:
     provider, client = await start_provider()
-    provider.faults.script(Fault.status(429), Fault.status(402), Fault.error_body_200(code=0))
+    provider.faults.script(Fault.status(429), Fault.status(402, http=True),
+                           Fault.error_body_200(code=0), Fault.status(405))
 
     assert await send(client, send_body()) == (
-        429,
+        200,  # as every SDK's tests answer errors
         {"name": "Too Many Requests", "message": "Rate limit exceeded", "code": 0, "status": 429},
     )
-    assert (await send(client, send_body()))[1]["code"] == 3
+    status, answer = await send(client, send_body())
+    assert (status, answer["code"], answer["status"]) == (402, 3, 402)
     assert await send(client, send_body()) == (
         200,
         {"name": "Too Many Requests", "message": "Rate limit exceeded", "code": 0, "status": 429},
     )
+    assert await send(client, send_body()) == (
+        200,
+        {"name": "Method Not Allowed", "message": "Method Not Allowed", "code": 0, "status": 405},
+    )
+    assert provider.sent == []
+
+
+async def test_http_errors_answer_under_the_errors_own_status(
+    start_provider: StartProvider,
+) -> None:
+    provider, client = await start_provider(http_errors=True)
+    provider.faults.script(Fault.status(401), Fault.status(401, http=False))
+
+    status, answer = await send(client, send_body())
+    assert (status, answer["name"], answer["code"]) == (401, "Unauthorized", 0)
+    assert (await send(client, send_body()))[0] == 200
+    assert (await send(client, send_body(text="")))[0] == 400
 
 
 async def test_random_faults_are_deterministic_with_a_seed(start_provider: StartProvider) -> None:
-    provider, client = await start_provider()
+    provider, client = await start_provider(http_errors=True)
 
     async def run() -> list[int]:
         provider.faults.rate(0.5, statuses=(429, 500), seed=7)

@@ -1,5 +1,9 @@
 """Fault injection for the fake provider: scripted answers, random errors, latency, duplicates.
 
+An error is answered as the provider's error body under HTTP 200, the way every official SDK
+expects it (PROVIDER_API.md, "Errors"), unless the provider's ``http_errors`` setting or the
+fault itself (``Fault.status(401, http=True)``) asks for the error's own HTTP status.
+
 Everything is off by default. A test scripts the next answers of ``/send-viber``
 (``provider.faults.script(Fault.status(429), Fault.reset())``), a benchmark turns on a
 seeded fraction of errors (``provider.faults.rate(0.1, seed=1)``); both are deterministic.
@@ -22,15 +26,17 @@ __all__ = ["Fault", "FaultKind", "Faults", "error_body"]
 
 FaultKind = Literal["status", "delay", "reset"]
 
-# The provider's error table (PROVIDER_API.md): HTTP status -> (code, name, message).
-_ERRORS: dict[int, tuple[int | None, str, str]] = {
+# The provider's error table (PROVIDER_API.md): HTTP status -> (code, name, message). Its
+# bodies are a PHP framework's: any other error carries code 0.
+_ERRORS: dict[int, tuple[int, str, str]] = {
     429: (0, "Too Many Requests", "Rate limit exceeded"),
-    400: (1, "Invalid Parameter", "Empty or invalid parameter"),
-    500: (2, "Internal server error", "Internal server error"),
-    402: (3, "Topup balance is required", "Balance is empty"),
-    401: (None, "Unauthorized", "Your request was made with invalid credentials."),
+    400: (1, "Invalid Parameter", "Empty parameter or parameter validation error"),
+    500: (2, "Internal server error", "The server encountered an unexpected condition which"
+                                      " prevented it from fulfilling the request"),
+    402: (3, "Topup balance is required", "User balance is empty"),
+    401: (0, "Unauthorized", "Your request was made with invalid credentials."),
 }
-_STATUS_OF_CODE = {code: status for status, (code, _, _) in _ERRORS.items() if code is not None}
+_STATUS_OF_CODE = {code: status for status, (code, _, _) in _ERRORS.items() if code != 0}
 
 
 def error_body(
@@ -38,20 +44,15 @@ def error_body(
 ) -> dict[str, Any]:
     """Build the provider's error body for an HTTP status, as its error table shows it.
 
-    Statuses outside the table get the standard reason phrase and no ``code``.
+    Statuses outside the table get the standard reason phrase and code 0.
 
     >>> error_body(429)
     {'name': 'Too Many Requests', 'message': 'Rate limit exceeded', 'code': 0, 'status': 429}
     """
-    if status in _ERRORS:
-        code, default_name, default_message = _ERRORS[status]
-    else:
-        code, default_name, default_message = None, _reason(status), _reason(status)
-    body: dict[str, Any] = {"name": name or default_name, "message": message or default_message}
-    if code is not None:
-        body["code"] = code
-    body["status"] = status
-    return body
+    code, default_name, default_message = _ERRORS.get(
+        status, (0, _reason(status), _reason(status)))
+    return {"name": name or default_name, "message": message or default_message,
+            "code": code, "status": status}
 
 
 def _reason(status: int) -> str:
@@ -75,25 +76,33 @@ class Fault:
     http_status: int = 200
     body: dict[str, Any] | str | None = None
     seconds: float = 0.0
+    http: bool | None = None  # a JSON error under its own HTTP status; None: as the provider
 
     @classmethod
-    def status(cls, http_status: int, body: dict[str, Any] | str | None = None) -> Fault:
-        """Answer with ``http_status``: the provider's error body, a given JSON body, or text.
+    def status(
+        cls, http_status: int, body: dict[str, Any] | str | None = None, *,
+        http: bool | None = None,
+    ) -> Fault:
+        """Answer an error: the provider's error body for ``http_status`` (or ``body``).
 
-        Example: ``Fault.status(503, body="")``  (a bare 503 with no JSON at all)
+        A JSON body goes under HTTP 200 or under ``http_status`` as the provider's
+        ``http_errors`` setting says, or as ``http`` says for this fault alone. A text
+        ``body`` always goes under ``http_status`` (a proxy's error page).
+
+        Example: ``Fault.status(401, http=True)``; ``Fault.status(503, body="")`` (no JSON)
         """
-        return cls("status", http_status, body if body is not None else error_body(http_status))
+        chosen = body if body is not None else error_body(http_status)
+        return cls("status", http_status, chosen, http=http)
 
     @classmethod
     def error_body_200(cls, code: int = 2, body: dict[str, Any] | None = None) -> Fault:
-        """Answer HTTP 200 carrying an error body (the provider's SDKs treat it as an error).
+        """Answer HTTP 200 carrying an error body, whatever the provider's setting.
 
-        Example: ``Fault.error_body_200(code=0)``  (rate limited, but HTTP 200)
+        Example: ``Fault.error_body_200(code=0)``  (code 0 with status 429: rate limited)
         """
         if body is None:
-            body = error_body(_STATUS_OF_CODE.get(code, 500))
-            body["code"] = code
-        return cls("status", 200, body)
+            body = error_body(_STATUS_OF_CODE.get(code, 429))
+        return cls("status", 200, body, http=False)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -113,14 +122,16 @@ class Fault:
         """
         return cls("reset")
 
-    def answer(self, request: web.Request) -> web.Response:
-        """The response for a ``status`` or ``reset`` fault (a ``delay`` is the caller's job)."""
+    def answer(self, request: web.Request, *, http_errors: bool = False) -> web.Response:
+        """The response for a ``status`` or ``reset`` fault (a ``delay`` is the caller's job);
+        ``http_errors`` is the provider's setting, used when the fault sets no ``http``."""
         if self.kind == "reset":
             _reset(request)
             # Never sent; 499 ("client closed request" in nginx) only marks the access log.
             return web.Response(status=499, reason="Reset by fault injection")
         if isinstance(self.body, dict):
-            return web.json_response(self.body, status=self.http_status)
+            under_http = http_errors if self.http is None else self.http
+            return web.json_response(self.body, status=self.http_status if under_http else 200)
         return web.Response(text=self.body or "", status=self.http_status)
 
 

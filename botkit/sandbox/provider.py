@@ -3,7 +3,8 @@
 It speaks the contract of PROVIDER_API.md over real HTTP: it checks ``/send-viber`` bodies
 with the same models botkit sends with, assigns message ids, runs each message through
 its delivery life cycle (pending -> sent -> delivered, or undelivered when the phone stays
-offline past the message's TTL) posting status callbacks, and plays users who answer
+offline past the message's TTL) posting status callbacks, sends the SMS fallback
+(``text_sms``) of a Viber + SMS message that went undelivered, and plays users who answer
 2Way messages. botkit's tests use it on loopback, the sandbox runs it in-process, and
 ``run.py fake-provider`` runs it standalone. Faults come from ``provider.faults`` (faults.py).
 """
@@ -23,7 +24,7 @@ from typing import Any, Literal, NamedTuple
 
 import aiohttp
 
-from ..models import MessageStatus, MessageType, SendRequest
+from ..models import MessageStatus, SendRequest, SmsStatus, is_final_status
 from .faults import Faults
 
 __all__ = ["CallbackRecord", "CallbackResult", "FakeProvider", "SentMessage"]
@@ -32,7 +33,6 @@ log = logging.getLogger("botkit.sandbox")
 
 DEFAULT_TTL = 86400.0  # "Viber will try to deliver the message for up to 1 day" (provider docs)
 STATUS_WINDOW = 5 * 86400.0  # /receive-viber answers "for the last 5 days" (provider docs)
-_TWO_WAY = (MessageType.TWO_WAY_TEXT, MessageType.TWO_WAY_RICH)
 _FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
 _EXPIRY_TICK = 0.5
 EVENT_HISTORY = 10_000  # events kept for the web chat's history
@@ -43,7 +43,9 @@ _CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 class SentMessage:
     """A message the fake provider accepted, with everything it received and its statuses.
 
-    ``history`` lists ``(status, clock time)`` pairs; the last one is the current status.
+    ``history`` lists ``(status, clock time)`` pairs; the last one is the current status (a
+    ``MessageStatus``, or any number a test set with ``deliver``). ``sms_message_id`` and
+    ``sms_status`` are set once the SMS fallback went out.
 
     Example: ``assert provider.message(1000).status == MessageStatus.DELIVERED``
     """
@@ -53,10 +55,12 @@ class SentMessage:
     body: dict[str, Any]
     headers: dict[str, str]
     received_at: float
-    history: list[tuple[MessageStatus, float]] = field(default_factory=list)
+    history: list[tuple[int, float]] = field(default_factory=list)
+    sms_message_id: int | None = None
+    sms_status: int | None = None
 
     @property
-    def status(self) -> MessageStatus:
+    def status(self) -> int:
         """The current status (pending until the life cycle moves it)."""
         return self.history[-1][0] if self.history else MessageStatus.PENDING
 
@@ -68,7 +72,7 @@ class SentMessage:
     @property
     def two_way(self) -> bool:
         """True for 206/208 messages, the ones a user can answer."""
-        return self.request.message_type in _TWO_WAY
+        return self.request.message_type.two_way
 
     @property
     def expires_at(self) -> float:
@@ -131,10 +135,16 @@ class FakeProvider:
         first_token: int = 10**13,
         auto_deliver: bool = True,
         delivery_delay: float = 0.0,
+        http_errors: bool = False,
+        first_sms_id: int = 50_000,
     ) -> None:
         self.clock = clock
         self.auto_deliver = auto_deliver
         self.delivery_delay = delivery_delay
+        # Errors under their own HTTP status; off: under HTTP 200, as the SDKs expect them.
+        self.http_errors = http_errors
+        # What happens to the SMS fallback of an undelivered Viber + SMS message.
+        self.sms_status: int = SmsStatus.DELIVERED
         self.faults = Faults()
         self.sent: list[SentMessage] = []
         self.callback_log: list[CallbackRecord] = []
@@ -146,6 +156,7 @@ class FakeProvider:
         self._offline: set[str] = set()
         self._next_id = first_id
         self._next_token = first_token  # the provider's tokens are 14-digit numbers
+        self._next_sms_id = first_sms_id
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -210,11 +221,14 @@ class FakeProvider:
     async def deliver(self, message_id: int, status: int = MessageStatus.DELIVERED) -> None:
         """Set a message's status and post the status callback, whatever the life cycle says.
 
+        Any number goes, documented or not (``deliver(1000, 7)``: a status botkit must store
+        as it came).
+
         Example: ``await provider.deliver(1000, status=MessageStatus.SENT)``
         """
         msg = self.message(message_id)
-        self._mark(msg, MessageStatus(status))
-        await self._announce(msg, MessageStatus(status))
+        self._mark(msg, status)
+        await self._announce(msg)
 
     async def expire_due(self) -> list[int]:
         """Mark every not-yet-final message whose TTL has run out undelivered (4); return their ids.
@@ -222,11 +236,11 @@ class FakeProvider:
         Example: ``clock.now += 3601; assert await provider.expire_due() == [1000]``
         """
         now = self.clock()
-        due = [m for m in self.sent if not m.status.is_final and now >= m.expires_at]
+        due = [m for m in self.sent if not is_final_status(m.status) and now >= m.expires_at]
         for msg in due:
             self._mark(msg, MessageStatus.UNDELIVERED)
         for msg in due:
-            await self._announce(msg, MessageStatus.UNDELIVERED)
+            await self._announce(msg)
         return [m.message_id for m in due]
 
     async def reply(
@@ -307,41 +321,56 @@ class FakeProvider:
             self._spawn(self._life_cycle(msg))
         return message_id
 
-    def status_of(self, message_id: int) -> MessageStatus | None:
+    def status_of(self, message_id: int) -> int | None:
         """The status ``/receive-viber`` reports, or None for unknown or older than 5 days."""
         msg = self._by_id.get(message_id)
         if msg is None or self.clock() - msg.received_at > STATUS_WINDOW:
             return None
         return msg.status
 
+    def status_body(self, msg: SentMessage) -> dict[str, Any]:
+        """The status as the provider reports it (``/receive-viber`` and status callbacks),
+        with the SMS fields once the SMS fallback went out."""
+        body: dict[str, Any] = {"message_id": msg.message_id, "status": int(msg.status)}
+        if msg.sms_message_id is not None:
+            body["sms_message_id"] = msg.sms_message_id
+            body["sms_message_status"] = msg.sms_status
+        return body
+
     # --- internals ------------------------------------------------------------------
 
     async def _life_cycle(self, msg: SentMessage) -> None:
-        await self._announce(msg, MessageStatus.PENDING)
+        await self._announce(msg)
         await asyncio.sleep(self.delivery_delay)
-        if msg.status is MessageStatus.PENDING:
+        if msg.status == MessageStatus.PENDING:
             self._mark(msg, MessageStatus.SENT)
-            await self._announce(msg, MessageStatus.SENT)
+            await self._announce(msg)
         await asyncio.sleep(self.delivery_delay)
         await self._try_deliver(msg)
 
     async def _try_deliver(self, msg: SentMessage) -> None:
         # Check and set with no await in between, so the life cycle, set_online() and
         # expire_due() can race without announcing a message twice.
-        if msg.status is not MessageStatus.SENT or not self.is_online(msg.phone):
+        if msg.status != MessageStatus.SENT or not self.is_online(msg.phone):
             return
         expired = self.clock() >= msg.expires_at
         status = MessageStatus.UNDELIVERED if expired else MessageStatus.DELIVERED
         self._mark(msg, status)
-        await self._announce(msg, status)
+        await self._announce(msg)
 
     async def _expiry_loop(self) -> None:
         while True:
             await asyncio.sleep(_EXPIRY_TICK)
             await self.expire_due()
 
-    def _mark(self, msg: SentMessage, status: MessageStatus) -> None:
+    def _mark(self, msg: SentMessage, status: int) -> None:
         msg.history.append((status, self.clock()))
+        if (status == MessageStatus.UNDELIVERED and msg.request.text_sms
+                and msg.sms_message_id is None):  # Viber could not: the SMS goes instead
+            msg.sms_message_id, self._next_sms_id = self._next_sms_id, self._next_sms_id + 1
+            msg.sms_status = self.sms_status
+            log.info("message %d undelivered: SMS fallback %d to %s", msg.message_id,
+                     msg.sms_message_id, msg.phone)
         if msg.message_id in self._by_id:
             self._emit({"kind": "status", "phone": msg.phone, "id": msg.message_id,
                         "status": int(status)})
@@ -353,9 +382,9 @@ class FakeProvider:
         for listener in list(self._listeners):
             listener(event)
 
-    async def _announce(self, msg: SentMessage, status: MessageStatus) -> None:
+    async def _announce(self, msg: SentMessage) -> None:
         url = msg.request.callback_url
-        body = {"message_id": msg.message_id, "status": int(status)}
+        body = self.status_body(msg)
         if url is not None and self.faults.drop_status_callbacks:
             self.callback_log.append(CallbackRecord(url, body, "dropped (fault)"))
         elif url is not None:

@@ -1,8 +1,10 @@
 """The fake provider over HTTP: ``/send-viber`` and ``/receive-viber`` as aiohttp routes.
 
-Requests are checked exactly as the provider documents (Basic auth, every field limit) and
-errors come back in the provider's error body. ``run_fake_provider`` serves it standalone
-(``python run.py fake-provider``).
+Requests are checked exactly as the provider documents (Basic auth, every field limit; what
+the official SDKs send for "not set" counts as not set) and errors come back in the
+provider's error body, under HTTP 200 as the SDKs expect it, or under the error's own HTTP
+status when the provider's ``http_errors`` is on. ``run_fake_provider`` serves it
+standalone (``python run.py fake-provider``).
 """
 
 from __future__ import annotations
@@ -47,14 +49,19 @@ def create_provider_app(provider: FakeProvider, *, prefix: str = "") -> web.Appl
     return app
 
 
-def run_fake_provider(host: str, port: int, api_key: str | None, *, prefix: str = "") -> None:
+def run_fake_provider(
+    host: str, port: int, api_key: str | None, *, prefix: str = "", http_errors: bool = False
+) -> None:
     """Serve a fake provider until interrupted (``run.py fake-provider``).
 
     Example: ``run_fake_provider("127.0.0.1", 9000, api_key=None)``
     """
-    app = create_provider_app(FakeProvider(api_key=api_key), prefix=prefix)
+    provider = FakeProvider(api_key=api_key, http_errors=http_errors)
+    app = create_provider_app(provider, prefix=prefix)
     auth = "Basic auth required" if api_key else "no auth"
-    print(f"fake provider listening on http://{host}:{port}{prefix} ({auth})", flush=True)
+    errors = "errors under their HTTP status" if http_errors else "errors under HTTP 200"
+    print(f"fake provider listening on http://{host}:{port}{prefix} ({auth}; {errors})",
+          flush=True)
     web.run_app(app, host=host, port=port, print=None)
 
 
@@ -72,7 +79,7 @@ async def _send_viber(request: web.Request) -> web.StreamResponse:
     if fault is not None:
         log.info("fault on /send-viber: %s", fault)
     if fault is not None and fault.kind != "delay":
-        return fault.answer(request)
+        return fault.answer(request, http_errors=provider.http_errors)
     response = await _accept_send(request, provider)
     if fault is not None:
         # The send has already happened; only the answer is late. A client that times out
@@ -86,9 +93,9 @@ async def _accept_send(request: web.Request, provider: FakeProvider) -> web.Resp
     if isinstance(body, web.Response):
         return body
     try:
-        send = SendRequest.model_validate(body)
+        send = SendRequest.from_wire(body)
     except ValidationError as exc:
-        return _invalid_parameter(exc, body)
+        return _invalid_parameter(provider, exc, body)
     headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
     return web.json_response({"message_id": provider.accept(send, body, headers)})
 
@@ -118,8 +125,8 @@ async def _receive_viber(request: web.Request) -> web.StreamResponse:
     status = None if message_id is None else provider.status_of(message_id)
     if message_id is None or status is None:
         problem = f"no message {body.get('message_id')!r} sent in the last 5 days"
-        return _error(400, "Invalid Parameter: message_id", problem)
-    return web.json_response({"message_id": message_id, "status": int(status)})
+        return _error(provider, 400, "Invalid Parameter: message_id", problem)
+    return web.json_response(provider.status_body(provider.message(message_id)))
 
 
 async def _authorized_json(
@@ -128,29 +135,34 @@ async def _authorized_json(
     header = request.headers.get("Authorization")
     if not provider.authorized(header):
         problem = "invalid access key" if header else "missing Authorization: Basic header"
-        return _error(401, "Unauthorized", problem)
+        return _error(provider, 401, "Unauthorized", problem)
     try:
         body = json.loads(await request.read())
     except ConnectionResetError:  # the client went away mid-body (e.g. a killed campaign)
-        return _error(400, "Invalid Parameter: body", "the connection closed mid-body")
+        return _error(provider, 400, "Invalid Parameter: body", "the connection closed mid-body")
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return _error(400, "Invalid Parameter: body", f"request body is not valid JSON: {exc}")
+        return _error(provider, 400, "Invalid Parameter: body",
+                      f"request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
-        return _error(400, "Invalid Parameter: body", "request body must be a JSON object")
+        return _error(provider, 400, "Invalid Parameter: body",
+                      "request body must be a JSON object")
     return body
 
 
-def _invalid_parameter(exc: ValidationError, body: dict[str, Any]) -> web.Response:
+def _invalid_parameter(
+    provider: FakeProvider, exc: ValidationError, body: dict[str, Any]
+) -> web.Response:
     first = exc.errors()[0]
     field_name = ".".join(str(p) for p in first["loc"])
     if not field_name:
         # Cross-field checks of SendRequest carry no loc: name the rich field that is present.
         field_name = next((f for f in _RICH_FIELDS if body.get(f) is not None), "message_type")
-    return _error(400, f"Invalid Parameter: {field_name}", first["msg"])
+    return _error(provider, 400, f"Invalid Parameter: {field_name}", first["msg"])
 
 
-def _error(status: int, name: str, message: str) -> web.Response:
-    return web.json_response(error_body(status, name=name, message=message), status=status)
+def _error(provider: FakeProvider, status: int, name: str, message: str) -> web.Response:
+    body = error_body(status, name=name, message=message)
+    return web.json_response(body, status=status if provider.http_errors else 200)
 
 
 def _message_id(value: Any) -> int | None:
