@@ -196,6 +196,7 @@ def _start(args: argparse.Namespace) -> int:
 
     async def job(store: Any) -> int:
         from .campaign import Campaign, Progress
+        from .lifecycle import StatusPlan
         from .sender import Sender
         from .server import provider_client, provider_url
 
@@ -206,8 +207,10 @@ def _start(args: argparse.Namespace) -> int:
         client = provider_client(settings)
         rate = settings.send_rate if args.rate is None else args.rate
         concurrency = settings.send_concurrency if args.concurrency is None else args.concurrency
-        sender = Sender(store, client, concurrency=concurrency, rate=rate,
-                        hold_abandoned=True)
+        # Statuses reach the server; one that beats this process's record of its send is
+        # applied when the send is recorded, with the timers the server would plan.
+        sender = Sender(store, client, plan=StatusPlan(flows, time.time),
+                        concurrency=concurrency, rate=rate, hold_abandoned=True)
         engine = Engine(store, flows, renderer_for(settings, args.templates),
                         sender=settings.sender, callback_url=callback_url(settings, secret))
         tty = sys.stderr.isatty()

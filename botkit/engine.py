@@ -26,7 +26,7 @@ from .errors import (
     TimerTakenError,
 )
 from .flows import Flow, FlowSet, Step
-from .lifecycle import closing_status, inapplicable, plan_timers, status_timers
+from .lifecycle import StatusPlan, closing_status, inapplicable, plan_timers
 from .models import StatusUpdate, normalize_phone, parse_tracking_id
 from .outbox import Composer
 from .routing import Route, RouteKind, route
@@ -133,6 +133,7 @@ class Engine:
         self.raise_errors = raise_errors
         self.failures: list[Exception] = []
         self.counts: Counter[str] = Counter()  # messages by route, for the activity log
+        self.plan_status = StatusPlan(flows, clock)  # the timers a status change starts
 
     async def handle(self, item: Inbound | Timer) -> None:
         """Handle one stored message or due timer; never raises for a bot's fault."""
@@ -303,10 +304,6 @@ class Engine:
     async def on_status(self, update: StatusUpdate) -> StatusChange | None:
         """Record a delivery status; an undelivered or delivered question may start a timer."""
         return await self.store.record_status(update, self.clock(), self.plan_status)
-
-    def plan_status(self, change: StatusChange) -> list[TimerSpec]:
-        """The timers a status change starts (also applied to statuses that beat the send)."""
-        return status_timers(self.flows, change, self.clock())
 
     async def _event_turn(
         self, timer: Timer, conv: Conversation, flow: Flow, step: Step, now: float

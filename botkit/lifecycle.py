@@ -27,7 +27,8 @@ latest fires (a due timeout makes its reminder pointless; an expiry, both).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from .conversation import Conversation, Status
@@ -35,8 +36,8 @@ from .flows import Flow, FlowSet, Step
 from .models import MessageStatus
 from .store import StatusChange, Timer, TimerSpec
 
-__all__ = ["ASKED", "LATE_SEND", "closing_status", "inapplicable", "latest_per_conversation",
-           "plan_timers", "status_timers"]
+__all__ = ["ASKED", "LATE_SEND", "StatusPlan", "closing_status", "inapplicable",
+           "latest_per_conversation", "plan_timers", "status_timers"]
 
 FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
 # The timers ``plan_timers`` starts when a step is asked.
@@ -86,6 +87,23 @@ def status_timers(flows: FlowSet, change: StatusChange, now: float) -> list[Time
         due = now + step.unanswered_after.total_seconds()
         return [TimerSpec("unanswered", conv.flow, conv.step, due, change.message_id)]
     return []
+
+
+@dataclass(frozen=True)
+class StatusPlan:
+    """``status_timers`` for one bot: what the store calls with each status change it applies.
+
+    Whoever records statuses needs it: the server for status callbacks and polls, and every
+    sender, for the statuses that arrived before its send was recorded.
+
+    >>> Sender(store, client, plan=StatusPlan(flows, clock))
+    """
+
+    flows: FlowSet
+    clock: Callable[[], float]
+
+    def __call__(self, change: StatusChange) -> list[TimerSpec]:
+        return status_timers(self.flows, change, self.clock())
 
 
 def inapplicable(timer: Timer, conv: Conversation | None, flows: FlowSet) -> str | None:

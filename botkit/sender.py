@@ -75,7 +75,10 @@ def _zombie(pid: int) -> bool:
 class Sender:
     """Delivers the outbox.
 
-    >>> sender = Sender(store, client)
+    ``plan`` gives the timers of a status that reached the store before its send was
+    recorded (``lifecycle.StatusPlan``); it is applied when the send is.
+
+    >>> sender = Sender(store, client, plan=StatusPlan(flows, time.time))
     >>> task = asyncio.create_task(sender.run()); sender.wake()
     """
 
@@ -84,13 +87,13 @@ class Sender:
         store: Store,
         client: ProviderClient,
         *,
+        plan: Callable[[StatusChange], list[TimerSpec]],
         clock: Callable[[], float] = time.time,
         concurrency: int = 100,
         poll_interval: float = 1.0,
         pause_seconds: float = 60.0,
         retry_rounds: int = 5,
         round_delay: float = 30.0,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
         rate: float = 0.0,
         hold_abandoned: bool = False,
     ) -> None:
@@ -102,7 +105,7 @@ class Sender:
         self.pause_seconds = pause_seconds
         self.retry_rounds = retry_rounds
         self.round_delay = round_delay
-        self.plan = plan  # timers for statuses that arrived before the send's answer
+        self.plan = plan
         self.rate = rate  # most sends started per second; 0 is no limit
         self._next_slot = 0.0
         # When the latest sends started: at most `rate` (at least 1) in any one second.

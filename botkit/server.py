@@ -32,6 +32,7 @@ from .dispatch import Dispatcher
 from .engine import Engine
 from .flows import Flow, FlowSet
 from .guard import GUARD, SlowClientGuard
+from .lifecycle import StatusPlan
 from .models import InboundReply, StatusUpdate, is_reply
 from .sender import Sender
 from .poller import StatusPoller
@@ -205,13 +206,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                     " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
                     settings.host, settings.public_base)
     rt.client = provider_client(settings, session=rt.session, retry=rt.retry)
-    rt.sender = Sender(rt.store, rt.client, clock=rt.clock, rate=settings.send_rate,
-                       concurrency=settings.send_concurrency)
+    rt.sender = Sender(rt.store, rt.client, plan=StatusPlan(rt.flows, rt.clock), clock=rt.clock,
+                       rate=settings.send_rate, concurrency=settings.send_concurrency)
     rt.engine = Engine(
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
         clock=rt.clock, outlet=rt.sender, raise_errors=rt.raise_errors,
     )
-    rt.sender.plan = rt.engine.plan_status
     rt.dispatcher = Dispatcher(rt.engine.handle)
     pending = await rt.store.pending_inbound()
     if pending:

@@ -6,6 +6,7 @@ file. The provider's log (``/sandbox/sent``) says what reached it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -14,12 +15,15 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from test_cli import ROOT, cli_env, db, fake_provider, rows, run_cli  # noqa: F401 (fixtures)
 
 __all__ = ["db", "fake_provider"]
+
+PHONE = "380501234567"
 
 
 def phones_file(tmp_path: Path, count: int) -> Path:
@@ -152,3 +156,38 @@ def sqlite3_exec(db: Path, sql: str) -> None:
     with conn:
         conn.execute(sql)
     conn.close()
+
+
+async def test_a_status_that_beats_the_campaigns_send_record_still_starts_its_timer(
+    bot_harness: Any, tmp_path: Path
+) -> None:
+    # The campaign's process records the send; the server receives its statuses. A status
+    # that reaches the server first is kept unmatched and applied when the send is recorded,
+    # by the campaign's sender, which must plan the same timers the server would.
+    from bots.survey import survey
+
+    from botkit.models import MessageStatus
+    from botkit.sandbox import FakeProvider, Fault
+    from botkit.testing import TEST_KEY
+
+    provider = FakeProvider(api_key=TEST_KEY, auto_deliver=False)
+    harness = await bot_harness(flows=[survey], provider=provider, db=tmp_path / "bot.db")
+    harness.faults.script(Fault.delay(1.0))  # the send's answer waits; its status does not
+    env = cli_env(harness.db_path, {
+        "BOTKIT_API_KEY": TEST_KEY, "BOTKIT_API_URL": harness.settings.api_url,
+        "BOTKIT_PUBLIC_URL": harness.url})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "run.py", "start", "survey", PHONE, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await harness.wait_until(lambda: bool(provider.sent), "the campaign's send")
+    await provider.deliver(provider.sent[0].message_id, MessageStatus.UNDELIVERED)
+    assert rows(harness.db_path, "SELECT message_id FROM outbound WHERE message_id IS NOT NULL"
+                ) == []  # the status came first
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+
+    assert rows(harness.db_path, "SELECT kind, status FROM timers WHERE kind = 'undelivered'"
+                ) == [{"kind": "undelivered", "status": "pending"}]
+    await harness.sweep()  # the survey sends its first question once more
+    assert [m.request.text for m in provider.messages_to(PHONE)] == [
+        provider.sent[0].request.text] * 2
