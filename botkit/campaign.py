@@ -1,6 +1,7 @@
 """Campaign: start a flow for many phones and send the first messages, with progress.
 
-``run.py start FLOW --phones FILE.csv`` runs one. Conversations are started many at a time
+``run.py start FLOW --phones FILE.csv`` runs one; ``run.py notify TEMPLATE --phones FILE.csv``
+runs one of one-way notices, which start no conversation. Conversations are started many at a time
 (the database thread commits them in groups) while a sender in this process sends the first
 messages as soon as they are committed, ``concurrency`` at a time, at most ``rate`` per
 second when a rate is set. It is safe to re-run: a phone already in the flow is skipped, so
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from .engine import Engine
+from .engine import Engine, StartResult
 from .sender import Sender
 from .store import Store
 
@@ -36,6 +37,7 @@ class Progress:
     uncertain: int = 0
     began: float = field(default_factory=time.monotonic)
     details: list[str] = field(default_factory=list)  # phones skipped or replaced, and why
+    done_as: str = "phones started or skipped"  # what the first count of line() counts
 
     @property
     def seconds(self) -> float:
@@ -49,7 +51,7 @@ class Progress:
     def line(self) -> str:
         """One line for the terminal: counts, rate and the time left."""
         done = self.started + self.skipped
-        text = (f"{done:,}/{self.total:,} phones started or skipped, {self.sent:,} sent"
+        text = (f"{done:,}/{self.total:,} {self.done_as}, {self.sent:,} sent"
                 f" ({self.rate:,.0f}/s)")
         if self.waiting:
             text += f", {self.waiting:,} waiting"
@@ -61,14 +63,22 @@ class Progress:
         return text
 
 
-class Campaign:
-    """Starts ``flow`` for ``phones`` and sends the first messages.
+Begin = Callable[[list[str]], Awaitable[list[StartResult]]]
 
-    >>> progress = await Campaign(store, engine, sender, "survey", phones).run()
+
+class Campaign:
+    """Begins something for ``phones`` in batches and sends the messages it queued.
+
+    ``begin`` takes a batch of phones and commits their messages: the flow's start
+    (``functools.partial(engine.start_many, "survey")``) or a notice (``engine.notify_many``).
+
+    >>> progress = await Campaign(store, engine, sender, partial(engine.start_many, "survey"),
+    ...                           phones).run()
 
     Args:
         report: called about once a second (and at the end) with the progress.
-        batch: conversations started together (one read and one commit for them).
+        batch: phones begun together (one read and one commit for them).
+        done_as: what the progress line calls the phones begun.
     """
 
     def __init__(
@@ -76,24 +86,25 @@ class Campaign:
         store: Store,
         engine: Engine,
         sender: Sender,
-        flow: str,
+        begin: Begin,
         phones: Iterable[str],
         *,
         report: Callable[[Progress], None] = lambda progress: None,
         batch: int = 200,
         interval: float = 1.0,
         send: bool = True,
+        done_as: str = "phones started or skipped",
     ) -> None:
         self.store = store
         self.engine = engine
         self.sender = sender
-        self.flow = flow
+        self.begin = begin
         self.phones = list(dict.fromkeys(phones))
         self.report = report
         self.batch = batch
         self.interval = interval
         self.send = send  # False: only start (a running server sends the messages)
-        self.progress = Progress(total=len(self.phones))
+        self.progress = Progress(total=len(self.phones), done_as=done_as)
 
     async def run(self) -> Progress:
         """Start every phone, then wait until what can be sent now is sent.
@@ -124,11 +135,11 @@ class Campaign:
         return self.progress
 
     async def _start_all(self) -> None:
-        progress, flow, size = self.progress, self.flow, self.batch
+        progress, size = self.progress, self.batch
 
         async def worker(chunks: list[list[str]]) -> None:
             for chunk in chunks:
-                for result in await self.engine.start_many(flow, chunk):
+                for result in await self.begin(chunk):
                     if result.outcome == "skipped":
                         progress.skipped += 1
                     else:

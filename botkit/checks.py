@@ -17,9 +17,9 @@ from .errors import DefinitionError
 from .flows import Flow, FlowSet, Step
 from .templates import Renderer
 
-__all__ = ["check"]
+__all__ = ["check", "check_template"]
 
-TEMPLATE_VERBS = {"say", "retry", "finish", "handoff"}
+TEMPLATE_VERBS = {"say", "notify", "retry", "finish", "handoff"}
 
 
 def check(flows: FlowSet, renderer: Renderer, templates: str | Path | None) -> list[str]:
@@ -42,12 +42,18 @@ def check(flows: FlowSet, renderer: Renderer, templates: str | Path | None) -> l
     return list(dict.fromkeys(problems))
 
 
-def _try_template(renderer: Renderer, name: str, where: str) -> list[str]:
+def check_template(renderer: Renderer, name: str) -> str | None:
+    """Why template ``name`` cannot be used (missing, or does not compile), or None."""
     try:
         renderer.load(name)
     except DefinitionError as exc:
-        return [f"{where}: {exc}"]
-    return []
+        return str(exc)
+    return None
+
+
+def _try_template(renderer: Renderer, name: str, where: str) -> list[str]:
+    problem = check_template(renderer, name)
+    return [f"{where}: {problem}"] if problem else []
 
 
 def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: Renderer) -> Iterator[str]:
@@ -75,6 +81,8 @@ def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: Renderer) -> 
             yield from _try_template(renderer, literal, f"{where}: turn.{verb}()")
         if verb in TEMPLATE_VERBS | {"ask", "switch"} and keywords.get("template"):
             yield from _try_template(renderer, str(keywords["template"]), f"{where}: turn.{verb}()")
+        if verb == "notify" and keywords.get("sms"):
+            yield from _try_template(renderer, str(keywords["sms"]), f"{where}: turn.notify(sms=)")
 
 
 def _literal(node: ast.expr) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import functools
 import logging
 import math
 import signal
@@ -95,6 +96,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
     p.add_argument("--resend-uncertain", action="store_true",
                    help="send again the flow's messages a killed run may or may not have sent")
+    p = command("notify", _notify, "send a one-way notice (type 106/108) to phones")
+    p.add_argument("template", help="the notice's template, e.g. support/order_shipped.txt")
+    p.add_argument("phones", nargs="*", metavar="PHONE")
+    p.add_argument("--phones", dest="phones_file", metavar="FILE.csv",
+                   help="CSV with a 'phone' column (or phones in the first column)")
+    p.add_argument("--sms", metavar="TEMPLATE",
+                   help="the SMS sent instead when Viber cannot deliver the notice")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="a template variable (repeat for more)")
+    p.add_argument("--sender", help="the source_addr (default BOTKIT_SENDER)")
+    p.add_argument("--promotional", action="store_true",
+                   help="send as promotional (source_type 1; no SMS fallback)")
+    p.add_argument("--concurrency", type=_in_range(int, 1, 100), metavar="N",
+                   help="messages sent at the same time, 1-100 (default"
+                        " BOTKIT_SEND_CONCURRENCY, 100)")
+    p.add_argument("--rate", type=_in_range(float, 0, math.inf), metavar="N",
+                   help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
     p = command("status", _status, "ask the provider for a message's delivery status")
     p.add_argument("message_id", type=int)
     command("check", _check, "load every bot and template; report what to fix")
@@ -174,14 +192,61 @@ def _with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) 
 
 
 def _start(args: argparse.Namespace) -> int:
+    flows = _flows(args)
+    flows[args.flow]  # noqa: B018 - fails early, with a suggestion, for a wrong flow name
+
+    def begin(engine: Any) -> Any:
+        return functools.partial(engine.start_many, args.flow)
+
+    return _campaign(args, flows, begin, label=args.flow, done_as="phones started or skipped",
+                     resend_flow=args.flow)
+
+
+def _notify(args: argparse.Namespace) -> int:
+    from .checks import check_template
+    from .templates import Renderer
+
+    flows = _flows(args)
+    variables = dict(_variable(text) for text in args.var)
+    renderer = Renderer(args.templates)
+    for name in filter(None, (args.template, args.sms)):
+        problem = check_template(renderer, name)
+        if problem:
+            raise BotkitError(problem)
+    delivery = None
+    if args.sender or args.promotional:
+        from .flows import Delivery
+
+        delivery = Delivery(sender=args.sender, source_type=1 if args.promotional else None)
+
+    def begin(engine: Any) -> Any:
+        async def notify(phones: list[str]) -> Any:
+            return await engine.notify_many(phones, args.template, sms=args.sms,
+                                            variables=variables, delivery=delivery)
+        return notify
+
+    return _campaign(args, flows, begin, label=args.template, done_as="notices queued")
+
+
+def _variable(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip().isidentifier():
+        raise BotkitError(f"--var {text!r}: write NAME=VALUE, e.g. --var order=42")
+    return name.strip(), value
+
+
+def _campaign(
+    args: argparse.Namespace, flows: FlowSet, begin: Callable[[Any], Any], *, label: str,
+    done_as: str, resend_flow: str | None = None,
+) -> int:
+    """Begin ``begin(engine)`` for the phones of ``args`` in batches and send what it queued
+    (``run.py start`` and ``run.py notify``)."""
     from .engine import Engine
     from .server import callback_secret, callback_url, renderer_for
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
-    flows = _flows(args)
-    flows[args.flow]  # noqa: B018 - fails early, with a suggestion, for a wrong flow name
     phones, bad = _check_phones(args.phones, "argument")
     if args.phones_file:
         more, bad_rows = _read_phones(Path(args.phones_file))
@@ -201,9 +266,9 @@ def _start(args: argparse.Namespace) -> int:
         from .server import provider_client, provider_url
 
         secret = await callback_secret(settings, store)
-        if args.resend_uncertain:
-            again = await store.resend_uncertain(args.flow)
-            print(f"{args.flow}: {again} uncertain messages queued again", file=sys.stderr)
+        if resend_flow is not None and args.resend_uncertain:
+            again = await store.resend_uncertain(resend_flow)
+            print(f"{label}: {again} uncertain messages queued again", file=sys.stderr)
         client = provider_client(settings)
         rate = settings.send_rate if args.rate is None else args.rate
         concurrency = settings.send_concurrency if args.concurrency is None else args.concurrency
@@ -216,17 +281,16 @@ def _start(args: argparse.Namespace) -> int:
         tty = sys.stderr.isatty()
 
         def report(progress: Progress) -> None:
-            print(("\r" if tty else "") + f"{args.flow}: {progress.line()}", file=sys.stderr,
+            print(("\r" if tty else "") + f"{label}: {progress.line()}", file=sys.stderr,
                   end="" if tty else "\n", flush=True)
 
         problem = await _unreachable(provider_url(settings))
         if problem:
-            print(f"{problem}: the conversations are started and their first messages queued;"
-                  " the server sends them when it runs", file=sys.stderr)
-        campaign = Campaign(store, engine, sender, args.flow, phones, report=report,
-                            send=problem is None)
-        # Ctrl-C or SIGTERM: the sends in flight finish and are recorded, then it stops;
-        # a re-run goes on from there.
+            print(f"{problem}: the messages are queued; the server sends them when it runs",
+                  file=sys.stderr)
+        campaign = Campaign(store, engine, sender, begin(engine), phones, report=report,
+                            send=problem is None, done_as=done_as)
+        # Ctrl-C or SIGTERM: the sends in flight finish and are recorded, then it stops.
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         assert task is not None
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -241,16 +305,23 @@ def _start(args: argparse.Namespace) -> int:
         if tty:
             print(file=sys.stderr)
         if stopped:
-            print(f"{args.flow}: stopped after {progress.sent} messages; run the same command"
-                  " again to go on (nothing is sent twice)", file=sys.stderr)
+            again = ("run the same command again to go on (nothing is sent twice)"
+                     if resend_flow is not None else
+                     "the notices already queued are sent by the server; running the same"
+                     " command again would queue them all once more")
+            print(f"{label}: stopped after {progress.sent} messages; {again}", file=sys.stderr)
             return 130
         for detail in progress.details[:20]:
             print(detail)
         if len(progress.details) > 20:
             print(f"... and {len(progress.details) - 20} more")
-        print(f"{args.flow}: started {progress.started} conversations, skipped"
-              f" {progress.skipped}; sent {progress.sent} messages in {progress.seconds:.1f}s"
-              f" ({progress.rate:.0f}/s), {progress.failed} failed")
+        if resend_flow is not None:
+            print(f"{label}: started {progress.started} conversations, skipped"
+                  f" {progress.skipped}; sent {progress.sent} messages in"
+                  f" {progress.seconds:.1f}s ({progress.rate:.0f}/s), {progress.failed} failed")
+        else:
+            print(f"{label}: queued {progress.started} notices; sent {progress.sent} in"
+                  f" {progress.seconds:.1f}s ({progress.rate:.0f}/s), {progress.failed} failed")
         if progress.waiting:
             print(f"{progress.waiting} messages wait in the queue (for a later try, or for"
                   " the server to send them)")

@@ -25,7 +25,7 @@ from .errors import (
     DuplicateMessageError,
     TimerTakenError,
 )
-from .flows import Flow, FlowSet, Step
+from .flows import Delivery, Flow, FlowSet, Step
 from .lifecycle import StatusPlan, closing_status, inapplicable, plan_timers
 from .models import StatusUpdate, normalize_phone, parse_tracking_id
 from .outbox import Composer
@@ -55,10 +55,10 @@ ERROR_TEMPLATE = "botkit/error.txt"
 
 @dataclass(frozen=True)
 class StartResult:
-    """What ``Engine.start`` did for one phone."""
+    """What ``Engine.start`` (or ``notify_many``: "queued") did for one phone."""
 
     phone: str
-    outcome: Literal["started", "skipped", "replaced"]
+    outcome: Literal["started", "skipped", "replaced", "queued"]
     conversation_id: int | None = None
     detail: str = ""
 
@@ -232,6 +232,40 @@ class Engine:
                 self.outlet.deliver(done.claimed, reserved=False, phone=phone,
                                     queued=len(commit.outbox) - len(done.claimed))
         return [results[phone] for phone in phones]
+
+    async def notify_many(
+        self,
+        phones: list[str],
+        template: str,
+        *,
+        sms: str | None = None,
+        variables: dict[str, Any] | None = None,
+        delivery: Delivery | None = None,
+    ) -> list[StartResult]:
+        """Queue a one-way notice (``Turn.notify``) to each phone, outside any conversation.
+
+        No conversation starts or changes, and the user's next message is routed as before.
+        A phone's notice is committed atomically on its own; a template that breaks a
+        provider limit (an SMS fallback too long) raises before anything is committed.
+
+        >>> await engine.notify_many(["380501112233"], "support/order_shipped.txt",
+        ...                          variables={"order": 42})
+        """
+        phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
+        reply = Reply(template, dict(variables or {}), delivery, one_way=True, sms=sms)
+        commits = [Commit(None, route="notice", outbox=self.composer.compose(
+            [(reply, None)], phone, None)) for phone in phones]
+        outcomes = await self.store.commit_many(commits, self.clock())
+        crashpoints.hit("after_turn_commit")
+        results = []
+        for phone, commit, done in zip(phones, commits, outcomes, strict=True):
+            if isinstance(done, ConcurrentUpdateError):  # not expected: no conversation is read
+                results.append(StartResult(phone, "skipped", None, str(done)))
+                continue
+            results.append(StartResult(phone, "queued"))
+            self.outlet.deliver(done.claimed, reserved=False, phone=phone,
+                                queued=len(commit.outbox) - len(done.claimed))
+        return results
 
     def _plan_start(
         self, flow: Flow, phone: str, active: Conversation | None,

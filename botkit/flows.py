@@ -104,6 +104,8 @@ class Flow:
     Args:
         start: the first step (asked when the flow starts); defaults to the first declared.
         keywords: messages (case- and space-insensitive) that start the flow at ``start``.
+        source_type: 1 promotional or 2 transactional; unset, 2Way messages go as 1 and
+            text notices (``turn.notify``) as 2, the type that can carry an SMS fallback.
         timeout: inactivity after which the conversation expires (a durable timer).
         on_expire: template sent, or handler run, when it expires.
         error: template sent when a handler fails (default: the global error reply).
@@ -119,7 +121,7 @@ class Flow:
     start: str | None = None
     keywords: Iterable[str] = ()
     sender: str | None = None
-    source_type: Literal[1, 2] = 1
+    source_type: Literal[1, 2] | None = None
     validity: timedelta | None = None
     timeout: timedelta = timedelta(hours=24)
     error: str | None = None

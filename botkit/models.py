@@ -342,7 +342,8 @@ class SendRequest(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "message"
             value = first.get("input") if first["loc"] else None
-            raise ReplyLimitError(field, first["msg"], value) from exc
+            limit = str(first["msg"]).removeprefix("Value error, ")
+            raise ReplyLimitError(field, limit, value) from exc
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> SendRequest:
@@ -350,16 +351,18 @@ class SendRequest(BaseModel):
 
         The official SDKs send ``null``, ``""`` (image, button and callback fields) or
         ``validity_period: 0`` for a field they leave unset; the provider takes each as not
-        given (PROVIDER_API.md). Used by the fake provider.
+        given (PROVIDER_API.md). The Java SDK sends ``message_type`` and ``source_type`` as
+        digit strings (``"106"``), taken as the numbers. Used by the fake provider.
 
         >>> SendRequest.from_wire({"source_addr": "Acme", "destination_addr": 380501112233,
         ...     "message_type": 206, "text": "Hi", "image": "", "validity_period": 0}).image
         """
-        cleaned = {k: v for k, v in body.items() if not _unset(k, v)}
-        return cls.model_validate(cleaned)
+        read = {k: _int_from_digits(v) if k in _NUMBERS else v for k, v in body.items()}
+        return cls.model_validate({k: v for k, v in read.items() if not _unset(k, v)})
 
 
 _BLANK_WHEN_UNSET = frozenset({"image", "button_caption", "button_action", "callback_url"})
+_NUMBERS = frozenset({"message_type", "source_type", "validity_period"})
 
 
 def _unset(key: str, value: Any) -> bool:

@@ -3,7 +3,9 @@
 Each reply's template is rendered with the conversation's ``state`` and ``phone``, checked
 against every provider limit (``SendRequest.checked``: a broken limit fails the turn, not the
 send), and given the sending defaults of its flow, the reply's overrides, and the callback
-URL. Each row records the (flow, step) its answer goes to, and the flow's version.
+URL. Each row records the (flow, step) its answer goes to, and the flow's version. A notice
+(``Reply.one_way``) goes as type 106/108 and asks no step; its SMS fallback text is rendered
+from its own template, with the same variables.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ class Composer:
         asked_flow = self.flows.get(asked[0]) if asked else None
         version = asked_flow.version_id if asked_flow else None
         flow_name, step_name = asked if asked else (None, None)
+        # The question is the last 2Way reply (a notice after it asks nothing).
+        last = max((n for n, (reply, _) in enumerate(replies) if not reply.one_way),
+                   default=-1) if question else -1
         items = []
-        last = len(replies) - 1
         for n, (reply, flow) in enumerate(replies):
             # Every template sees the conversation's state and the phone; reply variables win.
             context = {"state": state or {}, "phone": phone, **reply.variables}
@@ -61,7 +65,14 @@ class Composer:
             base = flow.delivery if flow else _DEFAULTS
             delivery = reply.delivery.over(base) if reply.delivery else base
             validity = delivery.validity.total_seconds() if delivery.validity else None
-            kind = MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT
+            if reply.one_way:
+                kind = MessageType.RICH if rendered.rich else MessageType.TEXT
+                # Transactional by default: the type that may carry an SMS fallback.
+                source_type = delivery.source_type or (1 if rendered.rich else 2)
+            else:
+                kind = MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT
+                source_type = delivery.source_type or 1
+            text_sms = self.renderer.render(reply.sms, context).text if reply.sms else None
             request = SendRequest.checked(
                 source_addr=delivery.sender or self.sender,
                 destination_addr=phone,
@@ -70,13 +81,14 @@ class Composer:
                 image=rendered.image,
                 button_caption=rendered.button_caption,
                 button_action=rendered.button_action,
-                source_type=delivery.source_type or 1,
+                source_type=source_type,
                 callback_url=self.callback_url,
                 validity_period=int(validity) if validity is not None else None,
+                text_sms=text_sms,
             )
             items.append(OutboxItem(
-                phone, flow_name, step_name, reply.template, rendered.text, int(kind),
-                request.model_dump(mode="json", exclude_none=True), True, version,
-                question=question and n == last,
+                phone, flow_name, None if reply.one_way else step_name, reply.template,
+                rendered.text, int(kind), request.model_dump(mode="json", exclude_none=True),
+                True, version, question=n == last,
             ))
         return tuple(items)

@@ -65,11 +65,17 @@ class BotMessage:
     image: str | None
     button: tuple[str, str] | None
     step: str | None
+    sms: str | None = None  # the SMS fallback text of a notice (text_sms)
 
     @property
     def rich(self) -> bool:
-        """True for a 208 (text, image and button)."""
-        return self.type == MessageType.TWO_WAY_RICH
+        """True for a 208 or 108 (text, image and button)."""
+        return self.type in (MessageType.TWO_WAY_RICH, MessageType.RICH)
+
+    @property
+    def one_way(self) -> bool:
+        """True for a notice (106 or 108), which the user's client cannot answer."""
+        return not MessageType(self.type).two_way
 
 
 class Harness:
@@ -248,6 +254,16 @@ class Harness:
         await self.runtime.poller.poll_once()
         await self.settle()
 
+    async def notify(self, phone: str, template: str, *, sms: str | None = None,
+                     **variables: Any) -> None:
+        """Send a one-way notice proactively (as ``run.py notify`` does) and wait for it.
+
+        Example: ``await harness.notify("380501112233", "support/order_shipped.txt", order=1)``
+        """
+        assert self.runtime.engine is not None
+        await self.runtime.engine.notify_many([phone], template, sms=sms, variables=variables)
+        await self.settle()
+
     async def start_flow(self, flow: str, phone: str) -> None:
         """Begin a conversation proactively (as ``run.py start`` does) and wait for the send."""
         assert self.runtime.engine is not None
@@ -310,7 +326,7 @@ class Chat:
             if r.button_caption and r.button_action:
                 button = (r.button_caption, r.button_action)
             out.append(BotMessage(sent.message_id, r.text, int(r.message_type), r.image,
-                                  button, steps.get(sent.message_id)))
+                                  button, steps.get(sent.message_id), r.text_sms))
         return out
 
     def conversation(self) -> Conversation | None:

@@ -36,11 +36,17 @@ class Message:
 
 @dataclass(frozen=True)
 class Reply:
-    """A message to send: a template and its variables, with optional delivery overrides."""
+    """A message to send: a template and its variables, with optional delivery overrides.
+
+    ``one_way`` makes it a notice (type 106 or 108, which no one can answer); ``sms`` names
+    the template of its SMS fallback text.
+    """
 
     template: str
     variables: dict[str, Any] = field(default_factory=dict)
     delivery: Delivery | None = None
+    one_way: bool = False
+    sms: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,9 @@ class Turn:
     """One user message being handled by one step.
 
     Read ``turn.text``, ``turn.phone`` and ``turn.state`` (the conversation's persistent
-    JSON-serialisable dict); answer with ``say`` (any number of times) and end with at most
-    one of ``ask``, ``retry``, ``switch``, ``finish`` or ``handoff``. A turn that ends with
+    JSON-serialisable dict); answer with ``say`` or ``notify`` (a one-way notice), any number
+    of times, and end with at most one of ``ask``, ``retry``, ``switch``, ``finish`` or
+    ``handoff``. A turn that ends with
     none of them stays on its step.
 
     A turn started by the conversation's life cycle rather than a user message has
@@ -122,6 +129,28 @@ class Turn:
         >>> turn.say("support/hours.txt", today="Monday")
         """
         self.replies.append(Reply(template, variables, delivery))
+
+    def notify(
+        self,
+        template: str,
+        /,
+        *,
+        sms: str | None = None,
+        delivery: Delivery | None = None,
+        **variables: Any,
+    ) -> None:
+        """Send a one-way notice rendered from ``template``; the turn goes on.
+
+        A notice expects no answer: it goes as type 106 (or 108 when the template sets an
+        image or a button), transactional (``source_type`` 2) unless ``delivery`` or the
+        flow says otherwise, and the user's next message is routed as if it had not been
+        sent (the provider tracks only 2Way messages). ``sms`` names the template of an SMS
+        sent instead when Viber cannot deliver the notice (one SMS: at most 160 GSM-7
+        characters, or 70 when the text needs UCS-2); it needs a transactional text notice.
+
+        >>> turn.notify("support/order_shipped.txt", sms="support/order_shipped_sms.txt")
+        """
+        self.replies.append(Reply(template, variables, delivery, one_way=True, sms=sms))
 
     def ask(
         self,

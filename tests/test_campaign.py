@@ -191,3 +191,43 @@ async def test_a_status_that_beats_the_campaigns_send_record_still_starts_its_ti
     await harness.sweep()  # the survey sends its first question once more
     assert [m.request.text for m in provider.messages_to(PHONE)] == [
         provider.sent[0].request.text] * 2
+
+
+def test_notify_sends_one_way_notices_with_their_sms_fallback(
+    tmp_path: Path, db: Path, fake_provider: tuple[str, str]
+) -> None:
+    result = run_cli("notify", "support/order_shipped.txt", "--phones",
+                     str(phones_file(tmp_path, 3)), "--var", "order=100300",
+                     "--sms", "support/order_shipped_sms.txt",
+                     db=db, env=env_for(fake_provider), timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "support/order_shipped.txt: queued 3 notices; sent 3" in result.stdout
+    assert "3/3 notices queued, 3 sent" in result.stderr
+    sent = received(fake_provider[0])
+    assert len(sent) == 3 and {m["message_type"] for m in sent} == {106}
+    assert {m["text_sms"] for m in sent} == {
+        "Acme: order 100300 has shipped, arriving within 3 working days."}
+    assert all("order 100300 has shipped" in str(m["text"]) for m in sent)
+    assert rows(db, "SELECT message_type, status, step, conversation_id FROM outbound"
+                " GROUP BY 1, 2, 3, 4") == [{"message_type": 106, "status": "sent",
+                                             "step": None, "conversation_id": None}]
+    assert rows(db, "SELECT count(*) AS n FROM conversations") == [{"n": 0}]
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (("support/nope.txt", "380501112233"),
+     "error: template support/nope.txt not found in the templates folder"),
+    (("support/order_shipped.txt", "380501112233", "--var", "order"),
+     "error: --var 'order': write NAME=VALUE"),
+    (("support/order_shipped.txt", "380501112233", "--var", "order=1", "--sms",
+      "support/order_shipped_sms.txt", "--promotional"),
+     "error: text_sms: an SMS fallback needs a transactional text message (type 106"),
+])
+def test_notify_says_what_to_fix_and_sends_nothing(
+    db: Path, fake_provider: tuple[str, str], args: tuple[str, ...], problem: str
+) -> None:
+    result = run_cli("notify", *args, db=db, env=env_for(fake_provider), timeout=60)
+    assert result.returncode == 2
+    assert problem in result.stderr
+    assert received(fake_provider[0]) == []

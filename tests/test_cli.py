@@ -35,7 +35,7 @@ from bots.survey import survey
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
 ANA, BO, CY = "380501112233", "380501112244", "380501112255"
-COMMANDS = ["serve", "start", "status", "check", "export", "conversations", "release",
+COMMANDS = ["serve", "start", "notify", "status", "check", "export", "conversations", "release",
             "fake-provider"]
 
 

@@ -136,6 +136,14 @@ async def test_the_go_sdks_blank_strings_and_zero_ttl_mean_not_set(world: World)
     assert sent.request.validity_period is None and sent.expires_at > sent.received_at
 
 
+async def test_the_java_sdks_enums_as_digit_strings_are_numbers(world: World) -> None:
+    # Gson writes an enum by its @SerializedName: "message_type": "106"
+    message_id = await world.sdk.send_message(**message(
+        message_type="106", source_type="2", text="Your order shipped."))
+    sent = world.provider.message(message_id).request
+    assert (sent.message_type, sent.source_type) == (106, 2)
+
+
 async def test_a_106_with_an_sms_fallback_reports_the_sms_once_viber_fails(world: World) -> None:
     message_id = await world.sdk.send_message(**message(
         message_type=106, source_type=2, text="Your order 42 has shipped.",

@@ -71,3 +71,18 @@ async def test_agent_stops_auto_replies_until_released(bot_harness):
     assert (await harness.runtime.store.release(PHONE, 0.0)) is not None
     [menu] = await chat.send("menu")
     assert menu.text.startswith("Hi, this is Acme Support")
+
+
+async def test_an_order_update_goes_as_a_notice_and_menu_still_starts_the_flow(bot_harness):
+    harness = await bot_harness(flows=[support])
+    await harness.notify(PHONE, "support/order_shipped.txt", sms="support/order_shipped_sms.txt",
+                         order="100300")
+    chat = harness.chat(PHONE)
+    [notice] = chat.unread()
+    assert (notice.type, notice.one_way) == (106, True)
+    assert notice.text.startswith("Good news: your order 100300 has shipped")
+    assert notice.sms == "Acme: order 100300 has shipped, arriving within 3 working days."
+    assert chat.conversation() is None  # a notice starts nothing
+
+    [menu] = await chat.send("menu")  # no 2Way message yet: sent without tracking data
+    assert menu.step == "menu" and chat.conversation().flow == "support"

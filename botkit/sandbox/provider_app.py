@@ -110,6 +110,7 @@ async def _sent_log(request: web.Request) -> web.Response:
     start = int(since) if since.isdigit() else 0
     return web.json_response({"next": len(provider.sent), "messages": [
         {"index": i, "message_id": m.message_id, "phone": m.phone, "text": m.request.text,
+         "message_type": int(m.request.message_type), "text_sms": m.request.text_sms,
          "callback_url": m.request.callback_url, "received_at": m.received_at}
         for i, m in enumerate(provider.sent[start:], start)
     ]})
