@@ -234,6 +234,25 @@ async def test_lost_status_callbacks_are_polled(bot, clock):
     assert await bot.runtime.store.unconfirmed(clock() - 900, clock() - 5 * 86400, 10) == []
 
 
+async def test_a_polled_undocumented_status_is_stored_and_polled_again(bot, clock):
+    bot.provider.auto_deliver = False
+    bot.provider.faults.drop_status_callbacks = True
+    [first] = await bot.chat(PHONE).start("timed")
+    await bot.provider.deliver(first.message_id, 7)  # lost: only a poll can tell
+    clock.advance(minutes=16)
+    await bot.poll_statuses()
+    assert bot.db().execute("SELECT delivery_status FROM outbound").fetchone() == (7,)
+    assert bot.db().execute("SELECT count(*) FROM timers WHERE kind IN"
+                            " ('unanswered', 'undelivered')").fetchone() == (0,)
+    # not final: it is asked about again, and a later delivered (1) replaces it
+    clock.advance(minutes=16)
+    assert [mid for _, mid in await bot.runtime.store.unconfirmed(
+        clock() - 900, clock() - 5 * 86400, 10)] == [first.message_id]
+    await bot.provider.deliver(first.message_id, 1)
+    await bot.poll_statuses()
+    assert bot.db().execute("SELECT delivery_status FROM outbound").fetchone() == (1,)
+
+
 async def test_stale_answer_goes_to_the_flow_s_stale_handler(bot):
     chat = bot.chat(PHONE)
     [q] = await chat.start("timed")
