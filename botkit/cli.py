@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sender", help="the source_addr (default BOTKIT_SENDER)")
     p.add_argument("--promotional", action="store_true",
                    help="send as promotional (source_type 1; no SMS fallback)")
+    p.add_argument("--once", metavar="KEY",
+                   help="skip phones that already got a notice under KEY (e.g."
+                        " order-100200-shipped), so a re-run sends nothing twice")
     p.add_argument("--concurrency", type=_in_range(int, 1, 100), metavar="N",
                    help="messages sent at the same time, 1-100 (default"
                         " BOTKIT_SEND_CONCURRENCY, 100)")
@@ -222,10 +225,12 @@ def _notify(args: argparse.Namespace) -> int:
     def begin(engine: Any) -> Any:
         async def notify(phones: list[str]) -> Any:
             return await engine.notify_many(phones, args.template, sms=args.sms,
-                                            variables=variables, delivery=delivery)
+                                            variables=variables, delivery=delivery,
+                                            key=args.once)
         return notify
 
-    return _campaign(args, flows, begin, label=args.template, done_as="notices queued")
+    return _campaign(args, flows, begin, label=args.template, done_as="notices queued",
+                     rerun_safe=args.once is not None)
 
 
 def _variable(text: str) -> tuple[str, str]:
@@ -237,7 +242,7 @@ def _variable(text: str) -> tuple[str, str]:
 
 def _campaign(
     args: argparse.Namespace, flows: FlowSet, begin: Callable[[Any], Any], *, label: str,
-    done_as: str, resend_flow: str | None = None,
+    done_as: str, resend_flow: str | None = None, rerun_safe: bool = True,
 ) -> int:
     """Begin ``begin(engine)`` for the phones of ``args`` in batches and send what it queued
     (``run.py start`` and ``run.py notify``)."""
@@ -306,9 +311,10 @@ def _campaign(
             print(file=sys.stderr)
         if stopped:
             again = ("run the same command again to go on (nothing is sent twice)"
-                     if resend_flow is not None else
+                     if rerun_safe else
                      "the notices already queued are sent by the server; running the same"
-                     " command again would queue them all once more")
+                     " command again would queue them all once more (--once KEY prevents"
+                     " that)")
             print(f"{label}: stopped after {progress.sent} messages; {again}", file=sys.stderr)
             return 130
         for detail in progress.details[:20]:
@@ -320,8 +326,9 @@ def _campaign(
                   f" {progress.skipped}; sent {progress.sent} messages in"
                   f" {progress.seconds:.1f}s ({progress.rate:.0f}/s), {progress.failed} failed")
         else:
-            print(f"{label}: queued {progress.started} notices; sent {progress.sent} in"
-                  f" {progress.seconds:.1f}s ({progress.rate:.0f}/s), {progress.failed} failed")
+            print(f"{label}: queued {progress.started} notices, skipped {progress.skipped};"
+                  f" sent {progress.sent} in {progress.seconds:.1f}s ({progress.rate:.0f}/s),"
+                  f" {progress.failed} failed")
         if progress.waiting:
             print(f"{progress.waiting} messages wait in the queue (for a later try, or for"
                   " the server to send them)")

@@ -241,26 +241,31 @@ class Engine:
         sms: str | None = None,
         variables: dict[str, Any] | None = None,
         delivery: Delivery | None = None,
+        key: str | None = None,
     ) -> list[StartResult]:
         """Queue a one-way notice (``Turn.notify``) to each phone, outside any conversation.
 
         No conversation starts or changes, and the user's next message is routed as before.
         A phone's notice is committed atomically on its own; a template that breaks a
-        provider limit (an SMS fallback too long) raises before anything is committed.
+        provider limit (an SMS fallback too long) raises before anything is committed. With
+        ``key``, a phone that already has a notice under that key is skipped, so a re-run
+        sends nothing twice.
 
         >>> await engine.notify_many(["380501112233"], "support/order_shipped.txt",
         ...                          variables={"order": 42})
         """
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
         reply = Reply(template, dict(variables or {}), delivery, one_way=True, sms=sms)
-        commits = [Commit(None, route="notice", outbox=self.composer.compose(
-            [(reply, None)], phone, None)) for phone in phones]
+        commits = [Commit(None, route="notice", outbox=tuple(
+            replace(item, notice_key=key)
+            for item in self.composer.compose([(reply, None)], phone, None)))
+            for phone in phones]
         outcomes = await self.store.commit_many(commits, self.clock())
         crashpoints.hit("after_turn_commit")
         results = []
         for phone, commit, done in zip(phones, commits, outcomes, strict=True):
-            if isinstance(done, ConcurrentUpdateError):  # not expected: no conversation is read
-                results.append(StartResult(phone, "skipped", None, str(done)))
+            if isinstance(done, ConcurrentUpdateError):  # the phone has this key's notice
+                results.append(StartResult(phone, "skipped", None, f"already has notice {key!r}"))
                 continue
             results.append(StartResult(phone, "queued"))
             self.outlet.deliver(done.claimed, reserved=False, phone=phone,

@@ -187,10 +187,15 @@ UNCONFIRMED = "status = 'sent' AND (delivery_status IS NULL OR delivery_status N
 
 @MIGRATIONS(name="m005_sms_fallback")
 def m005_sms_fallback(db: sqlite_utils.Database) -> None:
-    """The SMS fallback's id and status on each message and status event, and status polling
-    for any status that is not final (m002's index knew only 0, 5 and 20)."""
+    """The SMS fallback's id and status on each message and status event, the key of a
+    proactive notice, and status polling for any status that is not final (m002's index knew
+    only 0, 5 and 20)."""
     for table in ("outbound", "status_events"):
         db.execute(f"ALTER TABLE {table} ADD COLUMN sms_message_id INTEGER")
         db.execute(f"ALTER TABLE {table} ADD COLUMN sms_message_status INTEGER")
+    # A proactive notice's key (run.py notify --once KEY): one per phone and key.
+    db.execute("ALTER TABLE outbound ADD COLUMN notice_key TEXT")
+    db.execute("CREATE UNIQUE INDEX outbound_notice ON outbound (phone, notice_key)"
+               " WHERE notice_key IS NOT NULL")
     db.execute("DROP INDEX outbound_unconfirmed")
     db.execute(f"CREATE INDEX outbound_unconfirmed ON outbound (sent_at) WHERE {UNCONFIRMED}")

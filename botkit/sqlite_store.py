@@ -451,6 +451,11 @@ class SQLiteStore(Store):
             outbox_ids: list[int] = []
             claimed: list[Outgoing] = []
             for n, item in enumerate(change.outbox):
+                if item.notice_key is not None and self._one(
+                        "SELECT 1 AS sent FROM outbound WHERE phone = ? AND notice_key = ?",
+                        [item.phone, item.notice_key]) is not None:
+                    raise ConcurrentUpdateError(
+                        f"{item.phone} already has notice {item.notice_key!r}")
                 row_conv = conv_id if item.in_conversation else None
                 # The first message goes straight to a sender with a free slot, unless an
                 # earlier message of the phone still waits (each phone's messages in order).
@@ -868,7 +873,7 @@ class SQLiteStore(Store):
 _OUTBOUND_COLUMNS = (
     "conversation_id", "phone", "flow", "flow_version", "step", "template", "text",
     "message_type", "payload", "ttl", "role", "inbound_id", "created_at", "status", "attempts",
-    "claimed_by", "claimed_at",
+    "claimed_by", "claimed_at", "notice_key",
 )
 _OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(_OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(_OUTBOUND_COLUMNS)) + ")"
@@ -883,7 +888,7 @@ def _outbound_row(
             item.text, item.message_type, json.dumps(item.payload),
             item.payload.get("validity_period"), "question" if item.question else None,
             inbound_id, now, "sending" if claim else "queued", 1 if claim else 0, claim,
-            time.time() if claim else None]
+            time.time() if claim else None, item.notice_key]
 
 
 def _new_conversation(change: Commit) -> bool:

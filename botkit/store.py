@@ -10,7 +10,8 @@ Durability contract every implementation keeps:
 - ``commit`` applies a turn atomically: the inbound row's outcome (only while the row is
   pending: a message is handled once, else DuplicateMessageError), the conversation change,
   conversations closed on the way and the outbox rows, all or nothing (the outbox pattern);
-  an update whose ``expected_version`` is stale raises ConcurrentUpdateError;
+  an update whose ``expected_version`` is stale raises ConcurrentUpdateError, and so does an
+  outbox row whose ``notice_key`` the phone already has (a notice goes once per key);
 - ``claim_outbox`` moves rows from ``queued`` to ``sending`` atomically, so two senders never
   take the same row (a ``commit`` with ``claim_for`` may insert its first message already
   claimed, under the same one-message-per-phone rule); ``reset_sending`` returns rows a
@@ -95,6 +96,7 @@ class OutboxItem:
     in_conversation: bool = True
     flow_version: str | None = None
     question: bool = False  # the message that asks its step (not a say, nudge or goodbye)
+    notice_key: str | None = None  # a proactive notice sent at most once per phone and key
 
 
 @dataclass(frozen=True)

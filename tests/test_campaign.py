@@ -179,7 +179,10 @@ async def test_a_status_that_beats_the_campaigns_send_record_still_starts_its_ti
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "run.py", "start", "survey", PHONE, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    await harness.wait_until(lambda: bool(provider.sent), "the campaign's send")
+    async with asyncio.timeout(30):  # a new process: its start-up takes a while under load
+        while not provider.sent:
+            assert proc.returncode is None, (await proc.communicate())[1].decode()
+            await asyncio.sleep(0.01)
     await provider.deliver(provider.sent[0].message_id, MessageStatus.UNDELIVERED)
     assert rows(harness.db_path, "SELECT message_id FROM outbound WHERE message_id IS NOT NULL"
                 ) == []  # the status came first
@@ -202,7 +205,7 @@ def test_notify_sends_one_way_notices_with_their_sms_fallback(
                      db=db, env=env_for(fake_provider), timeout=60)
 
     assert result.returncode == 0, result.stderr
-    assert "support/order_shipped.txt: queued 3 notices; sent 3" in result.stdout
+    assert "support/order_shipped.txt: queued 3 notices, skipped 0; sent 3" in result.stdout
     assert "3/3 notices queued, 3 sent" in result.stderr
     sent = received(fake_provider[0])
     assert len(sent) == 3 and {m["message_type"] for m in sent} == {106}
@@ -213,6 +216,26 @@ def test_notify_sends_one_way_notices_with_their_sms_fallback(
                 " GROUP BY 1, 2, 3, 4") == [{"message_type": 106, "status": "sent",
                                              "step": None, "conversation_id": None}]
     assert rows(db, "SELECT count(*) AS n FROM conversations") == [{"n": 0}]
+
+
+def test_notify_once_under_a_key_sends_nothing_twice(
+    tmp_path: Path, db: Path, fake_provider: tuple[str, str]
+) -> None:
+    def notify(count: int, key: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("notify", "support/order_shipped.txt", "--phones",
+                       str(phones_file(tmp_path, count)), "--var", "order=100200",
+                       "--once", key, db=db, env=env_for(fake_provider), timeout=60)
+
+    first = notify(2, "order-100200-shipped")
+    assert "queued 2 notices, skipped 0; sent 2" in first.stdout, first.stderr
+    again = notify(3, "order-100200-shipped")  # one phone more: only it gets the notice
+    assert again.returncode == 0, again.stderr
+    assert "queued 1 notices, skipped 2; sent 1" in again.stdout
+    assert "skipped 380660000000: already has notice 'order-100200-shipped'" in again.stdout
+    other = notify(1, "order-100200-delivered")  # another key is another notice
+    assert "queued 1 notices, skipped 0; sent 1" in other.stdout
+    assert Counter(m["phone"] for m in received(fake_provider[0])) == {
+        "380660000000": 2, "380660000001": 1, "380660000002": 1}
 
 
 @pytest.mark.parametrize(("args", "problem"), [

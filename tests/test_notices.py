@@ -150,3 +150,22 @@ def test_gsm7_length_counts_extension_characters_twice(text: str, length: int | 
 ])
 def test_sms_problem_applies_one_sms_limits(text: str, ok: bool) -> None:
     assert (sms_problem(text) is None) == ok
+
+
+async def test_a_notice_key_sends_each_phone_one_notice_even_from_two_calls_at_once(bot) -> None:
+    import asyncio
+
+    engine = bot.runtime.engine
+    other = "380507770002"
+
+    def notify(phones: list[str]):  # type: ignore[no-untyped-def]
+        return engine.notify_many(phones, "notice/shipped.txt", variables={"order": "E-5"},
+                                  key="order-E-5-shipped")
+
+    first, second = await asyncio.gather(notify([PHONE]), notify([PHONE, other]))
+    outcomes = sorted(r.outcome for r in first + second)
+    assert outcomes == ["queued", "queued", "skipped"]
+    await bot.settle()
+    assert len(bot.provider.messages_to(PHONE)) == len(bot.provider.messages_to(other)) == 1
+    assert bot.db().execute("SELECT phone, notice_key FROM outbound ORDER BY phone").fetchall() == [
+        (PHONE, "order-E-5-shipped"), (other, "order-E-5-shipped")]

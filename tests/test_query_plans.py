@@ -39,6 +39,10 @@ async def test_statements_of_a_working_server_use_indexes(bot):
     await chat.answer("first")            # a step answered, timers replaced
     await bot.chat("380500000032").send("demo")  # a keyword starts a conversation
     await bot.chat("380500000033").send("hello")  # the fallback, no conversation
+    await bot.notify(PHONE, "notice/shipped.txt", order="A-1")  # a notice, no key
+    await bot.runtime.engine.notify_many([PHONE], "notice/shipped.txt", variables={"order": 1},
+                                         key="order-1")  # with a key: checked before the insert
+    await bot.settle()
     bot.clock.advance(hours=11)
     await bot.sweep()                      # the expiry fires
     await bot.poll_statuses()
