@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sender", help="the source_addr (default BOTKIT_SENDER)")
     p.add_argument("--promotional", action="store_true",
                    help="send as promotional (source_type 1; no SMS fallback)")
+    p.add_argument("--resend-uncertain", action="store_true",
+                   help="send again this template's notices a killed run may or may not have"
+                        " sent")
     p.add_argument("--once", metavar="KEY",
                    help="skip phones that already got a notice under KEY (e.g."
                         " order-100200-shipped), so a re-run sends nothing twice")
@@ -202,7 +205,7 @@ def _start(args: argparse.Namespace) -> int:
         return functools.partial(engine.start_many, args.flow)
 
     return _campaign(args, flows, begin, label=args.flow, done_as="phones started or skipped",
-                     resend_flow=args.flow)
+                     uncertain={"flow": args.flow})
 
 
 def _notify(args: argparse.Namespace) -> int:
@@ -230,7 +233,7 @@ def _notify(args: argparse.Namespace) -> int:
         return notify
 
     return _campaign(args, flows, begin, label=args.template, done_as="notices queued",
-                     rerun_safe=args.once is not None)
+                     uncertain={"template": args.template}, rerun_safe=args.once is not None)
 
 
 def _variable(text: str) -> tuple[str, str]:
@@ -242,10 +245,11 @@ def _variable(text: str) -> tuple[str, str]:
 
 def _campaign(
     args: argparse.Namespace, flows: FlowSet, begin: Callable[[Any], Any], *, label: str,
-    done_as: str, resend_flow: str | None = None, rerun_safe: bool = True,
+    done_as: str, uncertain: dict[str, str], rerun_safe: bool = True,
 ) -> int:
     """Begin ``begin(engine)`` for the phones of ``args`` in batches and send what it queued
-    (``run.py start`` and ``run.py notify``)."""
+    (``run.py start`` and ``run.py notify``). ``uncertain`` selects the messages that
+    ``--resend-uncertain`` queues again (``flow=`` or ``template=``)."""
     from .engine import Engine
     from .server import callback_secret, callback_url, renderer_for
 
@@ -259,7 +263,7 @@ def _campaign(
         bad += bad_rows
     for problem in bad:
         print(f"skipped {problem}", file=sys.stderr)
-    if not phones:
+    if not phones and not args.resend_uncertain:  # alone, it sends the uncertain ones again
         print("error: no phone numbers given (PHONE arguments or --phones FILE.csv)",
               file=sys.stderr)
         return 2
@@ -271,8 +275,8 @@ def _campaign(
         from .server import provider_client, provider_url
 
         secret = await callback_secret(settings, store)
-        if resend_flow is not None and args.resend_uncertain:
-            again = await store.resend_uncertain(resend_flow)
+        if args.resend_uncertain:
+            again = await store.resend_uncertain(**uncertain)
             print(f"{label}: {again} uncertain messages queued again", file=sys.stderr)
         client = provider_client(settings)
         rate = settings.send_rate if args.rate is None else args.rate
@@ -321,7 +325,7 @@ def _campaign(
             print(detail)
         if len(progress.details) > 20:
             print(f"... and {len(progress.details) - 20} more")
-        if resend_flow is not None:
+        if args.command == "start":
             print(f"{label}: started {progress.started} conversations, skipped"
                   f" {progress.skipped}; sent {progress.sent} messages in"
                   f" {progress.seconds:.1f}s ({progress.rate:.0f}/s), {progress.failed} failed")
@@ -334,7 +338,7 @@ def _campaign(
                   " the server to send them)")
         if progress.uncertain:
             print(f"{progress.uncertain} messages are uncertain (a killed run was sending"
-                  " them); `run.py start FLOW --resend-uncertain` sends them again")
+                  f" them); `run.py {args.command} {label} --resend-uncertain` sends them again")
         return 1 if bad or progress.failed else 0
 
     return _with_store(args, job)

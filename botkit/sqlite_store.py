@@ -739,15 +739,18 @@ class SQLiteStore(Store):
         assert row is not None
         return row["n"] - row["later"], row["later"]
 
-    async def resend_uncertain(self, flow: str | None = None) -> int:
-        return await self._run(self._resend_uncertain, flow)
+    async def resend_uncertain(
+        self, flow: str | None = None, *, template: str | None = None
+    ) -> int:
+        return await self._run(self._resend_uncertain, flow, template)
 
-    def _resend_uncertain(self, flow: str | None) -> int:
+    def _resend_uncertain(self, flow: str | None, template: str | None) -> int:
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE outbound SET status = 'queued', due_at = 0, error = NULL"
                 f" WHERE {_ATTENTION} AND status = 'uncertain'"
-                " AND (? IS NULL OR flow = ?)", [flow, flow])
+                " AND (? IS NULL OR flow = ?) AND (? IS NULL OR template = ?)",
+                [flow, flow, template, template])
             return cursor.rowcount
 
     async def conversation(self, conversation_id: int) -> Conversation | None:

@@ -326,8 +326,11 @@ class Store(ABC):
         """Queued messages: (due by ``now``, waiting for a later try)."""
 
     @abstractmethod
-    async def resend_uncertain(self, flow: str | None = None) -> int:
-        """Queue ``uncertain`` messages (of ``flow``) again, on the operator's word."""
+    async def resend_uncertain(
+        self, flow: str | None = None, *, template: str | None = None
+    ) -> int:
+        """Queue ``uncertain`` messages (of ``flow``, of ``template``) again, on the
+        operator's word."""
 
     @abstractmethod
     async def conversation(self, conversation_id: int) -> Conversation | None:

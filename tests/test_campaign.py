@@ -254,3 +254,25 @@ def test_notify_says_what_to_fix_and_sends_nothing(
     assert result.returncode == 2
     assert problem in result.stderr
     assert received(fake_provider[0]) == []
+
+
+def test_uncertain_notices_are_sent_again_only_when_asked(
+    db: Path, fake_provider: tuple[str, str]
+) -> None:
+    phone = "380660000001"
+    notice = ("notify", "support/order_shipped.txt")
+    assert run_cli(*notice, phone, "--var", "order=1", db=db).returncode == 0  # queued: no provider
+    sqlite3_exec(db, "UPDATE outbound SET status = 'uncertain'")  # as after a killed run
+
+    plain = run_cli("start", "survey", "380660000002", db=db, env=env_for(fake_provider))
+    assert "1 messages are uncertain" in plain.stdout
+    assert "`run.py start survey --resend-uncertain` sends them again" in plain.stdout
+    assert [m["phone"] for m in received(fake_provider[0])] == ["380660000002"]
+
+    wrong = run_cli("notify", "support/hours.txt", "--resend-uncertain", db=db,
+                    env=env_for(fake_provider))  # another template's: none
+    assert "support/hours.txt: 0 uncertain messages queued again" in wrong.stderr
+    again = run_cli(*notice, "--resend-uncertain", db=db, env=env_for(fake_provider))
+    assert again.returncode == 0, again.stderr
+    assert "support/order_shipped.txt: 1 uncertain messages queued again" in again.stderr
+    assert [m["phone"] for m in received(fake_provider[0])] == ["380660000002", phone]
