@@ -12,6 +12,7 @@ import hmac
 import importlib
 import json
 import logging
+import os
 import secrets
 import signal
 import time
@@ -154,12 +155,36 @@ async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: f
         # Printed once for the operator (not logged): the URL to give the provider.
         print(f"provider callbacks go to {app[RUNTIME].callback_url}", flush=True)
         await stop.wait()
-        log.info("stopping: finishing the turns and sends in progress")
+        rt = app[RUNTIME]
+        log.info("stopping: %s (Ctrl+C again to stop at once)", _in_progress(rt) or "nothing"
+                 " in progress")
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal: stop now
+            loop.add_signal_handler(signum, _stop_now, rt)
     finally:
         if watch is not None:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
         await runner.cleanup()
+
+
+def _in_progress(rt: Runtime) -> str:
+    """What a graceful stop waits for, in words ("" when nothing)."""
+    turns = rt.dispatcher.busy if rt.dispatcher else 0
+    sends = rt.sender.status()["in_flight"] if rt.sender else 0
+    parts = [f"{n} {what}" for n, what in ((turns, "messages being handled"),
+                                           (sends, "sends in flight")) if n]
+    return "finishing " + " and ".join(parts) if parts else ""
+
+
+def _stop_now(rt: Runtime) -> None:
+    """The second Ctrl+C: exit at once. Everything accepted is already committed, so this is
+    a crash botkit recovers from at the next start (docs/design.md, "Durability")."""
+    sends = rt.sender.status()["in_flight"] if rt.sender else 0
+    turns = rt.dispatcher.busy if rt.dispatcher else 0
+    log.warning("stopping at once: %d sends in flight may reach their users twice, and %d"
+                " messages being handled are handled at the next start", sends, turns)
+    logging.shutdown()
+    os._exit(130)
 
 
 def renderer_for(settings: Settings, templates: str | None) -> Renderer:

@@ -414,6 +414,80 @@ def test_serve_runs_the_sandbox_and_stops_on_sigterm(tmp_path: Path, db: Path) -
             stop(proc)
 
 
+def test_serve_stops_at_once_with_a_chat_stream_open(tmp_path: Path, db: Path) -> None:
+    # An open server-sent-events stream (a chat tab) held the stop for the 15 s shutdown
+    # timeout and more; it must end as the server stops.
+    port = unused_port()
+    with (tmp_path / "serve.err").open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=cli_env(db, {"BOTKIT_PORT": str(port)}))
+        try:
+            poll_healthz(port, proc, timeout=10)
+            stream = socket.create_connection(("127.0.0.1", port), timeout=10)
+            stream.sendall(b"GET /sandbox/chat/events?phone=380501112233 HTTP/1.1\r\n"
+                           b"Host: 127.0.0.1\r\n\r\n")
+            assert stream.recv(4096).startswith(b"HTTP/1.1 200")
+            began = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=8) == 0
+            took = time.monotonic() - began
+            rest = b""
+            while chunk := stream.recv(4096):  # the stream was ended, not left hanging
+                rest += chunk
+            stream.close()
+        finally:
+            stop(proc)
+    assert took < 5, f"the stop took {took:.1f}s"
+    assert "stopping: nothing in progress (Ctrl+C again to stop at once)" in (
+        tmp_path / "serve.err").read_text()
+
+
+def test_a_second_ctrl_c_stops_at_once_saying_what_may_be_sent_again(
+    tmp_path: Path, db: Path
+) -> None:
+    port = unused_port()
+    with socket.socket() as silent:  # a provider that accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        env = cli_env(db, {"BOTKIT_PORT": str(port), "BOTKIT_API_KEY": "k",
+                           "BOTKIT_API_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                           "BOTKIT_CALLBACK_SECRET": "s" * 24, "BOTKIT_API_TIMEOUT": "60"})
+        err = tmp_path / "serve.err"
+        with err.open("wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+            try:
+                poll_healthz(port, proc, timeout=10)
+                body = json.dumps({"message_token": 1, "phone_number": "380501112233",
+                                   "time": 1_800_000_000, "message": {"text": "survey"}})
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/viber/callback/{'s' * 24}", data=body.encode(),
+                    headers={"Content-Type": "application/json"})
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                with opener.open(request, timeout=10) as answer:
+                    assert answer.status == 200
+                deadline = time.monotonic() + 10  # the send is in flight, waiting for an answer
+                while poll_healthz(port, proc, 5)["sending"]["in_flight"] != 1:  # type: ignore[index]
+                    assert time.monotonic() < deadline, "the send never started"
+                    time.sleep(0.05)
+                proc.send_signal(signal.SIGINT)
+                deadline = time.monotonic() + 10
+                while "Ctrl+C again" not in err.read_text():
+                    assert time.monotonic() < deadline, err.read_text()
+                    time.sleep(0.05)
+                began = time.monotonic()
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(timeout=5) == 130
+                took = time.monotonic() - began
+            finally:
+                stop(proc)
+    text = err.read_text()
+    assert "stopping: finishing 1 sends in flight (Ctrl+C again to stop at once)" in text
+    assert ("stopping at once: 1 sends in flight may reach their users twice, and 0 messages"
+            " being handled are handled at the next start") in text
+    assert took < 3, f"the second Ctrl+C took {took:.1f}s"
+
+
 def poll_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
     # No proxy: a proxy from the environment must not see loopback requests.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -28,6 +28,13 @@ log = logging.getLogger("botkit.sandbox")
 
 HERE = Path(__file__).parent
 CHAT_PROVIDER = web.AppKey("botkit.sandbox.chat_provider", FakeProvider)
+
+
+class _Streams(set["asyncio.Queue[dict[str, Any] | None]"]):
+    """The open event streams' queues: shutdown puts None in each, and the stream ends."""
+
+
+STREAMS = web.AppKey("botkit.sandbox.streams", _Streams)
 HEARTBEAT = 15.0  # seconds between SSE comments, so proxies keep the stream open
 
 # The page is HTML: unlike message templates, it is autoescaped.
@@ -51,6 +58,8 @@ class _Start(BaseModel):
 def add_chat_routes(app: web.Application, provider: FakeProvider) -> None:
     """Serve the chat page and its API on ``app``, talking through ``provider``."""
     app[CHAT_PROVIDER] = provider
+    app[STREAMS] = _Streams()
+    app.on_shutdown.append(_close_streams)
     app.router.add_get("/", _page)
     app.router.add_get("/sandbox/chat/events", _events)
     app.router.add_post("/sandbox/chat/send", _send)
@@ -81,23 +90,35 @@ async def _events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no",
     })
     await response.prepare(request)
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    streams = request.app[STREAMS]
+    streams.add(queue)
     stop = provider.subscribe(lambda e: queue.put_nowait(e) if _mine(e, phone) else None)
     try:
-        for event in provider.events_for(phone):
-            await response.write(_sse(event))
+        for past in provider.events_for(phone):
+            await response.write(_sse(past))
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), HEARTBEAT)
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
+            if event is None:  # the server is stopping: the page shows it lost the server
+                break
             await response.write(_sse(event))
     except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the tab was closed, or the server is stopping
+        pass  # the tab was closed
     finally:
         stop()
+        streams.discard(queue)
     return response
+
+
+async def _close_streams(app: web.Application) -> None:
+    """End every open event stream, so that a shutdown does not wait for them."""
+    streams: _Streams = app[STREAMS]
+    for queue in list(streams):
+        queue.put_nowait(None)
 
 
 async def _send(request: web.Request) -> web.Response:
