@@ -36,39 +36,51 @@ def browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture
-def sandbox_server(tmp_path):
-    port = unused_port()
+def start_server(port: int, db: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``python run.py`` in sandbox mode, as a user starts it; returns once it answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
-    env.update(BOTKIT_DB=str(tmp_path / "browser.db"), BOTKIT_PORT=str(port))
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
+    env.update(BOTKIT_DB=str(db), BOTKIT_PORT=str(port))
+    with log.open("a") as out:
         process = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 15
     while True:
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
-                if response.status == 200:
-                    break
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+                if answer.status == 200:
+                    return process
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 process.wait()
                 raise AssertionError(f"server did not start: {log.read_text()}") from None
             time.sleep(0.1)
-    yield url, tmp_path / "browser.db"
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=20)
 
 
-def test_survey_in_the_web_chat(sandbox_server, tmp_path):
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def sandbox_server(tmp_path):
+    port = unused_port()
+    process = start_server(port, tmp_path / "browser.db", tmp_path / "server.log")
+    yield f"http://127.0.0.1:{port}", tmp_path / "browser.db"
+    stop_server(process)
+
+
+def need_browser() -> None:
     missing = browser_missing()
     if missing:
         if os.environ.get("REQUIRE_BROWSER_TEST"):
             pytest.fail(f"browser test required here: {missing}")
         pytest.skip(missing)
+
+
+def test_survey_in_the_web_chat(sandbox_server, tmp_path):
+    need_browser()
     from playwright.sync_api import expect, sync_playwright
 
     url, db = sandbox_server
@@ -123,3 +135,41 @@ def test_survey_in_the_web_chat(sandbox_server, tmp_path):
     assert conv["status"] == "done"
     assert conv["state"] == (
         '{"name": "Ana", "rating": 4, "comment": "<b>Quick</b> & friendly"}')
+
+
+def test_the_chat_shows_a_lost_server_and_keeps_what_was_not_sent(tmp_path):
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    port, db, log = unused_port(), tmp_path / "browser.db", tmp_path / "server.log"
+    url, phone = f"http://127.0.0.1:{port}", "380509876544"
+    process = start_server(port, db, log)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"{url}/?phone={phone}")
+                bots = page.locator(".bubble.bot")
+                page.get_by_role("button", name="Start survey").click()
+                expect(bots.nth(0)).to_contain_text("First, what's your name?")
+                expect(page.locator("#connection")).to_be_hidden()
+
+                stop_server(process)
+                expect(page.locator("#connection")).to_be_visible()
+                expect(page.locator("#connection")).to_contain_text("Connection to the server lost")
+                page.locator("#text").fill("Ana")
+                page.locator("#send").click()
+                expect(page.locator(".notice").last).to_have_text(
+                    "Not sent: the server does not answer (is it running?)")
+                expect(page.locator("#text")).to_have_value("Ana")  # kept, to send again
+
+                process = start_server(port, db, log)
+                expect(page.locator("#connection")).to_be_hidden(timeout=10_000)
+                page.locator("#send").click()
+                expect(bots.nth(1)).to_contain_text("Thanks, Ana!")
+                expect(page.locator("#text")).to_have_value("")
+            finally:
+                browser.close()
+    finally:
+        stop_server(process)

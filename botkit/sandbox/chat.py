@@ -90,6 +90,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no",
     })
     await response.prepare(request)
+    await response.write(b"retry: 1000\n\n")  # after a restart, the page is back within 1 s
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     streams = request.app[STREAMS]
     streams.add(queue)
@@ -129,8 +130,12 @@ async def _send(request: web.Request) -> web.Response:
     provider, rt = request.app[CHAT_PROVIDER], request.app[RUNTIME]
     # Tracking data names the phone's last 2Way message (none if the user writes first).
     result = await provider.reply(body.phone, body.text, callback_url=rt.callback_url)
-    return web.json_response({"ok": result.ok, "status": result.status, "answer": result.data},
-                             status=200 if result.ok else 502)
+    answer: dict[str, Any] = {"ok": result.ok, "status": result.status, "answer": result.data}
+    if not result.ok:
+        said = result.data.get("error") if isinstance(result.data, dict) else result.error
+        answer["error"] = f"the bot answered HTTP {result.status}: {said}" if result.status \
+            else f"the bot could not be reached: {said}"
+    return web.json_response(answer, status=200 if result.ok else 502)
 
 
 async def _start(request: web.Request) -> web.Response:

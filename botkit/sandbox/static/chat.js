@@ -7,6 +7,7 @@ const TICKS = { 5: "🕓", 0: "✓", 1: "✓✓", 2: "✗ error", 3: "✗ reject
 const messages = document.getElementById("messages");
 const phoneInput = document.getElementById("phone");
 const textInput = document.getElementById("text");
+const connection = document.getElementById("connection");
 let phone = null;
 let source = null;
 let seen = new Set();
@@ -84,18 +85,33 @@ function open(newPhone) {
   seen = new Set();
   source = new EventSource(`/sandbox/chat/events?phone=${encodeURIComponent(phone)}`);
   source.onmessage = (message) => handle(JSON.parse(message.data));
+  // The browser reconnects by itself; the page says when the server is gone and back.
+  source.onopen = () => { connection.hidden = true; };
+  source.onerror = () => { connection.hidden = false; };
 }
 
-async function post(path, body) {
-  const response = await fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
+function notice(text) {
+  messages.appendChild(el("div", "notice", text));
+  scrollDown();
+}
+
+// POST JSON; returns the response, or null when the server did not answer (said on the page).
+async function post(path, body, what) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } catch (error) {
+    connection.hidden = false;
+    notice(`${what}: the server does not answer (is it running?)`);
+    return null;
+  }
   if (!response.ok) {
     const answer = await response.json().catch(() => ({}));
-    messages.appendChild(el("div", "notice", answer.error || `error ${response.status}`));
-    scrollDown();
+    notice(`${what}: ${answer.error || `error ${response.status}`}`);
   }
   return response;
 }
@@ -109,14 +125,17 @@ document.getElementById("composer").addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = textInput.value.trim();
   if (!text) return;
-  textInput.value = "";
-  await post("/sandbox/chat/send", { phone, text });
+  // The box is emptied only once the message was taken: a failed send keeps the text.
+  const response = await post("/sandbox/chat/send", { phone, text }, "Not sent");
+  if (response && response.ok && textInput.value.trim() === text) textInput.value = "";
   textInput.focus();
 });
 
 for (const button of document.querySelectorAll("button.start")) {
   button.addEventListener("click", async () => {
-    const response = await post("/sandbox/chat/start", { phone, flow: button.dataset.flow });
+    const response = await post("/sandbox/chat/start", { phone, flow: button.dataset.flow },
+                                `Not started`);
+    if (!response || !response.ok) return;
     const answer = await response.json().catch(() => ({}));
     if (answer.outcome === "skipped") {
       messages.appendChild(el("div", "notice", `already in ${button.dataset.flow}: ${answer.detail}`));
