@@ -51,6 +51,7 @@ log = logging.getLogger("botkit.engine")
 
 FALLBACK_TEMPLATE = "botkit/fallback.txt"
 ERROR_TEMPLATE = "botkit/error.txt"
+AGENT_TEMPLATE = "botkit/agent.txt"  # a human agent's own words
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,25 @@ class Engine:
             self.outlet.deliver(done.claimed, reserved=False, phone=phone,
                                 queued=len(commit.outbox) - len(done.claimed))
         return results
+
+    async def say_as_agent(self, phone: str, text: str) -> Conversation | None:
+        """Send ``text`` from a human agent in the phone's conversation with a human.
+
+        It goes like any bot message: a 206 through the outbox, and the user's answer comes
+        back to the same conversation (still with the human). Returns the conversation, or
+        None when the phone has none with a human. The sandbox chat's agent box uses it.
+
+        >>> await engine.say_as_agent("380501112233", "Hi, this is Olga from Acme.")
+        """
+        phone = normalize_phone(phone)
+        conv = (await self.store.open_conversations([phone])).get(phone)
+        if conv is None or conv.status is not Status.HUMAN:
+            return None
+        reply = Reply(AGENT_TEMPLATE, {"text": text})
+        outbox = self.composer.compose([(reply, self.flows.get(conv.flow))], phone,
+                                       (conv.flow, conv.step), conv.state)
+        await self._commit(Commit(None, route="agent", outbox=outbox, link=conv.id))
+        return conv
 
     def _plan_start(
         self, flow: Flow, phone: str, active: Conversation | None,

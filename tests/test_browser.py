@@ -8,6 +8,7 @@ skipped with the reason; CI sets REQUIRE_BROWSER_TEST=1 so it can never be skipp
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -173,3 +174,39 @@ def test_the_chat_shows_a_lost_server_and_keeps_what_was_not_sent(tmp_path):
                 browser.close()
     finally:
         stop_server(process)
+
+
+def test_a_hand_over_shows_in_the_chat_and_the_sandbox_plays_the_agent(sandbox_server):
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = sandbox_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/?phone=380509876545")
+            bots, human = page.locator(".bubble.bot"), page.locator("#human")
+            expect(human).to_be_hidden()
+
+            page.locator("#text").fill("agent")
+            page.locator("#send").click()
+            expect(bots.nth(0)).to_contain_text("a person from our team will answer you")
+            expect(human).to_be_visible()
+            expect(human).to_contain_text("This conversation is with a person now")
+            page.locator("#text").fill("hello?")
+            page.locator("#send").click()
+            expect(page.locator(".bubble.user")).to_have_count(2)
+            expect(human).to_be_visible()  # the bot stays silent, and the page says why
+
+            page.locator("#agent-text").fill("Hi, Olga here. How can I help?")
+            page.locator("#agent-send").click()
+            expect(bots.nth(1)).to_have_text(re.compile("Hi, Olga here. How can I help?"))
+            page.get_by_role("button", name="Release to the bot").click()
+            expect(page.locator(".notice.info")).to_have_text("Released: the bot answers again.")
+            expect(human).to_be_hidden()
+            page.locator("#text").fill("menu")
+            page.locator("#send").click()
+            expect(bots.nth(2)).to_contain_text("Hi, this is Acme Support")
+        finally:
+            browser.close()

@@ -85,6 +85,36 @@ async def test_history_is_replayed_to_a_new_tab(sandbox):
         assert (await next_event(stream, "bot"))["text"].startswith("Hi, this is Acme Support")
 
 
+async def test_a_hand_over_shows_in_the_state_and_the_sandbox_can_be_the_agent(sandbox):
+    async def state() -> dict:
+        async with sandbox.get("/sandbox/chat/state", params={"phone": PHONE}) as r:
+            return (await r.json())["conversation"]
+
+    assert await state() is None
+    async with sandbox.get("/sandbox/chat/events", params={"phone": PHONE}) as stream:
+        await sandbox.post("/sandbox/chat/send", json={"phone": PHONE, "text": "agent"})
+        handoff = await next_event(stream, "bot")
+        assert handoff["text"].startswith("OK, a person from our team will answer you")
+        assert (await state())["status"] == "human"
+
+        async with sandbox.post("/sandbox/chat/agent",
+                                json={"phone": PHONE, "text": "Hi, <b>Olga</b> here."}) as r:
+            assert r.status == 200 and (await r.json())["ok"]
+        said = await next_event(stream, "bot")
+        assert (said["text"], said["type"]) == ("Hi, <b>Olga</b> here.", 206)
+
+        async with sandbox.post("/sandbox/chat/release", json={"phone": PHONE}) as r:
+            assert r.status == 200 and "released" in await r.json()
+        assert await state() is None
+        await sandbox.post("/sandbox/chat/send", json={"phone": PHONE, "text": "menu"})
+        assert (await next_event(stream, "bot"))["text"].startswith("Hi, this is Acme Support")
+
+    for path in ("/sandbox/chat/agent", "/sandbox/chat/release"):  # no one is with a person
+        async with sandbox.post(path, json={"phone": PHONE, "text": "x"}) as r:
+            assert r.status == 409
+            assert (await r.json())["error"] == f"{PHONE} has no conversation with a person"
+
+
 async def test_bad_requests_name_the_field(sandbox):
     async with sandbox.post("/sandbox/chat/send", json={"phone": "abc", "text": "x"}) as r:
         assert r.status == 400 and (await r.json())["field"] == "phone"

@@ -18,6 +18,7 @@ import jinja2
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from ..errors import BotkitError
 from ..models import Phone
 from ..server import RUNTIME
 from .provider import FakeProvider
@@ -50,6 +51,10 @@ class _Send(BaseModel):
     text: str = Field(min_length=1, max_length=4096)
 
 
+class _Phone(BaseModel):
+    phone: Phone
+
+
 class _Start(BaseModel):
     phone: Phone
     flow: str = Field(min_length=1, max_length=40)
@@ -64,6 +69,9 @@ def add_chat_routes(app: web.Application, provider: FakeProvider) -> None:
     app.router.add_get("/sandbox/chat/events", _events)
     app.router.add_post("/sandbox/chat/send", _send)
     app.router.add_post("/sandbox/chat/start", _start)
+    app.router.add_get("/sandbox/chat/state", _state)
+    app.router.add_post("/sandbox/chat/agent", _agent)
+    app.router.add_post("/sandbox/chat/release", _release)
     app.router.add_static("/sandbox/static", HERE / "static")
 
 
@@ -81,10 +89,9 @@ async def _page(request: web.Request) -> web.Response:
 async def _events(request: web.Request) -> web.StreamResponse:
     provider = request.app[CHAT_PROVIDER]
     try:
-        phone = _Send(phone=request.query.get("phone", ""), text=".").phone
+        phone = _Phone(phone=request.query.get("phone", "")).phone
     except ValidationError:
-        return web.json_response({"error": "phone: digits only, optional +, at most 20",
-                                  "field": "phone"}, status=400)
+        return _bad_phone()
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
@@ -150,6 +157,59 @@ async def _start(request: web.Request) -> web.Response:
     assert rt.engine is not None
     result = await rt.engine.start(body.flow, body.phone)  # wakes the sender itself
     return web.json_response({"outcome": result.outcome, "detail": result.detail})
+
+
+async def _state(request: web.Request) -> web.Response:
+    """The phone's open conversation (flow, step, status), so the page can show a hand-over."""
+    rt = request.app[RUNTIME]
+    try:
+        phone = _Phone(phone=request.query.get("phone", "")).phone
+    except ValidationError:
+        return _bad_phone()
+    conv = (await rt.store.open_conversations([phone])).get(phone)
+    found = None if conv is None else {
+        "id": conv.id, "flow": conv.flow, "step": conv.step, "status": conv.status.value}
+    return web.json_response({"conversation": found})
+
+
+async def _agent(request: web.Request) -> web.Response:
+    """Answer as the human agent in a conversation handed over to a person."""
+    body = await _body(request, _Send)
+    if isinstance(body, web.Response):
+        return body
+    assert isinstance(body, _Send)
+    rt = request.app[RUNTIME]
+    assert rt.engine is not None
+    try:
+        conv = await rt.engine.say_as_agent(body.phone, body.text)
+    except BotkitError as exc:  # the text breaks a provider limit
+        return web.json_response({"error": str(exc), "field": "text"}, status=400)
+    if conv is None:
+        return _no_human(body.phone)
+    return web.json_response({"ok": True, "conversation": conv.id})
+
+
+async def _release(request: web.Request) -> web.Response:
+    """Give a conversation with a person back to the bot, as ``run.py release`` does."""
+    body = await _body(request, _Phone)
+    if isinstance(body, web.Response):
+        return body
+    assert isinstance(body, _Phone)
+    rt = request.app[RUNTIME]
+    conv = await rt.store.release(body.phone, rt.clock())
+    if conv is None:
+        return _no_human(body.phone)
+    return web.json_response({"released": conv.id})
+
+
+def _no_human(phone: str) -> web.Response:
+    return web.json_response({"error": f"{phone} has no conversation with a person"},
+                             status=409)
+
+
+def _bad_phone() -> web.Response:
+    return web.json_response({"error": "phone: digits only, optional +, at most 20",
+                              "field": "phone"}, status=400)
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel | web.Response:

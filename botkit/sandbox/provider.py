@@ -16,6 +16,7 @@ import base64
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -161,6 +162,9 @@ class FakeProvider:
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._seq = 0
+        # Events are numbered per provider: a restarted sandbox numbers from 1 again, and
+        # the chat tells its events from the old ones by this.
+        self.epoch = secrets.token_hex(4)
 
     # --- looking at what happened -------------------------------------------------
 
@@ -378,6 +382,7 @@ class FakeProvider:
     def _emit(self, event: dict[str, Any]) -> None:
         self._seq += 1
         event["seq"] = self._seq
+        event["epoch"] = self.epoch
         self._events.append(event)
         for listener in list(self._listeners):
             listener(event)

@@ -8,6 +8,9 @@ const messages = document.getElementById("messages");
 const phoneInput = document.getElementById("phone");
 const textInput = document.getElementById("text");
 const connection = document.getElementById("connection");
+const human = document.getElementById("human");
+const agentText = document.getElementById("agent-text");
+let stateTimer = null;
 let phone = null;
 let source = null;
 let seen = new Set();
@@ -64,13 +67,29 @@ function showStatus(event) {
 }
 
 function handle(event) {
-  if (seen.has(event.seq)) return;  // history is replayed when the stream reconnects
-  seen.add(event.seq);
-  if (event.kind === "bot") showBot(event);
+  // History is replayed when the stream reconnects; a restarted server numbers anew.
+  const key = `${event.epoch}:${event.seq}`;
+  if (seen.has(key)) return;
+  seen.add(key);
+  if (event.kind === "bot") { showBot(event); refreshStateSoon(); }
   else if (event.kind === "status") showStatus(event);
   else if (event.kind === "user") messages.appendChild(el("div", "bubble user", event.text));
   else if (event.kind === "error") messages.appendChild(el("div", "notice", event.error));
   scrollDown();
+}
+
+// With a person: the bot is silent, so the page says so and offers to act as the agent.
+async function refreshState() {
+  const response = await fetch(`/sandbox/chat/state?phone=${encodeURIComponent(phone)}`)
+    .catch(() => null);
+  if (!response || !response.ok) return;
+  const { conversation } = await response.json();
+  human.hidden = !(conversation && conversation.status === "human");
+}
+
+function refreshStateSoon() {
+  clearTimeout(stateTimer);
+  stateTimer = setTimeout(refreshState, 100);
 }
 
 function open(newPhone) {
@@ -85,13 +104,14 @@ function open(newPhone) {
   seen = new Set();
   source = new EventSource(`/sandbox/chat/events?phone=${encodeURIComponent(phone)}`);
   source.onmessage = (message) => handle(JSON.parse(message.data));
+  refreshState();
   // The browser reconnects by itself; the page says when the server is gone and back.
   source.onopen = () => { connection.hidden = true; };
   source.onerror = () => { connection.hidden = false; };
 }
 
-function notice(text) {
-  messages.appendChild(el("div", "notice", text));
+function notice(text, kind = "error") {
+  messages.appendChild(el("div", `notice ${kind}`, text));
   scrollDown();
 }
 
@@ -128,7 +148,23 @@ document.getElementById("composer").addEventListener("submit", async (e) => {
   // The box is emptied only once the message was taken: a failed send keeps the text.
   const response = await post("/sandbox/chat/send", { phone, text }, "Not sent");
   if (response && response.ok && textInput.value.trim() === text) textInput.value = "";
+  refreshStateSoon();
   textInput.focus();
+});
+
+document.getElementById("agent-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const text = agentText.value.trim();
+  if (!text) return;
+  const response = await post("/sandbox/chat/agent", { phone, text }, "Not sent as the agent");
+  if (response && response.ok) agentText.value = "";
+  refreshStateSoon();
+});
+
+document.getElementById("release").addEventListener("click", async () => {
+  const response = await post("/sandbox/chat/release", { phone }, "Not released");
+  if (response && response.ok) notice("Released: the bot answers again.", "info");
+  refreshStateSoon();
 });
 
 for (const button of document.querySelectorAll("button.start")) {
