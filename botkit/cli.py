@@ -163,13 +163,14 @@ def _flows(args: argparse.Namespace) -> FlowSet:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import create_app, serve
+    from .server import create_app, listen, serve
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
     flows = _flows(args)
     app = create_app(settings, flows.values(), templates=args.templates)
+    sock = listen(settings.host, settings.port)  # a taken port is said before anything else
     where = f"http://{settings.host}:{settings.port}"
     if settings.sandbox:
         why = "no provider key" if settings.api_key is None else "BOTKIT_SANDBOX=1"
@@ -177,7 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
               f" Chat with your bots at {where}/", flush=True)
     else:
         print(f"botkit serving on {where}, sending through {settings.api_url}", flush=True)
-    serve(app, settings.host, settings.port)
+    serve(app, sock)
     return 0
 
 
@@ -402,11 +403,18 @@ def _read_phones(path: Path) -> tuple[list[str], list[str]]:
 
 def _status(args: argparse.Namespace) -> int:
     from .models import sms_status_label, status_label
-    from .server import provider_client
+    from .server import provider_client, provider_url
 
     settings = _settings(args)
 
     async def run() -> int:
+        if settings.sandbox and await _unreachable(provider_url(settings), timeout=1.0):
+            where = f"http://{settings.host}:{settings.port}"
+            why = "no BOTKIT_API_KEY" if settings.api_key is None else "BOTKIT_SANDBOX=1"
+            raise BotkitError(
+                f"in sandbox mode ({why}) the fake provider lives inside the server, and no"
+                f" server runs at {where}: start it with `run.py serve`, or set"
+                " BOTKIT_API_KEY to ask the real provider")
         async with provider_client(settings) as client:
             result = await client.get_status(args.message_id)
         line = f"message {result.message_id}: {status_label(result.status)}"

@@ -8,6 +8,7 @@ stops taking turns, lets sends in progress finish and closes everything.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import importlib
 import json
@@ -15,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -30,6 +32,7 @@ from .activity import Activity
 from .client import ProviderClient, RetryPolicy
 from .config import Settings
 from .dispatch import Dispatcher
+from .errors import ConfigError
 from .engine import Engine
 from .flows import Flow, FlowSet
 from .guard import GUARD, SlowClientGuard
@@ -43,7 +46,7 @@ from .sweeper import Sweeper
 from .templates import Renderer
 
 __all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_secret", "callback_url", "create_app",
-           "provider_client", "provider_url", "renderer_for", "serve"]
+           "listen", "provider_client", "provider_url", "renderer_for", "serve"]
 
 log = logging.getLogger("botkit.server")
 
@@ -124,20 +127,41 @@ def create_app(
     return app
 
 
-def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float = 15.0) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, closing slow clients (``run.py serve``).
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` before anything is announced, or say what to do.
+
+    >>> sock = listen("127.0.0.1", 8080)  # ConfigError when another server has the port
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host or '0.0.0.0'} is already in use: another botkit (or"
+                " another program) may be running there. Stop it, or choose another port"
+                " with --port N or BOTKIT_PORT=N") from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot listen on {host}: it is not an address of this"
+                              " machine; set --host or BOTKIT_HOST to one that is") from exc
+        raise
+
+
+def serve(app: web.Application, sock: socket.socket, *, shutdown_timeout: float = 15.0) -> None:
+    """Serve ``app`` on ``sock`` (from ``listen``) until SIGINT or SIGTERM, closing slow
+    clients (``run.py serve``).
 
     Like ``web.run_app``, plus the SlowClientGuard watching the server's connections.
     """
     try:  # uvloop, when installed (pip install botkit[fast]), runs the same code faster
         uvloop = importlib.import_module("uvloop")
     except ImportError:
-        asyncio.run(_serve(app, host, port, shutdown_timeout))
+        asyncio.run(_serve(app, sock, shutdown_timeout))
     else:
-        uvloop.run(_serve(app, host, port, shutdown_timeout))
+        uvloop.run(_serve(app, sock, shutdown_timeout))
 
 
-async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout: float) -> None:
     # Signals only set an event: the shutdown then runs in order (stop taking turns, finish
     # the sends in flight, close the store) instead of cancelling every task at once.
     stop = asyncio.Event()
@@ -149,7 +173,7 @@ async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: f
     await runner.setup()
     watch = None
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.SockSite(runner, sock).start()
         assert runner.server is not None
         watch = asyncio.create_task(app[GUARD].watch(runner.server), name="botkit-guard")
         # Printed once for the operator (not logged): the URL to give the provider.

@@ -488,6 +488,31 @@ def test_a_second_ctrl_c_stops_at_once_saying_what_may_be_sent_again(
     assert took < 3, f"the second Ctrl+C took {took:.1f}s"
 
 
+def test_serve_on_a_taken_port_says_so_before_announcing_anything(db: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), db=db)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is already in use: another botkit (or another"
+        " program) may be running there. Stop it, or choose another port with --port N or"
+        " BOTKIT_PORT=N")
+    assert "Chat with your bots" not in result.stdout and "serving flows" not in result.stderr
+    assert "Errno" not in result.stderr
+
+
+def test_status_in_sandbox_mode_without_a_server_says_so_in_one_line(db: Path) -> None:
+    port = unused_port()
+    result = run_cli("status", "1000", "--port", str(port), db=db)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: in sandbox mode (no BOTKIT_API_KEY) the fake provider lives inside the"
+        f" server, and no server runs at http://127.0.0.1:{port}: start it with `run.py"
+        " serve`, or set BOTKIT_API_KEY to ask the real provider")
+
+
 def poll_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
     # No proxy: a proxy from the environment must not see loopback requests.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
