@@ -23,7 +23,6 @@ from typing import Any, TextIO
 
 from .errors import BotkitError
 from .flows import FlowSet
-from .models import normalize_phone
 
 __all__ = ["main"]
 
@@ -233,7 +232,8 @@ def _notify(args: argparse.Namespace) -> int:
                                             key=args.once)
         return notify
 
-    return _campaign(args, flows, begin, label=args.template, done_as="notices queued",
+    return _campaign(args, flows, begin, label=args.template,
+                     done_as="phones queued or skipped",
                      uncertain={"template": args.template}, rerun_safe=args.once is not None)
 
 
@@ -256,17 +256,18 @@ def _campaign(
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .phone_lists import PhoneList
+
     settings = _settings(args)
-    phones, bad = _check_phones(args.phones, "argument")
-    if args.phones_file:
-        more, bad_rows = _read_phones(Path(args.phones_file))
-        phones += more
-        bad += bad_rows
+    listed = PhoneList.read(args.phones, Path(args.phones_file) if args.phones_file else None,
+                            settings.phone_region)
+    phones, bad = listed.phones, listed.rejected
     for problem in bad:
-        print(f"skipped {problem}", file=sys.stderr)
+        print(f"rejected {problem}", file=sys.stderr)
     if not phones and not args.resend_uncertain:  # alone, it sends the uncertain ones again
-        print("error: no phone numbers given (PHONE arguments or --phones FILE.csv)",
-              file=sys.stderr)
+        some = f" ({len(bad)} rejected)" if bad else ""
+        print(f"error: no phone numbers to use{some}: give PHONE arguments or --phones"
+              " FILE.csv", file=sys.stderr)
         return 2
 
     async def job(store: Any) -> int:
@@ -326,14 +327,14 @@ def _campaign(
             print(detail)
         if len(progress.details) > 20:
             print(f"... and {len(progress.details) - 20} more")
-        if args.command == "start":
-            print(f"{label}: started {progress.started} conversations, skipped"
-                  f" {progress.skipped}; sent {progress.sent} messages in"
-                  f" {progress.seconds:.1f}s ({progress.rate:.0f}/s), {progress.failed} failed")
-        else:
-            print(f"{label}: queued {progress.started} notices, skipped {progress.skipped};"
-                  f" sent {progress.sent} in {progress.seconds:.1f}s ({progress.rate:.0f}/s),"
-                  f" {progress.failed} failed")
+        begun = (f"started {_count(progress.started, 'conversation')}"
+                 if args.command == "start" else f"queued {_count(progress.started, 'notice')}")
+        given = "".join(f", {what}" for n, what in (
+            (len(bad), f"rejected {len(bad)}"),
+            (listed.duplicates, _count(listed.duplicates, "duplicate"))) if n)
+        print(f"{label}: {begun}, skipped {progress.skipped}{given}; sent"
+              f" {_count(progress.sent, 'message')} in {progress.seconds:.1f}s"
+              f" ({progress.rate:.0f}/s), {progress.failed} failed")
         if progress.waiting:
             print(f"{progress.waiting} messages wait in the queue (for a later try, or for"
                   " the server to send them)")
@@ -358,47 +359,6 @@ async def _unreachable(url: str, timeout: float = 3.0) -> str | None:
         return f"the provider at {url} does not answer ({exc or type(exc).__name__})"
     writer.close()
     return None
-
-
-def _check_phones(values: list[str], where: str) -> tuple[list[str], list[str]]:
-    from pydantic import TypeAdapter, ValidationError
-
-    from .models import Phone
-
-    adapter: TypeAdapter[str] = TypeAdapter(Phone)
-    good, bad = [], []
-    for value in values:
-        try:
-            good.append(adapter.validate_python(value))
-        except ValidationError:
-            bad.append(f"{where} {value!r}: not a phone number (digits, optional +, at most 20)")
-    return good, bad
-
-
-def _read_phones(path: Path) -> tuple[list[str], list[str]]:
-    from pydantic import TypeAdapter, ValidationError
-
-    from .models import Phone
-
-    if not path.is_file():
-        raise BotkitError(f"phones file {path} does not exist")
-    adapter: TypeAdapter[str] = TypeAdapter(Phone)
-    phones, bad = [], []
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    column = 0
-    if rows and "phone" in [c.strip().lower() for c in rows[0]]:
-        column = [c.strip().lower() for c in rows[0]].index("phone")
-        rows = [[]] + rows[1:]
-    for line, row in enumerate(rows, 1):
-        if not row or line == 1 and not row:
-            continue
-        value = row[column].strip() if len(row) > column else ""
-        try:
-            phones.append(adapter.validate_python(value))
-        except ValidationError:
-            bad.append(f"{path}:{line}: {value!r} is not a phone number (digits, optional +)")
-    return phones, bad
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -461,7 +421,7 @@ def _export(args: argparse.Namespace) -> int:
             out.flush()
             if args.csv:
                 out.close()
-                print(f"wrote {len(convs)} conversations to {args.csv}", file=sys.stderr)
+                print(f"wrote {_count(len(convs), 'conversation')} to {args.csv}", file=sys.stderr)
         return 0
 
     return _with_store(args, job)
@@ -472,7 +432,7 @@ def _conversations(args: argparse.Namespace) -> int:
         return _by_version(args)
 
     async def job(store: Any) -> int:
-        phone = normalize_phone(args.phone) if args.phone else None
+        phone = _phone_arg(args, args.phone) if args.phone else None
         convs = await store.conversations(phone=phone, flow=args.flow, limit=args.limit)
         now = time.time()
         print(f"{'id':>6}  {'phone':<16} {'flow':<12} {'step':<16} {'status':<11} last activity")
@@ -544,7 +504,7 @@ def _duration(seconds: float) -> str:
 
 def _messages(args: argparse.Namespace) -> int:
     async def job(store: Any) -> int:
-        phone = normalize_phone(args.phone)
+        phone = _phone_arg(args, args.phone)
         entries = await store.history(phone, args.limit)
         for entry in entries:
             who = "user" if entry.direction == "in" else "bot "
@@ -569,11 +529,12 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     async def job(store: Any) -> int:
-        conv = await store.release(normalize_phone(args.phone), time.time())
+        phone = _phone_arg(args, args.phone)
+        conv = await store.release(phone, time.time())
         if conv is None:
-            print(f"error: {args.phone} has no conversation waiting for a human", file=sys.stderr)
+            print(f"error: {phone} has no conversation waiting for a human", file=sys.stderr)
             return 1
-        print(f"released conversation {conv.id} of {args.phone}: the bot answers again")
+        print(f"released conversation {conv.id} of {phone}: the bot answers again")
         return 0
 
     return _with_store(args, job)
@@ -587,6 +548,21 @@ def _fake_provider(args: argparse.Namespace) -> int:
     run_fake_provider(args.host or "127.0.0.1", args.port or 9000, args.key,
                       http_errors=args.http_errors)
     return 0
+
+
+def _phone_arg(args: argparse.Namespace, text: str) -> str:
+    """A phone typed on the command line, as botkit stores it, or an error saying why not."""
+    from .phones import PhoneError, read_phone
+
+    try:
+        return read_phone(text, _settings(args).phone_region)
+    except PhoneError as exc:
+        raise BotkitError(f"{text!r}: {exc}") from None
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 conversation``, ``2 conversations``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _iso(ts: float | None) -> str:

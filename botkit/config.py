@@ -52,6 +52,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "read_deadline": ("BOTKIT_READ_DEADLINE",
                       "seconds a client may take to send a request, or stay idle (> 0)"),
     "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
+    "phone_region": ("BOTKIT_PHONE_REGION",
+                     "the country of phone numbers typed without their country code, as a"
+                     " two-letter code such as UA"),
 }
 
 
@@ -79,6 +82,16 @@ class Settings(BaseModel):
     api_timeout: float = Field(default=10.0, gt=0)
     read_deadline: float = Field(default=10.0, gt=0)
     crash_at: str | None = None
+    phone_region: str | None = None
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from .phones import check_region  # phonenumbers loads only when a region is set
+
+        return check_region(value)
 
     @field_validator("api_url", "public_url")
     @classmethod

@@ -210,3 +210,23 @@ def test_a_hand_over_shows_in_the_chat_and_the_sandbox_plays_the_agent(sandbox_s
             expect(bots.nth(2)).to_contain_text("Hi, this is Acme Support")
         finally:
             browser.close()
+
+
+def test_a_phone_that_is_not_a_number_is_refused_in_plain_words(sandbox_server):
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = sandbox_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/?phone=call%20me")
+            expect(page.locator(".notice")).to_have_text(
+                "phone: 'call me': not a phone number (digits, spaces, +, - and brackets)")
+            page.locator("#phone").fill("+38 (050) 987-65-46")  # as people write it
+            page.get_by_role("button", name="Open").click()
+            expect(page.locator("#phone")).to_have_value("380509876546")
+            assert "phone=380509876546" in page.url
+        finally:
+            browser.close()

@@ -206,7 +206,7 @@ def test_notify_sends_one_way_notices_with_their_sms_fallback(
 
     assert result.returncode == 0, result.stderr
     assert "support/order_shipped.txt: queued 3 notices, skipped 0; sent 3" in result.stdout
-    assert "3/3 notices queued, 3 sent" in result.stderr
+    assert "3/3 phones queued or skipped, 3 sent" in result.stderr
     sent = received(fake_provider[0])
     assert len(sent) == 3 and {m["message_type"] for m in sent} == {106}
     assert {m["text_sms"] for m in sent} == {
@@ -230,10 +230,10 @@ def test_notify_once_under_a_key_sends_nothing_twice(
     assert "queued 2 notices, skipped 0; sent 2" in first.stdout, first.stderr
     again = notify(3, "order-100200-shipped")  # one phone more: only it gets the notice
     assert again.returncode == 0, again.stderr
-    assert "queued 1 notices, skipped 2; sent 1" in again.stdout
+    assert "queued 1 notice, skipped 2; sent 1 message" in again.stdout
     assert "skipped 380660000000: already has notice 'order-100200-shipped'" in again.stdout
     other = notify(1, "order-100200-delivered")  # another key is another notice
-    assert "queued 1 notices, skipped 0; sent 1" in other.stdout
+    assert "queued 1 notice, skipped 0; sent 1 message" in other.stdout
     assert Counter(m["phone"] for m in received(fake_provider[0])) == {
         "380660000000": 2, "380660000001": 1, "380660000002": 1}
 

@@ -115,6 +115,20 @@ async def test_a_hand_over_shows_in_the_state_and_the_sandbox_can_be_the_agent(s
             assert (await r.json())["error"] == f"{PHONE} has no conversation with a person"
 
 
+async def test_phones_are_read_as_people_write_them(sandbox):
+    async with sandbox.get("/sandbox/chat/state", params={"phone": "+38 (050) 123-45-67"}) as r:
+        assert (await r.json())["phone"] == PHONE
+    async with sandbox.post("/sandbox/chat/send",
+                            json={"phone": "+380 50 123 4567", "text": "menu"}) as r:
+        assert r.status == 200
+    async with sandbox.get("/sandbox/chat/state", params={"phone": PHONE}) as r:
+        assert (await r.json())["conversation"]["flow"] == "support"
+    async with sandbox.get("/sandbox/chat/state", params={"phone": "call me"}) as r:
+        assert r.status == 400
+        assert (await r.json()) == {"field": "phone", "error": "phone: 'call me': not a phone"
+                                    " number (digits, spaces, +, - and brackets)"}
+
+
 async def test_bad_requests_name_the_field(sandbox):
     async with sandbox.post("/sandbox/chat/send", json={"phone": "abc", "text": "x"}) as r:
         assert r.status == 400 and (await r.json())["field"] == "phone"

@@ -205,7 +205,7 @@ def test_start_again_skips_phones_already_in_the_flow(db: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert f"skipped {ANA}: already at 'name'" in result.stdout
-    assert "started 1 conversations" in result.stdout and "skipped 1" in result.stdout
+    assert "started 1 conversation, skipped 1;" in result.stdout
     assert len(rows(db, "SELECT id FROM conversations")) == 2
     assert len(rows(db, "SELECT id FROM outbound WHERE phone = ?", [ANA])) == 1
 
@@ -219,10 +219,61 @@ def test_start_from_a_csv_reports_bad_lines_and_starts_the_rest(
     result = run_cli("start", "survey", "--phones", str(phones), db=db)
 
     assert result.returncode == 1
-    assert f"{phones}:4: 'call me' is not a phone number" in result.stderr
-    assert "started 2 conversations" in result.stdout
+    assert f"rejected {phones}:4: 'call me': not a phone number (digits, spaces, +, - and brackets)" in result.stderr
+    assert "started 2 conversations, skipped 0, rejected 1;" in result.stdout
     assert [r["phone"] for r in rows(db, "SELECT phone FROM conversations ORDER BY phone")] == [
         ANA, CY]
+
+
+def test_start_reads_phones_as_people_write_them_and_counts_what_it_drops(
+    tmp_path: Path, db: Path
+) -> None:
+    phones = tmp_path / "phones.csv"
+    phones.write_text("name,Phone ,city\nAna,+38 050 124 0002,Kyiv\nBo,380-50-124-0005,Lviv\n"
+                      "Cy,(050) 124 0006,Odesa\nDi,+380 50 124 0002,Kyiv\n"
+                      "Ed,123456789012345678901,Kyiv\nFe,,Kyiv\n")
+    result = run_cli("start", "survey", "+380 (50) 124-0007", "--phones", str(phones), db=db,
+                     env={"BOTKIT_PHONE_REGION": "UA"})
+
+    assert result.returncode == 1  # some lines were rejected
+    assert f"rejected {phones}:6: '123456789012345678901': too long (21 digits, at most 20)" \
+        in result.stderr
+    assert f"rejected {phones}:7: '': it is empty" in result.stderr
+    assert "started 4 conversations, skipped 0, rejected 2, 1 duplicate;" in result.stdout
+    assert [r["phone"] for r in rows(db, "SELECT phone FROM conversations ORDER BY phone")] == [
+        "380501240002", "380501240005", "380501240006", "380501240007"]
+
+    without_region = run_cli("start", "survey", "(050) 124 0008", db=db)
+    assert "rejected argument '(050) 124 0008': no country has that calling code" in (
+        without_region.stderr)
+
+
+def test_a_csv_without_a_phone_column_says_which_columns_it_has(tmp_path: Path, db: Path) -> None:
+    phones = tmp_path / "phones.csv"
+    phones.write_text("name,number\nAna,380501240002\n")
+    result = run_cli("start", "survey", "--phones", str(phones), db=db)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {phones} has no 'phone' column (its first row: 'name', 'number'): name the"
+        " column of phones 'phone', or put the phones in the first column with no header row")
+
+
+def test_a_bad_phone_region_names_the_setting(db: Path) -> None:
+    result = run_cli("start", "survey", "0501240002", db=db, env={"BOTKIT_PHONE_REGION": "XX"})
+    assert result.returncode == 2
+    assert "BOTKIT_PHONE_REGION" in result.stderr and "two-letter country code" in result.stderr
+
+
+def test_commands_that_take_a_phone_read_it_as_people_write_it(db: Path) -> None:
+    assert run_cli("start", "survey", "380501240009", db=db).returncode == 0
+    listed = run_cli("messages", "+38 (050) 124-00-09", db=db)
+    assert listed.returncode == 0 and "what's your name?" in listed.stdout
+    bad = run_cli("messages", "abc", db=db)
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "error: 'abc': not a phone number (digits, spaces, +, - and brackets)")
+    released = run_cli("release", "+380501240009", db=db)
+    assert released.stderr.strip() == (
+        "error: 380501240009 has no conversation waiting for a human")
 
 
 def test_start_an_unknown_flow_suggests_the_right_one(db: Path) -> None:
@@ -237,7 +288,8 @@ def test_start_without_phones_says_how_to_give_them(db: Path) -> None:
     result = run_cli("start", "survey", db=db)
 
     assert result.returncode == 2
-    assert "no phone numbers given (PHONE arguments or --phones FILE.csv)" in result.stderr
+    assert "error: no phone numbers to use: give PHONE arguments or --phones FILE.csv" in (
+        result.stderr)
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -16,10 +16,10 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from ..errors import BotkitError
-from ..models import Phone
+from ..phones import PhoneError, read_phone
 from ..server import RUNTIME
 from .provider import FakeProvider
 
@@ -46,17 +46,26 @@ _pages = jinja2.Environment(
 )
 
 
-class _Send(BaseModel):
-    phone: Phone
+class _Phone(BaseModel):
+    """A phone as a person types it (``+38 050 124 0002``), read into E.164 digits; national
+    numbers are read in the ``region`` of the validation context (BOTKIT_PHONE_REGION)."""
+
+    phone: str
+
+    @field_validator("phone")
+    @classmethod
+    def _read(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            return read_phone(value, (info.context or {}).get("region"))
+        except PhoneError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+
+
+class _Send(_Phone):
     text: str = Field(min_length=1, max_length=4096)
 
 
-class _Phone(BaseModel):
-    phone: Phone
-
-
-class _Start(BaseModel):
-    phone: Phone
+class _Start(_Phone):
     flow: str = Field(min_length=1, max_length=40)
 
 
@@ -88,10 +97,9 @@ async def _page(request: web.Request) -> web.Response:
 
 async def _events(request: web.Request) -> web.StreamResponse:
     provider = request.app[CHAT_PROVIDER]
-    try:
-        phone = _Phone(phone=request.query.get("phone", "")).phone
-    except ValidationError:
-        return _bad_phone()
+    phone = _query_phone(request)
+    if isinstance(phone, web.Response):
+        return phone
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
@@ -162,14 +170,13 @@ async def _start(request: web.Request) -> web.Response:
 async def _state(request: web.Request) -> web.Response:
     """The phone's open conversation (flow, step, status), so the page can show a hand-over."""
     rt = request.app[RUNTIME]
-    try:
-        phone = _Phone(phone=request.query.get("phone", "")).phone
-    except ValidationError:
-        return _bad_phone()
+    phone = _query_phone(request)
+    if isinstance(phone, web.Response):
+        return phone
     conv = (await rt.store.open_conversations([phone])).get(phone)
     found = None if conv is None else {
         "id": conv.id, "flow": conv.flow, "step": conv.step, "status": conv.status.value}
-    return web.json_response({"conversation": found})
+    return web.json_response({"phone": phone, "conversation": found})
 
 
 async def _agent(request: web.Request) -> web.Response:
@@ -207,20 +214,32 @@ def _no_human(phone: str) -> web.Response:
                              status=409)
 
 
-def _bad_phone() -> web.Response:
-    return web.json_response({"error": "phone: digits only, optional +, at most 20",
-                              "field": "phone"}, status=400)
+def _query_phone(request: web.Request) -> str | web.Response:
+    """The ``?phone=`` of a request, read as a person writes it, or a 400 saying why."""
+    try:
+        return _Phone.model_validate({"phone": request.query.get("phone", "")},
+                                     context=_context(request)).phone
+    except ValidationError as exc:
+        return _invalid(exc)
+
+
+def _context(request: web.Request) -> dict[str, Any]:
+    return {"region": request.app[RUNTIME].settings.phone_region}
+
+
+def _invalid(exc: ValidationError) -> web.Response:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return web.json_response({"error": f"{where}: {message}", "field": where}, status=400)
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel | web.Response:
     try:
-        return model.model_validate(json.loads(await request.read()))
-    except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return web.json_response({"error": f"{where}: {first['msg']}", "field": where},
-                                     status=400)
+        return model.model_validate(json.loads(await request.read()), context=_context(request))
+    except ValidationError as exc:
+        return _invalid(exc)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         return web.json_response({"error": f"body is not valid JSON: {exc}"}, status=400)
 
 

@@ -78,13 +78,20 @@ function handle(event) {
   scrollDown();
 }
 
+// The phone as the server reads it, and its conversation; null when the server is away.
+async function fetchState(asked) {
+  return fetch(`/sandbox/chat/state?phone=${encodeURIComponent(asked)}`).catch(() => null);
+}
+
 // With a person: the bot is silent, so the page says so and offers to act as the agent.
-async function refreshState() {
-  const response = await fetch(`/sandbox/chat/state?phone=${encodeURIComponent(phone)}`)
-    .catch(() => null);
-  if (!response || !response.ok) return;
-  const { conversation } = await response.json();
+function showState(answer) {
+  const conversation = answer.conversation;
   human.hidden = !(conversation && conversation.status === "human");
+}
+
+async function refreshState() {
+  const response = await fetchState(phone);
+  if (response && response.ok) showState(await response.json());
 }
 
 function refreshStateSoon() {
@@ -92,19 +99,28 @@ function refreshStateSoon() {
   stateTimer = setTimeout(refreshState, 100);
 }
 
-function open(newPhone) {
-  phone = newPhone;
+// Open the chat of a phone as typed ("+38 050 124 0002"): the server reads it, or says why not.
+async function open(asked) {
+  const response = await fetchState(asked);
+  if (response && response.status === 400) {
+    const answer = await response.json().catch(() => ({}));
+    notice(answer.error || `${asked} is not a phone number`);
+    phoneInput.value = asked;
+    return;
+  }
+  const answer = response && response.ok ? await response.json() : null;
+  if (source) source.close();
+  messages.replaceChildren();
+  seen = new Set();
+  phone = answer ? answer.phone : asked;
   phoneInput.value = phone;
   const url = new URL(location.href);
   url.searchParams.set("phone", phone);
   history.replaceState(null, "", url);
   document.title = `botkit sandbox · ${phone}`;
-  if (source) source.close();
-  messages.replaceChildren();
-  seen = new Set();
   source = new EventSource(`/sandbox/chat/events?phone=${encodeURIComponent(phone)}`);
   source.onmessage = (message) => handle(JSON.parse(message.data));
-  refreshState();
+  if (answer) showState(answer);
   // The browser reconnects by itself; the page says when the server is gone and back.
   source.onopen = () => { connection.hidden = true; };
   source.onerror = () => { connection.hidden = false; };
@@ -138,7 +154,7 @@ async function post(path, body, what) {
 
 document.getElementById("phone-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  if (phoneInput.checkValidity()) open(phoneInput.value.trim());
+  if (phoneInput.value.trim()) open(phoneInput.value.trim());
 });
 
 document.getElementById("composer").addEventListener("submit", async (e) => {
