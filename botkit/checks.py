@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import DefinitionError
 from .flows import Flow, FlowSet, Step
+from .template_checks import relative, template_problems
 from .templates import Renderer
 
 __all__ = ["check", "check_template"]
@@ -25,21 +26,41 @@ TEMPLATE_VERBS = {"say", "notify", "retry", "finish", "handoff"}
 def check(flows: FlowSet, renderer: Renderer, templates: str | Path | None) -> list[str]:
     """Return every problem found, each naming the file and line to fix (empty if none)."""
     problems: list[str] = []
+    broken: set[str] = set()  # a template that does not compile is reported once, here
     if templates is not None and Path(templates).is_dir():
         for path in sorted(Path(templates).rglob("*.txt")):
-            problems += _try_template(renderer, path.relative_to(templates).as_posix(), str(path))
+            name = path.relative_to(templates).as_posix()
+            problem = check_template(renderer, name)
+            if problem:
+                broken.add(name)
+                problems.append(problem)
+    once = _Once(renderer, broken)
     for flow in flows.values():
-        for name in (flow.error, flow.give_up, flow.on_expire):
-            if isinstance(name, str):
-                problems += _try_template(renderer, name, f"flow {flow.name!r}")
+        for reaction in (flow.error, flow.give_up, flow.on_expire):
+            if isinstance(reaction, str):
+                problems += _try_template(once, reaction, f"flow {flow.name!r}")
         if flow.first.prompt is None:
             problems.append(f"flow {flow.name!r}: its first step {flow.first.name!r} has no"
                             " prompt, so the flow cannot be started")
         for step in flow.steps.values():
             for name in step.templates:
-                problems += _try_template(renderer, name, step.where)
-            problems += list(_check_calls(flows, flow, step, renderer))
+                problems += _try_template(once, name, step.where)
+            problems += list(_check_calls(flows, flow, step, once))
+    if templates is not None:
+        problems += template_problems(flows, renderer, str(templates))
     return list(dict.fromkeys(problems))
+
+
+class _Once:
+    """Loads templates, saying nothing more about one already reported as broken."""
+
+    def __init__(self, renderer: Renderer, broken: set[str]) -> None:
+        self.renderer = renderer
+        self.broken = broken
+
+    def load(self, name: str) -> None:
+        if name not in self.broken:
+            self.renderer.load(name)
 
 
 def check_template(renderer: Renderer, name: str) -> str | None:
@@ -51,18 +72,21 @@ def check_template(renderer: Renderer, name: str) -> str | None:
     return None
 
 
-def _try_template(renderer: Renderer, name: str, where: str) -> list[str]:
-    problem = check_template(renderer, name)
-    return [f"{where}: {problem}"] if problem else []
+def _try_template(renderer: _Once, name: str, where: str) -> list[str]:
+    try:
+        renderer.load(name)
+    except DefinitionError as exc:
+        return [f"{where}: {exc}"]
+    return []
 
 
-def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: Renderer) -> Iterator[str]:
+def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: _Once) -> Iterator[str]:
     try:
         source = textwrap.dedent(inspect.getsource(step.handler))
         _, first_line = inspect.getsourcelines(step.handler)
     except (OSError, TypeError):
         return
-    filename = inspect.getsourcefile(step.handler) or "?"
+    filename = relative(inspect.getsourcefile(step.handler) or "?")
     for node in ast.walk(ast.parse(source)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue

@@ -399,7 +399,8 @@ def _check(args: argparse.Namespace) -> int:
     if problems:
         print(f"check failed: {len(problems)} problems", file=sys.stderr)
         return 1
-    print(f"ok: {len(flows)} flows ({', '.join(flows)}), {steps} steps, templates compile")
+    print(f"ok: {_count(len(flows), 'flow')} ({', '.join(flows)}), {_count(steps, 'step')},"
+          " templates compile")
     return 0
 
 

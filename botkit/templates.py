@@ -17,6 +17,7 @@ escaping. User text only ever reaches a template as a variable, so a user who wr
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ class Renderer:
         try:
             module = template.make_module(dict(variables))
         except jinja2.UndefinedError as exc:
-            raise DefinitionError(f"template {name}: {exc} (pass it to the reply)") from exc
+            raise DefinitionError(f"template {name}: {exc} ({_advice(str(exc))})") from exc
         except jinja2.TemplateError as exc:
             raise DefinitionError(f"template {name}: {exc}") from exc
         text = str(module).strip()
@@ -96,7 +97,10 @@ class Renderer:
         try:
             template = self.env.get_template(name)  # compiled once, then cached
         except jinja2.TemplateNotFound:
-            raise DefinitionError(f"template {name} not found in the templates folder") from None
+            close = difflib.get_close_matches(name, self.env.list_templates(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DefinitionError(
+                f"template {name} not found in the templates folder{hint}") from None
         except jinja2.TemplateSyntaxError as exc:
             where = f"{exc.filename or name}:{exc.lineno}"
             raise DefinitionError(f"template {where}: {exc.message}") from exc
@@ -106,6 +110,15 @@ class Renderer:
             # globals are set before any template loads) cuts a render from 8.3 to 3.6 us.
             template.globals = dict(template.globals)
         return template
+
+
+def _advice(problem: str) -> str:
+    """What to do about a missing name: a variable is passed by the reply, a key of
+    ``state`` is written by a handler (``'dict object' has no attribute 'topik'``)."""
+    if "has no attribute" in problem:
+        return ("a key this value does not have: if it is state.<key>, check its spelling,"
+                " or set turn.state[<key>] in a handler first; `run.py check` finds both")
+    return "pass it to the reply, as in turn.say(template, name=...); `run.py check` finds these"
 
 
 def _button(name: str, button: Any) -> tuple[str | None, str | None]:

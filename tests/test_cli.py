@@ -163,6 +163,59 @@ def test_check_reports_every_problem_with_file_and_line(tmp_path: Path, db: Path
     assert "check failed" in err and "ok:" not in result.stdout
 
 
+def test_check_finds_what_templates_read_but_no_reply_gives(tmp_path: Path, db: Path) -> None:
+    bots = write_package(tmp_path / "typobots", {"feedback": '''\
+        from botkit import Flow, Turn
+
+        feedback = Flow("feedback")
+
+
+        @feedback.step("topic", prompt="feedback/ask_topic.txt")
+        async def topic(turn: Turn) -> None:
+            turn.state["topic"] = turn.text
+            turn.ask("details", name="Ana")
+
+
+        @feedback.step("details", prompt="feedback/ask_details.txt")
+        async def details(turn: Turn) -> None:
+            turn.state.setdefault("details", turn.text)
+            turn.finish("feedback/thanks.txt", answer=turn.text)
+
+
+        @feedback.step("extra", prompt="feedback/ask_topc.txt")
+        async def extra(turn: Turn) -> None:
+            turn.say("feedback/broken.txt")
+        '''})
+    templates = tmp_path / "templates"
+    (templates / "feedback").mkdir(parents=True)
+    files = {
+        "ask_topic.txt": "What about? {% if hint is defined %}{{ hint }}{% endif %}\n",
+        "ask_details.txt": "Tell us about the {{ state.topik }}, {{ name }}.\n",
+        "thanks.txt": "Thanks, {{ nme }}! {{ state.get('x') }}{% if 'later' in state %}"
+                      "{{ state.later }}{% endif %} {{ state['details'] }} {{ answer }}\n",
+        "broken.txt": "Hi {{ name }\n",
+    }
+    for name, text in files.items():
+        (templates / "feedback" / name).write_text(text)
+
+    result = run_cli("check", "--bots", str(bots), "--templates", str(templates), db=db)
+
+    assert result.returncode == 1
+    problems = [line for line in result.stderr.splitlines() if not line.startswith("check")]
+    details, thanks = templates / "feedback" / "ask_details.txt", templates / "feedback" / "thanks.txt"
+    quiz = (bots / "feedback.py").resolve()
+    extra_line = line_of(quiz, '@feedback.step("extra"')
+    assert sorted(problems) == sorted([
+        f"{details}:1: reads state.topik, which no handler writes (did you mean 'topic'?):"
+        " set turn.state['topik'] in a handler",
+        f"{thanks}:1: reads {{{{ nme }}}}, which no reply passes (did you mean 'name'?): pass"
+        " it, as in turn.say('feedback/thanks.txt', nme=...)",
+        f"{quiz}:{extra_line}: template feedback/ask_topc.txt not"
+        " found in the templates folder (did you mean 'feedback/ask_topic.txt'?)",
+        f"template {templates / 'feedback' / 'broken.txt'}:1: unexpected '}}'",  # once
+    ]), result.stderr
+
+
 def test_a_flow_name_defined_twice_names_both_modules(tmp_path: Path, db: Path) -> None:
     flow = '''\
         from botkit import Flow, Turn
