@@ -168,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
     flows = _flows(args)
+    _warn_if_empty(flows, args.bots)
     app = create_app(settings, flows.values(), templates=args.templates)
     sock = listen(settings.host, settings.port)  # a taken port is said before anything else
     where = f"http://{settings.host}:{settings.port}"
@@ -391,14 +392,16 @@ def _check(args: argparse.Namespace) -> int:
     from .checks import check
     from .templates import Renderer
 
+    _settings(args)  # a setting the server would refuse fails the check too
     flows = _flows(args)
     problems = check(flows, Renderer(args.templates), args.templates)
     for problem in problems:
         print(problem, file=sys.stderr)
     steps = sum(len(f.steps) for f in flows.values())
     if problems:
-        print(f"check failed: {len(problems)} problems", file=sys.stderr)
+        print(f"check failed: {_count(len(problems), 'problem')}", file=sys.stderr)
         return 1
+    _warn_if_empty(flows, args.bots)
     print(f"ok: {_count(len(flows), 'flow')} ({', '.join(flows)}), {_count(steps, 'step')},"
           " templates compile")
     return 0
@@ -435,6 +438,8 @@ def _conversations(args: argparse.Namespace) -> int:
     async def job(store: Any) -> int:
         phone = _phone_arg(args, args.phone) if args.phone else None
         convs = await store.conversations(phone=phone, flow=args.flow, limit=args.limit)
+        if not convs and args.flow:
+            _flows(args)[args.flow]  # noqa: B018 - a typo gets "did you mean", as export does
         now = time.time()
         print(f"{'id':>6}  {'phone':<16} {'flow':<12} {'step':<16} {'status':<11} last activity")
         for c in convs:
@@ -549,6 +554,12 @@ def _fake_provider(args: argparse.Namespace) -> int:
     run_fake_provider(args.host or "127.0.0.1", args.port or 9000, args.key,
                       http_errors=args.http_errors)
     return 0
+
+
+def _warn_if_empty(flows: FlowSet, folder: str) -> None:
+    if not flows:
+        print(f"warning: no flows found in {folder}/: each module there that defines a"
+              " Flow at module level is served (README.md, the tutorial)", file=sys.stderr)
 
 
 def _phone_arg(args: argparse.Namespace, text: str) -> str:

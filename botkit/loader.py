@@ -27,8 +27,7 @@ def load_flows(folder: str | Path = "bots") -> list[Flow]:
     if not path.is_dir():
         raise DefinitionError(f"bots folder {folder} does not exist (create it, or pass --bots)")
     parent, package = str(path.parent), path.name
-    if parent not in sys.path:
-        sys.path.insert(0, parent)
+    _import_from(parent, package, path)
     found: dict[str, tuple[Flow, str]] = {}
     for info in sorted(pkgutil.iter_modules([str(path)]), key=lambda i: i.name):
         if info.name.startswith("_"):
@@ -53,3 +52,16 @@ def load_flows(folder: str | Path = "bots") -> list[Flow]:
                     )
                 found[value.name] = (value, name)
     return [flow for flow, _ in found.values()]
+
+
+def _import_from(parent: str, package: str, path: Path) -> None:
+    """Make ``import <package>`` find ``path``, even where another folder of that name
+    (the working directory's own ``bots/``) comes first on ``sys.path`` or was imported."""
+    if parent in sys.path:
+        sys.path.remove(parent)
+    sys.path.insert(0, parent)
+    loaded = sys.modules.get(package)
+    where = [str(Path(p).resolve()) for p in getattr(loaded, "__path__", [])]
+    if loaded is not None and str(path) not in where:
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]

@@ -216,6 +216,39 @@ def test_check_finds_what_templates_read_but_no_reply_gives(tmp_path: Path, db: 
     ]), result.stderr
 
 
+def test_check_validates_the_settings_as_every_command_does(db: Path) -> None:
+    result = run_cli("check", db=db, env={"BOTKIT_PORT": "abc"})
+    assert result.returncode == 2 and "BOTKIT_PORT" in result.stderr
+
+
+def test_an_empty_bots_folder_is_warned_about(tmp_path: Path, db: Path) -> None:
+    empty = write_package(tmp_path / "nothing", {})
+    result = run_cli("check", "--bots", str(empty), db=db)
+    assert result.returncode == 0
+    assert f"warning: no flows found in {empty}/" in result.stderr
+
+
+def test_bots_load_from_the_folder_given_even_when_another_bots_comes_first(
+    tmp_path: Path, db: Path
+) -> None:
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    bots = write_package(other / "bots", {"greet": '''\
+        from botkit import Flow, Turn
+
+        greet = Flow("greet")
+
+
+        @greet.step("hello", prompt="survey/ask_name.txt")
+        async def hello(turn: Turn) -> None:
+            turn.finish()
+        '''})
+    # the project's own bots/ comes first on sys.path (it is run.py's folder)
+    result = run_cli("check", "--bots", str(bots), db=db, env={"PYTHONPATH": str(other)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: 1 flow (greet)")
+
+
 def test_a_flow_name_defined_twice_names_both_modules(tmp_path: Path, db: Path) -> None:
     flow = '''\
         from botkit import Flow, Turn
@@ -327,6 +360,12 @@ def test_commands_that_take_a_phone_read_it_as_people_write_it(db: Path) -> None
     released = run_cli("release", "+380501240009", db=db)
     assert released.stderr.strip() == (
         "error: 380501240009 has no conversation waiting for a human")
+
+
+def test_conversations_of_an_unknown_flow_suggest_the_right_one(db: Path) -> None:
+    result = run_cli("conversations", "--flow", "survy", db=db)
+    assert result.returncode == 2
+    assert "no flow is named 'survy' (did you mean 'survey'?)" in result.stderr
 
 
 def test_start_an_unknown_flow_suggests_the_right_one(db: Path) -> None:
