@@ -64,42 +64,60 @@ def _in_range(kind: Callable[[str], float], low: float, high: float) -> Callable
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", help="SQLite file (BOTKIT_DB, default botkit.db)")
-    common.add_argument("--bots", default="bots", help="folder of bot modules (default bots)")
-    common.add_argument("--templates", default="templates", help="templates folder")
-    common.add_argument("--api-url", help="provider base URL (BOTKIT_API_URL)")
-    common.add_argument("--public-url", help="URL the provider reaches this server at")
-    common.add_argument("--host", help="listen address (BOTKIT_HOST, default 127.0.0.1)")
-    common.add_argument("--port", type=int, help="listen port (BOTKIT_PORT, default 8080)")
+def _options() -> dict[str, argparse.ArgumentParser]:
+    """The flags commands share, in groups: each command takes only the groups it reads."""
+    groups = {name: argparse.ArgumentParser(add_help=False)
+              for name in ("db", "bots", "templates", "provider", "address")}
+    groups["db"].add_argument("--db", help="the SQLite file (BOTKIT_DB, default botkit.db)")
+    groups["bots"].add_argument("--bots", default="bots",
+                                help="the folder of bot modules (default bots)")
+    groups["templates"].add_argument("--templates", default="templates",
+                                     help="the templates folder (default templates)")
+    groups["provider"].add_argument("--api-url", help="the provider's base URL (BOTKIT_API_URL)")
+    address = groups["address"]
+    address.add_argument("--public-url", help="the URL the provider reaches this server at"
+                         " (BOTKIT_PUBLIC_URL, default http://HOST:PORT)")
+    address.add_argument("--host", help="the server's address (BOTKIT_HOST, default 127.0.0.1)")
+    address.add_argument("--port", type=int,
+                         help="the server's port (BOTKIT_PORT, default 8080)")
+    return groups
 
-    parser = argparse.ArgumentParser(prog="run.py", description="botkit: two-way Viber bots.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> Any:
-        p = sub.add_parser(name, parents=[common], help=help, description=help)
-        p.set_defaults(run=run)
-        return p
-
-    command("serve", _serve, "serve the bots (the default command)")
-    p = command("start", _start, "begin conversations proactively (safe to re-run)")
-    p.add_argument("flow")
-    p.add_argument("phones", nargs="*", metavar="PHONE")
+def _campaign_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("phones", nargs="*", metavar="PHONE",
+                   help="phone numbers, as people write them (+38 050 124 0002)")
     p.add_argument("--phones", dest="phones_file", metavar="FILE.csv",
-                   help="CSV with a 'phone' column (or phones in the first column)")
+                   help="a CSV with a 'phone' column (or the phones in the first column)")
     p.add_argument("--concurrency", type=_in_range(int, 1, 100), metavar="N",
                    help="messages sent at the same time, 1-100 (default"
                         " BOTKIT_SEND_CONCURRENCY, 100)")
     p.add_argument("--rate", type=_in_range(float, 0, math.inf), metavar="N",
                    help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    o = _options()
+    parser = argparse.ArgumentParser(prog="run.py", description="botkit: two-way Viber bots.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str,
+                *groups: str) -> Any:
+        p = sub.add_parser(name, parents=[o[g] for g in groups], help=help, description=help)
+        p.set_defaults(run=run)
+        return p
+
+    everything = ("db", "bots", "templates", "provider", "address")
+    command("serve", _serve, "serve the bots (the default command)", *everything)
+    p = command("start", _start, "begin conversations proactively (safe to re-run)",
+                *everything)
+    p.add_argument("flow", help="the flow to start, e.g. survey")
+    _campaign_options(p)
     p.add_argument("--resend-uncertain", action="store_true",
                    help="send again the flow's messages a killed run may or may not have sent")
-    p = command("notify", _notify, "send a one-way notice (type 106/108) to phones")
+    p = command("notify", _notify, "send a one-way notice (type 106/108) to phones",
+                *everything)
     p.add_argument("template", help="the notice's template, e.g. support/order_shipped.txt")
-    p.add_argument("phones", nargs="*", metavar="PHONE")
-    p.add_argument("--phones", dest="phones_file", metavar="FILE.csv",
-                   help="CSV with a 'phone' column (or phones in the first column)")
+    _campaign_options(p)
     p.add_argument("--sms", metavar="TEMPLATE",
                    help="the SMS sent instead when Viber cannot deliver the notice")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
@@ -113,33 +131,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--once", metavar="KEY",
                    help="skip phones that already got a notice under KEY (e.g."
                         " order-100200-shipped), so a re-run sends nothing twice")
-    p.add_argument("--concurrency", type=_in_range(int, 1, 100), metavar="N",
-                   help="messages sent at the same time, 1-100 (default"
-                        " BOTKIT_SEND_CONCURRENCY, 100)")
-    p.add_argument("--rate", type=_in_range(float, 0, math.inf), metavar="N",
-                   help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
-    p = command("status", _status, "ask the provider for a message's delivery status")
-    p.add_argument("message_id", type=int)
-    command("check", _check, "load every bot and template; report what to fix")
-    p = command("export", _export, "one CSV row per conversation of a flow, with its state")
-    p.add_argument("flow")
+    p = command("status", _status, "ask the provider for a message's delivery status",
+                "provider", "address")
+    p.add_argument("message_id", type=int, help="the provider's message_id, e.g. 1004")
+    command("check", _check, "load every bot and template; report what to fix", "bots",
+            "templates")
+    p = command("export", _export, "one CSV row per conversation of a flow, with its state",
+                "db", "bots")
+    p.add_argument("flow", help="the flow whose conversations to export")
     p.add_argument("--csv", metavar="FILE", help="write to FILE instead of standard output")
-    p = command("conversations", _conversations, "list conversations, most recent first")
-    p.add_argument("--phone")
-    p.add_argument("--flow")
-    p.add_argument("--limit", type=int, default=50)
+    p = command("conversations", _conversations, "list conversations, most recent first",
+                "db", "bots")
+    p.add_argument("--phone", help="only this phone's conversations")
+    p.add_argument("--flow", help="only this flow's conversations")
+    p.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="at most N conversations (default 50)")
     p.add_argument("--by-version", action="store_true",
                    help="count conversations per flow version instead (after a deploy)")
-    p = command("stats", _stats, "a flow's funnel: per step sent, delivered, answered, ...")
-    p.add_argument("flow")
-    p = command("messages", _messages, "a phone's last messages in and out, with their status")
-    p.add_argument("phone")
-    p.add_argument("--limit", type=int, default=30)
-    command("resume", _resume, "resume sending paused by a 401/402 (after fixing the cause)")
-    p = command("release", _release, "give a conversation with a human back to the bot")
-    p.add_argument("phone")
+    p = command("stats", _stats, "a flow's funnel: per step sent, delivered, answered, ...",
+                "db", "bots")
+    p.add_argument("flow", help="the flow whose funnel to show")
+    p = command("messages", _messages, "a phone's last messages in and out, with their status",
+                "db")
+    p.add_argument("phone", help="the phone, as people write it")
+    p.add_argument("--limit", type=int, default=30, metavar="N",
+                   help="the last N messages (default 30)")
+    command("resume", _resume, "resume sending paused by a 401/402 (after fixing the cause)",
+            "db")
+    p = command("release", _release, "give a conversation with a human back to the bot", "db")
+    p.add_argument("phone", help="the phone whose conversation to release")
     p = command("fake-provider", _fake_provider, "run the fake provider standalone (testing)")
-    p.add_argument("--key", help="require this access key (Basic auth)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default 127.0.0.1; BOTKIT_HOST is not read)")
+    p.add_argument("--port", type=int, default=9000,
+                   help="the port to listen on (default 9000; BOTKIT_PORT is not read)")
+    p.add_argument("--key", help="require this access key (Basic auth; default: any key)")
     p.add_argument("--http-errors", action="store_true",
                    help="answer errors under their HTTP status (default: under HTTP 200, as"
                         " the provider's SDKs expect them)")
@@ -149,10 +175,8 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Any:
     from .config import Settings
 
-    return Settings.from_env(
-        db=args.db, api_url=args.api_url, public_url=args.public_url, host=args.host,
-        port=args.port,
-    )
+    return Settings.from_env(**{name: getattr(args, name, None) for name in (
+        "db", "api_url", "public_url", "host", "port")})
 
 
 def _flows(args: argparse.Namespace) -> FlowSet:
@@ -551,8 +575,7 @@ def _fake_provider(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_fake_provider(args.host or "127.0.0.1", args.port or 9000, args.key,
-                      http_errors=args.http_errors)
+    run_fake_provider(args.host, args.port, args.key, http_errors=args.http_errors)
     return 0
 
 
