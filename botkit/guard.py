@@ -5,6 +5,10 @@ connections sending a byte a second would each hold a socket forever. The guard 
 middleware, when each connection last began and finished a request, and every second closes
 the connections that have been idle (or stuck in their headers) for longer than the read
 deadline. Bodies get the same deadline in the callback handler itself (HTTP 408).
+
+A connection that finished a request and then stayed idle (a browser's ordinary keep-alive) is
+closed quietly (DEBUG); one that never finished a request in that time (trickling headers, a
+port scanner) is logged as a WARNING.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SlowClientGuard:
         # watch() drops the entries of connections that are gone.
         self._busy: set[int] = set()
         self._since: dict[int, float] = {}
+        self._served: set[int] = set()  # connections that finished at least one request
 
     @web.middleware
     async def middleware(
@@ -49,6 +54,7 @@ class SlowClientGuard:
             return await handler(request)
         finally:
             self._busy.discard(key)
+            self._served.add(key)
             self._since[key] = asyncio.get_running_loop().time()
 
     async def watch(self, server: web.Server, interval: float = 1.0) -> None:
@@ -60,6 +66,7 @@ class SlowClientGuard:
             connections = {id(c): c for c in server.connections}
             for key in self._since.keys() - connections.keys():
                 del self._since[key]
+                self._served.discard(key)
             for key, connection in connections.items():
                 if key in self._busy:
                     continue
@@ -67,7 +74,11 @@ class SlowClientGuard:
                 if now - since > self.deadline:
                     connection.force_close()
                     self.closed += 1
-                    log.info("closed a connection idle or trickling for %.0fs", now - since)
+                    if key in self._served:
+                        log.debug("closed a keep-alive connection idle for %.0fs", now - since)
+                    else:
+                        log.warning("closed a connection that sent no whole request in %.0fs"
+                                    " (a client trickling its headers, or a scan)", now - since)
 
 
 GUARD = web.AppKey("botkit_guard", SlowClientGuard)

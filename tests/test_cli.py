@@ -682,6 +682,32 @@ def test_status_in_sandbox_mode_without_a_server_says_so_in_one_line(db: Path) -
         " serve`, or set BOTKIT_API_KEY to ask the real provider")
 
 
+def test_an_idle_keep_alive_is_closed_quietly_and_a_trickle_with_a_warning(
+    tmp_path: Path, db: Path
+) -> None:
+    port = unused_port()
+    err = tmp_path / "serve.err"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=cli_env(db, {"BOTKIT_PORT": str(port),
+                                                                "BOTKIT_READ_DEADLINE": "1"}))
+        try:
+            poll_healthz(port, proc, timeout=10)
+            idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # a browser, now idle
+            trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
+            trickle.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # never finishes its headers
+            assert idle.recv(4096) == b"" and trickle.recv(4096) == b""  # both closed
+            idle.close()
+            trickle.close()
+        finally:
+            stop(proc)
+    log = err.read_text()
+    assert log.count("closed a connection that sent no whole request") == 1, log
+    assert "keep-alive" not in log  # at DEBUG: not an attack
+
+
 def poll_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
     # No proxy: a proxy from the environment must not see loopback requests.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -62,7 +62,7 @@ def run_fake_provider(
     errors = "errors under their HTTP status" if http_errors else "errors under HTTP 200"
     print(f"fake provider listening on http://{host}:{port}{prefix} ({auth}; {errors})",
           flush=True)
-    web.run_app(app, host=host, port=port, print=None)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)  # it logs each send
 
 
 async def _run_provider(app: web.Application) -> AsyncIterator[None]:
