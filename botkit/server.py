@@ -67,6 +67,7 @@ class Runtime:
     session: ClientSession | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     raise_errors: bool = False
+    on_inbound: Callable[[InboundReply], None] | None = None  # told of each stored reply
     secret: str = ""
     callback_url: str = ""
     client: ProviderClient | None = None
@@ -105,15 +106,7 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware, _json_errors])
     app[GUARD] = guard
     renderer = renderer_for(settings, templates)
-    app[RUNTIME] = Runtime(
-        settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
-        store=store or SQLiteStore(settings.db), session=session,
-        retry=retry or RetryPolicy(), raise_errors=raise_errors,
-    )
-    app.router.add_post("/viber/callback/{secret}", _callback)
-    app.router.add_get("/healthz", _healthz)
-    if static is not None and Path(static).is_dir():
-        app.router.add_static("/static", static)  # images and pages that 208s link to
+    provider = None
     if settings.sandbox:
         from .sandbox import FakeProvider, create_provider_app
         from .sandbox.chat import add_chat_routes
@@ -121,6 +114,18 @@ def create_app(
         # Ids and tokens from the clock, so a restarted sandbox never reuses one.
         now_ms = int(time.time() * 1000)
         provider = FakeProvider(first_id=now_ms, first_token=now_ms * 10)
+    app[RUNTIME] = Runtime(
+        settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
+        store=store or SQLiteStore(settings.db), session=session,
+        retry=retry or RetryPolicy(), raise_errors=raise_errors,
+        # The chat shows a user's message that reached the bot some other way (curl).
+        on_inbound=provider.observe_reply if provider is not None else None,
+    )
+    app.router.add_post("/viber/callback/{secret}", _callback)
+    app.router.add_get("/healthz", _healthz)
+    if static is not None and Path(static).is_dir():
+        app.router.add_static("/static", static)  # images and pages that 208s link to
+    if provider is not None:
         app.add_subapp(SANDBOX_PREFIX, create_provider_app(provider))
         add_chat_routes(app, provider)
     app.cleanup_ctx.append(_lifecycle)
@@ -347,6 +352,8 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
         return web.json_response({"ok": True, "duplicate": True})
     if context is not None and not rt.dispatcher.idle(phone):
         context = None  # something of the phone came first: its turn reads afresh
+    if rt.on_inbound is not None:
+        rt.on_inbound(reply)
     rt.dispatcher.submit(Inbound(
         inbound_id, reply.message_token, phone, reply.time, reply.message.text,
         reply.message.tracking_data, context=context,

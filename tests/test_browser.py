@@ -109,7 +109,7 @@ def test_survey_in_the_web_chat(sandbox_server, tmp_path):
             expect(bots.nth(2)).to_contain_text('Please answer 1 to 5 ("ten" is not one of them)')
             say("4", 4)
             say("<b>Quick</b> & friendly", 5)
-            expect(page.locator(".bubble.user").last).to_have_text("<b>Quick</b> & friendly")
+            expect(page.locator(".bubble.user .text").last).to_have_text("<b>Quick</b> & friendly")
             assert page.locator(".bubble b").count() == 0  # shown as text, never parsed
             thanks = bots.nth(4)
             expect(thanks).to_contain_text("You rated us 4/5")
@@ -228,5 +228,50 @@ def test_a_phone_that_is_not_a_number_is_refused_in_plain_words(sandbox_server):
             page.get_by_role("button", name="Open").click()
             expect(page.locator("#phone")).to_have_value("380509876546")
             assert "phone=380509876546" in page.url
+        finally:
+            browser.close()
+
+
+def test_the_chat_page_explains_itself(sandbox_server, tmp_path):
+    need_browser()
+    import json
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = sandbox_server
+    phone = "380509876547"
+    log = (tmp_path / "server.log").read_text()
+    callback = next(line.split()[-1] for line in log.splitlines()
+                    if line.startswith("provider callbacks go to "))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/?phone={phone}")
+            empty = page.evaluate("getComputedStyle(document.getElementById('messages'),"
+                                  " '::before').content")
+            assert "No messages yet. Press a Start button above" in empty
+            icon = page.locator("link[rel=icon]").get_attribute("href")
+            with urllib.request.urlopen(url + icon, timeout=5) as answer:
+                assert answer.status == 200 and b"<svg" in answer.read()
+
+            page.get_by_role("button", name="Start survey").click()
+            bot = page.locator(".bubble.bot").first
+            expect(bot).to_contain_text("First, what's your name?")
+            expect(bot.locator(".time")).to_have_text(re.compile(r"^\d\d:\d\d"))
+            page.get_by_role("button", name="Start survey").click()  # again: said plainly
+            expect(page.locator(".notice.info")).to_have_text(
+                'You are already in the survey, at its question "name": answer it there.')
+
+            body = json.dumps({"message_token": 91_000_000_000_001, "phone_number": phone,
+                               "time": int(time.time()), "message": {"text": "Ana by curl"}})
+            request = urllib.request.Request(callback, data=body.encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                assert answer.status == 200
+            user = page.locator(".bubble.user").last
+            expect(user.locator(".text")).to_have_text("Ana by curl")
+            expect(user.locator(".via")).to_have_text("posted to the callback")
+            expect(page.locator(".bubble.bot").nth(1)).to_contain_text("Thanks, Ana by curl!")
         finally:
             browser.close()

@@ -25,7 +25,7 @@ from typing import Any, Literal, NamedTuple
 
 import aiohttp
 
-from ..models import MessageStatus, SendRequest, SmsStatus, is_final_status
+from ..models import InboundReply, MessageStatus, SendRequest, SmsStatus, is_final_status
 from .faults import Faults
 
 __all__ = ["CallbackRecord", "CallbackResult", "FakeProvider", "SentMessage"]
@@ -162,6 +162,9 @@ class FakeProvider:
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._seq = 0
+        # The tokens of the replies reply() posted (the latest EVENT_HISTORY of them).
+        self._own_tokens: set[str] = set()
+        self._own_order: deque[str] = deque()
         # Events are numbered per provider: a restarted sandbox numbers from 1 again, and
         # the chat tells its events from the old ones by this.
         self.epoch = secrets.token_hex(4)
@@ -279,12 +282,29 @@ class FakeProvider:
             "time": int(self.clock()) if time is None else time,
             "message": message,
         }
+        self._remember(str(token))
         self._emit({"kind": "user", "phone": phone, "text": text, "token": token})
         result = await self._post_all(url, payload)
         if not result.ok:
             self._emit({"kind": "error", "phone": phone, "token": token,
                         "error": result.error or f"the bot answered HTTP {result.status}"})
         return result
+
+    def _remember(self, token: str) -> None:
+        self._own_tokens.add(token)
+        self._own_order.append(token)
+        if len(self._own_order) > EVENT_HISTORY:
+            self._own_tokens.discard(self._own_order.popleft())
+
+    def observe_reply(self, reply: InboundReply) -> None:
+        """Show a user's message the bot stored that this provider did not post (a ``curl``
+        to the callback URL), so the chat shows every message of the phone.
+
+        Example: ``create_app(...)`` passes it as ``Runtime.on_inbound`` in sandbox mode.
+        """
+        if reply.message_token not in self._own_tokens:
+            self._emit({"kind": "user", "phone": reply.phone_number, "text": reply.message.text,
+                        "token": reply.message_token, "via": "callback"})
 
     # --- starting and stopping ----------------------------------------------------
 
@@ -383,6 +403,7 @@ class FakeProvider:
         self._seq += 1
         event["seq"] = self._seq
         event["epoch"] = self.epoch
+        event.setdefault("at", self.clock())  # shown as the bubble's time
         self._events.append(event)
         for listener in list(self._listeners):
             listener(event)

@@ -26,6 +26,22 @@ function el(tag, className, text) {
   return node;
 }
 
+function clock(at) {
+  const when = new Date(at * 1000);
+  return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+}
+
+function showUser(event) {
+  const bubble = el("div", "bubble user");
+  bubble.appendChild(el("p", "text", event.text));
+  const meta = el("span", "meta");
+  // A message that reached the bot another way (curl, a script) is shown all the same.
+  if (event.via === "callback") meta.appendChild(el("span", "via", "posted to the callback"));
+  meta.appendChild(el("span", "time", clock(event.at)));
+  bubble.appendChild(meta);
+  messages.appendChild(bubble);
+}
+
 function scrollDown() {
   messages.scrollTop = messages.scrollHeight;
 }
@@ -51,6 +67,7 @@ function showBot(event) {
   }
   const meta = el("span", "meta");
   meta.appendChild(el("span", "type", String(event.type)));
+  meta.appendChild(el("span", "time", clock(event.at)));
   const ticks = el("span", "ticks", TICKS[event.status] || "");
   ticks.dataset.status = String(event.status);
   meta.appendChild(ticks);
@@ -73,7 +90,7 @@ function handle(event) {
   seen.add(key);
   if (event.kind === "bot") { showBot(event); refreshStateSoon(); }
   else if (event.kind === "status") showStatus(event);
-  else if (event.kind === "user") messages.appendChild(el("div", "bubble user", event.text));
+  else if (event.kind === "user") showUser(event);
   else if (event.kind === "error") messages.appendChild(el("div", "notice", event.error));
   scrollDown();
 }
@@ -183,16 +200,23 @@ document.getElementById("release").addEventListener("click", async () => {
   refreshStateSoon();
 });
 
+// Why a start was skipped, in words for the person at the keyboard.
+function plainSkip(flow, detail) {
+  const at = /^already at '(.*)'$/.exec(detail || "");
+  if (at) return `You are already in the ${flow}, at its question "${at[1]}": answer it there.`;
+  if (/human/.test(detail || "")) {
+    return "This conversation is with a person now: release it to the bot first.";
+  }
+  return `Not started: ${detail}`;
+}
+
 for (const button of document.querySelectorAll("button.start")) {
   button.addEventListener("click", async () => {
     const response = await post("/sandbox/chat/start", { phone, flow: button.dataset.flow },
                                 `Not started`);
     if (!response || !response.ok) return;
     const answer = await response.json().catch(() => ({}));
-    if (answer.outcome === "skipped") {
-      messages.appendChild(el("div", "notice", `already in ${button.dataset.flow}: ${answer.detail}`));
-      scrollDown();
-    }
+    if (answer.outcome === "skipped") notice(plainSkip(button.dataset.flow, answer.detail), "info");
   });
 }
 
