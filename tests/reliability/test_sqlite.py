@@ -24,20 +24,24 @@ async def procs(tmp_path):
     procs.close()
 
 
+BOTS = ("--bots", "tests/reliability/rel_bots")
+TEMPLATES = ("--templates", "tests/reliability/rel_templates")
+
+
 def cli(procs: Processes, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "run.py", *args, "--bots", "tests/reliability/rel_bots",
-         "--templates", "tests/reliability/rel_templates"],
-        cwd=ROOT, env=procs._env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=procs._env(),
+                          capture_output=True, text=True, timeout=120)
 
 
 async def test_server_sender_and_cli_write_at_once_without_locking_errors(procs):
     convs = make_conversations(80, prefix="3809")
     driver = asyncio.create_task(Driver(procs, convs, concurrency=40).run())
     phones = [f"38097{i:07d}" for i in range(150)]
-    jobs = [asyncio.to_thread(cli, procs, "start", "chain", *phones[i::3]) for i in range(3)]
+    jobs = [asyncio.to_thread(cli, procs, "start", "chain", *phones[i::3], *BOTS, *TEMPLATES)
+            for i in range(3)]
     jobs += [asyncio.to_thread(cli, procs, "resume") for _ in range(3)]
-    jobs += [asyncio.to_thread(cli, procs, "conversations", "--limit", "5") for _ in range(2)]
+    jobs += [asyncio.to_thread(cli, procs, "conversations", "--limit", "5", *BOTS)
+             for _ in range(2)]
     results = await asyncio.gather(*jobs)
     await asyncio.wait_for(driver, 120)
     for result in results:
