@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from aiohttp import web
@@ -24,6 +24,8 @@ from ..server import RUNTIME
 from .provider import FakeProvider
 
 __all__ = ["add_chat_routes"]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 log = logging.getLogger("botkit.sandbox")
 
@@ -141,7 +143,6 @@ async def _send(request: web.Request) -> web.Response:
     body = await _body(request, _Send)
     if isinstance(body, web.Response):
         return body
-    assert isinstance(body, _Send)
     provider, rt = request.app[CHAT_PROVIDER], request.app[RUNTIME]
     # Tracking data names the phone's last 2Way message (none if the user writes first).
     result = await provider.reply(body.phone, body.text, callback_url=rt.callback_url)
@@ -157,7 +158,6 @@ async def _start(request: web.Request) -> web.Response:
     body = await _body(request, _Start)
     if isinstance(body, web.Response):
         return body
-    assert isinstance(body, _Start)
     rt = request.app[RUNTIME]
     if body.flow not in rt.flows:
         return web.json_response({"error": f"no flow is named {body.flow!r}", "field": "flow"},
@@ -184,7 +184,6 @@ async def _agent(request: web.Request) -> web.Response:
     body = await _body(request, _Send)
     if isinstance(body, web.Response):
         return body
-    assert isinstance(body, _Send)
     rt = request.app[RUNTIME]
     assert rt.engine is not None
     try:
@@ -201,7 +200,6 @@ async def _release(request: web.Request) -> web.Response:
     body = await _body(request, _Phone)
     if isinstance(body, web.Response):
         return body
-    assert isinstance(body, _Phone)
     rt = request.app[RUNTIME]
     conv = await rt.store.release(body.phone, rt.clock())
     if conv is None:
@@ -234,7 +232,7 @@ def _invalid(exc: ValidationError) -> web.Response:
     return web.json_response({"error": f"{where}: {message}", "field": where}, status=400)
 
 
-async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel | web.Response:
+async def _body(request: web.Request, model: type[_M]) -> _M | web.Response:
     try:
         return model.model_validate(json.loads(await request.read()), context=_context(request))
     except ValidationError as exc:
