@@ -51,7 +51,6 @@ from botkit.sandbox import FakeProvider, create_provider_app  # noqa: E402
 sys.path.insert(0, str(BENCH))  # bench/run.py, not the project's run.py
 from run import pinned  # noqa: E402
 
-
 # -- the two helper processes: the provider, and the bare loop -------------------------------
 
 

@@ -28,12 +28,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bots.bench5 import bench5  # noqa: E402
 
-from botkit.engine import Engine  # noqa: E402
-from botkit.flows import FlowSet  # noqa: E402
+from botkit.core.flows import FlowSet  # noqa: E402
+from botkit.core.records import Inbound
 from botkit.models import InboundReply  # noqa: E402
-from botkit.sqlite_store import SQLiteStore  # noqa: E402
-from botkit.store import Inbound, Outgoing  # noqa: E402
-from botkit.templates import Renderer  # noqa: E402
+from botkit.runtime.engine import Engine  # noqa: E402
+from botkit.runtime.templates import Renderer  # noqa: E402
+from botkit.storage.base import Outgoing  # noqa: E402
+from botkit.storage.sqlite import SQLiteStore  # noqa: E402
 
 ANSWERS = ["bench", "a1", "a2", "a3", "a4", "a5"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from botkit.sqlite_store import SQLiteStore  # noqa: E402
+from botkit.storage.sqlite import SQLiteStore  # noqa: E402
 
 CHUNK = 20_000  # conversations per transaction
 T0 = 1_790_000_000.0  # about four months before the benchmark's date

@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
-from .client import ProviderClient, RetryPolicy
-from .config import Settings
-from .conversation import Conversation, Status
-from .errors import (
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from botkit.core.conversation import Conversation, Status
+from botkit.core.flows import Delivery, Flow, normalize
+from botkit.core.turn import Message, Turn
+from botkit.errors import (
     BalanceError,
     BotkitError,
     ConcurrentUpdateError,
@@ -29,9 +32,29 @@ from .errors import (
     UnauthorizedError,
     UnknownStepError,
 )
-from .flows import Delivery, Flow
-from .server import create_app
-from .turn import Message, Turn
+
+if TYPE_CHECKING:
+    from botkit.config import Settings
+    from botkit.web.client import ProviderClient, RetryPolicy
+    from botkit.web.server import create_app
+
+# Names whose modules load the server's libraries (aiohttp, sqlite-utils, Jinja): imported on
+# first use, so that a bot module's ``from botkit import Flow, Turn`` stays light.
+_LAZY = {
+    "Settings": "botkit.config",
+    "ProviderClient": "botkit.web.client",
+    "RetryPolicy": "botkit.web.client",
+    "create_app": "botkit.web.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'botkit' has no attribute {name!r}")
+
 
 __all__ = [
     "BalanceError",
@@ -59,4 +82,5 @@ __all__ = [
     "UnauthorizedError",
     "UnknownStepError",
     "create_app",
+    "normalize",
 ]

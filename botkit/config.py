@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from botkit.errors import ConfigError
 
 __all__ = ["Settings", "DEFAULT_API_URL"]
 
@@ -89,7 +89,7 @@ class Settings(BaseModel):
     def _region(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from .phones import check_region  # phonenumbers loads only when a region is set
+        from botkit.phones import check_region  # phonenumbers loads only when a region is set
 
         return check_region(value)
 

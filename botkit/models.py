@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ReplyLimitError
-from .sms import sms_problem
+from botkit.errors import ReplyLimitError
+from botkit.sms import sms_problem
 
 __all__ = [
     "DeliveryStatus",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import phonenumbers
 from phonenumbers import NumberParseException, ValidationResult
 
-from .errors import BotkitError
+from botkit.errors import BotkitError
 
 __all__ = ["PhoneError", "check_region", "read_phone"]
 

@@ -27,14 +27,14 @@ import sqlite_utils
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer, unused_port
 
-from .client import RetryPolicy
-from .config import Settings
-from .conversation import Conversation
-from .flows import Flow
-from .models import MessageType, normalize_phone
-from .sandbox import FakeProvider, create_provider_app
-from .sandbox.faults import Faults
-from .server import RUNTIME, Runtime, create_app
+from botkit.config import Settings
+from botkit.core.conversation import Conversation
+from botkit.core.flows import Flow
+from botkit.models import MessageType, normalize_phone
+from botkit.sandbox import FakeProvider, create_provider_app
+from botkit.sandbox.faults import Faults
+from botkit.web.client import RetryPolicy
+from botkit.web.server import RUNTIME, Runtime, create_app
 
 __all__ = ["BotMessage", "Chat", "Clock", "Harness", "bot_harness"]
 
@@ -343,7 +343,7 @@ class Chat:
         return dict(conv.state) if conv else {}
 
     def _load(self, conv_id: int) -> Conversation:
-        from .sqlite_store import _conversation
+        from botkit.storage.sqlite import _conversation
 
         row = next(self.harness.db().query("SELECT * FROM conversations WHERE id = ?", [conv_id]))
         return _conversation(row)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from botkit import Flow, Turn
-from botkit.flows import normalize
+from botkit import Flow, Turn, normalize
 
 support = Flow(
     "support",

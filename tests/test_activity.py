@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from botkit.activity import Activity
+from botkit.runtime.activity import Activity
 
 
 def test_the_summary_shows_what_grew_since_the_last_line(caplog):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_cli import ROOT, cli_env, db, fake_provider, rows, run_cli  # noqa: F401 (fixtures)
 
 __all__ = ["db", "fake_provider"]
@@ -164,11 +163,10 @@ async def test_a_status_that_beats_the_campaigns_send_record_still_starts_its_ti
     # The campaign's process records the send; the server receives its statuses. A status
     # that reaches the server first is kept unmatched and applied when the send is recorded,
     # by the campaign's sender, which must plan the same timers the server would.
-    from bots.survey import survey
-
     from botkit.models import MessageStatus
     from botkit.sandbox import FakeProvider, Fault
     from botkit.testing import TEST_KEY
+    from bots.survey import survey
 
     provider = FakeProvider(api_key=TEST_KEY, auto_deliver=False)
     harness = await bot_harness(flows=[survey], provider=provider, db=tmp_path / "bot.db")

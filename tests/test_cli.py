@@ -25,10 +25,10 @@ import pytest
 import sqlite_utils
 from aiohttp.test_utils import unused_port
 
-from botkit.cli import main
-from botkit.client import ProviderClient
+from botkit.cli.main import main
 from botkit.models import MessageStatus, MessageType, SendRequest
 from botkit.testing import Harness
+from botkit.web.client import ProviderClient
 from bots.support import support
 from bots.survey import survey
 

@@ -16,7 +16,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from botkit.client import ProviderClient, RetryPolicy, raise_for_answer
 from botkit.errors import (
     BalanceError,
     InvalidParameterError,
@@ -26,6 +25,7 @@ from botkit.errors import (
     UnauthorizedError,
 )
 from botkit.models import MessageStatus, SendRequest
+from botkit.web.client import ProviderClient, RetryPolicy, raise_for_answer
 
 KEY = "secret-key"
 # base64 of "secret-key", written out so the test does not mirror the code under test

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import botkit
-from botkit.cli import _parser
+from botkit.cli.main import _parser
 from botkit.config import ENV_VARS
 
 ROOT = Path(__file__).parent.parent

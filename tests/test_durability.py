@@ -6,11 +6,11 @@ import asyncio
 import json
 
 import pytest
+from demo import TEMPLATES, demo, echo
 
 from botkit import Flow, Turn
 from botkit.models import InboundReply
-from botkit.sqlite_store import SQLiteStore
-from demo import TEMPLATES, demo, echo
+from botkit.storage.sqlite import SQLiteStore
 
 PHONE = "380500000002"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from botkit import DefinitionError, Flow, FlowError, UnknownStepError
-from botkit.flows import FlowSet, normalize
-from botkit.turn import Message, Turn
+from botkit.core.flows import FlowSet, normalize
+from botkit.core.turn import Message, Turn
 
 
 def make_flow(name: str = "f") -> Flow:

@@ -1,44 +1,127 @@
-"""The import layering of STYLE.md: pure core modules never import I/O libraries."""
+"""botkit's floors: every import points down, and the I/O libraries stay on their floors.
+
+The floors, lowest first; a module may import botkit modules of its own floor and of the
+floors below it, never above:
+
+    0 ground   botkit.errors, botkit.models, botkit.config, botkit.sms, botkit.phones
+    1 core     botkit.core.*      pure conversation logic and records: no I/O library at all
+    2 storage  botkit.storage.*   the store's interfaces and the SQLite engine (sqlite-utils)
+    3 runtime  botkit.runtime.*   engine, composer, renderer (Jinja), sender, timers, assembly
+    4 sandbox  botkit.sandbox.*   the fake provider and the web chat (aiohttp)
+    5 web      botkit.web.*       the server, the provider's HTTP client, the guard (aiohttp)
+    6 top      botkit.cli.*, botkit.testing
+    7 face     botkit (__init__): the public names, loaded lazily
+
+Every import counts: at module level, inside functions, and under ``TYPE_CHECKING``.
+"""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import botkit
 
 PACKAGE = Path(botkit.__file__).parent
-PURE = {"errors", "models", "config", "flows", "turn", "routing", "conversation", "store",
-        "dispatch"}
-AIOHTTP_ALLOWED = {"server", "client", "testing", "cli", "guard"}
-LIBRARIES = {"aiohttp", "sqlite_utils", "jinja2", "sqlite3"}
+FLOORS = {
+    "errors": 0, "models": 0, "config": 0, "sms": 0, "phones": 0,
+    "core": 1, "storage": 2, "runtime": 3, "sandbox": 4, "web": 5, "cli": 6, "testing": 6,
+    "__init__": 7,
+}
+# Third-party libraries a floor must not import (and so neither may any floor below it).
+FORBIDDEN = {
+    0: {"aiohttp", "sqlite3", "sqlite_utils", "jinja2"},
+    1: {"aiohttp", "sqlite3", "sqlite_utils", "jinja2"},
+    2: {"aiohttp", "jinja2"},
+    3: {"aiohttp", "sqlite3", "sqlite_utils"},
+    4: {"sqlite3", "sqlite_utils"},
+}
 
 
-def imports(path: Path) -> set[str]:
-    names: set[str] = set()
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def dotted(path: Path) -> str:
+    return ".".join(("botkit", *path.relative_to(PACKAGE).with_suffix("").parts))
+
+
+def floor(module: str) -> int:
+    parts = module.split(".")
+    head = parts[1] if len(parts) > 1 else "__init__"
+    if head not in FLOORS:
+        raise AssertionError(f"{module} is on no floor: add its folder to FLOORS")
+    return FLOORS[head]
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, absolute; relative imports are resolved."""
+    package = dotted(path).rsplit(".", 1)[0] if path.name != "__init__.py" else dotted(path)
+    names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            if module in ("botkit", *(dotted(p) for p in PACKAGE.rglob("__init__.py"))):
+                names |= {f"{module}.{a.name}" for a in node.names}  # from botkit.x import y
     return names
 
 
-def test_pure_modules_import_no_io_library():
-    for name in PURE:
-        found = imports(PACKAGE / f"{name}.py") & LIBRARIES
-        assert not found, f"botkit/{name}.py imports {found}"
+def botkit_modules() -> set[str]:
+    return {dotted(p).removesuffix(".__init__") for p in modules()}
 
 
-def test_only_the_edge_imports_aiohttp():
-    for path in PACKAGE.glob("*.py"):
-        if "aiohttp" in imports(path):
-            assert path.stem in AIOHTTP_ALLOWED, f"{path.name} imports aiohttp"
+@pytest.mark.parametrize("path", modules(), ids=lambda p: dotted(p))
+def test_imports_point_down(path: Path) -> None:
+    me = floor(dotted(path))
+    known = botkit_modules()
+    for name in imported(path):
+        if name.startswith("botkit") and name in known:
+            assert floor(name) <= me, (
+                f"{dotted(path)} (floor {me}) imports {name} (floor {floor(name)}): an arrow"
+                " pointing up; move the shared part down, or pass it in from above")
 
 
-def test_sql_lives_in_the_store():
-    for path in PACKAGE.glob("*.py"):
-        if path.stem in {"sqlite_store", "schema", "testing"}:
-            continue
-        text = path.read_text()
-        assert "SELECT " not in text and "INSERT INTO" not in text, f"SQL in {path.name}"
+@pytest.mark.parametrize("path", modules(), ids=lambda p: dotted(p))
+def test_io_libraries_stay_on_their_floors(path: Path) -> None:
+    forbidden = FORBIDDEN.get(floor(dotted(path)), set())
+    found = {n.split(".")[0] for n in imported(path)} & forbidden
+    assert not found, f"{dotted(path)} imports {found}"
+
+
+def test_the_floors_catch_an_arrow_pointing_up(tmp_path: Path) -> None:
+    # The check itself: core importing the runtime must fail it.
+    wrong = PACKAGE / "core" / "_wrong_way.py"
+    wrong.write_text("from botkit.runtime.engine import Engine\n")
+    try:
+        with pytest.raises(AssertionError, match="an arrow pointing up"):
+            test_imports_point_down(wrong)
+    finally:
+        wrong.unlink()
+
+
+def test_the_public_names_load_no_io_library() -> None:
+    # A bot module imports Flow and Turn; that must not load the server's libraries.
+    code = ("import sys; from botkit import Flow, Turn; heavy = {'aiohttp', 'sqlite_utils',"
+            " 'jinja2'} & {m.split('.')[0] for m in sys.modules}; print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_sql_lives_in_storage() -> None:
+    for path in modules():
+        if floor(dotted(path)) != 2 and dotted(path) != "botkit.testing":
+            text = path.read_text()
+            assert "SELECT " not in text and "INSERT INTO" not in text, dotted(path)

@@ -7,10 +7,10 @@ import random
 from datetime import timedelta
 
 import pytest
-
-from botkit.sandbox import Fault, FakeProvider
-from botkit.testing import TEST_KEY, Clock, Harness
 from demo import TEMPLATES, q, timed
+
+from botkit.sandbox import FakeProvider, Fault
+from botkit.testing import TEST_KEY, Clock, Harness
 
 PHONE = "380500000011"
 

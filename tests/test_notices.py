@@ -124,7 +124,7 @@ async def test_an_sms_fallback_that_does_not_fit_fails_the_turn_not_the_send(
 
 
 async def test_an_sms_fallback_needs_a_transactional_text_notice(bot) -> None:
-    from botkit.flows import Delivery
+    from botkit.core.flows import Delivery
 
     engine = bot.runtime.engine
     with pytest.raises(ReplyLimitError, match="needs a transactional text message") as info:

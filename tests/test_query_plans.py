@@ -11,10 +11,10 @@ import re
 import sqlite3
 
 import pytest
-
-from botkit.sender import abandoned
-from botkit.testing import Clock
 from demo import TEMPLATES, demo, timed
+
+from botkit.runtime.sender import abandoned
+from botkit.testing import Clock
 
 PHONE = "380500000031"
 # "SCAN outbound" reads every row; "SCAN o USING INDEX outbound_queue" reads a partial index.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from demo import TEMPLATES, demo, echo, one
 
 from botkit.testing import Clock
-from demo import TEMPLATES, demo, echo, one
 
 PHONE = "380500000001"
 

@@ -7,9 +7,10 @@ import logging
 import time
 from pathlib import Path
 
+from demo import TEMPLATES, demo, echo
+
 from botkit import Flow, Turn
 from botkit.sandbox import Fault
-from demo import TEMPLATES, demo, echo
 
 PHONE = "380500000004"
 
@@ -189,7 +190,7 @@ def test_only_claims_of_senders_that_are_gone_are_taken_over():
     import sys
     import time
 
-    from botkit.sender import HOST, LEASE, _LIVE, abandoned
+    from botkit.runtime.sender import _LIVE, HOST, LEASE, abandoned
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -247,7 +248,7 @@ def test_a_killed_process_not_yet_collected_counts_as_gone() -> None:
     import subprocess
     import sys
 
-    from botkit.sender import HOST, abandoned
+    from botkit.runtime.sender import HOST, abandoned
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from demo import TEMPLATES, demo, echo
 
 PHONE = "380500000003"

@@ -8,9 +8,9 @@ import sqlite3
 import pytest
 
 from botkit import SchemaTooNewError
+from botkit.core.records import Commit, OutboxItem
 from botkit.models import StatusUpdate
-from botkit.sqlite_store import SQLiteStore
-from botkit.store import Commit, OutboxItem
+from botkit.storage.sqlite import SQLiteStore
 
 
 async def opened(path) -> SQLiteStore:
@@ -38,7 +38,7 @@ async def test_wal_full_sync_and_schema_version(tmp_path):
 async def test_a_version_1_database_is_migrated_in_place(tmp_path):
     from sqlite_utils import Database
 
-    from botkit.schema import MIGRATIONS
+    from botkit.storage.schema import MIGRATIONS
 
     db = Database(tmp_path / "old.db")
     MIGRATIONS.apply(db, stop_before="m002_life_cycle")  # as botkit 0.1 left it
@@ -55,9 +55,9 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path):
 async def test_a_database_with_timers_of_m002_as_shipped_takes_new_timers(tmp_path):
     from sqlite_utils import Database
 
-    from botkit.conversation import Status
-    from botkit.schema import MIGRATIONS
-    from botkit.store import ConversationChange, TimerSpec
+    from botkit.core.conversation import Status
+    from botkit.core.records import ConversationChange, TimerSpec
+    from botkit.storage.schema import MIGRATIONS
 
     db = Database(tmp_path / "m002.db")
     MIGRATIONS.apply(db, stop_before="m003_attention_index")  # as 0.2 left it
@@ -153,8 +153,8 @@ async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_pat
 
 
 async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_path):
-    from botkit.store import ConversationChange, TimerSpec
-    from botkit.conversation import Status
+    from botkit.core.conversation import Status
+    from botkit.core.records import ConversationChange, TimerSpec
 
     store = await opened(tmp_path / "h.db")
     change = ConversationChange("1", "f", "q", Status.ACTIVE, {}, 0, 9e9)
@@ -209,9 +209,9 @@ async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(tm
 
 
 async def test_record_and_route_stores_once_and_reads_the_routing_context(tmp_path):
-    from botkit.conversation import Status
+    from botkit.core.conversation import Status
+    from botkit.core.records import ConversationChange
     from botkit.models import InboundReply
-    from botkit.store import ConversationChange
 
     store = await opened(tmp_path / "route.db")
     change = ConversationChange("380502", "f", "q", Status.ACTIVE, {}, 0, 9e9)
@@ -228,8 +228,8 @@ async def test_record_and_route_stores_once_and_reads_the_routing_context(tmp_pa
 
 
 async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answers(tmp_path):
-    from botkit.conversation import Status
-    from botkit.store import ConversationChange
+    from botkit.core.conversation import Status
+    from botkit.core.records import ConversationChange
 
     store = await opened(tmp_path / "tracked.db")
     change = ConversationChange("380504", "f", "q", Status.ACTIVE, {}, 0, 9e9)
@@ -252,8 +252,8 @@ async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answ
 
 def start(phone: str, texts: tuple[str, ...] = ("q",)) -> Commit:
     """A campaign's commit: a new conversation, its messages, one timer."""
-    from botkit.conversation import Status
-    from botkit.store import ConversationChange, TimerSpec
+    from botkit.core.conversation import Status
+    from botkit.core.records import ConversationChange, TimerSpec
 
     change = ConversationChange(phone, "f", "q", Status.ACTIVE, {"n": phone}, 0, 9e9)
     outbox = tuple(OutboxItem(phone, "f", "q", "t", text, 206, {"text": text}, True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from demo import TEMPLATES, demo, echo
 
 from botkit import DefinitionError, ReplyLimitError
-from botkit.templates import Renderer
-from demo import TEMPLATES, demo, echo
+from botkit.runtime.templates import Renderer
 
 
 def write(folder, name, text):

@@ -11,8 +11,8 @@ the real provider::
 
 from __future__ import annotations
 
-from .faults import Fault
-from .provider import FakeProvider
-from .provider_app import create_provider_app
+from botkit.sandbox.faults import Fault
+from botkit.sandbox.provider import FakeProvider
+from botkit.sandbox.provider_app import create_provider_app
 
 __all__ = ["FakeProvider", "Fault", "create_provider_app"]

@@ -11,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import jinja2
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
-from ..errors import BotkitError
-from ..phones import PhoneError, read_phone
-from ..server import RUNTIME
-from .provider import FakeProvider
+from botkit.config import Settings
+from botkit.core.flows import FlowSet
+from botkit.errors import BotkitError
+from botkit.phones import PhoneError, read_phone
+from botkit.runtime.engine import Engine
+from botkit.sandbox.provider import FakeProvider
+from botkit.storage.base import Store
 
 __all__ = ["add_chat_routes"]
 
@@ -31,6 +36,31 @@ log = logging.getLogger("botkit.sandbox")
 
 HERE = Path(__file__).parent
 CHAT_PROVIDER = web.AppKey("botkit.sandbox.chat_provider", FakeProvider)
+
+
+class Bot(Protocol):
+    """What the chat needs of the running bot (the server's parts, once it started)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def flows(self) -> FlowSet: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def callback_url(self) -> str: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def engine(self) -> Engine | None: ...
+
+
+@dataclass(frozen=True)
+class _Running:
+    bot: Callable[[], Bot]
+
+
+RUNNING = web.AppKey("botkit.sandbox.running_bot", _Running)
 
 
 class _Streams(set["asyncio.Queue[dict[str, Any] | None]"]):
@@ -71,9 +101,13 @@ class _Start(_Phone):
     flow: str = Field(min_length=1, max_length=40)
 
 
-def add_chat_routes(app: web.Application, provider: FakeProvider) -> None:
-    """Serve the chat page and its API on ``app``, talking through ``provider``."""
+def add_chat_routes(
+    app: web.Application, provider: FakeProvider, bot: Callable[[], Bot]
+) -> None:
+    """Serve the chat page and its API on ``app``, talking through ``provider`` to the bot
+    that ``bot()`` returns once the server runs."""
     app[CHAT_PROVIDER] = provider
+    app[RUNNING] = _Running(bot)
     app[STREAMS] = _Streams()
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/", _page)
@@ -87,7 +121,7 @@ def add_chat_routes(app: web.Application, provider: FakeProvider) -> None:
 
 
 async def _page(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+    rt = request.app[RUNNING].bot()
     flows = [
         {"name": f.name, "keywords": list(f.keywords),
          "entries": [k for s in f.steps.values() for k in s.keywords]}
@@ -143,7 +177,7 @@ async def _send(request: web.Request) -> web.Response:
     body = await _body(request, _Send)
     if isinstance(body, web.Response):
         return body
-    provider, rt = request.app[CHAT_PROVIDER], request.app[RUNTIME]
+    provider, rt = request.app[CHAT_PROVIDER], request.app[RUNNING].bot()
     # Tracking data names the phone's last 2Way message (none if the user writes first).
     result = await provider.reply(body.phone, body.text, callback_url=rt.callback_url)
     answer: dict[str, Any] = {"ok": result.ok, "status": result.status, "answer": result.data}
@@ -158,7 +192,7 @@ async def _start(request: web.Request) -> web.Response:
     body = await _body(request, _Start)
     if isinstance(body, web.Response):
         return body
-    rt = request.app[RUNTIME]
+    rt = request.app[RUNNING].bot()
     if body.flow not in rt.flows:
         return web.json_response({"error": f"no flow is named {body.flow!r}", "field": "flow"},
                                  status=400)
@@ -169,7 +203,7 @@ async def _start(request: web.Request) -> web.Response:
 
 async def _state(request: web.Request) -> web.Response:
     """The phone's open conversation (flow, step, status), so the page can show a hand-over."""
-    rt = request.app[RUNTIME]
+    rt = request.app[RUNNING].bot()
     phone = _query_phone(request)
     if isinstance(phone, web.Response):
         return phone
@@ -184,7 +218,7 @@ async def _agent(request: web.Request) -> web.Response:
     body = await _body(request, _Send)
     if isinstance(body, web.Response):
         return body
-    rt = request.app[RUNTIME]
+    rt = request.app[RUNNING].bot()
     assert rt.engine is not None
     try:
         conv = await rt.engine.say_as_agent(body.phone, body.text)
@@ -200,7 +234,7 @@ async def _release(request: web.Request) -> web.Response:
     body = await _body(request, _Phone)
     if isinstance(body, web.Response):
         return body
-    rt = request.app[RUNTIME]
+    rt = request.app[RUNNING].bot()
     conv = await rt.store.release(body.phone, rt.clock())
     if conv is None:
         return _no_human(body.phone)
@@ -222,7 +256,7 @@ def _query_phone(request: web.Request) -> str | web.Response:
 
 
 def _context(request: web.Request) -> dict[str, Any]:
-    return {"region": request.app[RUNTIME].settings.phone_region}
+    return {"region": request.app[RUNNING].bot().settings.phone_region}
 
 
 def _invalid(exc: ValidationError) -> web.Response:

@@ -25,8 +25,8 @@ from typing import Any, Literal, NamedTuple
 
 import aiohttp
 
-from ..models import InboundReply, MessageStatus, SendRequest, SmsStatus, is_final_status
-from .faults import Faults
+from botkit.models import InboundReply, MessageStatus, SendRequest, SmsStatus, is_final_status
+from botkit.sandbox.faults import Faults
 
 __all__ = ["CallbackRecord", "CallbackResult", "FakeProvider", "SentMessage"]
 

@@ -18,9 +18,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..models import SendRequest
-from .faults import error_body
-from .provider import FakeProvider
+from botkit.models import SendRequest
+from botkit.sandbox.faults import error_body
+from botkit.sandbox.provider import FakeProvider
 
 __all__ = ["PROVIDER_KEY", "create_provider_app", "run_fake_provider"]
 

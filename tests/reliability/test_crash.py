@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # the harness next to this file
 from harness import (  # noqa: E402
     Driver,
     Processes,
-    wait_http,
     check,
     make_conversations,
     percentile,
+    wait_http,
 )
 
 CONVERSATIONS = int(os.environ.get("RELIABILITY_SCALE_CRASH", "500"))

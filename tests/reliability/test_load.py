@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from botkit import Flow, Turn
-from botkit.client import RetryPolicy
 from botkit.sandbox import Fault
+from botkit.web.client import RetryPolicy
 
 sys.path.insert(0, str(Path(__file__).parent))  # the harness next to this file
 sys.path.insert(0, str(Path(__file__).parent / "rel_bots"))
@@ -208,7 +208,7 @@ async def test_bounded_attempts_for_a_message_that_kills_the_process(bot_harness
     bot = await bot_harness(flows=[chain], templates=TEMPLATES, raise_errors=False)
     await bot.stop()
     from botkit.models import InboundReply
-    from botkit.sqlite_store import SQLiteStore
+    from botkit.storage.sqlite import SQLiteStore
 
     store = SQLiteStore(bot.db_path)
     await store.open()

@@ -41,10 +41,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from botkit import server
+from botkit.web import server
 from botkit.sandbox import FakeProvider
-from botkit.server import MAX_BODY
 from botkit.testing import TEST_KEY, Harness
+from botkit.web.server import MAX_BODY
 
 # tests/ holds the demo flows; pytest puts it on sys.path for this package, but say so
 # explicitly so the file also runs on its own (python -m pytest tests/reliability/...).

@@ -27,8 +27,8 @@ from typing import Any
 
 from jinja2 import meta, nodes
 
-from .flows import Flow, FlowSet
-from .templates import Renderer
+from botkit.core.flows import Flow, FlowSet
+from botkit.runtime.templates import Renderer
 
 __all__ = ["relative", "template_problems"]
 

@@ -24,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import crashpoints
-from .client import ProviderClient
-from .errors import BalanceError, ProviderError, UnauthorizedError
-from .store import Outgoing, StatusChange, Store, TimerSpec
+from botkit.core.records import Outgoing, StatusChange, TimerSpec
+from botkit.errors import BalanceError, ProviderError, UnauthorizedError
+from botkit.runtime import crashpoints
+from botkit.runtime.api import ProviderAPI
+from botkit.storage.base import Store
 
 __all__ = ["Sender", "abandoned"]
 
@@ -85,7 +86,7 @@ class Sender:
     def __init__(
         self,
         store: Store,
-        client: ProviderClient,
+        client: ProviderAPI,
         *,
         plan: Callable[[StatusChange], list[TimerSpec]],
         clock: Callable[[], float] = time.time,

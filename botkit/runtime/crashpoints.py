@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 
-from .errors import ConfigError
+from botkit.errors import ConfigError
 
 __all__ = ["POINTS", "arm", "hit"]
 

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import BotkitError
-from .flows import FlowSet
+from botkit.core.flows import FlowSet
+from botkit.errors import BotkitError
 
 __all__ = ["main"]
 
@@ -173,20 +173,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from .config import Settings
+    from botkit.config import Settings
 
     return Settings.from_env(**{name: getattr(args, name, None) for name in (
         "db", "api_url", "public_url", "host", "port")})
 
 
 def _flows(args: argparse.Namespace) -> FlowSet:
-    from .loader import load_flows
+    from botkit.cli.loader import load_flows
 
     return FlowSet(load_flows(args.bots))
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import create_app, listen, serve
+    from botkit.web.server import create_app, listen, serve
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -207,7 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) -> int:
-    from .sqlite_store import SQLiteStore
+    from botkit.storage.sqlite import SQLiteStore
 
     settings = _settings(args)
 
@@ -234,8 +234,8 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _notify(args: argparse.Namespace) -> int:
-    from .checks import check_template
-    from .templates import Renderer
+    from botkit.cli.checks import check_template
+    from botkit.runtime.templates import Renderer
 
     flows = _flows(args)
     variables = dict(_variable(text) for text in args.var)
@@ -246,7 +246,7 @@ def _notify(args: argparse.Namespace) -> int:
             raise BotkitError(problem)
     delivery = None
     if args.sender or args.promotional:
-        from .flows import Delivery
+        from botkit.core.flows import Delivery
 
         delivery = Delivery(sender=args.sender, source_type=1 if args.promotional else None)
 
@@ -276,12 +276,12 @@ def _campaign(
     """Begin ``begin(engine)`` for the phones of ``args`` in batches and send what it queued
     (``run.py start`` and ``run.py notify``). ``uncertain`` selects the messages that
     ``--resend-uncertain`` queues again (``flow=`` or ``template=``)."""
-    from .engine import Engine
-    from .server import callback_secret, callback_url, renderer_for
+    from botkit.runtime.engine import Engine
+    from botkit.web.server import callback_secret, callback_url, renderer_for
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .phone_lists import PhoneList
+    from botkit.cli.phone_lists import PhoneList
 
     settings = _settings(args)
     listed = PhoneList.read(args.phones, Path(args.phones_file) if args.phones_file else None,
@@ -296,10 +296,10 @@ def _campaign(
         return 2
 
     async def job(store: Any) -> int:
-        from .campaign import Campaign, Progress
-        from .lifecycle import StatusPlan
-        from .sender import Sender
-        from .server import provider_client, provider_url
+        from botkit.core.lifecycle import StatusPlan
+        from botkit.runtime.campaign import Campaign, Progress
+        from botkit.runtime.sender import Sender
+        from botkit.web.server import provider_client, provider_url
 
         secret = await callback_secret(settings, store)
         if args.resend_uncertain:
@@ -387,8 +387,8 @@ async def _unreachable(url: str, timeout: float = 3.0) -> str | None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .models import sms_status_label, status_label
-    from .server import provider_client, provider_url
+    from botkit.models import sms_status_label, status_label
+    from botkit.web.server import provider_client, provider_url
 
     settings = _settings(args)
 
@@ -413,8 +413,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .checks import check
-    from .templates import Renderer
+    from botkit.cli.checks import check
+    from botkit.runtime.templates import Renderer
 
     _settings(args)  # a setting the server would refuse fails the check too
     flows = _flows(args)
@@ -571,7 +571,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _fake_provider(args: argparse.Namespace) -> int:
-    from .sandbox.provider_app import run_fake_provider
+    from botkit.sandbox.provider_app import run_fake_provider
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -587,7 +587,7 @@ def _warn_if_empty(flows: FlowSet, folder: str) -> None:
 
 def _phone_arg(args: argparse.Namespace, text: str) -> str:
     """A phone typed on the command line, as botkit stores it, or an error saying why not."""
-    from .phones import PhoneError, read_phone
+    from botkit.phones import PhoneError, read_phone
 
     try:
         return read_phone(text, _settings(args).phone_region)

@@ -12,11 +12,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .client import ProviderClient
-from .engine import Engine
-from .errors import ProviderError
-from .periodic import Periodic
-from .store import Store
+from botkit.errors import ProviderError
+from botkit.runtime.api import ProviderAPI
+from botkit.runtime.engine import Engine
+from botkit.runtime.periodic import Periodic
+from botkit.storage.base import Store
 
 __all__ = ["StatusPoller"]
 
@@ -35,7 +35,7 @@ class StatusPoller(Periodic):
     def __init__(
         self,
         store: Store,
-        client: ProviderClient,
+        client: ProviderAPI,
         engine: Engine,
         *,
         clock: Callable[[], float] = time.time,

@@ -25,7 +25,7 @@ from typing import Any
 
 import jinja2
 
-from .errors import DefinitionError, ReplyLimitError
+from botkit.errors import DefinitionError, ReplyLimitError
 
 __all__ = ["Rendered", "Renderer"]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BotkitError
-from .phones import PhoneError, read_phone
+from botkit.errors import BotkitError
+from botkit.phones import PhoneError, read_phone
 
 __all__ = ["PhoneList"]
 

@@ -17,9 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from .engine import Engine, StartResult
-from .sender import Sender
-from .store import Store
+from botkit.runtime.engine import Engine, StartResult
+from botkit.runtime.sender import Sender
+from botkit.storage.base import Store
 
 __all__ = ["Campaign", "Progress"]
 

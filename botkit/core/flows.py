@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from .errors import DefinitionError, UnknownStepError
+from botkit.errors import DefinitionError, UnknownStepError
 
 if TYPE_CHECKING:
-    from .turn import Turn
+    from botkit.core.turn import Turn
 
 __all__ = ["Delivery", "Flow", "FlowSet", "Step", "normalize"]
 

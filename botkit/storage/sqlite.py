@@ -21,21 +21,9 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from .conversation import Conversation, SentRef, Status
-from .db_thread import DatabaseThread
-from .errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
-from .lifecycle import ASKED, LATE_SEND
-from .models import (
-    InboundReply,
-    MessageType,
-    StatusUpdate,
-    parse_tracking_id,
-    sms_status_label,
-    status_label,
-    status_rank,
-)
-from .schema import UNCONFIRMED, check_and_migrate
-from .store import (
+from botkit.core.conversation import Conversation, SentRef, Status
+from botkit.core.lifecycle import ASKED, LATE_SEND
+from botkit.core.records import (
     Commit,
     Committed,
     Inbound,
@@ -44,10 +32,22 @@ from .store import (
     Outgoing,
     RoutingContext,
     StatusChange,
-    Store,
     Timer,
     TimerSpec,
 )
+from botkit.errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
+from botkit.models import (
+    InboundReply,
+    MessageType,
+    StatusUpdate,
+    parse_tracking_id,
+    sms_status_label,
+    status_label,
+    status_rank,
+)
+from botkit.storage.base import Store
+from botkit.storage.db_thread import DatabaseThread
+from botkit.storage.schema import UNCONFIRMED, check_and_migrate
 
 __all__ = ["SQLiteStore"]
 

@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .conversation import Conversation, Status
-from .flows import Flow, FlowSet, Step
-from .models import MessageStatus
-from .store import StatusChange, Timer, TimerSpec
+from botkit.core.conversation import Conversation, Status
+from botkit.core.flows import Flow, FlowSet, Step
+from botkit.core.records import StatusChange, Timer, TimerSpec
+from botkit.models import MessageStatus
 
 __all__ = ["ASKED", "LATE_SEND", "StatusPlan", "closing_status", "inapplicable",
            "latest_per_conversation", "plan_timers", "status_timers"]

@@ -27,23 +27,24 @@ from typing import Any
 from aiohttp import ClientSession, web
 from pydantic import ValidationError
 
-from . import crashpoints
-from .activity import Activity
-from .client import ProviderClient, RetryPolicy
-from .config import Settings
-from .dispatch import Dispatcher
-from .errors import ConfigError
-from .engine import Engine
-from .flows import Flow, FlowSet
-from .guard import GUARD, SlowClientGuard
-from .lifecycle import StatusPlan
-from .models import InboundReply, StatusUpdate, is_reply
-from .sender import Sender
-from .poller import StatusPoller
-from .sqlite_store import SQLiteStore
-from .store import Inbound, Store
-from .sweeper import Sweeper
-from .templates import Renderer
+from botkit.config import Settings
+from botkit.core.flows import Flow, FlowSet
+from botkit.core.lifecycle import StatusPlan
+from botkit.core.records import Inbound
+from botkit.errors import ConfigError
+from botkit.models import InboundReply, StatusUpdate, is_reply
+from botkit.runtime import crashpoints
+from botkit.runtime.activity import Activity
+from botkit.runtime.dispatch import Dispatcher
+from botkit.runtime.engine import Engine
+from botkit.runtime.poller import StatusPoller
+from botkit.runtime.sender import Sender
+from botkit.runtime.sweeper import Sweeper
+from botkit.runtime.templates import Renderer
+from botkit.storage.base import Store
+from botkit.storage.sqlite import SQLiteStore
+from botkit.web.client import ProviderClient, RetryPolicy
+from botkit.web.guard import GUARD, SlowClientGuard
 
 __all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_secret", "callback_url", "create_app",
            "listen", "provider_client", "provider_url", "renderer_for", "serve"]
@@ -108,8 +109,8 @@ def create_app(
     renderer = renderer_for(settings, templates)
     provider = None
     if settings.sandbox:
-        from .sandbox import FakeProvider, create_provider_app
-        from .sandbox.chat import add_chat_routes
+        from botkit.sandbox import FakeProvider, create_provider_app
+        from botkit.sandbox.chat import add_chat_routes
 
         # Ids and tokens from the clock, so a restarted sandbox never reuses one.
         now_ms = int(time.time() * 1000)
@@ -127,7 +128,7 @@ def create_app(
         app.router.add_static("/static", static)  # images and pages that 208s link to
     if provider is not None:
         app.add_subapp(SANDBOX_PREFIX, create_provider_app(provider))
-        add_chat_routes(app, provider)
+        add_chat_routes(app, provider, lambda: app[RUNTIME])
     app.cleanup_ctx.append(_lifecycle)
     return app
 

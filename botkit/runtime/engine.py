@@ -17,20 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from . import crashpoints
-from .conversation import Conversation, Status
-from .errors import (
-    ConcurrentUpdateError,
-    DefinitionError,
-    DuplicateMessageError,
-    TimerTakenError,
-)
-from .flows import Delivery, Flow, FlowSet, Step
-from .lifecycle import StatusPlan, closing_status, inapplicable, plan_timers
-from .models import StatusUpdate, normalize_phone, parse_tracking_id
-from .outbox import Composer
-from .routing import Route, RouteKind, route
-from .store import (
+from botkit.core.conversation import Conversation, Status
+from botkit.core.flows import Delivery, Flow, FlowSet, Step
+from botkit.core.lifecycle import StatusPlan, closing_status, inapplicable, plan_timers
+from botkit.core.records import (
     Commit,
     Committed,
     ConversationChange,
@@ -38,12 +28,22 @@ from .store import (
     OutboxItem,
     Outgoing,
     StatusChange,
-    Store,
     Timer,
     TimerSpec,
 )
-from .templates import Renderer
-from .turn import Message, Reply, Turn
+from botkit.core.routing import Route, RouteKind, route
+from botkit.core.turn import Message, Reply, Turn
+from botkit.errors import (
+    ConcurrentUpdateError,
+    DefinitionError,
+    DuplicateMessageError,
+    TimerTakenError,
+)
+from botkit.models import StatusUpdate, normalize_phone, parse_tracking_id
+from botkit.runtime import crashpoints
+from botkit.runtime.composer import Composer
+from botkit.runtime.templates import Renderer
+from botkit.storage.base import Store
 
 __all__ = ["Engine", "Outlet", "StartResult"]
 

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .periodic import Periodic
+from botkit.runtime.periodic import Periodic
 
 __all__ = ["Activity"]
 

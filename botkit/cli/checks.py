@@ -13,10 +13,10 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import DefinitionError
-from .flows import Flow, FlowSet, Step
-from .template_checks import relative, template_problems
-from .templates import Renderer
+from botkit.cli.template_checks import relative, template_problems
+from botkit.core.flows import Flow, FlowSet, Step
+from botkit.errors import DefinitionError
+from botkit.runtime.templates import Renderer
 
 __all__ = ["check", "check_template"]
 

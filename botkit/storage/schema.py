@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .errors import SchemaTooNewError
+from botkit.errors import SchemaTooNewError
 
 __all__ = ["MIGRATIONS", "UNCONFIRMED", "check_and_migrate"]
 

@@ -22,179 +22,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
-from .conversation import Conversation, SentRef, Status
-from .errors import ConcurrentUpdateError
-from .models import InboundReply, StatusUpdate
+from botkit.core.conversation import Conversation
+from botkit.core.records import (
+    Commit,
+    Committed,
+    Inbound,
+    LogEntry,
+    Outgoing,
+    RoutingContext,
+    StatusChange,
+    Timer,
+    TimerSpec,
+)
+from botkit.errors import ConcurrentUpdateError
+from botkit.models import InboundReply, StatusUpdate
 
-__all__ = [
-    "Commit",
-    "Committed",
-    "StatusChange",
-    "Timer",
-    "TimerSpec",
-    "ConversationChange",
-    "Inbound",
-    "LogEntry",
-    "Outgoing",
-    "OutboxItem",
-    "RoutingContext",
-    "Store",
-]
-
-
-# What routing needs to know: the sent message a reply names (by its tracking_data), that
-# message's conversation, and the phone's open conversation.
-RoutingContext = tuple[SentRef | None, Conversation | None, Conversation | None]
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """A stored user message waiting to be (or already) handled."""
-
-    id: int
-    token: str
-    phone: str
-    time: int
-    text: str
-    tracking_data: str | None
-    attempts: int = 0
-    # The routing context, when it was read with the message's insert (``record_and_route``)
-    # and nothing of the phone ran in between; the engine reads it itself otherwise.
-    context: RoutingContext | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class ConversationChange:
-    """A conversation to create (``id`` None) or update (checked against ``expected_version``)."""
-
-    phone: str
-    flow: str
-    step: str
-    status: Status
-    state: dict[str, Any]
-    retries: int
-    expires_at: float
-    id: int | None = None
-    expected_version: int = 0
-    flow_version: str | None = None
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    """A message to send, rendered and validated, linked to the turn's conversation or not."""
-
-    phone: str
-    flow: str | None
-    step: str | None
-    template: str
-    text: str
-    message_type: int
-    payload: dict[str, Any]
-    in_conversation: bool = True
-    flow_version: str | None = None
-    question: bool = False  # the message that asks its step (not a say, nudge or goodbye)
-    notice_key: str | None = None  # a proactive notice sent at most once per phone and key
-
-
-@dataclass(frozen=True)
-class TimerSpec:
-    """A timer to create: ``kind`` is remind, timeout, unanswered, undelivered or expire."""
-
-    kind: str
-    flow: str
-    step: str
-    due_at: float
-    message_id: int | None = None
-
-
-@dataclass(frozen=True)
-class Timer:
-    """A stored timer, due or pending, of one conversation at one step."""
-
-    id: int
-    conversation_id: int
-    phone: str
-    kind: str
-    flow: str
-    step: str
-    due_at: float
-    message_id: int | None = None
-
-
-@dataclass(frozen=True)
-class StatusChange:
-    """What a delivery status did to the message it names (``old`` is None if it was unset)."""
-
-    message_id: int
-    phone: str
-    flow: str | None
-    step: str | None
-    old: int | None
-    new: int
-    conversation: Conversation | None
-    question: bool = False
-
-
-@dataclass(frozen=True)
-class Commit:
-    """Everything one turn changes, applied in one transaction.
-
-    ``handled_by`` and ``did`` record which (flow, step) handled the message and what the
-    turn did, for ``run.py stats``. ``reset_timers`` cancels the conversation's pending
-    timers before ``timers`` are created (they belong to its new version); ``fire`` is the
-    timer this turn fires: the commit fails with TimerTakenError if another process fired
-    or cancelled it first, so a timer fires once (``error`` is kept on the timer).
-    """
-
-    inbound_id: int | None
-    outcome: Literal["handled", "failed"] = "handled"
-    route: str = ""
-    error: str | None = None
-    conversation: ConversationChange | None = None
-    closes: tuple[tuple[Conversation, Status], ...] = ()
-    outbox: tuple[OutboxItem, ...] = ()
-    handled_by: tuple[str, str] | None = None
-    did: str | None = None
-    reset_timers: bool = False
-    timers: tuple[TimerSpec, ...] = ()
-    fire: Timer | None = None
-    link: int | None = None  # the conversation the outbox rows belong to, if not changed
-    # A sender with a free slot: the first new message is inserted already claimed by it
-    # (when no earlier message of its phone waits), which saves the sender a claim.
-    claim_for: str | None = None
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """An outbox row claimed for sending."""
-
-    id: int
-    phone: str
-    payload: dict[str, Any]
-    attempts: int
-    conversation_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Committed(NamedTuple):
-    """What ``Store.commit`` did: the conversation, the new outbox rows, those claimed."""
-
-    conversation_id: int | None
-    outbox_ids: list[int]
-    claimed: list[Outgoing]
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One message of a phone's history: ``direction`` "in" (the user) or "out" (the bot)."""
-
-    direction: Literal["in", "out"]
-    at: float
-    text: str
-    detail: str
+__all__ = ["Store"]
 
 
 class Store(ABC):

@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from .store import Inbound, Timer
+from botkit.core.records import Inbound, Timer
 
 Item = Inbound | Timer
 

@@ -14,10 +14,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .dispatch import Dispatcher
-from .lifecycle import latest_per_conversation
-from .periodic import Periodic
-from .store import Store
+from botkit.core.lifecycle import latest_per_conversation
+from botkit.runtime.dispatch import Dispatcher
+from botkit.runtime.periodic import Periodic
+from botkit.storage.base import Store
 
 __all__ = ["Sweeper"]
 

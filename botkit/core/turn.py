@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import FlowError
-from .flows import Delivery, Flow, Step
+from botkit.core.flows import Delivery, Flow, Step
+from botkit.errors import FlowError
 
 if TYPE_CHECKING:
-    from .flows import FlowSet
+    from botkit.core.flows import FlowSet
 
 __all__ = ["Message", "Reply", "Transition", "Turn"]
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .flows import Delivery, Flow, FlowSet
-from .models import MessageType, SendRequest
-from .store import OutboxItem
-from .templates import Renderer
-from .turn import Reply
+from botkit.core.flows import Delivery, Flow, FlowSet
+from botkit.core.records import OutboxItem
+from botkit.core.turn import Reply
+from botkit.models import MessageType, SendRequest
+from botkit.runtime.templates import Renderer
 
 __all__ = ["Composer"]
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from .conversation import Conversation, SentRef, Status
-from .flows import FlowSet, Step
-from .turn import Message
+from botkit.core.conversation import Conversation, SentRef, Status
+from botkit.core.flows import FlowSet, Step
+from botkit.core.turn import Message
 
 __all__ = ["RESTARTED_TEMPLATE", "Route", "RouteKind", "route"]
 

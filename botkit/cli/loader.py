@@ -8,8 +8,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import DefinitionError
-from .flows import Flow
+from botkit.core.flows import Flow
+from botkit.errors import DefinitionError
 
 __all__ = ["load_flows"]
 

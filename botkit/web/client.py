@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Self, TypeVar
 import aiohttp
 from pydantic import ValidationError
 
-from .errors import (
+from botkit.errors import (
     BalanceError,
     InvalidParameterError,
     ProviderError,
@@ -31,7 +31,7 @@ from .errors import (
     RateLimitedError,
     UnauthorizedError,
 )
-from .models import ErrorBody, SendRequest, SendResult, StatusResult
+from botkit.models import ErrorBody, SendRequest, SendResult, StatusResult
 
 __all__ = ["ProviderClient", "RetryPolicy", "raise_for_answer"]
 
