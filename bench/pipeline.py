@@ -80,7 +80,7 @@ async def run(rounds: int, profile: bool) -> None:
                                         context=context))
             for row in outlet.claimed.pop(phone, []):
                 counter["message_id"] += 1
-                await store.mark_sent(row.id, counter["message_id"], time.time())
+                await store.mark_sent(row.id, counter["message_id"], time.time(), engine.rules)
                 last[phone] = counter["message_id"]
 
         await asyncio.gather(*(one(p, "bench") for p in users))  # warm-up

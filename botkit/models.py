@@ -46,7 +46,6 @@ __all__ = [
     "parse_tracking_id",
     "sms_status_label",
     "status_label",
-    "status_rank",
 ]
 
 _TRACKING = re.compile(r"^\s*tracking_id:([0-9]{1,19})\s*$")  # ASCII digits only
@@ -91,21 +90,6 @@ class MessageStatus(IntEnum):
 
 _FINAL = frozenset({MessageStatus.DELIVERED, MessageStatus.ERROR, MessageStatus.REJECTED,
                     MessageStatus.UNDELIVERED})
-_RANK: dict[int, int] = {MessageStatus.PENDING: 1, MessageStatus.SENT: 2}
-
-
-def status_rank(status: int | None) -> int:
-    """How far a delivery status is: none < unknown (20 or any undocumented number) <
-    pending < sent < final. A message's status only ever moves to a higher rank.
-
-    >>> status_rank(1) > status_rank(0) > status_rank(5) > status_rank(7) > status_rank(None)
-    True
-    """
-    if status is None:
-        return -1
-    if is_final_status(status):
-        return 3
-    return _RANK.get(status, 0)
 
 
 def is_final_status(status: int | None) -> bool:

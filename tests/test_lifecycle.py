@@ -296,3 +296,26 @@ async def test_a_question_sent_late_starts_its_step_s_timers_when_it_is_sent(bot
     clock.advance(hours=2) # the timeout too, 2 hours after it was sent (31 min past the old)
     await bot.sweep()
     assert [m.text for m in chat.unread()] == ["Timed out, bye."]
+
+
+def test_delivery_rules_are_pure_and_decide_what_the_store_applies():
+    from botkit.core.flows import FlowSet
+    from botkit.core.lifecycle import ASKED, LATE_SEND, DeliveryRules
+    from botkit.core.records import SentQuestion
+
+    rules = DeliveryRules(FlowSet([]), lambda: 0.0)
+    assert rules.advances(None, 7) and rules.advances(0, 1) and not rules.advances(1, 0)
+    assert not rules.advances(20, 99)  # an undocumented number never replaces a known one
+    assert rules.furthest([5, 0, 4, 1, 0]) == 4  # the first final status stands
+    assert rules.furthest([]) is None
+
+    def sent(**overrides):
+        fields = dict(conversation_id=3, flow="f", step="q", question=True, created_at=100.0)
+        return SentQuestion(**(fields | overrides))
+
+    shift = rules.late_shift(sent(), 100.0 + LATE_SEND + 5)
+    assert (shift.conversation_id, shift.step, shift.kinds, shift.by) == (
+        3, "q", ASKED, LATE_SEND + 5)
+    assert rules.late_shift(sent(), 100.0 + LATE_SEND) is None  # not late enough
+    assert rules.late_shift(sent(question=False), 1e9) is None  # a say or a reminder
+    assert rules.late_shift(sent(conversation_id=None), 1e9) is None

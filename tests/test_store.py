@@ -8,9 +8,13 @@ import sqlite3
 import pytest
 
 from botkit import SchemaTooNewError
+from botkit.core.flows import FlowSet
+from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Commit, OutboxItem
 from botkit.models import StatusUpdate
 from botkit.storage.sqlite import SQLiteStore
+
+RULES = DeliveryRules(FlowSet([]), lambda: 0.0)  # no flows: statuses apply, start no timer
 
 
 async def opened(path) -> SQLiteStore:
@@ -120,7 +124,7 @@ async def test_a_phone_s_messages_leave_one_at_a_time_in_order(tmp_path):
     first = await store.claim_outbox(10, 2.0)
     assert texts(first) == ["m0", "m1"]  # m2 waits behind m0 of the same phone
     assert await store.claim_outbox(10, 2.0) == []
-    await store.mark_sent(first[0].id, 5000, 3.0)
+    await store.mark_sent(first[0].id, 5000, 3.0, RULES)
     assert texts(await store.claim_outbox(10, 3.0)) == ["m2"]
     await store.close()
 
@@ -130,7 +134,7 @@ async def test_a_message_queued_for_later_holds_back_its_phone(tmp_path):
     await store.commit(Commit(None, outbox=(item("1", 0), item("1", 1), item("2", 2))), 1.0)
     [m0, m2] = await store.claim_outbox(10, 2.0)
     await store.requeue([m0.id], "HTTP 503", due_at=60.0)
-    await store.mark_sent(m2.id, 5001, 3.0)
+    await store.mark_sent(m2.id, 5001, 3.0, RULES)
     assert await store.claim_outbox(10, 30.0) == []  # m0 is not due; m1 must wait for it
     again = await store.claim_outbox(10, 61.0)
     assert texts(again) == ["m0"] and again[0].attempts == 2
@@ -141,11 +145,11 @@ async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_pat
     store = await opened(tmp_path / "g.db")
     for status in (0, 1, 0):  # shuffled and duplicated, before the send's answer is stored
         matched = await store.record_status(
-            StatusUpdate.model_validate({"message_id": 123456, "status": status}), 1.0)
+            StatusUpdate.model_validate({"message_id": 123456, "status": status}), 1.0, RULES)
         assert matched is None
     [outbox_id] = (await store.commit(Commit(None, outbox=(item("1", 0),)), 1.0)).outbox_ids
     await store.claim_outbox(1, 2.0)
-    await store.mark_sent(outbox_id, 123456, 2.0)
+    await store.mark_sent(outbox_id, 123456, 2.0, RULES)
     await store.close()
     conn = sqlite3.connect(tmp_path / "g.db")
     assert conn.execute("SELECT delivery_status FROM outbound").fetchone() == (1,)
@@ -162,15 +166,16 @@ async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_pa
     committed = await store.commit(Commit(None, conversation=change, outbox=(question,)), 1.0)
     [outbox_id] = committed.outbox_ids
     await store.record_status(
-        StatusUpdate.model_validate({"message_id": 777, "status": 4}), 1.5)  # before the id
+        StatusUpdate.model_validate({"message_id": 777, "status": 4}), 1.5, RULES)  # early
     await store.claim_outbox(1, 2.0)
     seen = []
 
-    def plan(status_change):
-        seen.append((status_change.new, status_change.question, status_change.step))
-        return [TimerSpec("undelivered", "f", "q", 2.0, status_change.message_id)]
+    class Recording(DeliveryRules):
+        def timers_for(self, status_change):
+            seen.append((status_change.new, status_change.question, status_change.step))
+            return [TimerSpec("undelivered", "f", "q", 2.0, status_change.message_id)]
 
-    await store.mark_sent(outbox_id, 777, 2.0, plan)
+    await store.mark_sent(outbox_id, 777, 2.0, Recording(FlowSet([]), lambda: 2.0))
     assert seen == [(4, True, "q")]
     assert [t.kind for t in await store.due_timers(3.0, 10)] == ["undelivered"]
     await store.close()
@@ -235,7 +240,7 @@ async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answ
     change = ConversationChange("380504", "f", "q", Status.ACTIVE, {}, 0, 9e9)
     question = OutboxItem("380504", "f", "q", "t", "q?", 206, {"text": "q?"})
     first = await store.commit(Commit(None, conversation=change, outbox=(question,)), 1.0)
-    await store.mark_sent(first.outbox_ids[0], 777, 1.5)
+    await store.mark_sent(first.outbox_ids[0], 777, 1.5, RULES)
 
     sent, tracked, active = await store.routing_context("380504", 777)
     assert sent is not None and sent.message_id == 777

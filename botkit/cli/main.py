@@ -296,7 +296,7 @@ def _campaign(
         return 2
 
     async def job(store: Any) -> int:
-        from botkit.core.lifecycle import StatusPlan
+        from botkit.core.lifecycle import DeliveryRules
         from botkit.runtime.campaign import Campaign, Progress
         from botkit.runtime.sender import Sender
         from botkit.web.server import provider_client, provider_url
@@ -310,7 +310,7 @@ def _campaign(
         concurrency = settings.send_concurrency if args.concurrency is None else args.concurrency
         # Statuses reach the server; one that beats this process's record of its send is
         # applied when the send is recorded, with the timers the server would plan.
-        sender = Sender(store, client, plan=StatusPlan(flows, time.time),
+        sender = Sender(store, client, rules=DeliveryRules(flows, time.time),
                         concurrency=concurrency, rate=rate, hold_abandoned=True)
         engine = Engine(store, flows, renderer_for(settings, args.templates),
                         sender=settings.sender, callback_url=callback_url(settings, secret))

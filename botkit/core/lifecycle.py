@@ -10,7 +10,8 @@ Timer kinds (docs/conversations.md has the diagram):
 
   A question the provider took more than ``LATE_SEND`` seconds after its turn (a rate
   limit, an outage) moves its step's ``ASKED`` timers and the conversation's expiry later by
-  that delay when the send is recorded (the store does it): they count from when it was sent.
+  that delay when the send is recorded (``DeliveryRules.late_shift``, which the store
+  applies): they count from when it was sent.
 - ``expire``: the flow's ``timeout`` of inactivity; the conversation closes as ``expired``
   (``on_expire`` is sent or run first).
 - ``unanswered``: ``unanswered_after`` the question was *delivered* (status 1), if the step
@@ -33,11 +34,11 @@ from datetime import timedelta
 
 from botkit.core.conversation import Conversation, Status
 from botkit.core.flows import Flow, FlowSet, Step
-from botkit.core.records import StatusChange, Timer, TimerSpec
-from botkit.models import MessageStatus
+from botkit.core.records import SentQuestion, StatusChange, Timer, TimerShift, TimerSpec
+from botkit.models import MessageStatus, is_final_status
 
-__all__ = ["ASKED", "LATE_SEND", "StatusPlan", "closing_status", "inapplicable",
-           "latest_per_conversation", "plan_timers", "status_timers"]
+__all__ = ["ASKED", "LATE_SEND", "DeliveryRules", "closing_status", "inapplicable",
+           "latest_per_conversation", "plan_timers", "status_rank", "status_timers"]
 
 FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
 # The timers ``plan_timers`` starts when a step is asked.
@@ -89,21 +90,66 @@ def status_timers(flows: FlowSet, change: StatusChange, now: float) -> list[Time
     return []
 
 
+_RANK: dict[int, int] = {MessageStatus.PENDING: 1, MessageStatus.SENT: 2}
+
+
+def status_rank(status: int | None) -> int:
+    """How far a delivery status is: none < unknown (20 or any undocumented number) <
+    pending < sent < final. A message's status only ever moves to a higher rank.
+
+    >>> status_rank(1) > status_rank(0) > status_rank(5) > status_rank(7) > status_rank(None)
+    True
+    """
+    if status is None:
+        return -1
+    if is_final_status(status):
+        return 3
+    return _RANK.get(status, 0)
+
+
 @dataclass(frozen=True)
-class StatusPlan:
-    """``status_timers`` for one bot: what the store calls with each status change it applies.
+class DeliveryRules:
+    """The rules the store applies as it records sends and statuses, without importing them.
 
-    Whoever records statuses needs it: the server for status callbacks and polls, and every
-    sender, for the statuses that arrived before its send was recorded.
+    Whoever records those needs them: the server for status callbacks and polls, and every
+    sender, for the statuses that reached the store before its send was recorded.
 
-    >>> Sender(store, client, plan=StatusPlan(flows, clock))
+    >>> Sender(store, client, rules=DeliveryRules(flows, clock))
     """
 
     flows: FlowSet
     clock: Callable[[], float]
 
-    def __call__(self, change: StatusChange) -> list[TimerSpec]:
+    def timers_for(self, change: StatusChange) -> list[TimerSpec]:
+        """The timers a status change starts (``status_timers``)."""
         return status_timers(self.flows, change, self.clock())
+
+    @staticmethod
+    def advances(current: int | None, new: int) -> bool:
+        """Whether ``new`` replaces a message's ``current`` status: it never moves back."""
+        return status_rank(new) > status_rank(current)
+
+    @staticmethod
+    def furthest(statuses: Iterable[int]) -> int | None:
+        """Of statuses that arrived before the send was recorded, the one that stands (the
+        first of the highest rank, as if each had been applied on arrival)."""
+        best: int | None = None
+        for status in statuses:
+            if status_rank(status) > status_rank(best):
+                best = status
+        return best
+
+    @staticmethod
+    def late_shift(sent: SentQuestion, now: float) -> TimerShift | None:
+        """A question sent more than ``LATE_SEND`` seconds after its turn asked it (a rate
+        limit, an outage): its step's ``ASKED`` timers and the expiry count from the send."""
+        late = now - sent.created_at
+        if not sent.question or sent.conversation_id is None or late <= LATE_SEND:
+            return None
+        if sent.flow is None or sent.step is None:
+            return None
+        return TimerShift(conversation_id=sent.conversation_id, flow=sent.flow,
+                          step=sent.step, kinds=ASKED, by=late)
 
 
 def inapplicable(timer: Timer, conv: Conversation | None, flows: FlowSet) -> str | None:

@@ -18,7 +18,9 @@ __all__ = [
     "OutboxItem",
     "Outgoing",
     "RoutingContext",
+    "SentQuestion",
     "StatusChange",
+    "TimerShift",
     "Timer",
     "TimerSpec",
 ]
@@ -174,3 +176,27 @@ class LogEntry:
     at: float
     text: str
     detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SentQuestion:
+    """What the store read back as it recorded a send: enough for the rules to tell whether
+    a question went late (``DeliveryRules.late_shift``)."""
+
+    conversation_id: int | None
+    flow: str | None
+    step: str | None
+    question: bool
+    created_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimerShift:
+    """Timers to move later: a conversation's pending ``kinds`` at (flow, step), and its
+    expiry while it waits there, by ``by`` seconds."""
+
+    conversation_id: int
+    flow: str
+    step: str
+    kinds: tuple[str, ...]
+    by: float

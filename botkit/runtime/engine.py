@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from botkit.core.conversation import Conversation, Status
 from botkit.core.flows import Delivery, Flow, FlowSet, Step
-from botkit.core.lifecycle import StatusPlan, closing_status, inapplicable, plan_timers
+from botkit.core.lifecycle import DeliveryRules, closing_status, inapplicable, plan_timers
 from botkit.core.records import (
     Commit,
     Committed,
@@ -134,7 +134,7 @@ class Engine:
         self.raise_errors = raise_errors
         self.failures: list[Exception] = []
         self.counts: Counter[str] = Counter()  # messages by route, for the activity log
-        self.plan_status = StatusPlan(flows, clock)  # the timers a status change starts
+        self.rules = DeliveryRules(flows, clock)  # what a status does to its message
 
     async def handle(self, item: Inbound | Timer) -> None:
         """Handle one stored message or due timer; never raises for a bot's fault."""
@@ -362,7 +362,7 @@ class Engine:
 
     async def on_status(self, update: StatusUpdate) -> StatusChange | None:
         """Record a delivery status; an undelivered or delivered question may start a timer."""
-        return await self.store.record_status(update, self.clock(), self.plan_status)
+        return await self.store.record_status(update, self.clock(), self.rules)
 
     async def _event_turn(
         self, timer: Timer, conv: Conversation, flow: Flow, step: Step, now: float

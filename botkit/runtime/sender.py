@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from botkit.core.records import Outgoing, StatusChange, TimerSpec
+from botkit.core.lifecycle import DeliveryRules
+from botkit.core.records import Outgoing
 from botkit.errors import BalanceError, ProviderError, UnauthorizedError
 from botkit.runtime import crashpoints
 from botkit.runtime.api import ProviderAPI
@@ -76,10 +77,11 @@ def _zombie(pid: int) -> bool:
 class Sender:
     """Delivers the outbox.
 
-    ``plan`` gives the timers of a status that reached the store before its send was
-    recorded (``lifecycle.StatusPlan``); it is applied when the send is.
+    ``rules`` (``lifecycle.DeliveryRules``) are handed to the store as it records each send:
+    a status that reached the store before the send was recorded is applied then, with its
+    timers, and a question that went late has its timers moved.
 
-    >>> sender = Sender(store, client, plan=StatusPlan(flows, time.time))
+    >>> sender = Sender(store, client, rules=DeliveryRules(flows, time.time))
     >>> task = asyncio.create_task(sender.run()); sender.wake()
     """
 
@@ -88,7 +90,7 @@ class Sender:
         store: Store,
         client: ProviderAPI,
         *,
-        plan: Callable[[StatusChange], list[TimerSpec]],
+        rules: DeliveryRules,
         clock: Callable[[], float] = time.time,
         concurrency: int = 100,
         poll_interval: float = 1.0,
@@ -106,7 +108,7 @@ class Sender:
         self.pause_seconds = pause_seconds
         self.retry_rounds = retry_rounds
         self.round_delay = round_delay
-        self.plan = plan
+        self.rules = rules
         self.rate = rate  # most sends started per second; 0 is no limit
         self._next_slot = 0.0
         # When the latest sends started: at most `rate` (at least 1) in any one second.
@@ -315,7 +317,7 @@ class Sender:
                 await self._fail(row, exc.reason)
             return
         crashpoints.hit("after_send_request")
-        await self.store.mark_sent(row.id, result.message_id, self.clock(), self.plan)
+        await self.store.mark_sent(row.id, result.message_id, self.clock(), self.rules)
         crashpoints.hit("after_send_recorded")
         self.sent += 1
         log.debug("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)

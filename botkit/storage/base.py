@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from botkit.core.conversation import Conversation
+from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import (
     Commit,
     Committed,
@@ -34,7 +35,6 @@ from botkit.core.records import (
     RoutingContext,
     StatusChange,
     Timer,
-    TimerSpec,
 )
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply, StatusUpdate
@@ -80,12 +80,13 @@ class Store(ABC):
         self,
         update: StatusUpdate,
         now: float,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+        rules: DeliveryRules,
     ) -> StatusChange | None:
         """Store a delivery status; returns what it changed, or None if no message matched.
 
-        ``plan`` (pure, no I/O) says which timers the change starts; they are created in
-        the same transaction (e.g. "undelivered" at once, "unanswered" later).
+        ``rules`` say whether the status moves the message on and which timers the change
+        starts; they are created in the same transaction (e.g. "undelivered" at once,
+        "unanswered" later).
         """
 
     @abstractmethod
@@ -132,13 +133,13 @@ class Store(ABC):
         outbox_id: int,
         message_id: int,
         now: float,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+        rules: DeliveryRules,
     ) -> None:
         """Record the provider's ``message_id`` for a sent message.
 
-        Statuses that arrived before it are applied now, planning timers like
-        ``record_status``. A step's question sent more than a minute after its turn asked
-        it moves the step's pending timers and the conversation's expiry later by the delay.
+        Statuses that arrived before it are applied now, by ``rules`` as in
+        ``record_status``, and a question that went late has its timers moved as
+        ``rules.late_shift`` says.
         """
 
     @abstractmethod

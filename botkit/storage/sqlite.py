@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from botkit.core.conversation import Conversation, SentRef, Status
-from botkit.core.lifecycle import ASKED, LATE_SEND
+from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import (
     Commit,
     Committed,
@@ -31,6 +31,7 @@ from botkit.core.records import (
     OutboxItem,
     Outgoing,
     RoutingContext,
+    SentQuestion,
     StatusChange,
     Timer,
     TimerSpec,
@@ -43,7 +44,6 @@ from botkit.models import (
     parse_tracking_id,
     sms_status_label,
     status_label,
-    status_rank,
 )
 from botkit.storage.base import Store
 from botkit.storage.db_thread import DatabaseThread
@@ -221,9 +221,9 @@ class SQLiteStore(Store):
         self,
         update: StatusUpdate,
         now: float,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+        rules: DeliveryRules,
     ) -> StatusChange | None:
-        return await self._run(self._record_status, update, now, plan)
+        return await self._run(self._record_status, update, now, rules)
 
     def _record_status_body(self, update: StatusUpdate) -> str:
         try:
@@ -235,7 +235,7 @@ class SQLiteStore(Store):
         self,
         update: StatusUpdate,
         now: float,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None,
+        rules: DeliveryRules,
     ) -> StatusChange | None:
         sms = (update.sms_message_id, update.sms_message_status)
         with self._write() as db:
@@ -252,25 +252,31 @@ class SQLiteStore(Store):
             if row is None:
                 return None
             self._apply_sms(row["id"], *sms)
-            return self._status_change(row, update.status, now, plan)
+            return self._status_change(row, update.status, now, rules)
 
     def _status_change(
         self,
         row: dict[str, Any],
         status: int,
         at: float,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None,
+        rules: DeliveryRules,
     ) -> StatusChange:
-        """Apply a status to a sent message (an outbound row of ``_SENT_COLUMNS``); timers
-        planned for a change join the transaction."""
-        changed = self._apply_status(row["id"], row["delivery_status"], status, at)
+        """Apply a status to a sent message (an outbound row of ``_SENT_COLUMNS``) as
+        ``rules`` say; the timers they start join the transaction. Without rules the status
+        is kept in ``status_events`` only."""
+        changed = rules.advances(row["delivery_status"], status)
+        if changed:
+            self.db.execute(
+                "UPDATE outbound SET delivery_status = ?, delivery_status_at = ? WHERE id = ?",
+                [status, at, row["id"]],
+            )
         conv = None
         if row["conversation_id"] is not None:
             conv = self._conversation("id = ?", [row["conversation_id"]])
         change = StatusChange(row["message_id"], row["phone"], row["flow"], row["step"],
                               row["delivery_status"], status, conv, row["role"] == "question")
-        if plan is not None and conv is not None and changed:
-            self._add_timers(conv.id, conv.phone, plan(change), at)
+        if conv is not None and changed:
+            self._add_timers(conv.id, conv.phone, rules.timers_for(change), at)
         return change
 
     def _apply_sms(self, outbox_id: int, sms_id: int | None, sms_status: int | None) -> None:
@@ -284,15 +290,6 @@ class SQLiteStore(Store):
             [sms_id, sms_status, outbox_id],
         )
 
-    def _apply_status(self, outbox_id: int, current: int | None, new: int, now: float) -> bool:
-        # A status never moves backwards: a final one is never replaced (issue 4, rule 1).
-        if status_rank(new) <= status_rank(current):
-            return False
-        self.db.execute(
-            "UPDATE outbound SET delivery_status = ?, delivery_status_at = ? WHERE id = ?",
-            [new, now, outbox_id],
-        )
-        return True
 
     async def pending_inbound(self) -> list[Inbound]:
         return await self._run(self._pending_inbound)
@@ -629,46 +626,42 @@ class SQLiteStore(Store):
         outbox_id: int,
         message_id: int,
         now: float,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None = None,
+        rules: DeliveryRules,
     ) -> None:
-        await self._run(self._mark_sent, outbox_id, message_id, now, plan)
+        await self._run(self._mark_sent, outbox_id, message_id, now, rules)
 
     def _mark_sent(
         self,
         outbox_id: int,
         message_id: int,
         now: float,
-        plan: Callable[[StatusChange], list[TimerSpec]] | None,
+        rules: DeliveryRules,
     ) -> None:
-        # Status callbacks may have arrived before the message_id was stored: apply the
-        # furthest one (the first final status wins, as it would have on arrival).
-        best: int | None = None
-        sms: tuple[int | None, int | None] = (None, None)
-        for event in self._rows(
+        # Status callbacks may have arrived before the message_id was stored.
+        events = self._rows(
             "SELECT status, sms_message_id, sms_message_status FROM status_events"
-            " WHERE message_id = ? ORDER BY id", [message_id]
-        ):
-            if status_rank(event["status"]) > status_rank(best):
-                best = event["status"]
-            if event["sms_message_id"] is not None or event["sms_message_status"] is not None:
-                sms = (event["sms_message_id"], event["sms_message_status"])
+            " WHERE message_id = ? ORDER BY id", [message_id])
         sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
                 " WHERE id = ? RETURNING conversation_id, flow, step, role, created_at")
-        if best is None:  # the usual case: one statement, unless the question went late
-            self._timers_from_send(
-                self._write_one(sent, [message_id, now, outbox_id]).fetchone(), now)
+        if not events:  # the usual case: one statement (and a late shift)
+            self._shift(self._write_one(sent, [message_id, now, outbox_id]).fetchone(), now,
+                        rules)
             return
+        best = rules.furthest(e["status"] for e in events)
+        sms = next(((e["sms_message_id"], e["sms_message_status"]) for e in reversed(events)
+                    if e["sms_message_id"] is not None or e["sms_message_status"] is not None),
+                   (None, None))
         with self._write() as db:
-            self._timers_from_send(db.execute(sent, [message_id, now, outbox_id]).fetchone(), now)
+            self._shift(db.execute(sent, [message_id, now, outbox_id]).fetchone(), now, rules)
             row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?", [outbox_id])
             assert row is not None
             self._apply_sms(outbox_id, *sms)
-            self._status_change(row, best, now, plan)
+            if best is not None:
+                self._status_change(row, best, now, rules)
 
-    def _timers_from_send(self, sent: tuple[Any, ...] | None, now: float) -> None:
-        """A question sent more than ``lifecycle.LATE_SEND`` seconds after its turn asked it
-        (a rate limit, an outage): its step's pending timers and the conversation's expiry
-        count from now. ``sent``: the row's conversation_id, flow, step, role, created_at.
+    def _shift(self, sent: tuple[Any, ...] | None, now: float, rules: DeliveryRules) -> None:
+        """Move the timers of a question that went late, as ``rules.late_shift`` says.
+        ``sent``: the row's conversation_id, flow, step, role, created_at.
 
         On the usual path (no early status) these are statements of their own: should they
         fail, the send stays recorded (it happened) and the timers keep their due times.
@@ -676,17 +669,20 @@ class SQLiteStore(Store):
         if sent is None:
             return
         conv_id, flow, step, role, created_at = sent
-        late = now - created_at
-        if role != "question" or conv_id is None or late <= LATE_SEND:
+        shift = rules.late_shift(SentQuestion(
+            conversation_id=conv_id, flow=flow, step=step, question=role == "question",
+            created_at=created_at), now)
+        if shift is None:
             return
+        kinds = ", ".join("?" * len(shift.kinds))
         self._write_one(
             "UPDATE timers SET due_at = due_at + ? WHERE conversation_id = ? AND flow = ?"
-            f" AND step = ? AND status = 'pending' AND kind IN ({', '.join('?' * len(ASKED))})",
-            [late, conv_id, flow, step, *ASKED])
+            f" AND step = ? AND status = 'pending' AND kind IN ({kinds})",
+            [shift.by, shift.conversation_id, shift.flow, shift.step, *shift.kinds])
         self._write_one(
             "UPDATE conversations SET expires_at = expires_at + ?"
             " WHERE id = ? AND flow = ? AND step = ? AND status = 'active'",
-            [late, conv_id, flow, step])
+            [shift.by, shift.conversation_id, shift.flow, shift.step])
 
     async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
         await self._run(self._set_outbox, outbox_id, "failed", reason)

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from botkit.config import Settings
 from botkit.core.flows import Flow, FlowSet
-from botkit.core.lifecycle import StatusPlan
+from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Inbound
 from botkit.errors import ConfigError
 from botkit.models import InboundReply, StatusUpdate, is_reply
@@ -261,7 +261,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                     " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
                     settings.host, settings.public_base)
     rt.client = provider_client(settings, session=rt.session, retry=rt.retry)
-    rt.sender = Sender(rt.store, rt.client, plan=StatusPlan(rt.flows, rt.clock), clock=rt.clock,
+    rt.sender = Sender(rt.store, rt.client, rules=DeliveryRules(rt.flows, rt.clock), clock=rt.clock,
                        rate=settings.send_rate, concurrency=settings.send_concurrency)
     rt.engine = Engine(
         rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
