@@ -75,8 +75,9 @@ async def run(rounds: int, profile: bool) -> None:
             # As the server does for a phone with nothing else in progress.
             inbound_id, context = await store.record_and_route(reply, time.time())
             assert inbound_id is not None
-            await engine.handle(Inbound(inbound_id, reply.message_token, phone, reply.time,
-                                        reply.message.text, reply.message.tracking_data,
+            await engine.handle(Inbound(id=inbound_id, token=reply.message_token, phone=phone,
+                                        time=reply.time, text=reply.message.text,
+                                        tracking_data=reply.message.tracking_data,
                                         context=context))
             for row in outlet.claimed.pop(phone, []):
                 counter["message_id"] += 1

@@ -23,7 +23,7 @@ def make_flow(name: str = "f") -> Flow:
 
 def turn_for(flow: Flow, step: str = "rating") -> Turn:
     flows = FlowSet([flow])
-    return Turn(flows=flows, step=flow.get(step), message=Message("hi", "1", 0, "t"),
+    return Turn(flows=flows, step=flow.get(step), message=Message(text="hi", phone="1", time=0, token="t"),
                 state={}, conversation_id=1)
 
 
@@ -106,11 +106,11 @@ def test_retry_gives_up_after_the_limit():
     flow = Flow("h", give_up="flow_bye.txt")
     flow.step("a", prompt="a.txt", retries=1)(_noop)
     flows = FlowSet([flow])
-    first = Turn(flows=flows, step=flow.get("a"), message=Message("x", "1", 0, "t"),
+    first = Turn(flows=flows, step=flow.get("a"), message=Message(text="x", phone="1", time=0, token="t"),
                  state={}, conversation_id=1, retries=0)
     first.retry("invalid.txt")
     assert not first.gave_up and first.replies[0].template == "invalid.txt"
-    second = Turn(flows=flows, step=flow.get("a"), message=Message("x", "1", 0, "t"),
+    second = Turn(flows=flows, step=flow.get("a"), message=Message(text="x", phone="1", time=0, token="t"),
                   state={}, conversation_id=1, retries=1)
     second.retry("invalid.txt")
     assert second.gave_up and second.replies[0].template == "flow_bye.txt"

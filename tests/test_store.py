@@ -70,9 +70,11 @@ async def test_a_database_with_timers_of_m002_as_shipped_takes_new_timers(tmp_pa
     db.conn.commit()
     db.close()
     store = await opened(tmp_path / "m002.db")
-    change = ConversationChange("380503", "f", "q", Status.ACTIVE, {}, 0, 9e9)
-    timer = TimerSpec("timeout", "f", "q", 9.0)
-    await store.commit(Commit(None, conversation=change, timers=(timer,)), 1.0)
+    change = ConversationChange(phone="380503", flow="f", step="q",
+                                status=Status.ACTIVE, state={}, retries=0,
+                                expires_at=9e9)
+    timer = TimerSpec(kind="timeout", flow="f", step="q", due_at=9.0)
+    await store.commit(Commit(inbound_id=None, conversation=change, timers=(timer,)), 1.0)
     assert [t.kind for t in await store.due_timers(10.0, 10)] == ["remind", "timeout"]
     await store.close()
 
@@ -100,12 +102,13 @@ async def test_secret_is_generated_once_and_kept(tmp_path):
 
 
 def item(phone: str, n: int) -> OutboxItem:
-    return OutboxItem(phone, None, None, "t", f"m{n}", 206, {"text": f"m{n}"}, False)
+    return OutboxItem(phone=phone, flow=None, step=None, template="t", text=f"m{n}",
+                      message_type=206, payload={"text": f"m{n}"}, in_conversation=False)
 
 
 async def test_two_stores_claim_disjoint_rows(tmp_path):
     a, b = await opened(tmp_path / "d.db"), await opened(tmp_path / "d.db")
-    await a.commit(Commit(None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(40))), 1.0)
+    await a.commit(Commit(inbound_id=None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(40))), 1.0)
     claimed_a, claimed_b = await asyncio.gather(a.claim_outbox(25, 2.0), b.claim_outbox(25, 2.0))
     ids_a, ids_b = {r.id for r in claimed_a}, {r.id for r in claimed_b}
     assert len(ids_a | ids_b) == 40 and not ids_a & ids_b
@@ -120,7 +123,7 @@ def texts(rows) -> list[str]:
 
 async def test_a_phone_s_messages_leave_one_at_a_time_in_order(tmp_path):
     store = await opened(tmp_path / "e.db")
-    await store.commit(Commit(None, outbox=(item("1", 0), item("2", 1), item("1", 2))), 1.0)
+    await store.commit(Commit(inbound_id=None, outbox=(item("1", 0), item("2", 1), item("1", 2))), 1.0)
     first = await store.claim_outbox(10, 2.0)
     assert texts(first) == ["m0", "m1"]  # m2 waits behind m0 of the same phone
     assert await store.claim_outbox(10, 2.0) == []
@@ -131,7 +134,7 @@ async def test_a_phone_s_messages_leave_one_at_a_time_in_order(tmp_path):
 
 async def test_a_message_queued_for_later_holds_back_its_phone(tmp_path):
     store = await opened(tmp_path / "f.db")
-    await store.commit(Commit(None, outbox=(item("1", 0), item("1", 1), item("2", 2))), 1.0)
+    await store.commit(Commit(inbound_id=None, outbox=(item("1", 0), item("1", 1), item("2", 2))), 1.0)
     [m0, m2] = await store.claim_outbox(10, 2.0)
     await store.requeue([m0.id], "HTTP 503", due_at=60.0)
     await store.mark_sent(m2.id, 5001, 3.0, RULES)
@@ -147,7 +150,7 @@ async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_pat
         matched = await store.record_status(
             StatusUpdate.model_validate({"message_id": 123456, "status": status}), 1.0, RULES)
         assert matched is None
-    [outbox_id] = (await store.commit(Commit(None, outbox=(item("1", 0),)), 1.0)).outbox_ids
+    [outbox_id] = (await store.commit(Commit(inbound_id=None, outbox=(item("1", 0),)), 1.0)).outbox_ids
     await store.claim_outbox(1, 2.0)
     await store.mark_sent(outbox_id, 123456, 2.0, RULES)
     await store.close()
@@ -161,9 +164,12 @@ async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_pa
     from botkit.core.records import ConversationChange, TimerSpec
 
     store = await opened(tmp_path / "h.db")
-    change = ConversationChange("1", "f", "q", Status.ACTIVE, {}, 0, 9e9)
-    question = OutboxItem("1", "f", "q", "t", "m0", 206, {"text": "m0"}, True, None, True)
-    committed = await store.commit(Commit(None, conversation=change, outbox=(question,)), 1.0)
+    change = ConversationChange(phone="1", flow="f", step="q",
+                                status=Status.ACTIVE, state={}, retries=0,
+                                expires_at=9e9)
+    question = OutboxItem(phone="1", flow="f", step="q", template="t", text="m0",
+                          message_type=206, payload={"text": "m0"}, question=True)
+    committed = await store.commit(Commit(inbound_id=None, conversation=change, outbox=(question,)), 1.0)
     [outbox_id] = committed.outbox_ids
     await store.record_status(
         StatusUpdate.model_validate({"message_id": 777, "status": 4}), 1.5, RULES)  # early
@@ -173,7 +179,8 @@ async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_pa
     class Recording(DeliveryRules):
         def timers_for(self, status_change):
             seen.append((status_change.new, status_change.question, status_change.step))
-            return [TimerSpec("undelivered", "f", "q", 2.0, status_change.message_id)]
+            return [TimerSpec(kind="undelivered", flow="f", step="q", due_at=2.0,
+                              message_id=status_change.message_id)]
 
     await store.mark_sent(outbox_id, 777, 2.0, Recording(FlowSet([]), lambda: 2.0))
     assert seen == [(4, True, "q")]
@@ -189,9 +196,9 @@ async def test_a_message_is_handled_once_even_when_two_turns_commit_it(tmp_path)
     reply = InboundReply.model_validate({"message_token": "t1", "phone_number": "380501",
                                          "time": 1, "message": {"text": "hi"}})
     inbound_id = await store.record_inbound(reply, 1.0)
-    await store.commit(Commit(inbound_id, outbox=(item("380501", 0),)), 2.0)
+    await store.commit(Commit(inbound_id=inbound_id, outbox=(item("380501", 0),)), 2.0)
     with pytest.raises(DuplicateMessageError):  # e.g. a second process took it over
-        await store.commit(Commit(inbound_id, outbox=(item("380501", 1),)), 3.0)
+        await store.commit(Commit(inbound_id=inbound_id, outbox=(item("380501", 1),)), 3.0)
     await store.close()
     conn = sqlite3.connect(tmp_path / "dup.db")
     assert conn.execute("SELECT count(*) FROM outbound").fetchone() == (1,)  # rolled back
@@ -201,7 +208,7 @@ async def test_a_message_is_handled_once_even_when_two_turns_commit_it(tmp_path)
 
 async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(tmp_path):
     store = await opened(tmp_path / "hold.db")
-    await store.commit(Commit(None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(4))), 1.0)
+    await store.commit(Commit(inbound_id=None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(4))), 1.0)
     await store.claim_outbox(2, 2.0, "host/1/a/hold")  # a campaign's sender
     await store.claim_outbox(2, 2.0, "host/1/b")  # a server's sender
     assert await store.reset_sending(lambda claimed_by, claimed_at: True) == (2, 2)
@@ -219,8 +226,10 @@ async def test_record_and_route_stores_once_and_reads_the_routing_context(tmp_pa
     from botkit.models import InboundReply
 
     store = await opened(tmp_path / "route.db")
-    change = ConversationChange("380502", "f", "q", Status.ACTIVE, {}, 0, 9e9)
-    await store.commit(Commit(None, conversation=change), 1.0)
+    change = ConversationChange(phone="380502", flow="f", step="q",
+                                status=Status.ACTIVE, state={}, retries=0,
+                                expires_at=9e9)
+    await store.commit(Commit(inbound_id=None, conversation=change), 1.0)
     reply = InboundReply.model_validate({"message_token": "r1", "phone_number": "380502",
                                          "time": 1, "message": {"text": "hi"}})
     inbound_id, context = await store.record_and_route(reply, 2.0)
@@ -237,9 +246,12 @@ async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answ
     from botkit.core.records import ConversationChange
 
     store = await opened(tmp_path / "tracked.db")
-    change = ConversationChange("380504", "f", "q", Status.ACTIVE, {}, 0, 9e9)
-    question = OutboxItem("380504", "f", "q", "t", "q?", 206, {"text": "q?"})
-    first = await store.commit(Commit(None, conversation=change, outbox=(question,)), 1.0)
+    change = ConversationChange(phone="380504", flow="f", step="q",
+                                status=Status.ACTIVE, state={}, retries=0,
+                                expires_at=9e9)
+    question = OutboxItem(phone="380504", flow="f", step="q", template="t", text="q?",
+                          message_type=206, payload={"text": "q?"})
+    first = await store.commit(Commit(inbound_id=None, conversation=change, outbox=(question,)), 1.0)
     await store.mark_sent(first.outbox_ids[0], 777, 1.5, RULES)
 
     sent, tracked, active = await store.routing_context("380504", 777)
@@ -247,7 +259,7 @@ async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answ
     assert active is not None and active.id == first.conversation_id
     assert tracked == active  # it answers the open conversation
 
-    await store.commit(Commit(None, conversation=change, closes=((active, Status.DONE),)), 2.0)
+    await store.commit(Commit(inbound_id=None, conversation=change, closes=((active, Status.DONE),)), 2.0)
     sent, tracked, active = await store.routing_context("380504", 777)
     assert sent is not None and active is not None and active.id != first.conversation_id
     assert tracked is not None and tracked.id == first.conversation_id  # the closed one
@@ -260,11 +272,14 @@ def start(phone: str, texts: tuple[str, ...] = ("q",)) -> Commit:
     from botkit.core.conversation import Status
     from botkit.core.records import ConversationChange, TimerSpec
 
-    change = ConversationChange(phone, "f", "q", Status.ACTIVE, {"n": phone}, 0, 9e9)
-    outbox = tuple(OutboxItem(phone, "f", "q", "t", text, 206, {"text": text}, True)
+    change = ConversationChange(phone=phone, flow="f", step="q",
+                                status=Status.ACTIVE, state={"n": phone}, retries=0,
+                                expires_at=9e9)
+    outbox = tuple(OutboxItem(phone=phone, flow="f", step="q", template="t", text=text,
+                              message_type=206, payload={"text": text})
                    for text in texts)
-    return Commit(None, conversation=change, outbox=outbox,
-                  timers=(TimerSpec("timeout", "f", "q", 50.0),))
+    return Commit(inbound_id=None, conversation=change, outbox=outbox,
+                  timers=(TimerSpec(kind="timeout", flow="f", step="q", due_at=50.0),))
 
 
 async def test_a_batch_of_new_conversations_starts_all_but_the_phones_already_open(tmp_path):

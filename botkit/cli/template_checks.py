@@ -175,7 +175,9 @@ def _check_template(
     renderer: Renderer, folder: str, name: str, passed: set[str] | None, given: _Given
 ) -> Iterable[str]:
     try:
-        source, filename, _ = renderer.env.loader.get_source(renderer.env, name)  # type: ignore[union-attr]
+        loader = renderer.env.loader
+        assert loader is not None  # the Renderer always sets one
+        source, filename, _ = loader.get_source(renderer.env, name)
         tree = renderer.env.parse(source)
     except Exception:  # missing or broken: the compile check reports it once
         return []

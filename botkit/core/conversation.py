@@ -36,7 +36,7 @@ class Status(str, Enum):
         return self in (Status.ACTIVE, Status.HUMAN)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Conversation:
     """A conversation as stored: who, which flow and step, its state, and its clock."""
 

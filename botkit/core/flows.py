@@ -60,7 +60,7 @@ class Delivery:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Step:
     """One step of a flow: the handler that receives the answer to the step's question."""
 
@@ -226,9 +226,11 @@ class Flow:
                     f" ({self.steps[name].where} and {_where(handler)})"
                 )
             self.steps[name] = Step(
-                self.name, name, handler, prompt, retries, give_up,
-                tuple(normalize(k) for k in keywords), accept_late, remind_after, remind,
-                timeout, on_timeout, unanswered_after, on_unanswered, on_undelivered,
+                flow=self.name, name=name, handler=handler, prompt=prompt, retries=retries,
+                give_up=give_up, keywords=tuple(normalize(k) for k in keywords),
+                accept_late=accept_late, remind_after=remind_after, remind=remind,
+                timeout=timeout, on_timeout=on_timeout, unanswered_after=unanswered_after,
+                on_unanswered=on_unanswered, on_undelivered=on_undelivered,
             )
             return handler
 

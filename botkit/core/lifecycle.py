@@ -61,13 +61,16 @@ def plan_timers(
 
     ``remind_after`` and ``timeout`` override the step's own delays (``turn.ask(...)``).
     """
-    timers = [TimerSpec("expire", flow.name, step.name, now + flow.timeout.total_seconds())]
+    timers = [TimerSpec(kind="expire", flow=flow.name, step=step.name,
+                        due_at=now + flow.timeout.total_seconds())]
     remind_after = remind_after or step.remind_after
     if step.remind is not None and remind_after is not None:
-        timers.append(TimerSpec("remind", flow.name, step.name, now + remind_after.total_seconds()))
+        timers.append(TimerSpec(kind="remind", flow=flow.name, step=step.name,
+                                due_at=now + remind_after.total_seconds()))
     timeout = timeout or step.timeout
     if timeout is not None:
-        timers.append(TimerSpec("timeout", flow.name, step.name, now + timeout.total_seconds()))
+        timers.append(TimerSpec(kind="timeout", flow=flow.name, step=step.name,
+                                due_at=now + timeout.total_seconds()))
     return tuple(timers)
 
 
@@ -83,10 +86,12 @@ def status_timers(flows: FlowSet, change: StatusChange, now: float) -> list[Time
     if step is None:
         return []
     if change.new in FAILED and step.on_undelivered is not None:
-        return [TimerSpec("undelivered", conv.flow, conv.step, now, change.message_id)]
+        return [TimerSpec(kind="undelivered", flow=conv.flow, step=conv.step, due_at=now,
+                          message_id=change.message_id)]
     if change.new == MessageStatus.DELIVERED and step.unanswered_after is not None:
         due = now + step.unanswered_after.total_seconds()
-        return [TimerSpec("unanswered", conv.flow, conv.step, due, change.message_id)]
+        return [TimerSpec(kind="unanswered", flow=conv.flow, step=conv.step, due_at=due,
+                          message_id=change.message_id)]
     return []
 
 

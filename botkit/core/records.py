@@ -31,7 +31,7 @@ __all__ = [
 RoutingContext = tuple[SentRef | None, Conversation | None, Conversation | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Inbound:
     """A stored user message waiting to be (or already) handled."""
 
@@ -47,7 +47,7 @@ class Inbound:
     context: RoutingContext | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConversationChange:
     """A conversation to create (``id`` None) or update (checked against ``expected_version``)."""
 
@@ -63,7 +63,7 @@ class ConversationChange:
     flow_version: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OutboxItem:
     """A message to send, rendered and validated, linked to the turn's conversation or not."""
 
@@ -80,7 +80,7 @@ class OutboxItem:
     notice_key: str | None = None  # a proactive notice sent at most once per phone and key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TimerSpec:
     """A timer to create: ``kind`` is remind, timeout, unanswered, undelivered or expire."""
 
@@ -91,7 +91,7 @@ class TimerSpec:
     message_id: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timer:
     """A stored timer, due or pending, of one conversation at one step."""
 
@@ -105,7 +105,7 @@ class Timer:
     message_id: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StatusChange:
     """What a delivery status did to the message it names (``old`` is None if it was unset)."""
 
@@ -119,7 +119,7 @@ class StatusChange:
     question: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Commit:
     """Everything one turn changes, applied in one transaction.
 
@@ -148,7 +148,7 @@ class Commit:
     claim_for: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Outgoing:
     """An outbox row claimed for sending."""
 

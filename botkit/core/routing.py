@@ -49,7 +49,7 @@ class RouteKind(str, Enum):
     FALLBACK = "fallback"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Route:
     """The decision for one message, with the conversations it closes on the way."""
 
@@ -88,9 +88,9 @@ def route(
     closed_ids = {c.id for c, _ in close}
     keyword = flows.entry(message.text) is not None  # a keyword wins, as after expiry
     if restart is not None and not keyword and not (active and active.id not in closed_ids):
-        return _with(Route(RouteKind.RESTART, f"step {next(c.step for c, _ in close)!r} was"
-                           " removed by a deploy", None, restart,
-                           notice=RESTARTED_TEMPLATE), close)
+        removed = next(c.step for c, _ in close)
+        return _with(Route(kind=RouteKind.RESTART, reason=f"step {removed!r} was removed by a"
+                           " deploy", step=restart, notice=RESTARTED_TEMPLATE), close)
 
     if sent is not None and tracked is not None and tracked.status.is_open:
         if tracked.id not in closed_ids:
@@ -99,19 +99,19 @@ def route(
                 return _with(decided, close)
     if active is not None and active.id not in closed_ids:
         if active.status is Status.HUMAN:
-            return _with(Route(RouteKind.HUMAN, "conversation is with a human", active), close)
+            return _with(Route(kind=RouteKind.HUMAN, reason="conversation is with a human", conversation=active), close)
         if active.expired(now):
             close.append((active, Status.EXPIRED))
             return _fresh(message, flows, close, restart=active.flow)
         step = _step_of(active, flows)
         assert step is not None  # orphans were closed above
-        return _with(Route(RouteKind.STEP, "open conversation", active, step), close)
+        return _with(Route(kind=RouteKind.STEP, reason="open conversation", conversation=active, step=step), close)
     return _fresh(message, flows, close, restart=None)
 
 
 def _tracked(sent: SentRef, conv: Conversation, flows: FlowSet, now: float) -> Route | None:
     if conv.status is Status.HUMAN:
-        return Route(RouteKind.HUMAN, "conversation is with a human", conv)
+        return Route(kind=RouteKind.HUMAN, reason="conversation is with a human", conversation=conv)
     if conv.expired(now):
         return None  # rule 4 is applied to the phone's open conversation, which this is
     current = _step_of(conv, flows)
@@ -119,12 +119,14 @@ def _tracked(sent: SentRef, conv: Conversation, flows: FlowSet, now: float) -> R
     # A step renamed by a deploy (``migrate``) still matches the questions it asked before.
     asked = flows[conv.flow].migrate.get(sent.step or "", sent.step)
     if sent.flow == conv.flow and asked == conv.step:
-        return Route(RouteKind.STEP, "answer to the current question", conv, current)
+        return Route(kind=RouteKind.STEP, reason="answer to the current question",
+                     conversation=conv, step=current)
     answered = flows[conv.flow].steps.get(asked or "") if sent.flow == conv.flow else None
     if answered is not None and answered.accept_late:
-        return Route(RouteKind.STEP, f"late answer to {answered.name!r}", conv, answered, True)
-    return Route(RouteKind.STALE, f"stale answer to {sent.flow}.{asked}", conv, current,
-                 answered=asked)
+        return Route(kind=RouteKind.STEP, reason=f"late answer to {answered.name!r}",
+                     conversation=conv, step=answered, late=True)
+    return Route(kind=RouteKind.STALE, reason=f"stale answer to {sent.flow}.{asked}",
+                 conversation=conv, step=current, answered=asked)
 
 
 def _fresh(
@@ -137,11 +139,11 @@ def _fresh(
     if entry is not None:
         step, handles = entry
         kind = RouteKind.ENTRY if handles else RouteKind.START
-        return _with(Route(kind, f"keyword {message.text.strip()!r}", None, step), close)
+        return _with(Route(kind=kind, reason=f"keyword {message.text.strip()!r}", step=step), close)
     if restart is not None and restart in flows:
         first = flows[restart].first
-        return _with(Route(RouteKind.RESTART, "conversation expired", None, first), close)
-    return _with(Route(RouteKind.FALLBACK, "no conversation and no keyword"), close)
+        return _with(Route(kind=RouteKind.RESTART, reason="conversation expired", step=first), close)
+    return _with(Route(kind=RouteKind.FALLBACK, reason="no conversation and no keyword"), close)
 
 
 def _migrated(conv: Conversation | None, flows: FlowSet) -> Conversation | None:

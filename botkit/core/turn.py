@@ -23,7 +23,7 @@ __all__ = ["Message", "Reply", "Transition", "Turn"]
 Ending = Literal["ask", "retry", "switch", "finish", "handoff"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Message:
     """The user's message being handled: text, phone, provider time and token."""
 
@@ -34,7 +34,7 @@ class Message:
     tracking_id: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Reply:
     """A message to send: a template and its variables, with optional delivery overrides.
 
@@ -49,7 +49,7 @@ class Reply:
     sms: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Transition:
     """How a turn ended: which verb, where it leads, and where in the handler it was called.
 
@@ -128,7 +128,7 @@ class Turn:
 
         >>> turn.say("support/hours.txt", today="Monday")
         """
-        self.replies.append(Reply(template, variables, delivery))
+        self.replies.append(Reply(template=template, variables=variables, delivery=delivery))
 
     def notify(
         self,
@@ -150,7 +150,8 @@ class Turn:
 
         >>> turn.notify("support/order_shipped.txt", sms="support/order_shipped_sms.txt")
         """
-        self.replies.append(Reply(template, variables, delivery, one_way=True, sms=sms))
+        self.replies.append(Reply(template=template, variables=variables, delivery=delivery,
+                                  one_way=True, sms=sms))
 
     def ask(
         self,
@@ -171,7 +172,8 @@ class Turn:
         """
         target = self.flow.get(step)
         self._end("ask", self.flow.name, step, remind_after, timeout)
-        self.replies.append(Reply(self._prompt(target, template), variables, delivery))
+        self.replies.append(Reply(template=self._prompt(target, template), variables=variables,
+                                  delivery=delivery))
 
     def retry(
         self,
@@ -192,9 +194,11 @@ class Turn:
         if self.retries >= self.step.retries:
             give_up = self.step.give_up or self.flow.give_up
             if give_up:
-                self.replies.append(Reply(give_up, variables, delivery))
+                self.replies.append(Reply(template=give_up, variables=variables,
+                                          delivery=delivery))
             return
-        self.replies.append(Reply(self._prompt(self.step, template), variables, delivery))
+        self.replies.append(Reply(template=self._prompt(self.step, template),
+                                  variables=variables, delivery=delivery))
 
     def switch(
         self,
@@ -214,7 +218,8 @@ class Turn:
         self._end("switch", flow, target.name)
         # The new flow's first message goes out with the new flow's sending defaults.
         chosen = (delivery or Delivery()).over(target_flow.delivery)
-        self.replies.append(Reply(self._prompt(target, None), variables, chosen))
+        self.replies.append(Reply(template=self._prompt(target, None), variables=variables,
+                                  delivery=chosen))
 
     def finish(
         self,
@@ -230,7 +235,7 @@ class Turn:
         """
         self._end("finish", self.flow.name, None)
         if template:
-            self.replies.append(Reply(template, variables, delivery))
+            self.replies.append(Reply(template=template, variables=variables, delivery=delivery))
 
     def handoff(
         self,
@@ -248,7 +253,7 @@ class Turn:
         """
         self._end("handoff", self.flow.name, self.step.name)
         if template:
-            self.replies.append(Reply(template, variables, delivery))
+            self.replies.append(Reply(template=template, variables=variables, delivery=delivery))
 
     @property
     def gave_up(self) -> bool:
@@ -281,7 +286,8 @@ class Turn:
             raise FlowError(
                 f"this turn already ended with {self.transition.call}; cannot also {call}"
             )
-        self.transition = Transition(kind, flow, step, call, remind_after, timeout)
+        self.transition = Transition(kind=kind, flow=flow, step=step, call=call,
+                                     remind_after=remind_after, timeout=timeout)
 
 
 def _caller() -> str:

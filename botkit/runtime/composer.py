@@ -87,8 +87,9 @@ class Composer:
                 text_sms=text_sms,
             )
             items.append(OutboxItem(
-                phone, flow_name, None if reply.one_way else step_name, reply.template,
-                rendered.text, int(kind), request.model_dump(mode="json", exclude_none=True),
-                True, version, question=n == last,
+                phone=phone, flow=flow_name, step=None if reply.one_way else step_name,
+                template=reply.template, text=rendered.text, message_type=int(kind),
+                payload=request.model_dump(mode="json", exclude_none=True),
+                flow_version=version, question=n == last,
             ))
         return tuple(items)

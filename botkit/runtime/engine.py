@@ -64,7 +64,7 @@ class StartResult:
     detail: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Outcome:
     """A turn's result before it becomes a Commit."""
 
@@ -147,8 +147,8 @@ class Engine:
 
     async def _handle(self, inbound: Inbound) -> None:
         message = Message(
-            inbound.text, inbound.phone, inbound.time, inbound.token,
-            parse_tracking_id(inbound.tracking_data),
+            text=inbound.text, phone=inbound.phone, time=inbound.time, token=inbound.token,
+            tracking_id=parse_tracking_id(inbound.tracking_data),
         )
         if inbound.attempts > self.max_attempts:
             # ``attempts`` counts restarts that found the message unhandled: a message that
@@ -256,8 +256,9 @@ class Engine:
         ...                          variables={"order": 42})
         """
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
-        reply = Reply(template, dict(variables or {}), delivery, one_way=True, sms=sms)
-        commits = [Commit(None, route="notice", outbox=tuple(
+        reply = Reply(template=template, variables=dict(variables or {}), delivery=delivery,
+                      one_way=True, sms=sms)
+        commits = [Commit(inbound_id=None, route="notice", outbox=tuple(
             replace(item, notice_key=key)
             for item in self.composer.compose([(reply, None)], phone, None)))
             for phone in phones]
@@ -286,10 +287,10 @@ class Engine:
         conv = (await self.store.open_conversations([phone])).get(phone)
         if conv is None or conv.status is not Status.HUMAN:
             return None
-        reply = Reply(AGENT_TEMPLATE, {"text": text})
+        reply = Reply(template=AGENT_TEMPLATE, variables={"text": text})
         outbox = self.composer.compose([(reply, self.flows.get(conv.flow))], phone,
                                        (conv.flow, conv.step), conv.state)
-        await self._commit(Commit(None, route="agent", outbox=outbox, link=conv.id))
+        await self._commit(Commit(inbound_id=None, route="agent", outbox=outbox, link=conv.id))
         return conv
 
     def _plan_start(
@@ -311,8 +312,8 @@ class Engine:
                 detail = f"closed an open {active.flow!r} conversation"
         first = flow.first
         change = self._new(phone, flow, first.name, dict(state or {}), now)
-        reply = Reply(self._prompt_of(first), {})
-        commit = Commit(None, route="start", conversation=change, closes=closes,
+        reply = Reply(template=self._prompt_of(first))
+        commit = Commit(inbound_id=None, route="start", conversation=change, closes=closes,
                         outbox=self.composer.compose([(reply, flow)], phone,
                                                      (flow.name, first.name), change.state,
                                                      question=True),
@@ -340,7 +341,7 @@ class Engine:
             step = flow.steps.get(conv.step) if flow else None
             try:
                 if flow is None or step is None:  # an expiry at a step a deploy removed
-                    commit = Commit(None, route="expire", fire=timer,
+                    commit = Commit(inbound_id=None, route="expire", fire=timer,
                                     closes=((conv, Status.EXPIRED),))
                 else:
                     commit = await self._event_turn(timer, conv, flow, step, now)
@@ -349,7 +350,7 @@ class Engine:
                               conv.id, conv.flow, conv.step)
                 if self.raise_errors:
                     self.failures.append(exc)
-                commit = Commit(None, route=timer.kind, error=repr(exc)[:500], fire=timer)
+                commit = Commit(inbound_id=None, route=timer.kind, error=repr(exc)[:500], fire=timer)
             try:
                 await self._commit(commit)
             except TimerTakenError:
@@ -371,7 +372,8 @@ class Engine:
             "remind": step.remind, "timeout": step.on_timeout, "expire": flow.on_expire,
             "unanswered": step.on_unanswered, "undelivered": step.on_undelivered,
         }.get(timer.kind)
-        message = Message("", conv.phone, int(now), f"timer:{timer.id}", timer.message_id)
+        message = Message(text="", phone=conv.phone, time=int(now), token=f"timer:{timer.id}",
+                          tracking_id=timer.message_id)
         turn = Turn(flows=self.flows, step=step, message=message, state=dict(conv.state),
                     conversation_id=conv.id, retries=conv.retries, event=timer.kind)
         if isinstance(reaction, str):
@@ -389,8 +391,9 @@ class Engine:
         outbox = self.composer.compose(out.replies, conv.phone, asked,
                                        out.change.state if out.change else conv.state,
                                        question=out.question)
-        return Commit(None, "handled", timer.kind, None, out.change, (), outbox,
-                      (flow.name, step.name), out.did, out.reset_timers, out.timers, timer,
+        return Commit(inbound_id=None, route=timer.kind, conversation=out.change, outbox=outbox,
+                      handled_by=(flow.name, step.name), did=out.did,
+                      reset_timers=out.reset_timers, timers=out.timers, fire=timer,
                       link=conv.id)
 
     # -- one turn ---------------------------------------------------------------------------
@@ -404,13 +407,13 @@ class Engine:
                      " a flow with it, declare Flow(..., keywords=[%r])", inbound.id,
                      message.phone, " ".join(message.text.split())[:40])
             variables = {"keywords": self.flows.keywords, "text": message.text}
-            reply = Reply(FALLBACK_TEMPLATE, variables)
-            out = _Outcome(None, [(reply, None)], None)
+            reply = Reply(template=FALLBACK_TEMPLATE, variables=variables)
+            out = _Outcome(change=None, replies=[(reply, None)], step=None)
         elif kind is RouteKind.HUMAN:
             assert conv is not None
             log.info("message %s from %s: conversation %s is with a human; no auto-reply",
                      inbound.id, message.phone, conv.id)
-            out = _Outcome(self._touch(conv, now), [], conv.step)
+            out = _Outcome(change=self._touch(conv, now), replies=[], step=conv.step)
         elif kind is RouteKind.STALE:
             assert conv is not None and step is not None
             out = await self._stale(message, decided, conv, step, now)
@@ -420,10 +423,10 @@ class Engine:
             change = self._new(message.phone, flow, step.name, {}, now)
             replies: list[tuple[Reply, Flow | None]] = []
             if decided.notice:
-                replies.append((Reply(decided.notice, {}), flow))
-            replies.append((Reply(self._prompt_of(step), {}), flow))
-            out = _Outcome(change, replies, step.name, plan_timers(flow, step, now),
-                           question=True)
+                replies.append((Reply(template=decided.notice), flow))
+            replies.append((Reply(template=self._prompt_of(step)), flow))
+            out = _Outcome(change=change, replies=replies, step=step.name,
+                           timers=plan_timers(flow, step, now), question=True)
         else:  # STEP, ENTRY: the handler runs
             assert step is not None
             state = dict(conv.state) if conv else {}
@@ -442,17 +445,19 @@ class Engine:
                                        out.change.state if out.change else None,
                                        question=out.question)
         handled_by = (step.flow, step.name) if step else None
-        return Commit(inbound.id, "handled", kind.value, None, out.change, decided.close,
-                      outbox, handled_by, out.did, out.reset_timers, out.timers)
+        return Commit(inbound_id=inbound.id, route=kind.value, conversation=out.change,
+                      closes=decided.close, outbox=outbox, handled_by=handled_by, did=out.did,
+                      reset_timers=out.reset_timers, timers=out.timers)
 
     async def _stale(
         self, message: Message, decided: Route, conv: Conversation, step: Step, now: float
     ) -> _Outcome:
         flow = self.flows[conv.flow]
         if flow.stale is None:  # the core policy: ask the current question again
-            reply = Reply(self._prompt_of(step), {})
-            return _Outcome(self._touch(conv, now), [(reply, flow)], conv.step,
-                            plan_timers(flow, step, now), did="stale", question=True)
+            reply = Reply(template=self._prompt_of(step))
+            return _Outcome(change=self._touch(conv, now), replies=[(reply, flow)],
+                            step=conv.step, timers=plan_timers(flow, step, now), did="stale",
+                            question=True)
         turn = Turn(flows=self.flows, step=step, message=message, state=dict(conv.state),
                     conversation_id=conv.id, retries=conv.retries, event="stale",
                     answered=decided.answered)
@@ -488,8 +493,8 @@ class Engine:
         unchanged = conv is not None and not reset and turn.state == conv.state
         if unchanged:
             assert conv is not None
-            return _Outcome(None, [(r, flow) for r in turn.replies], conv.step, (), False,
-                            "stay")
+            return _Outcome(change=None, replies=[(r, flow) for r in turn.replies],
+                            step=conv.step, reset_timers=False, did="stay")
         expires = (now + target_flow.timeout.total_seconds()) if reset or conv is None else (
             conv.expires_at)
         change = ConversationChange(
@@ -507,8 +512,8 @@ class Engine:
         did = "gave_up" if turn.gave_up else (t.kind if t else "stay")
         question = t is not None and t.kind in ("ask", "retry", "switch") and (
             status is Status.ACTIVE)
-        return _Outcome(change, [(r, flow) for r in turn.replies], asked, timers, reset, did,
-                        question)
+        return _Outcome(change=change, replies=[(r, flow) for r in turn.replies], step=asked,
+                        timers=timers, reset_timers=reset, did=did, question=question)
 
     def _failure(
         self, inbound: Inbound, message: Message, decided: Route | None, error: str,
@@ -519,14 +524,15 @@ class Engine:
         outbox: tuple[OutboxItem, ...] = ()
         for candidate in dict.fromkeys((template, ERROR_TEMPLATE)):
             try:
-                outbox = self.composer.compose([(Reply(candidate, {}), flow)], message.phone,
+                outbox = self.composer.compose([(Reply(template=candidate), flow)], message.phone,
                                                 None)
                 break
             except Exception:
                 log.exception("error reply %s could not be rendered", candidate)
         outbox = tuple(replace(item, in_conversation=False) for item in outbox)
         kind = decided.kind.value if decided else "abandoned"
-        return Commit(inbound.id, "failed", kind, error[:500], None, (), outbox)
+        return Commit(inbound_id=inbound.id, outcome="failed", route=kind, error=error[:500],
+                      outbox=outbox)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -551,15 +557,17 @@ class Engine:
     def _new(
         self, phone: str, flow: Flow, step: str, state: dict[str, Any], now: float
     ) -> ConversationChange:
-        return ConversationChange(phone, flow.name, step, Status.ACTIVE, state, 0,
-                                  now + flow.timeout.total_seconds(),
+        return ConversationChange(phone=phone, flow=flow.name, step=step, status=Status.ACTIVE,
+                                  state=state, retries=0,
+                                  expires_at=now + flow.timeout.total_seconds(),
                                   flow_version=flow.version_id)
 
     def _touch(self, conv: Conversation, now: float) -> ConversationChange:
         flow = self.flows[conv.flow]
-        return ConversationChange(conv.phone, conv.flow, conv.step, conv.status, conv.state,
-                                  conv.retries, now + flow.timeout.total_seconds(), conv.id,
-                                  conv.version, flow.version_id)
+        return ConversationChange(phone=conv.phone, flow=conv.flow, step=conv.step,
+                                  status=conv.status, state=conv.state, retries=conv.retries,
+                                  expires_at=now + flow.timeout.total_seconds(), id=conv.id,
+                                  expected_version=conv.version, flow_version=flow.version_id)
 
     @staticmethod
     def _prompt_of(step: Step) -> str:

@@ -62,7 +62,7 @@ def _reason(status: int) -> str:
         return f"HTTP {status}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Fault:
     """One scripted answer to a ``/send-viber`` call; build it with the class methods.
 
@@ -92,7 +92,7 @@ class Fault:
         Example: ``Fault.status(401, http=True)``; ``Fault.status(503, body="")`` (no JSON)
         """
         chosen = body if body is not None else error_body(http_status)
-        return cls("status", http_status, chosen, http=http)
+        return cls(kind="status", http_status=http_status, body=chosen, http=http)
 
     @classmethod
     def error_body_200(cls, code: int = 2, body: dict[str, Any] | None = None) -> Fault:
@@ -102,7 +102,7 @@ class Fault:
         """
         if body is None:
             body = error_body(_STATUS_OF_CODE.get(code, 429))
-        return cls("status", 200, body, http=False)
+        return cls(kind="status", http_status=200, body=body, http=False)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -112,7 +112,7 @@ class Fault:
 
         Example: ``Fault.delay(1.5)``
         """
-        return cls("delay", seconds=seconds)
+        return cls(kind="delay", seconds=seconds)
 
     @classmethod
     def reset(cls) -> Fault:
@@ -120,7 +120,7 @@ class Fault:
 
         Example: ``Fault.reset()``
         """
-        return cls("reset")
+        return cls(kind="reset")
 
     def answer(self, request: web.Request, *, http_errors: bool = False) -> web.Response:
         """The response for a ``status`` or ``reset`` fault (a ``delay`` is the caller's job);

@@ -40,7 +40,7 @@ EVENT_HISTORY = 10_000  # events kept for the web chat's history
 _CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SentMessage:
     """A message the fake provider accepted, with everything it received and its statuses.
 
@@ -90,7 +90,7 @@ class CallbackRecord(NamedTuple):
     outcome: int | str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallbackResult:
     """What the bot server answered to a callback: HTTP status and JSON (or text) body.
 
@@ -334,7 +334,8 @@ class FakeProvider:
     def accept(self, request: SendRequest, body: dict[str, Any], headers: dict[str, str]) -> int:
         """Record a valid send, start its life cycle and return its new message id."""
         message_id, self._next_id = self._next_id, self._next_id + 1
-        msg = SentMessage(message_id, request, body, headers, self.clock())
+        msg = SentMessage(message_id=message_id, request=request, body=body, headers=headers,
+                          received_at=self.clock())
         self._mark(msg, MessageStatus.PENDING)
         self.sent.append(msg)
         self._by_id[message_id] = msg
@@ -444,11 +445,12 @@ class FakeProvider:
         try:
             async with self._session.post(url, json=payload, timeout=_CALLBACK_TIMEOUT) as resp:
                 raw = (await resp.read()).decode("utf-8", "replace")
-                result = CallbackResult(url, payload, resp.status, _json_or_text(raw))
+                result = CallbackResult(url=url, payload=payload, status=resp.status,
+                                        data=_json_or_text(raw))
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
             error = f"{type(exc).__name__}: {exc}"
             log.warning("callback to %s failed: %s", url, error)
-            result = CallbackResult(url, payload, None, error=error)
+            result = CallbackResult(url=url, payload=payload, status=None, error=error)
         if result.status is not None and not result.ok:
             log.warning("callback to %s answered HTTP %d", url, result.status)
         outcome = result.status if result.status is not None else str(result.error)

@@ -273,8 +273,10 @@ class SQLiteStore(Store):
         conv = None
         if row["conversation_id"] is not None:
             conv = self._conversation("id = ?", [row["conversation_id"]])
-        change = StatusChange(row["message_id"], row["phone"], row["flow"], row["step"],
-                              row["delivery_status"], status, conv, row["role"] == "question")
+        change = StatusChange(message_id=row["message_id"], phone=row["phone"],
+                              flow=row["flow"], step=row["step"], old=row["delivery_status"],
+                              new=status, conversation=conv,
+                              question=row["role"] == "question")
         if conv is not None and changed:
             self._add_timers(conv.id, conv.phone, rules.timers_for(change), at)
         return change
@@ -303,8 +305,9 @@ class SQLiteStore(Store):
                 " FROM inbound WHERE status = 'pending' ORDER BY id"
             )
             return [
-                Inbound(r["id"], r["message_token"], r["phone"], r["time"], r["text"],
-                        r["tracking_data"], r["attempts"])
+                Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
+                        text=r["text"], tracking_data=r["tracking_data"],
+                        attempts=r["attempts"])
                 for r in rows
             ]
 
@@ -465,7 +468,9 @@ class SQLiteStore(Store):
                 )
                 outbox_ids.append(int(cursor.lastrowid or 0))
                 if claim:
-                    claimed.append(Outgoing(outbox_ids[-1], item.phone, item.payload, 1, row_conv))
+                    claimed.append(Outgoing(id=outbox_ids[-1], phone=item.phone,
+                                            payload=item.payload, attempts=1,
+                                            conversation_id=row_conv))
             if change.inbound_id is not None:
                 flow, step = change.handled_by or (None, None)
                 cursor = db.execute(
@@ -616,8 +621,8 @@ class SQLiteStore(Store):
                     [claimer, time.time(), *[r["id"] for r in rows]],
                 )
             return [
-                Outgoing(r["id"], r["phone"], json.loads(r["payload"]), r["attempts"] + 1,
-                         r["conversation_id"])
+                Outgoing(id=r["id"], phone=r["phone"], payload=json.loads(r["payload"]),
+                         attempts=r["attempts"] + 1, conversation_id=r["conversation_id"])
                 for r in rows
             ]
 

@@ -53,7 +53,7 @@ _BY_STATUS: dict[int, type[ProviderError]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How often and how patiently the client retries a retryable failure.
 

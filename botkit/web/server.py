@@ -356,8 +356,8 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
     if rt.on_inbound is not None:
         rt.on_inbound(reply)
     rt.dispatcher.submit(Inbound(
-        inbound_id, reply.message_token, phone, reply.time, reply.message.text,
-        reply.message.tracking_data, context=context,
+        id=inbound_id, token=reply.message_token, phone=phone, time=reply.time,
+        text=reply.message.text, tracking_data=reply.message.tracking_data, context=context,
     ))
     return web.Response(body=OK, content_type="application/json")
 
