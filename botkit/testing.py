@@ -343,10 +343,10 @@ class Chat:
         return dict(conv.state) if conv else {}
 
     def _load(self, conv_id: int) -> Conversation:
-        from botkit.storage.sqlite import _conversation
+        from botkit.storage.rows import conversation_from_row
 
         row = next(self.harness.db().query("SELECT * FROM conversations WHERE id = ?", [conv_id]))
-        return _conversation(row)
+        return conversation_from_row(row)
 
     def unread(self) -> list[BotMessage]:
         """The bot's messages since the last ``start``, ``send`` or ``unread`` (e.g. a

@@ -16,7 +16,7 @@ from botkit.errors import ProviderError
 from botkit.runtime.api import ProviderAPI
 from botkit.runtime.engine import Engine
 from botkit.runtime.periodic import Periodic
-from botkit.storage.base import Store
+from botkit.storage.base import StatusStore
 
 __all__ = ["StatusPoller"]
 
@@ -34,7 +34,7 @@ class StatusPoller(Periodic):
 
     def __init__(
         self,
-        store: Store,
+        store: StatusStore,
         client: ProviderAPI,
         engine: Engine,
         *,

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from botkit.core.lifecycle import latest_per_conversation
 from botkit.runtime.dispatch import Dispatcher
 from botkit.runtime.periodic import Periodic
-from botkit.storage.base import Store
+from botkit.storage.base import TimerStore
 
 __all__ = ["Sweeper"]
 
@@ -33,7 +33,7 @@ class Sweeper(Periodic):
 
     def __init__(
         self,
-        store: Store,
+        store: TimerStore,
         dispatcher: Dispatcher,
         *,
         clock: Callable[[], float] = time.time,

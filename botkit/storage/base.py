@@ -1,8 +1,10 @@
-"""The store interface: everything botkit keeps, behind one small async API.
+"""The store's interfaces: everything botkit keeps, in six roles, behind one small async API.
 
-Flows, routing and the engine only see this module's ABC and records. ``SQLiteStore``
-(``sqlite_store.py``) implements it; a PostgreSQL store for several server processes would
-implement the same methods and nothing else would change.
+``Admin``, ``TurnStore``, ``OutboxStore``, ``TimerStore``, ``StatusStore`` and
+``ReportStore`` each hold one concern; ``Store`` is all of them. The runtime only sees these
+ABCs and the records of ``core.records``. ``storage.sqlite.SQLiteStore`` implements them, a
+module per role; a second engine (PostgreSQL) implements the same methods, reusing
+``storage.rows`` for what every engine writes the same way, and nothing else changes.
 
 Durability contract every implementation keeps:
 - ``record_inbound`` has committed before the server answers 2xx, and it refuses a
@@ -39,11 +41,12 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply, StatusUpdate
 
-__all__ = ["Store"]
+__all__ = ["Admin", "OutboxStore", "ReportStore", "StatusStore", "Store", "TimerStore",
+           "TurnStore"]
 
 
-class Store(ABC):
-    """Where conversations, messages in and out, and seen callback tokens are kept."""
+class Admin(ABC):
+    """Opening and closing, and the small settings every process shares."""
 
     @abstractmethod
     async def open(self) -> None:
@@ -65,6 +68,10 @@ class Store(ABC):
     async def set_meta(self, key: str, value: str) -> None:
         """Store a small operator setting, visible to every process on the store."""
 
+
+class TurnStore(ABC):
+    """The hot path: a user's message stored, its routing read, a turn committed."""
+
     @abstractmethod
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
         """Store a user's message; None if its token was seen before."""
@@ -74,20 +81,6 @@ class Store(ABC):
         self, reply: InboundReply, now: float
     ) -> tuple[int | None, RoutingContext | None]:
         """``record_inbound``, and in the same call the message's ``routing_context``."""
-
-    @abstractmethod
-    async def record_status(
-        self,
-        update: StatusUpdate,
-        now: float,
-        rules: DeliveryRules,
-    ) -> StatusChange | None:
-        """Store a delivery status; returns what it changed, or None if no message matched.
-
-        ``rules`` say whether the status moves the message on and which timers the change
-        starts; they are created in the same transaction (e.g. "undelivered" at once,
-        "unanswered" later).
-        """
 
     @abstractmethod
     async def pending_inbound(self) -> list[Inbound]:
@@ -109,15 +102,23 @@ class Store(ABC):
         rows claimed for ``change.claim_for``."""
 
     @abstractmethod
-    async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
-        """The open conversations of ``phones``, by phone (those with none are left out)."""
-
-    @abstractmethod
     async def commit_many(
         self, changes: list[Commit], now: float
     ) -> list[Committed | ConcurrentUpdateError]:
         """``commit`` each change atomically on its own, in one call; a change that conflicts
         gives its ConcurrentUpdateError in its place instead of raising."""
+
+    @abstractmethod
+    async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
+        """The open conversations of ``phones``, by phone (those with none are left out)."""
+
+    @abstractmethod
+    async def conversation(self, conversation_id: int) -> Conversation | None:
+        """One conversation by id."""
+
+
+class OutboxStore(ABC):
+    """The outbox queue: claims, sends recorded, retries, what a crash left."""
 
     @abstractmethod
     async def claim_outbox(self, limit: int, now: float, claimer: str = "") -> list[Outgoing]:
@@ -178,9 +179,9 @@ class Store(ABC):
         """Queue ``uncertain`` messages (of ``flow``, of ``template``) again, on the
         operator's word."""
 
-    @abstractmethod
-    async def conversation(self, conversation_id: int) -> Conversation | None:
-        """One conversation by id."""
+
+class TimerStore(ABC):
+    """Durable timers: the due ones, and the ones that no longer apply."""
 
     @abstractmethod
     async def due_timers(self, now: float, limit: int) -> list[Timer]:
@@ -190,6 +191,24 @@ class Store(ABC):
     async def skip_timer(self, timer_id: int, reason: str, now: float) -> bool:
         """Mark a pending timer skipped (it no longer applies); False if it was not pending."""
 
+
+class StatusStore(ABC):
+    """Delivery statuses: kept as they come, and the messages to poll."""
+
+    @abstractmethod
+    async def record_status(
+        self,
+        update: StatusUpdate,
+        now: float,
+        rules: DeliveryRules,
+    ) -> StatusChange | None:
+        """Store a delivery status; returns what it changed, or None if no message matched.
+
+        ``rules`` say whether the status moves the message on and which timers the change
+        starts; they are created in the same transaction (e.g. "undelivered" at once,
+        "unanswered" later).
+        """
+
     @abstractmethod
     async def unconfirmed(self, sent_before: float, sent_after: float,
                           limit: int) -> list[tuple[int, int]]:
@@ -198,6 +217,10 @@ class Store(ABC):
     @abstractmethod
     async def mark_polled(self, outbox_ids: Iterable[int], now: float) -> None:
         """Record that these messages' statuses were just asked for."""
+
+
+class ReportStore(ABC):
+    """What the command line (and later the console) reads, and the operator's release of a conversation with a human."""
 
     @abstractmethod
     async def versions(self) -> list[dict[str, Any]]:
@@ -224,3 +247,11 @@ class Store(ABC):
     @abstractmethod
     async def release(self, phone: str, now: float) -> Conversation | None:
         """Close the phone's conversation with a human agent; returns it, or None."""
+
+
+class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore):
+    """Everything botkit keeps: all the roles, as one engine (``SQLiteStore``) implements them.
+
+    A part of the runtime asks for the role it uses (the sender an ``OutboxStore``, the
+    sweeper a ``TimerStore``), so a second engine can be built and tested one role at a time.
+    """

@@ -1,0 +1,71 @@
+"""What every storage engine writes and reads the same way: an outbox row's values, a
+conversation from its row, a history line. No SQL dialect here."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from botkit.core.conversation import Conversation, Status
+from botkit.core.records import Commit, OutboxItem
+from botkit.models import MessageType, sms_status_label, status_label
+
+__all__ = ["OUTBOUND_COLUMNS", "batch_of_starts", "conversation_from_row", "history_detail",
+           "outbound_row"]
+
+OUTBOUND_COLUMNS = (
+    "conversation_id", "phone", "flow", "flow_version", "step", "template", "text",
+    "message_type", "payload", "ttl", "role", "inbound_id", "created_at", "status", "attempts",
+    "claimed_by", "claimed_at", "notice_key",
+)
+
+def outbound_row(
+    item: OutboxItem, conv_id: int | None, inbound_id: int | None, now: float,
+    claim: str | None,
+) -> list[Any]:
+    """An outbox row's values, in ``OUTBOUND_COLUMNS`` order; ``claim``: inserted claimed."""
+    return [conv_id, item.phone, item.flow, item.flow_version, item.step, item.template,
+            item.text, item.message_type, json.dumps(item.payload),
+            item.payload.get("validity_period"), "question" if item.question else None,
+            inbound_id, now, "sending" if claim else "queued", 1 if claim else 0, claim,
+            time.time() if claim else None, item.notice_key]
+
+
+def batch_of_starts(change: Commit) -> bool:
+    """Only creates a conversation with its messages and timers (how a campaign starts)."""
+    conv = change.conversation
+    return (conv is not None and conv.id is None and conv.status is Status.ACTIVE
+            and change.inbound_id is None and change.fire is None and not change.closes
+            and change.link is None and change.claim_for is None
+            and all(item.in_conversation for item in change.outbox))
+
+
+
+def conversation_from_row(row: dict[str, Any]) -> Conversation:
+    return Conversation(
+        id=row["id"], phone=row["phone"], flow=row["flow"], step=row["step"],
+        status=Status(row["status"]), state=json.loads(row["state"]), retries=row["retries"],
+        version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def history_detail(row: dict[str, Any]) -> str:
+    """One line on a message of ``history``: how it was handled, or how far it got."""
+    if row["direction"] == "in":
+        return str(row["detail"])
+    parts = [row["detail"]]
+    if row["message_id"] is not None:
+        parts.append(f"message {row['message_id']}")
+    if row["message_type"] in (MessageType.TEXT, MessageType.RICH):
+        parts.append(f"one-way {row['message_type']}")
+    if row["delivery_status"] is not None:
+        parts.append(f"delivery {status_label(row['delivery_status'])}")
+    if row["sms_message_id"] is not None or row["sms_message_status"] is not None:
+        sms = f"SMS {row['sms_message_id']}" if row["sms_message_id"] is not None else "SMS"
+        parts.append(f"{sms} {sms_status_label(row['sms_message_status'])}")
+    if row["step"] is not None:
+        parts.append(f"asks {row['step']}")
+    text = ", ".join(parts)
+    return f"{text}: {row['error']}" if row["error"] else text

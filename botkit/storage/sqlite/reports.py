@@ -1,0 +1,121 @@
+"""The SQLite store's reports: what the command line (and later the console) reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botkit.core.conversation import Conversation
+from botkit.core.records import (
+    LogEntry,
+)
+from botkit.storage.rows import conversation_from_row, history_detail
+from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, Connection
+
+__all__ = ["Reports"]
+
+
+class Reports(Connection):
+    """``ReportStore`` on SQLite."""
+
+    async def conversations(
+        self, *, phone: str | None = None, flow: str | None = None, limit: int = 100
+    ) -> list[Conversation]:
+        return await self._run(self._conversations, phone, flow, limit)
+
+    def _conversations(self, phone: str | None, flow: str | None, limit: int) -> list[Conversation]:
+        where, params = ["1 = 1"], []
+        for column, value in (("phone", phone), ("flow", flow)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self._rows(
+            f"SELECT * FROM conversations WHERE {' AND '.join(where)}"
+            " ORDER BY updated_at DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [conversation_from_row(r) for r in rows]
+
+    async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:
+        return await self._run(self._history, phone, limit)
+
+    def _history(self, phone: str, limit: int) -> list[LogEntry]:
+        rows = self._rows(
+            "SELECT * FROM ("
+            "  SELECT 'in' AS direction, received_at AS at, text, id,"
+            "    status || coalesce(' (' || route || ')', '') AS detail, NULL AS message_id,"
+            "    NULL AS message_type, NULL AS delivery_status, NULL AS sms_message_id,"
+            "    NULL AS sms_message_status, NULL AS step, NULL AS error"
+            "  FROM inbound WHERE phone = :phone"
+            "  UNION ALL"
+            "  SELECT 'out', created_at, text, id, status, message_id, message_type,"
+            "    delivery_status, sms_message_id, sms_message_status, step, error"
+            "  FROM outbound WHERE phone = :phone"
+            "  ORDER BY at DESC, id DESC LIMIT :limit"
+            ") ORDER BY at, id",
+            {"phone": phone, "limit": limit},
+        )
+        return [LogEntry(r["direction"], r["at"], r["text"], history_detail(r)) for r in rows]
+
+
+    async def versions(self) -> list[dict[str, Any]]:
+        return await self._run(self._versions)
+
+    def _versions(self) -> list[dict[str, Any]]:
+        return list(self._rows(
+            "SELECT flow, coalesce(flow_version, '?') AS version,"
+            " sum(status IN ('active', 'human')) AS open, count(*) AS total"
+            " FROM conversations GROUP BY flow, flow_version ORDER BY flow, open DESC"
+        ))
+
+    async def funnel(self, flow: str) -> dict[str, Any]:
+        return await self._run(self._funnel, flow)
+
+    def _funnel(self, flow: str) -> dict[str, Any]:
+        """Per step: sent, delivered, answered, re-asked, timed out, dropped, answer delays."""
+        steps: dict[str, dict[str, Any]] = {}
+
+        counts = (  # (column of the report, table, which rows)
+            ("sent", "outbound", "status = 'sent'"),
+            ("delivered", "outbound", "delivery_status = 1"),
+            ("answered", "inbound", "route = 'step'"),
+            ("reasked", "inbound", "outcome = 'retry'"),
+            ("timed_out", "timers", "kind = 'timeout' AND status = 'fired'"),
+            ("dropped", "conversations", "status NOT IN ('active', 'human', 'done')"),
+        )
+        for key, table, where in counts:
+            for r in self._rows(f"SELECT step, count(*) AS n FROM {table}"
+                                f" WHERE flow = ? AND {where} GROUP BY step", [flow]):
+                if r["step"] is not None:
+                    steps.setdefault(r["step"], {})[key] = r["n"]
+        # Time to answer: from the send of the question answered to the answer's arrival.
+        for r in self._rows(
+            "SELECT i.step, i.received_at - o.sent_at AS delay FROM inbound AS i"
+            " JOIN outbound AS o ON o.message_id = CAST(substr(i.tracking_data, 13) AS INTEGER)"
+            " AND o.phone = i.phone"
+            " WHERE i.flow = ? AND i.route = 'step' AND i.tracking_data LIKE 'tracking_id:%'"
+            " AND o.sent_at IS NOT NULL AND o.step = i.step",
+            [flow],
+        ):
+            steps.setdefault(r["step"], {}).setdefault("delays", []).append(r["delay"])
+        totals = self._one(
+            "SELECT count(*) AS started, sum(status = 'done') AS done FROM conversations"
+            " WHERE flow = ?", [flow],
+        ) or {}
+        return {"steps": steps, "started": totals.get("started") or 0,
+                "completed": totals.get("done") or 0}
+
+    async def health(self) -> dict[str, Any]:
+        return await self._run(self._health)
+
+    def _health(self) -> dict[str, Any]:
+        # Each count reads a partial index (queue, failures, pending), never every message.
+        outbox = dict.fromkeys(("queued", "sending", "failed", "uncertain"), 0)
+        for row in self._rows(f"SELECT status, count(*) AS n FROM outbound WHERE {_QUEUE}"
+                              " GROUP BY status"):
+            outbox[row["status"]] = row["n"]
+        for row in self._rows("SELECT status, count(*) AS n FROM outbound"
+                              f" WHERE {_ATTENTION} GROUP BY status"):
+            outbox[row["status"]] = row["n"]
+        pending = self._one("SELECT count(*) AS n FROM inbound WHERE status = 'pending'")
+        return {"outbox": outbox, "inbound_pending": pending["n"] if pending else 0}
+
