@@ -31,10 +31,11 @@ from botkit.config import Settings
 from botkit.core.conversation import Conversation
 from botkit.core.flows import Flow
 from botkit.models import MessageType, normalize_phone
+from botkit.runtime.assembly import Bot
 from botkit.sandbox import FakeProvider, create_provider_app
 from botkit.sandbox.faults import Faults
 from botkit.web.client import RetryPolicy
-from botkit.web.server import RUNTIME, Runtime, create_app
+from botkit.web.server import RUNTIME, create_app
 
 __all__ = ["BotMessage", "Chat", "Clock", "Harness", "bot_harness"]
 
@@ -154,10 +155,11 @@ class Harness:
         return self.provider.faults
 
     @property
-    def runtime(self) -> Runtime:
-        """The running app's parts (store, engine, sender...)."""
-        assert self._bot_server is not None
-        return self._bot_server.app[RUNTIME]
+    def runtime(self) -> Bot:
+        """The running bot's parts (store, engine, sender...), as ``assemble`` built them."""
+        if self._bot_server is None:
+            raise RuntimeError("the harness is stopped: start() it first")
+        return self._bot_server.app[RUNTIME].bot
 
     @property
     def url(self) -> str:
@@ -213,11 +215,11 @@ class Harness:
         deadline = time.monotonic() + self.timeout
         while True:
             rt = self.runtime
-            if rt.engine is not None and rt.engine.failures:
+            if rt.engine.failures:
                 raise rt.engine.failures.pop(0)  # a handler failed: show it in the test
             health = await rt.store.health()
-            busy = rt.dispatcher.busy if rt.dispatcher else 0
-            inflight = rt.sender.status()["in_flight"] if rt.sender else 0
+            busy = rt.dispatcher.busy
+            inflight = rt.sender.status()["in_flight"]
             queued = health["outbox"]["queued"] + health["outbox"]["sending"]
             if not busy and not inflight and not queued and not health["inbound_pending"]:
                 return
@@ -244,13 +246,11 @@ class Harness:
 
     async def sweep(self) -> None:
         """Fire the timers due by the bot's clock (after ``clock.advance(...)``) and settle."""
-        assert self.runtime.sweeper is not None
         await self.runtime.sweeper.sweep_once()
         await self.settle()
 
     async def poll_statuses(self) -> None:
         """Ask the provider for the statuses that never arrived, as the poller does."""
-        assert self.runtime.poller is not None
         await self.runtime.poller.poll_once()
         await self.settle()
 
@@ -260,13 +260,11 @@ class Harness:
 
         Example: ``await harness.notify("380501112233", "support/order_shipped.txt", order=1)``
         """
-        assert self.runtime.engine is not None
         await self.runtime.engine.notify_many([phone], template, sms=sms, variables=variables)
         await self.settle()
 
     async def start_flow(self, flow: str, phone: str) -> None:
         """Begin a conversation proactively (as ``run.py start`` does) and wait for the send."""
-        assert self.runtime.engine is not None
         await self.runtime.engine.start(flow, phone)
         await self.settle()
 

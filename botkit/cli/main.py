@@ -276,7 +276,6 @@ def _campaign(
     """Begin ``begin(engine)`` for the phones of ``args`` in batches and send what it queued
     (``run.py start`` and ``run.py notify``). ``uncertain`` selects the messages that
     ``--resend-uncertain`` queues again (``flow=`` or ``template=``)."""
-    from botkit.runtime.engine import Engine
     from botkit.web.server import callback_secret, callback_url, renderer_for
 
     logging.basicConfig(level=logging.WARNING,
@@ -296,36 +295,34 @@ def _campaign(
         return 2
 
     async def job(store: Any) -> int:
-        from botkit.core.lifecycle import DeliveryRules
+        from botkit.runtime.assembly import assemble
         from botkit.runtime.campaign import Campaign, Progress
-        from botkit.runtime.sender import Sender
         from botkit.web.server import provider_client, provider_url
 
         secret = await callback_secret(settings, store)
         if args.resend_uncertain:
             again = await store.resend_uncertain(**uncertain)
             print(f"{label}: {again} uncertain messages queued again", file=sys.stderr)
+        problem = await _unreachable(provider_url(settings))
+        if problem:
+            print(f"{problem}: the messages are queued; the server sends them when it runs",
+                  file=sys.stderr)
         client = provider_client(settings)
-        rate = settings.send_rate if args.rate is None else args.rate
-        concurrency = settings.send_concurrency if args.concurrency is None else args.concurrency
         # Statuses reach the server; one that beats this process's record of its send is
-        # applied when the send is recorded, with the timers the server would plan.
-        sender = Sender(store, client, rules=DeliveryRules(flows, time.time),
-                        concurrency=concurrency, rate=rate, hold_abandoned=True)
-        engine = Engine(store, flows, renderer_for(settings, args.templates),
-                        sender=settings.sender, callback_url=callback_url(settings, secret))
+        # applied when the send is recorded, by the same rules the server's sender has.
+        bot = assemble(settings=settings, flows=flows, store=store, client=client,
+                       renderer=renderer_for(settings, args.templates), clock=time.time,
+                       secret=secret, callback_url=callback_url(settings, secret),
+                       send=problem is None, concurrency=args.concurrency, rate=args.rate,
+                       hold_abandoned=True)
         tty = sys.stderr.isatty()
 
         def report(progress: Progress) -> None:
             print(("\r" if tty else "") + f"{label}: {progress.line()}", file=sys.stderr,
                   end="" if tty else "\n", flush=True)
 
-        problem = await _unreachable(provider_url(settings))
-        if problem:
-            print(f"{problem}: the messages are queued; the server sends them when it runs",
-                  file=sys.stderr)
-        campaign = Campaign(store, engine, sender, begin(engine), phones, report=report,
-                            send=problem is None, done_as=done_as)
+        campaign = Campaign(store, bot.engine, bot.sender, begin(bot.engine), phones,
+                            report=report, send=problem is None, done_as=done_as)
         # Ctrl-C or SIGTERM: the sends in flight finish and are recorded, then it stops.
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         assert task is not None

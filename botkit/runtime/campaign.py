@@ -113,9 +113,9 @@ class Campaign:
         """
         sending = None
         if self.send:
-            # Told of each batch committed. The sender claims messages only when a send can
-            # start at once, so few are "in flight" if the process is killed.
-            self.engine.outlet = self.sender
+            # The engine tells the sender of each batch committed (it is the engine's outlet,
+            # see runtime.assembly). The sender claims messages only when a send can start at
+            # once, so few are "in flight" if the process is killed.
             sending = asyncio.create_task(self.sender.run(), name="campaign-sender")
         reporting = asyncio.create_task(self._report_every(), name="campaign-progress")
         try:

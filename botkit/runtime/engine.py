@@ -124,6 +124,7 @@ class Engine:
         outlet: Outlet | None = None,
         max_attempts: int = 3,
         raise_errors: bool = False,
+        rules: DeliveryRules | None = None,
     ) -> None:
         self.store = store
         self.flows = flows
@@ -134,7 +135,7 @@ class Engine:
         self.raise_errors = raise_errors
         self.failures: list[Exception] = []
         self.counts: Counter[str] = Counter()  # messages by route, for the activity log
-        self.rules = DeliveryRules(flows, clock)  # what a status does to its message
+        self.rules = rules or DeliveryRules(flows, clock)  # what a status does to its message
 
     async def handle(self, item: Inbound | Timer) -> None:
         """Handle one stored message or due timer; never raises for a bot's fault."""

@@ -14,19 +14,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import jinja2
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
-from botkit.config import Settings
-from botkit.core.flows import FlowSet
 from botkit.errors import BotkitError
 from botkit.phones import PhoneError, read_phone
-from botkit.runtime.engine import Engine
+from botkit.runtime.assembly import Bot
 from botkit.sandbox.provider import FakeProvider
-from botkit.storage.base import Store
 
 __all__ = ["add_chat_routes"]
 
@@ -36,23 +33,6 @@ log = logging.getLogger("botkit.sandbox")
 
 HERE = Path(__file__).parent
 CHAT_PROVIDER = web.AppKey("botkit.sandbox.chat_provider", FakeProvider)
-
-
-class Bot(Protocol):
-    """What the chat needs of the running bot (the server's parts, once it started)."""
-
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def flows(self) -> FlowSet: ...
-    @property
-    def store(self) -> Store: ...
-    @property
-    def callback_url(self) -> str: ...
-    @property
-    def clock(self) -> Callable[[], float]: ...
-    @property
-    def engine(self) -> Engine | None: ...
 
 
 @dataclass(frozen=True)
@@ -196,7 +176,6 @@ async def _start(request: web.Request) -> web.Response:
     if body.flow not in rt.flows:
         return web.json_response({"error": f"no flow is named {body.flow!r}", "field": "flow"},
                                  status=400)
-    assert rt.engine is not None
     result = await rt.engine.start(body.flow, body.phone)  # wakes the sender itself
     return web.json_response({"outcome": result.outcome, "detail": result.detail})
 
@@ -219,7 +198,6 @@ async def _agent(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         return body
     rt = request.app[RUNNING].bot()
-    assert rt.engine is not None
     try:
         conv = await rt.engine.say_as_agent(body.phone, body.text)
     except BotkitError as exc:  # the text breaks a provider limit

@@ -18,9 +18,8 @@ import secrets
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +28,18 @@ from pydantic import ValidationError
 
 from botkit.config import Settings
 from botkit.core.flows import Flow, FlowSet
-from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Inbound
 from botkit.errors import ConfigError
 from botkit.models import InboundReply, StatusUpdate, is_reply
 from botkit.runtime import crashpoints
-from botkit.runtime.activity import Activity
-from botkit.runtime.dispatch import Dispatcher
-from botkit.runtime.engine import Engine
-from botkit.runtime.poller import StatusPoller
-from botkit.runtime.sender import Sender
-from botkit.runtime.sweeper import Sweeper
+from botkit.runtime.assembly import Bot, assemble
 from botkit.runtime.templates import Renderer
 from botkit.storage.base import Store
 from botkit.storage.sqlite import SQLiteStore
 from botkit.web.client import ProviderClient, RetryPolicy
 from botkit.web.guard import GUARD, SlowClientGuard
 
-__all__ = ["MAX_BODY", "RUNTIME", "Runtime", "callback_secret", "callback_url", "create_app",
+__all__ = ["MAX_BODY", "RUNTIME", "Running", "callback_secret", "callback_url", "create_app",
            "listen", "provider_client", "provider_url", "renderer_for", "serve"]
 
 log = logging.getLogger("botkit.server")
@@ -56,31 +49,46 @@ SANDBOX_PREFIX = "/sandbox/api"
 OK = b'{"ok": true}'  # the answer to a stored reply, encoded once
 
 
-@dataclass
-class Runtime:
-    """The parts of a running app, filled in at startup (tests may read them)."""
+@dataclass(frozen=True, kw_only=True)
+class _Setup:
+    """What ``create_app`` was given: the bot is assembled from it when the app starts."""
 
     settings: Settings
     flows: FlowSet
     renderer: Renderer
     clock: Callable[[], float]
     store: Store
-    session: ClientSession | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    raise_errors: bool = False
-    on_inbound: Callable[[InboundReply], None] | None = None  # told of each stored reply
-    secret: str = ""
-    callback_url: str = ""
-    client: ProviderClient | None = None
-    engine: Engine | None = None
-    sender: Sender | None = None
-    dispatcher: Dispatcher | None = None
-    sweeper: Sweeper | None = None
-    poller: StatusPoller | None = None
-    activity: Activity | None = None
+    session: ClientSession | None
+    retry: RetryPolicy
+    raise_errors: bool
+    on_inbound: Callable[[InboundReply], None] | None  # told of each stored reply
 
 
-RUNTIME = web.AppKey("botkit_runtime", Runtime)
+class Running:
+    """The app's bot once it has started: ``app[RUNTIME].bot`` (tests read its parts)."""
+
+    def __init__(self) -> None:
+        self._bot: Bot | None = None
+
+    def start(self, bot: Bot) -> None:
+        """The app started with ``bot``."""
+        self._bot = bot
+
+    def stop(self) -> None:
+        """The app stopped: its bot is gone."""
+        self._bot = None
+
+    @property
+    def bot(self) -> Bot:
+        """The running bot; a RuntimeError before the app started (or after it stopped)."""
+        if self._bot is None:
+            raise RuntimeError("the app is not running: serve it (run.py serve), or start it"
+                               " in a test client first")
+        return self._bot
+
+
+SETUP = web.AppKey("botkit_setup", _Setup)
+RUNTIME = web.AppKey("botkit_runtime", Running)
 
 
 def create_app(
@@ -115,20 +123,21 @@ def create_app(
         # Ids and tokens from the clock, so a restarted sandbox never reuses one.
         now_ms = int(time.time() * 1000)
         provider = FakeProvider(first_id=now_ms, first_token=now_ms * 10)
-    app[RUNTIME] = Runtime(
+    app[SETUP] = _Setup(
         settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
         store=store or SQLiteStore(settings.db), session=session,
         retry=retry or RetryPolicy(), raise_errors=raise_errors,
         # The chat shows a user's message that reached the bot some other way (curl).
         on_inbound=provider.observe_reply if provider is not None else None,
     )
+    running = app[RUNTIME] = Running()
     app.router.add_post("/viber/callback/{secret}", _callback)
     app.router.add_get("/healthz", _healthz)
     if static is not None and Path(static).is_dir():
         app.router.add_static("/static", static)  # images and pages that 208s link to
     if provider is not None:
         app.add_subapp(SANDBOX_PREFIX, create_provider_app(provider))
-        add_chat_routes(app, provider, lambda: app[RUNTIME])
+        add_chat_routes(app, provider, lambda: running.bot)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -183,9 +192,9 @@ async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout: fl
         assert runner.server is not None
         watch = asyncio.create_task(app[GUARD].watch(runner.server), name="botkit-guard")
         # Printed once for the operator (not logged): the URL to give the provider.
-        print(f"provider callbacks go to {app[RUNTIME].callback_url}", flush=True)
+        print(f"provider callbacks go to {app[RUNTIME].bot.callback_url}", flush=True)
         await stop.wait()
-        rt = app[RUNTIME]
+        rt = app[RUNTIME].bot
         log.info("stopping: %s (Ctrl+C again to stop at once)", _in_progress(rt) or "nothing"
                  " in progress")
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal: stop now
@@ -197,20 +206,18 @@ async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout: fl
         await runner.cleanup()
 
 
-def _in_progress(rt: Runtime) -> str:
+def _in_progress(rt: Bot) -> str:
     """What a graceful stop waits for, in words ("" when nothing)."""
-    turns = rt.dispatcher.busy if rt.dispatcher else 0
-    sends = rt.sender.status()["in_flight"] if rt.sender else 0
+    turns, sends = rt.dispatcher.busy, rt.sender.status()["in_flight"]
     parts = [f"{n} {what}" for n, what in ((turns, "messages being handled"),
                                            (sends, "sends in flight")) if n]
     return "finishing " + " and ".join(parts) if parts else ""
 
 
-def _stop_now(rt: Runtime) -> None:
+def _stop_now(rt: Bot) -> None:
     """The second Ctrl+C: exit at once. Everything accepted is already committed, so this is
     a crash botkit recovers from at the next start (docs/design.md, "Durability")."""
-    sends = rt.sender.status()["in_flight"] if rt.sender else 0
-    turns = rt.dispatcher.busy if rt.dispatcher else 0
+    turns, sends = rt.dispatcher.busy, rt.sender.status()["in_flight"]
     log.warning("stopping at once: %d sends in flight may reach their users twice, and %d"
                 " messages being handled are handled at the next start", sends, turns)
     logging.shutdown()
@@ -250,60 +257,52 @@ def provider_client(settings: Settings, **options: Any) -> ProviderClient:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    rt = app[RUNTIME]
-    settings = rt.settings
+    setup, running = app[SETUP], app[RUNTIME]
+    settings, store = setup.settings, setup.store
     crashpoints.arm(settings.crash_at)
-    await rt.store.open()
-    rt.secret = await callback_secret(settings, rt.store)
-    rt.callback_url = callback_url(settings, rt.secret)
+    await store.open()
+    secret = await callback_secret(settings, store)
     if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
         log.warning("listening on %s without BOTKIT_PUBLIC_URL: the provider is told to post"
                     " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
                     settings.host, settings.public_base)
-    rt.client = provider_client(settings, session=rt.session, retry=rt.retry)
-    rt.sender = Sender(rt.store, rt.client, rules=DeliveryRules(rt.flows, rt.clock), clock=rt.clock,
-                       rate=settings.send_rate, concurrency=settings.send_concurrency)
-    rt.engine = Engine(
-        rt.store, rt.flows, rt.renderer, sender=settings.sender, callback_url=rt.callback_url,
-        clock=rt.clock, outlet=rt.sender, raise_errors=rt.raise_errors,
-    )
-    rt.dispatcher = Dispatcher(rt.engine.handle)
-    pending = await rt.store.pending_inbound()
+    client = provider_client(settings, session=setup.session, retry=setup.retry)
+    bot = assemble(settings=settings, flows=setup.flows, store=store, client=client,
+                   renderer=setup.renderer, clock=setup.clock, secret=secret,
+                   callback_url=callback_url(settings, secret),
+                   raise_errors=setup.raise_errors)
+    running.start(bot)
+    pending = await store.pending_inbound()
     if pending:
         log.warning("resuming %d messages accepted before the last stop", len(pending))
     for inbound in pending:
-        rt.dispatcher.submit(inbound)
-    rt.sweeper = Sweeper(rt.store, rt.dispatcher, clock=rt.clock)
-    rt.poller = StatusPoller(rt.store, rt.client, rt.engine, clock=rt.clock,
-                             after=settings.status_poll_after)
-    engine, sender = rt.engine, rt.sender
-    rt.activity = Activity(lambda: engine.counts + Counter(sent=sender.sent,
-                                                           failed_sends=sender.failed))
-    tasks = [asyncio.create_task(rt.sender.run(), name="botkit-sender"),
-             asyncio.create_task(rt.sweeper.run(), name="botkit-sweeper"),
-             asyncio.create_task(rt.poller.run(), name="botkit-poller"),
-             asyncio.create_task(rt.activity.run(), name="botkit-activity")]
-    masked = callback_url(settings, rt.secret[:4] + "...")  # the log never holds the secret
-    log.info("serving flows %s; provider callbacks go to %s", ", ".join(rt.flows) or "(none)",
+        bot.dispatcher.submit(inbound)
+    tasks = [asyncio.create_task(bot.sender.run(), name="botkit-sender"),
+             asyncio.create_task(bot.sweeper.run(), name="botkit-sweeper"),
+             asyncio.create_task(bot.poller.run(), name="botkit-poller"),
+             asyncio.create_task(bot.activity.run(), name="botkit-activity")]
+    masked = callback_url(settings, secret[:4] + "...")  # the log never holds the secret
+    log.info("serving flows %s; provider callbacks go to %s", ", ".join(bot.flows) or "(none)",
              masked)
     try:
         yield
     finally:
-        rt.sweeper.stop()
-        rt.poller.stop()
-        rt.activity.stop()
-        rt.activity.log_once()  # what happened since the last line
-        await rt.dispatcher.close()
-        await rt.sender.stop()
+        bot.sweeper.stop()
+        bot.poller.stop()
+        bot.activity.stop()
+        bot.activity.log_once()  # what happened since the last line
+        await bot.dispatcher.close()
+        await bot.sender.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await rt.client.close()
-        await rt.store.close()
+        await client.close()
+        await store.close()
+        running.stop()
 
 
 async def _callback(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+    rt = request.app[RUNTIME].bot
     given = request.match_info["secret"].encode()
     if not hmac.compare_digest(given, rt.secret.encode()):
         return _error(404, "not found")
@@ -327,21 +326,22 @@ async def _callback(request: web.Request) -> web.Response:
     if not isinstance(data, dict):
         return _error(400, "body must be a JSON object")
     if is_reply(data):
-        return await _reply(rt, data)
+        return await _reply(rt, data, request.app[SETUP].on_inbound)
     if "message_id" in data or "status" in data:
         return await _status(rt, data)
     if "message_token" in data or "message" in data:  # a broken reply: say what is wrong
-        return await _reply(rt, data)
+        return await _reply(rt, data, request.app[SETUP].on_inbound)
     return _error(400, "neither a reply (has 'message_token' and a 'message' object) nor a"
                        " status update (has 'message_id' and 'status')")
 
 
-async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
+async def _reply(
+    rt: Bot, data: dict[str, Any], on_inbound: Callable[[InboundReply], None] | None
+) -> web.Response:
     try:
         reply = InboundReply.model_validate(data)
     except ValidationError as exc:
         return _invalid(exc)
-    assert rt.dispatcher is not None
     phone = reply.phone_number
     if rt.dispatcher.idle(phone):  # its turn starts at once: route it in the same job
         inbound_id, context = await rt.store.record_and_route(reply, rt.clock())
@@ -353,8 +353,8 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
         return web.json_response({"ok": True, "duplicate": True})
     if context is not None and not rt.dispatcher.idle(phone):
         context = None  # something of the phone came first: its turn reads afresh
-    if rt.on_inbound is not None:
-        rt.on_inbound(reply)
+    if on_inbound is not None:
+        on_inbound(reply)
     rt.dispatcher.submit(Inbound(
         id=inbound_id, token=reply.message_token, phone=phone, time=reply.time,
         text=reply.message.text, tracking_data=reply.message.tracking_data, context=context,
@@ -362,12 +362,11 @@ async def _reply(rt: Runtime, data: dict[str, Any]) -> web.Response:
     return web.Response(body=OK, content_type="application/json")
 
 
-async def _status(rt: Runtime, data: dict[str, Any]) -> web.Response:
+async def _status(rt: Bot, data: dict[str, Any]) -> web.Response:
     try:
         update = StatusUpdate.model_validate(data)
     except ValidationError as exc:
         return _invalid(exc)
-    assert rt.engine is not None
     change = await rt.engine.on_status(update)
     if change is None:
         log.info("status %d for message %d kept until the message is known",
@@ -376,17 +375,16 @@ async def _status(rt: Runtime, data: dict[str, Any]) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+    rt = request.app[RUNTIME].bot
     body: dict[str, Any] = {"status": "ok", "sandbox": rt.settings.sandbox}
     try:
         body.update(await rt.store.health())
         body["database"] = "ok"
     except Exception as exc:  # the point of a health check is to report this, not raise
         body.update(status="error", database=f"error: {exc}")
-    if rt.sender is not None:
-        body["sending"] = rt.sender.status()
-        if rt.sender.paused:
-            body["status"] = "degraded"
+    body["sending"] = rt.sender.status()
+    if rt.sender.paused:
+        body["status"] = "degraded"
     return web.json_response(body, status=503 if body["status"] == "error" else 200)
 
 

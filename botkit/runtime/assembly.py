@@ -1,0 +1,100 @@
+"""The one place a bot's parts are built and tied together, for every way botkit runs.
+
+``assemble`` builds the rules, sender, engine, dispatcher, sweeper, poller and activity log
+from the store, provider client and renderer it is given, each part receiving its
+collaborators in its constructor. The server (``web.server``), ``run.py start`` and
+``run.py notify`` (``cli``) and the testing kit all call it; nothing is filled in afterwards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from botkit.config import Settings
+from botkit.core.flows import FlowSet
+from botkit.core.lifecycle import DeliveryRules
+from botkit.runtime.activity import Activity
+from botkit.runtime.api import ProviderAPI
+from botkit.runtime.dispatch import Dispatcher
+from botkit.runtime.engine import Engine
+from botkit.runtime.poller import StatusPoller
+from botkit.runtime.sender import Sender
+from botkit.runtime.sweeper import Sweeper
+from botkit.runtime.templates import Renderer
+from botkit.storage.base import Store
+
+__all__ = ["Bot", "assemble"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bot:
+    """A bot's parts, built together by ``assemble``; none is optional.
+
+    Example: ``bot = assemble(settings=..., flows=..., store=store, client=client, ...)``
+    """
+
+    settings: Settings
+    flows: FlowSet
+    store: Store
+    client: ProviderAPI
+    renderer: Renderer
+    clock: Callable[[], float]
+    secret: str
+    callback_url: str
+    rules: DeliveryRules
+    sender: Sender
+    engine: Engine
+    dispatcher: Dispatcher
+    sweeper: Sweeper
+    poller: StatusPoller
+    activity: Activity
+
+
+def assemble(
+    *,
+    settings: Settings,
+    flows: FlowSet,
+    store: Store,
+    client: ProviderAPI,
+    renderer: Renderer,
+    clock: Callable[[], float],
+    secret: str,
+    callback_url: str,
+    raise_errors: bool = False,
+    send: bool = True,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    hold_abandoned: bool = False,
+) -> Bot:
+    """Build every part of a bot on an opened ``store``.
+
+    ``send=False`` leaves the turns' messages queued for whichever sender polls the store
+    (``run.py start`` when the provider cannot be reached). ``concurrency`` and ``rate``
+    override the settings' (command-line flags); ``hold_abandoned`` makes the sender a
+    campaign's, whose messages in flight at a kill are marked uncertain, not sent again.
+    """
+    rules = DeliveryRules(flows, clock)
+    sender = Sender(
+        store, client, rules=rules, clock=clock,
+        rate=settings.send_rate if rate is None else rate,
+        concurrency=settings.send_concurrency if concurrency is None else concurrency,
+        hold_abandoned=hold_abandoned,
+    )
+    engine = Engine(
+        store, flows, renderer, sender=settings.sender, callback_url=callback_url,
+        clock=clock, outlet=sender if send else None, raise_errors=raise_errors, rules=rules,
+    )
+    dispatcher = Dispatcher(engine.handle)
+    activity = Activity(lambda: engine.counts + Counter(sent=sender.sent,
+                                                        failed_sends=sender.failed))
+    return Bot(
+        settings=settings, flows=flows, store=store, client=client, renderer=renderer,
+        clock=clock, secret=secret, callback_url=callback_url, rules=rules, sender=sender,
+        engine=engine, dispatcher=dispatcher,
+        sweeper=Sweeper(store, dispatcher, clock=clock),
+        poller=StatusPoller(store, client, engine, clock=clock,
+                            after=settings.status_poll_after),
+        activity=activity,
+    )
