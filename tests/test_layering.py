@@ -3,7 +3,8 @@
 The floors, lowest first; a module may import botkit modules of its own floor and of the
 floors below it, never above:
 
-    0 ground   botkit.errors, botkit.models, botkit.config, botkit.sms, botkit.phones
+    0 ground   botkit.errors, botkit.statuses, botkit.models, botkit.config, botkit.sms,
+               botkit.phones
     1 core     botkit.core.*      pure conversation logic and records: no I/O library at all
     2 storage  botkit.storage.*   the store's interfaces and the SQLite engine (sqlite-utils)
     3 runtime  botkit.runtime.*   engine, composer, renderer (Jinja), sender, timers, assembly
@@ -28,7 +29,7 @@ import botkit
 
 PACKAGE = Path(botkit.__file__).parent
 FLOORS = {
-    "errors": 0, "models": 0, "config": 0, "sms": 0, "phones": 0,
+    "errors": 0, "statuses": 0, "models": 0, "config": 0, "sms": 0, "phones": 0,
     "core": 1, "storage": 2, "runtime": 3, "sandbox": 4, "web": 5, "cli": 6, "testing": 6,
     "__init__": 7,
 }

@@ -186,7 +186,8 @@ def _flows(args: argparse.Namespace) -> FlowSet:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from botkit.web.server import create_app, listen, serve
+    from botkit.web.server import create_app
+    from botkit.web.serving import listen, serve
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -16,99 +16,32 @@ import base64
 import hmac
 import json
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import aiohttp
 
 from botkit.models import InboundReply, MessageStatus, SendRequest, SmsStatus, is_final_status
 from botkit.sandbox.faults import Faults
+from botkit.sandbox.records import (
+    EVENT_HISTORY,
+    CallbackRecord,
+    CallbackResult,
+    EventLog,
+    SentMessage,
+    bot_event,
+)
 
 __all__ = ["CallbackRecord", "CallbackResult", "FakeProvider", "SentMessage"]
 
 log = logging.getLogger("botkit.sandbox")
 
-DEFAULT_TTL = 86400.0  # "Viber will try to deliver the message for up to 1 day" (provider docs)
 STATUS_WINDOW = 5 * 86400.0  # /receive-viber answers "for the last 5 days" (provider docs)
 _FAILED = {MessageStatus.ERROR, MessageStatus.REJECTED, MessageStatus.UNDELIVERED}
 _EXPIRY_TICK = 0.5
-EVENT_HISTORY = 10_000  # events kept for the web chat's history
 _CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
-
-
-@dataclass(kw_only=True)
-class SentMessage:
-    """A message the fake provider accepted, with everything it received and its statuses.
-
-    ``history`` lists ``(status, clock time)`` pairs; the last one is the current status (a
-    ``MessageStatus``, or any number a test set with ``deliver``). ``sms_message_id`` and
-    ``sms_status`` are set once the SMS fallback went out.
-
-    Example: ``assert provider.message(1000).status == MessageStatus.DELIVERED``
-    """
-
-    message_id: int
-    request: SendRequest
-    body: dict[str, Any]
-    headers: dict[str, str]
-    received_at: float
-    history: list[tuple[int, float]] = field(default_factory=list)
-    sms_message_id: int | None = None
-    sms_status: int | None = None
-
-    @property
-    def status(self) -> int:
-        """The current status (pending until the life cycle moves it)."""
-        return self.history[-1][0] if self.history else MessageStatus.PENDING
-
-    @property
-    def phone(self) -> str:
-        """The recipient, as validated (``destination_addr`` numbers become strings)."""
-        return self.request.destination_addr
-
-    @property
-    def two_way(self) -> bool:
-        """True for 206/208 messages, the ones a user can answer."""
-        return self.request.message_type.two_way
-
-    @property
-    def expires_at(self) -> float:
-        """Clock time after which an undelivered message becomes undelivered (4)."""
-        ttl = self.request.validity_period
-        return self.received_at + (DEFAULT_TTL if ttl is None else ttl)
-
-
-class CallbackRecord(NamedTuple):
-    """One callback POST the provider made: its URL, JSON body, and HTTP status or error."""
-
-    url: str
-    body: dict[str, Any]
-    outcome: int | str
-
-
-@dataclass(frozen=True, kw_only=True)
-class CallbackResult:
-    """What the bot server answered to a callback: HTTP status and JSON (or text) body.
-
-    ``status`` is None and ``error`` says why when the POST itself failed.
-
-    Example: ``assert (await provider.reply("380501112233", "Ana")).ok``
-    """
-
-    url: str
-    payload: dict[str, Any]
-    status: int | None
-    data: Any = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the bot server answered with a 2xx status."""
-        return self.status is not None and 200 <= self.status < 300
 
 
 class FakeProvider:
@@ -159,15 +92,10 @@ class FakeProvider:
         self._next_token = first_token  # the provider's tokens are 14-digit numbers
         self._next_sms_id = first_sms_id
         self._tasks: set[asyncio.Task[None]] = set()
-        self._events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
-        self._listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._seq = 0
+        self.events = EventLog(clock)
         # The tokens of the replies reply() posted (the latest EVENT_HISTORY of them).
         self._own_tokens: set[str] = set()
         self._own_order: deque[str] = deque()
-        # Events are numbered per provider: a restarted sandbox numbers from 1 again, and
-        # the chat tells its events from the old ones by this.
-        self.epoch = secrets.token_hex(4)
 
     # --- looking at what happened -------------------------------------------------
 
@@ -202,12 +130,11 @@ class FakeProvider:
 
         Example: ``stop = provider.subscribe(queue.put_nowait)``
         """
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        return self.events.subscribe(listener)
 
     def events_for(self, phone: str) -> list[dict[str, Any]]:
         """The recent events of one phone, oldest first (the chat's history)."""
-        return [e for e in self._events if _same_phone(e["phone"], phone)]
+        return self.events.of(phone)
 
     # --- driving the simulation ---------------------------------------------------
 
@@ -283,10 +210,10 @@ class FakeProvider:
             "message": message,
         }
         self._remember(str(token))
-        self._emit({"kind": "user", "phone": phone, "text": text, "token": token})
+        self.events.emit({"kind": "user", "phone": phone, "text": text, "token": token})
         result = await self._post_all(url, payload)
         if not result.ok:
-            self._emit({"kind": "error", "phone": phone, "token": token,
+            self.events.emit({"kind": "error", "phone": phone, "token": token,
                         "error": result.error or f"the bot answered HTTP {result.status}"})
         return result
 
@@ -303,7 +230,7 @@ class FakeProvider:
         Example: ``create_app(...)`` passes it as ``Runtime.on_inbound`` in sandbox mode.
         """
         if reply.message_token not in self._own_tokens:
-            self._emit({"kind": "user", "phone": reply.phone_number, "text": reply.message.text,
+            self.events.emit({"kind": "user", "phone": reply.phone_number, "text": reply.message.text,
                         "token": reply.message_token, "via": "callback"})
 
     # --- starting and stopping ----------------------------------------------------
@@ -340,7 +267,7 @@ class FakeProvider:
         self.sent.append(msg)
         self._by_id[message_id] = msg
         self._by_phone.setdefault(msg.phone.lstrip("+"), []).append(msg)
-        self._emit(_bot_event(msg))
+        self.events.emit(bot_event(msg))
         log.info("accepted message %d to %s (type %d)", message_id, msg.phone, request.message_type)
         if self.auto_deliver:
             self._spawn(self._life_cycle(msg))
@@ -397,17 +324,8 @@ class FakeProvider:
             log.info("message %d undelivered: SMS fallback %d to %s", msg.message_id,
                      msg.sms_message_id, msg.phone)
         if msg.message_id in self._by_id:
-            self._emit({"kind": "status", "phone": msg.phone, "id": msg.message_id,
+            self.events.emit({"kind": "status", "phone": msg.phone, "id": msg.message_id,
                         "status": int(status)})
-
-    def _emit(self, event: dict[str, Any]) -> None:
-        self._seq += 1
-        event["seq"] = self._seq
-        event["epoch"] = self.epoch
-        event.setdefault("at", self.clock())  # shown as the bubble's time
-        self._events.append(event)
-        for listener in list(self._listeners):
-            listener(event)
 
     async def _announce(self, msg: SentMessage) -> None:
         url = msg.request.callback_url
@@ -468,23 +386,11 @@ class FakeProvider:
             log.error("fake provider background task failed", exc_info=task.exception())
 
 
-def _bot_event(msg: SentMessage) -> dict[str, Any]:
-    r = msg.request
-    button = {"caption": r.button_caption, "url": r.button_action} if r.button_caption else None
-    return {"kind": "bot", "phone": msg.phone, "id": msg.message_id, "text": r.text,
-            "type": int(r.message_type), "image": r.image, "button": button,
-            "status": int(msg.status)}
-
-
 def _json_or_text(raw: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
         return raw
-
-
-def _same_phone(a: str, b: str) -> bool:
-    return a.lstrip("+") == b.lstrip("+")
 
 
 def _b64(api_key: str) -> str:

@@ -8,15 +8,10 @@ stops taking turns, lets sends in progress finish and closes everything.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hmac
-import importlib
 import json
 import logging
-import os
 import secrets
-import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +24,6 @@ from pydantic import ValidationError
 from botkit.config import Settings
 from botkit.core.flows import Flow, FlowSet
 from botkit.core.records import Inbound
-from botkit.errors import ConfigError
 from botkit.models import InboundReply, StatusUpdate, is_reply
 from botkit.runtime import crashpoints
 from botkit.runtime.assembly import Bot, assemble
@@ -40,7 +34,7 @@ from botkit.web.client import ProviderClient, RetryPolicy
 from botkit.web.guard import GUARD, SlowClientGuard
 
 __all__ = ["MAX_BODY", "RUNTIME", "Running", "callback_secret", "callback_url", "create_app",
-           "listen", "provider_client", "provider_url", "renderer_for", "serve"]
+           "provider_client", "provider_url", "renderer_for"]
 
 log = logging.getLogger("botkit.server")
 
@@ -140,88 +134,6 @@ def create_app(
         add_chat_routes(app, provider, lambda: running.bot)
     app.cleanup_ctx.append(_lifecycle)
     return app
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """Bind and listen on ``host:port`` before anything is announced, or say what to do.
-
-    >>> sock = listen("127.0.0.1", 8080)  # ConfigError when another server has the port
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=128)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"port {port} on {host or '0.0.0.0'} is already in use: another botkit (or"
-                " another program) may be running there. Stop it, or choose another port"
-                " with --port N or BOTKIT_PORT=N") from exc
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError(f"cannot listen on {host}: it is not an address of this"
-                              " machine; set --host or BOTKIT_HOST to one that is") from exc
-        raise
-
-
-def serve(app: web.Application, sock: socket.socket, *, shutdown_timeout: float = 15.0) -> None:
-    """Serve ``app`` on ``sock`` (from ``listen``) until SIGINT or SIGTERM, closing slow
-    clients (``run.py serve``).
-
-    Like ``web.run_app``, plus the SlowClientGuard watching the server's connections.
-    """
-    try:  # uvloop, when installed (pip install botkit[fast]), runs the same code faster
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        asyncio.run(_serve(app, sock, shutdown_timeout))
-    else:
-        uvloop.run(_serve(app, sock, shutdown_timeout))
-
-
-async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout: float) -> None:
-    # Signals only set an event: the shutdown then runs in order (stop taking turns, finish
-    # the sends in flight, close the store) instead of cancelling every task at once.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    # No access log: the engine logs one line per message with what happened to it.
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
-    await runner.setup()
-    watch = None
-    try:
-        await web.SockSite(runner, sock).start()
-        assert runner.server is not None
-        watch = asyncio.create_task(app[GUARD].watch(runner.server), name="botkit-guard")
-        # Printed once for the operator (not logged): the URL to give the provider.
-        print(f"provider callbacks go to {app[RUNTIME].bot.callback_url}", flush=True)
-        await stop.wait()
-        rt = app[RUNTIME].bot
-        log.info("stopping: %s (Ctrl+C again to stop at once)", _in_progress(rt) or "nothing"
-                 " in progress")
-        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal: stop now
-            loop.add_signal_handler(signum, _stop_now, rt)
-    finally:
-        if watch is not None:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
-        await runner.cleanup()
-
-
-def _in_progress(rt: Bot) -> str:
-    """What a graceful stop waits for, in words ("" when nothing)."""
-    turns, sends = rt.dispatcher.busy, rt.sender.status()["in_flight"]
-    parts = [f"{n} {what}" for n, what in ((turns, "messages being handled"),
-                                           (sends, "sends in flight")) if n]
-    return "finishing " + " and ".join(parts) if parts else ""
-
-
-def _stop_now(rt: Bot) -> None:
-    """The second Ctrl+C: exit at once. Everything accepted is already committed, so this is
-    a crash botkit recovers from at the next start (docs/design.md, "Durability")."""
-    turns, sends = rt.dispatcher.busy, rt.sender.status()["in_flight"]
-    log.warning("stopping at once: %d sends in flight may reach their users twice, and %d"
-                " messages being handled are handled at the next start", sends, turns)
-    logging.shutdown()
-    os._exit(130)
 
 
 def renderer_for(settings: Settings, templates: str | None) -> Renderer:
