@@ -1,0 +1,138 @@
+"""The engine's common ground: its collaborators, where committed messages go (``Outlet``),
+and the helpers every kind of turn uses (committing, new and touched conversations)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from botkit.core.conversation import Conversation, Status
+from botkit.core.flows import Flow, FlowSet, Step
+from botkit.core.lifecycle import DeliveryRules
+from botkit.core.records import (
+    Commit,
+    Committed,
+    ConversationChange,
+    Outgoing,
+)
+from botkit.errors import (
+    DefinitionError,
+)
+from botkit.runtime import crashpoints
+from botkit.runtime.composer import Composer
+from botkit.runtime.templates import Renderer
+from botkit.storage.base import Store
+
+__all__ = ["AGENT_TEMPLATE", "ERROR_TEMPLATE", "EngineBase", "FALLBACK_TEMPLATE", "Outlet"]
+
+log = logging.getLogger("botkit.engine")
+
+FALLBACK_TEMPLATE = "botkit/fallback.txt"
+ERROR_TEMPLATE = "botkit/error.txt"
+AGENT_TEMPLATE = "botkit/agent.txt"  # a human agent's own words
+
+
+class Outlet(Protocol):
+    """Where committed messages go: the Sender in a server."""
+
+    def reserve(self) -> str | None:
+        """A claim name if a send slot is free (the commit then claims a message for it)."""
+
+    def deliver(
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+    ) -> None:
+        """After a commit that queued messages: send ``claimed`` (releasing the reserved
+        slot); ``queued`` more messages of ``phone`` wait in the queue."""
+
+
+class _NoOutlet:
+    def reserve(self) -> str | None:
+        return None
+
+    def deliver(
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+    ) -> None:
+        pass
+
+class EngineBase:
+    """Handles stored messages turn by turn.
+
+    Args:
+        sender: the default ``source_addr`` when a flow sets none.
+        callback_url: set on every message, so replies and statuses come back here.
+        outlet: the sender the turns' messages go to (``Outlet``); without one they stay
+            queued for whichever sender polls the store (``run.py start``).
+        raise_errors: keep handler errors in ``failures`` after committing the error reply,
+            for the testing kit to re-raise in the test.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        flows: FlowSet,
+        renderer: Renderer,
+        *,
+        sender: str,
+        callback_url: str,
+        clock: Callable[[], float] = time.time,
+        outlet: Outlet | None = None,
+        max_attempts: int = 3,
+        raise_errors: bool = False,
+        rules: DeliveryRules | None = None,
+    ) -> None:
+        self.store = store
+        self.flows = flows
+        self.composer = Composer(renderer, flows, sender=sender, callback_url=callback_url)
+        self.clock = clock
+        self.outlet = outlet or _NoOutlet()
+        self.max_attempts = max_attempts
+        self.raise_errors = raise_errors
+        self.failures: list[Exception] = []
+        self.counts: Counter[str] = Counter()  # messages by route, for the activity log
+        self.rules = rules or DeliveryRules(flows, clock)  # what a status does to its message
+
+    async def _commit(self, commit: Commit) -> Committed:
+        # A sender with a free slot takes the turn's first message in the same commit.
+        claimer = self.outlet.reserve() if commit.outbox else None
+        if claimer is not None:
+            commit = replace(commit, claim_for=claimer)
+        try:
+            result = await self.store.commit(commit, self.clock())
+        except BaseException:
+            if claimer is not None:
+                self.outlet.deliver([], reserved=True)
+            raise
+        crashpoints.hit("after_turn_commit")
+        if commit.outbox:
+            self.outlet.deliver(result.claimed, reserved=claimer is not None,
+                                phone=commit.outbox[0].phone,
+                                queued=len(commit.outbox) - len(result.claimed))
+        return result
+
+    def _new(
+        self, phone: str, flow: Flow, step: str, state: dict[str, Any], now: float
+    ) -> ConversationChange:
+        return ConversationChange(phone=phone, flow=flow.name, step=step, status=Status.ACTIVE,
+                                  state=state, retries=0,
+                                  expires_at=now + flow.timeout.total_seconds(),
+                                  flow_version=flow.version_id)
+
+    def _touch(self, conv: Conversation, now: float) -> ConversationChange:
+        flow = self.flows[conv.flow]
+        return ConversationChange(phone=conv.phone, flow=conv.flow, step=conv.step,
+                                  status=conv.status, state=conv.state, retries=conv.retries,
+                                  expires_at=now + flow.timeout.total_seconds(), id=conv.id,
+                                  expected_version=conv.version, flow_version=flow.version_id)
+
+    @staticmethod
+    def _prompt_of(step: Step) -> str:
+        if step.prompt is None:
+            raise DefinitionError(
+                f"flow {step.flow!r}, step {step.name!r} is asked but has no prompt template;"
+                f" declare @{step.flow}.step({step.name!r}, prompt=...)"
+            )
+        return step.prompt

@@ -1,0 +1,169 @@
+"""Turns that no user message started: a flow begun for many phones (a campaign), a
+one-way notice, a human agent's words."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from botkit.core.conversation import Conversation, Status
+from botkit.core.flows import Delivery, Flow
+from botkit.core.lifecycle import plan_timers
+from botkit.core.records import (
+    Commit,
+)
+from botkit.core.turn import Reply
+from botkit.errors import (
+    ConcurrentUpdateError,
+)
+from botkit.models import normalize_phone
+from botkit.runtime import crashpoints
+from botkit.runtime.engine_base import AGENT_TEMPLATE, EngineBase
+
+__all__ = ["Proactive", "StartResult"]
+
+log = logging.getLogger("botkit.engine")
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What ``Engine.start`` (or ``notify_many``: "queued") did for one phone."""
+
+    phone: str
+    outcome: Literal["started", "skipped", "replaced", "queued"]
+    conversation_id: int | None = None
+    detail: str = ""
+
+
+class Proactive(EngineBase):
+    """The engine's proactive side (``Engine`` has it)."""
+
+    async def start(
+        self, flow_name: str, phone: str, state: dict[str, Any] | None = None
+    ) -> StartResult:
+        """Begin a conversation proactively by asking the flow's first step.
+
+        Skipped for a phone already in an open conversation of this flow, or with a human
+        agent; an expired conversation is closed as expired, one in another flow as replaced.
+        """
+        [result] = await self.start_many(flow_name, [phone], state)
+        return result
+
+    async def start_many(
+        self, flow_name: str, phones: list[str], state: dict[str, Any] | None = None
+    ) -> list[StartResult]:
+        """``start`` for many phones at once: one read and one commit for all of them.
+
+        Each phone's conversation still commits atomically on its own (a phone that got a
+        conversation meanwhile is skipped, the others start). Returns one result per
+        distinct phone, in the order given.
+        """
+        flow = self.flows[flow_name]
+        now = self.clock()
+        phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
+        active = await self.store.open_conversations(phones)
+        results: dict[str, StartResult] = {}
+        planned: list[tuple[str, Commit, Literal["started", "replaced"], str]] = []
+        for phone in phones:
+            plan = self._plan_start(flow, phone, active.get(phone), state, now)
+            if isinstance(plan, StartResult):
+                results[phone] = plan
+            else:
+                planned.append((phone, *plan))
+        outcomes = await self.store.commit_many([commit for _, commit, _, _ in planned], now)
+        crashpoints.hit("after_turn_commit")
+        for (phone, commit, outcome, detail), done in zip(planned, outcomes, strict=True):
+            if isinstance(done, ConcurrentUpdateError):
+                results[phone] = StartResult(phone, "skipped", None, str(done))
+            else:
+                results[phone] = StartResult(phone, outcome, done.conversation_id, detail)
+                self.outlet.deliver(done.claimed, reserved=False, phone=phone,
+                                    queued=len(commit.outbox) - len(done.claimed))
+        return [results[phone] for phone in phones]
+
+    async def notify_many(
+        self,
+        phones: list[str],
+        template: str,
+        *,
+        sms: str | None = None,
+        variables: dict[str, Any] | None = None,
+        delivery: Delivery | None = None,
+        key: str | None = None,
+    ) -> list[StartResult]:
+        """Queue a one-way notice (``Turn.notify``) to each phone, outside any conversation.
+
+        No conversation starts or changes, and the user's next message is routed as before.
+        A phone's notice is committed atomically on its own; a template that breaks a
+        provider limit (an SMS fallback too long) raises before anything is committed. With
+        ``key``, a phone that already has a notice under that key is skipped, so a re-run
+        sends nothing twice.
+
+        >>> await engine.notify_many(["380501112233"], "support/order_shipped.txt",
+        ...                          variables={"order": 42})
+        """
+        phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
+        reply = Reply(template=template, variables=dict(variables or {}), delivery=delivery,
+                      one_way=True, sms=sms)
+        commits = [Commit(inbound_id=None, route="notice", outbox=tuple(
+            replace(item, notice_key=key)
+            for item in self.composer.compose([(reply, None)], phone, None)))
+            for phone in phones]
+        outcomes = await self.store.commit_many(commits, self.clock())
+        crashpoints.hit("after_turn_commit")
+        results = []
+        for phone, commit, done in zip(phones, commits, outcomes, strict=True):
+            if isinstance(done, ConcurrentUpdateError):  # the phone has this key's notice
+                results.append(StartResult(phone, "skipped", None, f"already has notice {key!r}"))
+                continue
+            results.append(StartResult(phone, "queued"))
+            self.outlet.deliver(done.claimed, reserved=False, phone=phone,
+                                queued=len(commit.outbox) - len(done.claimed))
+        return results
+
+    async def say_as_agent(self, phone: str, text: str) -> Conversation | None:
+        """Send ``text`` from a human agent in the phone's conversation with a human.
+
+        It goes like any bot message: a 206 through the outbox, and the user's answer comes
+        back to the same conversation (still with the human). Returns the conversation, or
+        None when the phone has none with a human. The sandbox chat's agent box uses it.
+
+        >>> await engine.say_as_agent("380501112233", "Hi, this is Olga from Acme.")
+        """
+        phone = normalize_phone(phone)
+        conv = (await self.store.open_conversations([phone])).get(phone)
+        if conv is None or conv.status is not Status.HUMAN:
+            return None
+        reply = Reply(template=AGENT_TEMPLATE, variables={"text": text})
+        outbox = self.composer.compose([(reply, self.flows.get(conv.flow))], phone,
+                                       (conv.flow, conv.step), conv.state)
+        await self._commit(Commit(inbound_id=None, route="agent", outbox=outbox, link=conv.id))
+        return conv
+
+    def _plan_start(
+        self, flow: Flow, phone: str, active: Conversation | None,
+        state: dict[str, Any] | None, now: float,
+    ) -> StartResult | tuple[Commit, Literal["started", "replaced"], str]:
+        closes: tuple[tuple[Conversation, Status], ...] = ()
+        outcome: Literal["started", "replaced"] = "started"
+        detail = ""
+        if active is not None:
+            if active.status is Status.HUMAN:
+                return StartResult(phone, "skipped", active.id, "waiting for a human agent")
+            if active.flow == flow.name and not active.expired(now):
+                return StartResult(phone, "skipped", active.id, f"already at {active.step!r}")
+            if active.expired(now):
+                closes, detail = ((active, Status.EXPIRED),), "the previous one had expired"
+            else:
+                closes, outcome = ((active, Status.REPLACED),), "replaced"
+                detail = f"closed an open {active.flow!r} conversation"
+        first = flow.first
+        change = self._new(phone, flow, first.name, dict(state or {}), now)
+        reply = Reply(template=self._prompt_of(first))
+        commit = Commit(inbound_id=None, route="start", conversation=change, closes=closes,
+                        outbox=self.composer.compose([(reply, flow)], phone,
+                                                     (flow.name, first.name), change.state,
+                                                     question=True),
+                        timers=plan_timers(flow, first, now))
+        return commit, outcome, detail
