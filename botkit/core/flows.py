@@ -14,16 +14,15 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from botkit.errors import DefinitionError, UnknownStepError
 
-if TYPE_CHECKING:
-    from botkit.core.turn import Turn
-
 __all__ = ["Delivery", "Flow", "FlowSet", "Step", "normalize"]
 
-Handler = Callable[["Turn"], Awaitable[Any]]
+# ``async def handler(turn: Turn) -> None``. Typed without naming Turn: a Turn is built from
+# flows and steps (core.turn imports this module), so this module does not import it back.
+Handler = Callable[[Any], Awaitable[Any]]
 Reaction = str | Handler  # a template name, or a handler to run
 H = TypeVar("H", bound=Handler)
 
