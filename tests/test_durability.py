@@ -1,4 +1,4 @@
-"""State and durability rules of issue 2: stored before ack, exactly once, outbox, ordering."""
+"""State and durability: stored before the ack, handled exactly once, the outbox, ordering."""
 
 from __future__ import annotations
 

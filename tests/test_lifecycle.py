@@ -1,4 +1,4 @@
-"""Issue 4's life cycle: timers, delivery statuses as events, polling, stale answers."""
+"""The conversation life cycle: timers, delivery statuses as events, polling, stale answers."""
 
 from __future__ import annotations
 

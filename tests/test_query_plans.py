@@ -1,7 +1,7 @@
 """Every statement the server runs while it works is an index lookup, never a table scan.
 
 Routing, claiming, timers, statuses, polling, start-up and /healthz must cost the same with
-a million stored conversations as with ten (issue 6). The test records every statement the
+a million stored conversations as with ten. The test records every statement the
 store runs through a realistic session and asks SQLite how it would run each one.
 """
 

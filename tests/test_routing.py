@@ -1,4 +1,4 @@
-"""Routing rules 1-4 of issue 2, end to end: real server, SQLite file, fake provider."""
+"""Routing rules 1-4 (docs/routing.md), end to end: real server, SQLite file, fake provider."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ class Renderer:
         if type(template.globals) is not dict:
             # Jinja chains the template's globals to the environment's and copies the chain
             # into every render's context, key by key in Python: a flat copy made once (the
-            # globals are set before any template loads) cuts a render from 8.3 to 3.6 us.
+            # globals are set before any template loads) makes each render cheaper.
             template.globals = dict(template.globals)
         return template
 

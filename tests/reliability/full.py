@@ -2,7 +2,7 @@
 
     python tests/reliability/full.py
 
-The same tests as CI (tests/reliability/), with the counts of issue 5: 2,000 conversations
+The same tests as CI (tests/reliability/), with the full counts: 2,000 conversations
 under SIGKILL, 1,000 callbacks delivered three times, 200 users x 10 messages, 1,000 replies
 against provider faults, 5,000 fuzzed bodies. Prints the machine, each test's figures, and
 the time taken. Loopback only; bounded in count and time.

@@ -1,4 +1,4 @@
-"""Crashes (issue 5, items 1 and 2): SIGKILL under load, each crash point, SIGTERM.
+"""Crashes: SIGKILL under load, each crash point, SIGTERM.
 
 CI scale by default; RELIABILITY_SCALE_CRASH=2000 runs the issue's full count (see full.py).
 """

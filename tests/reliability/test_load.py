@@ -1,4 +1,4 @@
-"""Duplicates, concurrency, provider faults, statuses and failing handlers (issue 5: 3-6, 10).
+"""Duplicates, concurrency, provider faults, statuses and failing handlers.
 
 Each runs the real server on loopback with a real SQLite file and the fake provider over
 HTTP (botkit.testing). Counts are CI scale; RELIABILITY_SCALE=10 multiplies them (full.py).

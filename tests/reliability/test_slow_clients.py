@@ -1,4 +1,4 @@
-"""Slow clients (issue 5, item 8): trickling connections do not stop valid callbacks, and
+"""Slow clients: trickling connections do not stop valid callbacks, and
 are closed after the read deadline."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SQLite under several writers (issue 5, item 9): server, sender and command line at once."""
+"""SQLite under several writers: server, sender and command line at once."""
 
 from __future__ import annotations
 

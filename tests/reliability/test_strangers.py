@@ -1,4 +1,4 @@
-"""Strangers and bad input (issue 5, item 7), over real HTTP on loopback.
+"""Strangers and bad input, over real HTTP on loopback.
 
 What must hold: a request with a wrong or missing secret changes nothing and calls nothing;
 the generated secret has at least 128 bits and is compared in constant time; fuzzed bodies
