@@ -1,8 +1,9 @@
 """The aiohttp application: the provider's callback endpoint, ``/healthz``, and its lifecycle.
 
-``create_app(settings, flows)`` builds the app; its cleanup context opens the store, resumes
-messages a previous process accepted but did not handle, starts the sender, and on shutdown
-stops taking turns, lets sends in progress finish and closes everything.
+``create_app(settings, flows)`` builds the app; its cleanup context opens the store, builds
+the bot (``runtime.assembly.assemble``), resumes messages a previous process accepted but did
+not handle, starts the sender, sweeper and poller, and on shutdown stops taking turns, lets
+sends in progress finish and closes everything. Serving it as a process is ``web.serving``.
 """
 
 from __future__ import annotations
