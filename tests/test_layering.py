@@ -11,7 +11,8 @@ floors below it, never above:
     4 sandbox  botkit.sandbox.*   the fake provider and the web chat (aiohttp)
     5 web      botkit.web.*       the server, the provider's HTTP client, the guard (aiohttp)
     6 top      botkit.cli.*, botkit.testing
-    7 face     botkit (__init__): the public names, loaded lazily
+    7 face     botkit (__init__): the public names, loaded lazily; botkit.flows, where bots
+               imported ``normalize`` from before the floors (it warns)
 
 Every import counts: at module level, inside functions, and under ``TYPE_CHECKING``.
 """
@@ -31,7 +32,7 @@ PACKAGE = Path(botkit.__file__).parent
 FLOORS = {
     "errors": 0, "statuses": 0, "models": 0, "config": 0, "sms": 0, "phones": 0,
     "core": 1, "storage": 2, "runtime": 3, "sandbox": 4, "web": 5, "cli": 6, "testing": 6,
-    "__init__": 7,
+    "__init__": 7, "flows": 7,
 }
 # Third-party libraries a floor must not import (and so neither may any floor below it).
 FORBIDDEN = {
@@ -119,6 +120,14 @@ def test_the_public_names_load_no_io_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_old_import_path_still_works_and_says_where_to_import_from() -> None:
+    code = "from botkit.flows import normalize; print(normalize('  Menu  '))"
+    run = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True,
+                         text=True, check=True)
+    assert run.stdout.strip() == "menu"
+    assert "botkit.flows moved: import Flow, Delivery and normalize from botkit" in run.stderr
 
 
 def test_sql_lives_in_storage() -> None:
