@@ -3,6 +3,8 @@
 Parse the JSON, one SQLite upsert of the user's step, render a Jinja template, POST to the
 provider over a shared session. None of botkit's guarantees: no stored inbound message, no
 dedup, no transaction around state and reply, no retries, no ordering per user.
+``--synchronous FULL`` is botkit's durability; ``NORMAL`` (with WAL) the fastest honest setting
+a user would pick.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--templates", required=True)
     parser.add_argument("--callback", required=True)
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     args = parser.parse_args()
 
     db = sqlite3.connect(args.db, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={args.synchronous}")
     db.execute("CREATE TABLE IF NOT EXISTS users (phone TEXT PRIMARY KEY, step INTEGER)")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(args.templates))
     templates = [env.get_template(f"bench5/{s}.txt") for s in STEPS]

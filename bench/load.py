@@ -6,10 +6,14 @@ reaches the provider. Two phases:
 - saturation: every user always has a callback in flight (no think time): callbacks/s;
 - fixed rate: callbacks are started at exactly ``rate``/s, each by a user whose last reply has
   arrived: end-to-end latency (callback sent -> reply received by the provider) and ack
-  latency (callback sent -> HTTP 200).
+  latency (callback sent -> HTTP 200);
+- think time: every user answers 1-3 s after its reply arrived (200 users: about 100
+  callbacks/s, in the bursts real users make): the same latencies.
 
-Prints ``PHASE <name> start|end`` lines (the runner samples the server's CPU time there) and
-finally one JSON line of results. Loopback only.
+Runs on uvloop when it is installed. Each phase reports the share of one core this process
+used (``load_cpu_share``): near 1.0 the load, not the server, set the pace, and the runner
+flags the phase. Prints ``PHASE <name> start|end`` lines (the runner samples the server's
+CPU time there) and finally one JSON line of results. Loopback only.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class Load(FakeProvider):
         self.unexpected = 0  # replies with no callback waiting for them: doubled or lost
         self.measuring = False
         self.saturate = False
+        self.think: tuple[float, float] | None = None  # answer this long after each reply
+        self.rng = random.Random(2)
+        self.thinking: dict[str, asyncio.TimerHandle] = {}  # users about to answer
         self.url = ""
         self.session: aiohttp.ClientSession | None = None
 
@@ -71,11 +78,26 @@ class Load(FakeProvider):
         self.replies += 1
         if self.measuring:
             self.e2e.append(time.perf_counter() - user.sent_at)
+        loop = asyncio.get_running_loop()
         if self.saturate:
-            asyncio.get_running_loop().create_task(self.post(user))
+            loop.create_task(self.post(user))
+        elif self.think is not None:
+            self.answer_later(user, self.rng.uniform(*self.think))
         else:
             self.ready.append(user)
         return message_id
+
+    def answer_later(self, user: User, delay: float) -> None:
+        def answer() -> None:
+            self.thinking.pop(user.phone, None)
+            asyncio.get_running_loop().create_task(self.post(user))
+        self.thinking[user.phone] = asyncio.get_running_loop().call_later(delay, answer)
+
+    def stop_thinking(self) -> None:
+        for phone, handle in list(self.thinking.items()):
+            handle.cancel()
+            self.ready.append(self.users[phone])
+        self.thinking.clear()
 
     async def post(self, user: User) -> None:
         assert self.session is not None
@@ -111,6 +133,16 @@ def phase(name: str, edge: str) -> None:
     print(f"PHASE {name} {edge}", flush=True)
 
 
+class Share:
+    """The share of one core this process used between ``start()`` and ``share()``."""
+
+    def start(self) -> None:
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+
+    def share(self) -> float:
+        return (time.process_time() - self.cpu) / max(1e-9, time.perf_counter() - self.wall)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load = Load(args.key, args.users)
     load.url = args.callback
@@ -131,6 +163,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.warmup)
         load.measuring, load.e2e, load.acks = True, [], []
         start_replies, started = load.replies, time.perf_counter()
+        own = Share()
+        own.start()
         phase("saturation", "start")
         await asyncio.sleep(args.seconds)
         phase("saturation", "end")
@@ -138,16 +172,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["saturation"] = {
             "callbacks_per_s": (load.replies - start_replies) / elapsed,
             "e2e_p50_ms": pct(load.e2e, 50), "e2e_p99_ms": pct(load.e2e, 99),
+            "load_cpu_share": own.share(),
         }
         # Drain, then the fixed rate.
         load.saturate, load.measuring = False, False
-        deadline = time.perf_counter() + 30
-        while any(u.waiting for u in load.users.values()) and time.perf_counter() < deadline:
-            await asyncio.sleep(0.05)
-        load.ready = deque(u for u in load.users.values() if not u.waiting)
+        await drain(load)
         rng = random.Random(1)
         rng.shuffle(load.ready)
         load.measuring, load.e2e, load.acks = True, [], []
+        own.start()
         phase("rate", "start")
         interval, next_at = 1.0 / args.rate, time.perf_counter()
         end = next_at + args.seconds
@@ -168,8 +201,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "target_per_s": args.rate, "sent": sent, "skipped_no_ready_user": late,
             "e2e_p50_ms": pct(load.e2e, 50), "e2e_p95_ms": pct(load.e2e, 95),
             "e2e_p99_ms": pct(load.e2e, 99), "ack_p50_ms": pct(load.acks, 50),
-            "ack_p99_ms": pct(load.acks, 99),
+            "ack_p99_ms": pct(load.acks, 99), "load_cpu_share": own.share(),
         }
+        # Think time: users answer 1-3 s after each reply, for at least 15 s.
+        load.measuring = False
+        await drain(load)
+        load.measuring, load.e2e, load.acks = True, [], []
+        load.think = (1.0, 3.0)
+        start_replies, started = load.replies, time.perf_counter()
+        own.start()
+        phase("think", "start")
+        for user in list(load.ready):
+            load.answer_later(user, load.rng.uniform(0.0, 2.0))
+        load.ready.clear()
+        await asyncio.sleep(args.think_seconds)
+        phase("think", "end")
+        elapsed = time.perf_counter() - started
+        results["think"] = {
+            "callbacks_per_s": (load.replies - start_replies) / elapsed,
+            "e2e_p50_ms": pct(load.e2e, 50), "e2e_p95_ms": pct(load.e2e, 95),
+            "e2e_p99_ms": pct(load.e2e, 99), "ack_p50_ms": pct(load.acks, 50),
+            "ack_p99_ms": pct(load.acks, 99), "load_cpu_share": own.share(),
+        }
+        load.think, load.measuring = None, False
+        load.stop_thinking()
+        await drain(load)
         await asyncio.sleep(0.5)
         results["errors"] = load.errors
         results["unexpected_replies"] = load.unexpected
@@ -178,6 +234,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await load.session.close()
         await runner.cleanup()
     return results
+
+
+async def drain(load: Load) -> None:
+    """Wait (up to 30 s) until no callback is in flight; the users are then all ready."""
+    deadline = time.perf_counter() + 30
+    while any(u.waiting for u in load.users.values()) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    load.ready = deque(u for u in load.users.values() if not u.waiting)
 
 
 async def wait_healthy(session: aiohttp.ClientSession, server: str) -> None:
@@ -203,8 +267,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--think-seconds", type=float, default=15.0)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args))), flush=True)
+    try:  # the load must never be the bottleneck: the fastest loop available
+        import uvloop
+    except ImportError:
+        results = asyncio.run(run(args))
+        results["loop"] = "asyncio"
+    else:
+        results = uvloop.run(run(args))
+        results["loop"] = "uvloop"
+    print(json.dumps(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,20 @@
     python bench/run.py --smoke         # a few seconds, to keep it working (CI)
 
 For each server it starts the load process (the fake provider and the simulated users,
-bench/load.py) pinned to CPU 1 and the server pinned to CPU 0, measures saturation
-throughput and latency at a fixed rate, samples the server's CPU time and peak RSS from
-/proc, and prints a table with botkit/bare ratios. Loopback only.
+bench/load.py, on uvloop when installed) pinned to CPU 1 and the server pinned to CPU 0,
+measures saturation throughput, latency at a fixed rate and with users who think 1-3 s
+between answers, samples the server's CPU time and peak RSS from /proc, and prints a table
+with botkit's ratios to two bare baselines: the bare handler at botkit's durability
+(``bare-full``: WAL, synchronous=FULL) and at the fastest honest setting a user would pick
+(``bare-normal``: WAL, synchronous=NORMAL). Loopback only.
 
-The servers take turns: bare, botkit, bare, botkit, ... (``--rounds``, 3 by default). A
+The load process reports the share of its core it used in each phase; a phase where it used
+more than 80% is flagged INVALID for throughput (the load, not the server, set the pace).
+
+The servers take turns: bare-full, bare-normal, botkit, ... (``--rounds``, 3 by default). A
 shared machine's speed drifts by tens of percent over minutes, so each botkit run is
-compared with the bare run just before it, and the table shows the median of those ratios
-and their range.
+compared with the bare runs of its own round, and the table shows the median of those
+ratios and their range.
 """
 
 from __future__ import annotations
@@ -77,11 +83,13 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     else:
         server_cmd = [sys.executable, str(BENCH / "bare.py"), "--port", str(port),
                       "--provider", provider, "--key", KEY, "--db", str(db),
-                      "--templates", str(BENCH / "templates"), "--callback", callback]
+                      "--templates", str(BENCH / "templates"), "--callback", callback,
+                      "--synchronous", "NORMAL" if kind == "bare-normal" else "FULL"]
     load_cmd = [sys.executable, str(BENCH / "load.py"), "--provider-port", str(provider_port),
                 "--server", server_url, "--callback", callback, "--key", KEY,
                 "--users", str(args.users), "--rate", str(args.rate),
-                "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+                "--seconds", str(args.seconds), "--warmup", str(args.warmup),
+                "--think-seconds", str(args.think_seconds)]
     load = subprocess.Popen(pinned(1, load_cmd), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             text=True)
     time.sleep(0.3)  # the provider listens before the server sends anything
@@ -122,6 +130,12 @@ ROWS = [
     ("e2e p95 ms at fixed rate", "rate.e2e_p95_ms", "{:.1f}"),
     ("e2e p99 ms at fixed rate", "rate.e2e_p99_ms", "{:.1f}"),
     ("ack p99 ms at fixed rate", "rate.ack_p99_ms", "{:.1f}"),
+    ("callbacks/s with 1-3 s think time", "think.callbacks_per_s", "{:.0f}"),
+    ("e2e p50 ms with think time", "think.e2e_p50_ms", "{:.1f}"),
+    ("e2e p95 ms with think time", "think.e2e_p95_ms", "{:.1f}"),
+    ("e2e p99 ms with think time", "think.e2e_p99_ms", "{:.1f}"),
+    ("ack p99 ms with think time", "think.ack_p99_ms", "{:.1f}"),
+    ("load process CPU share at saturation", "saturation.load_cpu_share", "{:.2f}"),
     ("peak RSS MB", "rss_peak_mb", "{:.0f}"),
     ("start-up s", "startup_s", "{:.2f}"),
     ("errors", "errors", "{}"),
@@ -140,21 +154,48 @@ def get(d: dict[str, Any], path: str) -> Any:
     return d
 
 
-def table(bare: list[dict[str, Any]], botkit: list[dict[str, Any]]) -> str:
-    """Medians of each server's runs, and the median (range) of the paired ratios."""
-    lines = ["| metric | botkit | bare | botkit/bare |", "|---|---|---|---|"]
+def table(bares: dict[str, list[dict[str, Any]]], botkit: list[dict[str, Any]]) -> str:
+    """Medians of each server's runs, and the median (range) of botkit's paired ratios to
+    each bare baseline."""
+    names = list(bares)
+    lines = ["| metric | botkit | " + " | ".join(names) + " | "
+             + " | ".join(f"botkit/{n}" for n in names) + " |",
+             "|---" * (2 + 2 * len(names)) + "|"]
     for label, path, fmt in ROWS:
-        a, b = [get(r, path) for r in botkit], [get(r, path) for r in bare]
-        if isinstance(a[0], float):
-            ratios = [x / y for x, y in zip(a, b, strict=True) if y]
-            ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
-            if len(ratios) > 1:
-                ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
-            shown = fmt.format(statistics.median(a)), fmt.format(statistics.median(b))
-        else:  # counts: the total over the runs
-            ratio, shown = "-", (fmt.format(sum(a)), fmt.format(sum(b)))
-        lines.append(f"| {label} | {shown[0]} | {shown[1]} | {ratio} |")
+        a = [get(r, path) for r in botkit]
+        cells, ratios = [], []
+        for name in names:
+            b = [get(r, path) for r in bares[name]]
+            if isinstance(a[0], float):
+                paired = [x / y for x, y in zip(a, b, strict=True) if y]
+                ratio = f"{statistics.median(paired):.2f}" if paired else "-"
+                if len(paired) > 1:
+                    ratio += f" ({min(paired):.2f}-{max(paired):.2f})"
+                cells.append(fmt.format(statistics.median(b)))
+            else:  # counts: the total over the runs
+                ratio = "-"
+                cells.append(fmt.format(sum(b)))
+            ratios.append(ratio)
+        mine = fmt.format(statistics.median(a)) if isinstance(a[0], float) else fmt.format(sum(a))
+        lines.append(f"| {label} | {mine} | " + " | ".join(cells) + " | "
+                     + " | ".join(ratios) + " |")
     return "\n".join(lines)
+
+
+LOAD_LIMIT = 0.8  # the load process above this share of its core: its own pace, not the server's
+
+
+def invalid(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The phases where the load process, not the server, set the pace."""
+    flagged = []
+    for kind, runs in results.items():
+        for n, run in enumerate(runs, 1):
+            for phase in ("saturation", "rate", "think"):
+                share = run.get(phase, {}).get("load_cpu_share", 0.0)
+                if share > LOAD_LIMIT:
+                    flagged.append(f"INVALID for throughput: {kind} run {n}, {phase}: the load"
+                                   f" process used {share:.0%} of its core")
+    return flagged
 
 
 def scale_table(empty: dict[str, Any], big: dict[str, Any], seeded: Path) -> str:
@@ -184,6 +225,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--think-seconds", type=float, default=15.0,
+                        help="the phase with 1-3 s think time (default 15)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each server, taking turns (default 3)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of botkit's server here")
@@ -192,6 +235,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.users, args.seconds, args.warmup, args.rate, args.rounds = 20, 1.0, 0.5, 20.0, 1
+        args.think_seconds = 1.0
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -201,27 +245,32 @@ def main() -> int:
           f" {platform.python_version()}; {pinning}")
     print(f"{args.users} users, saturation {args.seconds:.0f}s, then {args.rate:.0f}"
           f" callbacks/s for {args.seconds:.0f}s", flush=True)
-    print(f"{args.rounds} rounds of bare then botkit; each ratio compares a botkit run with"
-          " the bare run before it", flush=True)
+    print(f"{args.rounds} rounds of bare-full, bare-normal, botkit; each ratio compares a botkit"
+          " run with the bare runs of its round", flush=True)
     # The copy of a big database goes next to it (the same disk), not to a small /tmp.
     where = args.scale.resolve().parent if args.scale else None
-    results: dict[str, list[dict[str, Any]]] = {"bare": [], "botkit": []}
+    kinds = ("bare-full", "bare-normal", "botkit")
+    results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(dir=where) as tmp:
         for n in range(args.rounds):
-            for kind in ("bare", "botkit"):
+            for kind in kinds:
                 result = run_one(kind, args, Path(tmp) / f"{n}")
                 results[kind].append(result)
                 print(f"  round {n + 1} {kind}:"
                       f" {result['saturation']['callbacks_per_s']:.0f} callbacks/s,"
-                      f" {result['cpu_ms_per_callback']:.2f} ms CPU each", flush=True)
+                      f" {result['cpu_ms_per_callback']:.2f} ms CPU each; the load process"
+                      f" at {result['saturation']['load_cpu_share']:.0%} of its core"
+                      f" ({result.get('loop', '?')})", flush=True)
         if args.scale:
             results["botkit-scale"] = [run_one("botkit-scale", args, Path(tmp) / "scale")]
-    print(table(results["bare"], results["botkit"]))
+    print(table({k: results[k] for k in ("bare-full", "bare-normal")}, results["botkit"]))
+    for line in invalid(results):
+        print(line)
     if args.scale:
         print(scale_table(results["botkit"][-1], results["botkit-scale"][0], args.scale))
     print(json.dumps(results))
     bad = any(r["errors"] or r["unexpected_replies"]
-              for kind, runs in results.items() if kind != "bare" for r in runs)
+              for kind, runs in results.items() if not kind.startswith("bare") for r in runs)
     return 1 if bad else 0
 
 
