@@ -300,7 +300,7 @@ class Sender:
                 await asyncio.sleep(delay)
             if self.rate > 0:
                 await self._window()
-            # Checked against every provider limit when the turn made it (outbox.Composer).
+            # Checked against every provider limit when the turn made it (runtime.composer).
             result = await self.client.send_checked(row.payload)
         except (UnauthorizedError, BalanceError) as exc:
             await self.store.requeue([row.id], exc.reason, tried=False)

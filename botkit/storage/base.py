@@ -228,7 +228,7 @@ class ReportStore(ABC):
 
     @abstractmethod
     async def funnel(self, flow: str) -> dict[str, Any]:
-        """Raw counts behind ``run.py stats FLOW`` (see sqlite_store for the shape)."""
+        """Raw counts behind ``run.py stats FLOW`` (see storage.sqlite.reports for the shape)."""
 
     @abstractmethod
     async def health(self) -> dict[str, Any]:
