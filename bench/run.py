@@ -48,6 +48,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of the process's main thread (the event loop) and of all its others."""
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if task.name == str(pid):
+            main += seconds
+        else:
+            other += seconds
+    return main, other
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -98,7 +114,9 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         server = subprocess.Popen(pinned(0, server_cmd), cwd=ROOT, env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
     marks: dict[str, float] = {}
+    threads: dict[str, tuple[float, float]] = {}
     result: dict[str, Any] = {}
+    spy: subprocess.Popen[bytes] | None = None
     try:
         assert load.stdout is not None
         for line in load.stdout:
@@ -107,10 +125,16 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             elif line.startswith("PHASE"):
                 _, name, edge = line.split()
                 marks[f"{name}_{edge}"] = cpu_seconds(server.pid)
+                threads[f"{name}_{edge}"] = thread_cpu_seconds(server.pid)
+                if (name, edge) == ("saturation", "start") and args.py_spy and (
+                        kind == "botkit"):
+                    spy = py_spy(server.pid, args.seconds, args.py_spy)
             elif line.startswith("{"):
                 result.update(json.loads(line))
         load.wait(60)
         result["rss_peak_mb"] = peak_rss_mb(server.pid)
+        if spy is not None:
+            spy.wait(60)
     finally:
         server.terminate()
         server.wait(30)
@@ -119,13 +143,29 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     callbacks = result["saturation"]["callbacks_per_s"] * args.seconds
     cpu = marks["saturation_end"] - marks["saturation_start"]
     result["cpu_ms_per_callback"] = 1000 * cpu / callbacks if callbacks else float("nan")
+    (main0, other0), (main1, other1) = threads["saturation_start"], threads["saturation_end"]
+    result["loop_thread_ms_per_callback"] = (1000 * (main1 - main0) / callbacks
+                                              if callbacks else float("nan"))
+    result["other_threads_ms_per_callback"] = (1000 * (other1 - other0) / callbacks
+                                                if callbacks else float("nan"))
     result["db_bytes"] = db.stat().st_size if db.exists() else 0
     return result
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """Sample the server's threads for the saturation phase (``pip install py-spy``)."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
+               "--rate", "250", "--threads", "--nonblocking", "--format", "raw",
+               "--output", str(out)]
+    return subprocess.Popen(pinned(1, command), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 ROWS = [
     ("callbacks/s at saturation", "saturation.callbacks_per_s", "{:.0f}"),
     ("server CPU ms per callback", "cpu_ms_per_callback", "{:.2f}"),
+    ("  of it the event loop's thread", "loop_thread_ms_per_callback", "{:.2f}"),
+    ("  of it the other threads (database)", "other_threads_ms_per_callback", "{:.2f}"),
     ("e2e p50 ms at fixed rate", "rate.e2e_p50_ms", "{:.1f}"),
     ("e2e p95 ms at fixed rate", "rate.e2e_p95_ms", "{:.1f}"),
     ("e2e p99 ms at fixed rate", "rate.e2e_p99_ms", "{:.1f}"),
@@ -230,6 +270,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each server, taking turns (default 3)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of botkit's server here")
+    parser.add_argument("--py-spy", type=Path, metavar="FILE",
+                        help="sample botkit's server with py-spy during saturation, into FILE"
+                             " (collapsed stacks; bench/profile_table.py reads it)")
     parser.add_argument("--scale", type=Path, metavar="SEEDED.db",
                         help="also run botkit on a copy of this database (bench/seed.py)")
     args = parser.parse_args()
