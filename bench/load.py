@@ -129,6 +129,13 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] * 1000
 
 
+def latencies(load: Load) -> dict[str, float]:
+    """The phase's end-to-end and ack percentiles, in ms."""
+    return {"e2e_p50_ms": pct(load.e2e, 50), "e2e_p95_ms": pct(load.e2e, 95),
+            "e2e_p99_ms": pct(load.e2e, 99), "ack_p50_ms": pct(load.acks, 50),
+            "ack_p99_ms": pct(load.acks, 99)}
+
+
 def phase(name: str, edge: str) -> None:
     print(f"PHASE {name} {edge}", flush=True)
 
@@ -199,9 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         phase("rate", "end")
         results["rate"] = {
             "target_per_s": args.rate, "sent": sent, "skipped_no_ready_user": late,
-            "e2e_p50_ms": pct(load.e2e, 50), "e2e_p95_ms": pct(load.e2e, 95),
-            "e2e_p99_ms": pct(load.e2e, 99), "ack_p50_ms": pct(load.acks, 50),
-            "ack_p99_ms": pct(load.acks, 99), "load_cpu_share": own.share(),
+            **latencies(load), "load_cpu_share": own.share(),
         }
         # Think time: users answer 1-3 s after each reply, for at least 15 s.
         load.measuring = False
@@ -217,12 +222,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.think_seconds)
         phase("think", "end")
         elapsed = time.perf_counter() - started
-        results["think"] = {
-            "callbacks_per_s": (load.replies - start_replies) / elapsed,
-            "e2e_p50_ms": pct(load.e2e, 50), "e2e_p95_ms": pct(load.e2e, 95),
-            "e2e_p99_ms": pct(load.e2e, 99), "ack_p50_ms": pct(load.acks, 50),
-            "ack_p99_ms": pct(load.acks, 99), "load_cpu_share": own.share(),
-        }
+        results["think"] = {"callbacks_per_s": (load.replies - start_replies) / elapsed,
+                            **latencies(load), "load_cpu_share": own.share()}
         load.think, load.measuring = None, False
         load.stop_thinking()
         await drain(load)
