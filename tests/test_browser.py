@@ -15,7 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlite_utils
@@ -80,56 +83,64 @@ def need_browser() -> None:
         pytest.skip(missing)
 
 
-def test_survey_in_the_web_chat(sandbox_server, tmp_path):
-    need_browser()
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def chromium_page(**options: Any) -> Iterator[Any]:
+    """A page of a fresh headless Chromium (the test has called ``need_browser``)."""
+    from playwright.sync_api import sync_playwright
 
-    url, db = sandbox_server
-    phone = "380509876543"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
-            page.goto(f"{url}/?phone={phone}")
-            expect(page.locator("#phone")).to_have_value(phone)
-            bots = page.locator(".bubble.bot")
-
-            page.get_by_role("button", name="Start survey").click()
-            expect(bots.nth(0)).to_contain_text("First, what's your name?")
-            expect(bots.nth(0).locator(".ticks")).to_have_text("✓✓")
-
-            def say(text: str, count: int) -> None:
-                page.locator("#text").fill(text)
-                page.locator("#send").click()
-                expect(bots).to_have_count(count)
-
-            say("Ana", 2)
-            expect(bots.nth(1)).to_contain_text("Thanks, Ana!")
-            say("ten", 3)
-            expect(bots.nth(2)).to_contain_text('Please answer 1 to 5 ("ten" is not one of them)')
-            say("4", 4)
-            say("<b>Quick</b> & friendly", 5)
-            expect(page.locator(".bubble.user .text").last).to_have_text("<b>Quick</b> & friendly")
-            assert page.locator(".bubble b").count() == 0  # shown as text, never parsed
-            thanks = bots.nth(4)
-            expect(thanks).to_contain_text("You rated us 4/5")
-            expect(thanks.locator("img.image")).to_have_attribute(
-                "src", f"{url}/static/survey/thanks.png")
-            page.wait_for_function(
-                "() => document.querySelector('.bubble.bot:last-child img').naturalWidth > 0")
-            button = thanks.locator("a.button")
-            expect(button).to_have_text("See what's new")
-            expect(button).to_have_attribute("href", f"{url}/static/survey/news.html")
-            expect(page.locator(".bubble.user")).to_have_count(4)
-            expect(thanks.locator(".ticks")).to_have_text("✓✓")
-            page.evaluate("document.getElementById('messages').scrollTop = 1e9")
-            # docs/img/chat.png is refreshed with UPDATE_SCREENSHOT=1.
-            shot = ROOT / "docs" / "img" / "chat.png"
-            if not os.environ.get("UPDATE_SCREENSHOT"):
-                shot = tmp_path / "chat.png"
-            page.screenshot(path=str(shot))
+            yield browser.new_page(**options)
         finally:
             browser.close()
+
+
+def test_survey_in_the_web_chat(sandbox_server, tmp_path):
+    need_browser()
+    from playwright.sync_api import expect
+
+    url, db = sandbox_server
+    phone = "380509876543"
+    with chromium_page(viewport={"width": 390, "height": 844}) as page:  # a phone
+        page.goto(f"{url}/?phone={phone}")
+        expect(page.locator("#phone")).to_have_value(phone)
+        bots = page.locator(".bubble.bot")
+
+        page.get_by_role("button", name="Start survey").click()
+        expect(bots.nth(0)).to_contain_text("First, what's your name?")
+        expect(bots.nth(0).locator(".ticks")).to_have_text("✓✓")
+
+        def say(text: str, count: int) -> None:
+            page.locator("#text").fill(text)
+            page.locator("#send").click()
+            expect(bots).to_have_count(count)
+
+        say("Ana", 2)
+        expect(bots.nth(1)).to_contain_text("Thanks, Ana!")
+        say("ten", 3)
+        expect(bots.nth(2)).to_contain_text('Please answer 1 to 5 ("ten" is not one of them)')
+        say("4", 4)
+        say("<b>Quick</b> & friendly", 5)
+        expect(page.locator(".bubble.user .text").last).to_have_text("<b>Quick</b> & friendly")
+        assert page.locator(".bubble b").count() == 0  # shown as text, never parsed
+        thanks = bots.nth(4)
+        expect(thanks).to_contain_text("You rated us 4/5")
+        expect(thanks.locator("img.image")).to_have_attribute(
+            "src", f"{url}/static/survey/thanks.png")
+        page.wait_for_function(
+            "() => document.querySelector('.bubble.bot:last-child img').naturalWidth > 0")
+        button = thanks.locator("a.button")
+        expect(button).to_have_text("See what's new")
+        expect(button).to_have_attribute("href", f"{url}/static/survey/news.html")
+        expect(page.locator(".bubble.user")).to_have_count(4)
+        expect(thanks.locator(".ticks")).to_have_text("✓✓")
+        page.evaluate("document.getElementById('messages').scrollTop = 1e9")
+        # docs/img/chat.png is refreshed with UPDATE_SCREENSHOT=1.
+        shot = ROOT / "docs" / "img" / "chat.png"
+        if not os.environ.get("UPDATE_SCREENSHOT"):
+            shot = tmp_path / "chat.png"
+        page.screenshot(path=str(shot))
 
     conv = next(sqlite_utils.Database(db).query(
         "SELECT status, state FROM conversations WHERE phone = ?", [phone]))
@@ -140,138 +151,118 @@ def test_survey_in_the_web_chat(sandbox_server, tmp_path):
 
 def test_the_chat_shows_a_lost_server_and_keeps_what_was_not_sent(tmp_path):
     need_browser()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     port, db, log = unused_port(), tmp_path / "browser.db", tmp_path / "server.log"
     url, phone = f"http://127.0.0.1:{port}", "380509876544"
     process = start_server(port, db, log)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            try:
-                page = browser.new_page()
-                page.goto(f"{url}/?phone={phone}")
-                bots = page.locator(".bubble.bot")
-                page.get_by_role("button", name="Start survey").click()
-                expect(bots.nth(0)).to_contain_text("First, what's your name?")
-                expect(page.locator("#connection")).to_be_hidden()
+        with chromium_page() as page:
+            page.goto(f"{url}/?phone={phone}")
+            bots = page.locator(".bubble.bot")
+            page.get_by_role("button", name="Start survey").click()
+            expect(bots.nth(0)).to_contain_text("First, what's your name?")
+            expect(page.locator("#connection")).to_be_hidden()
 
-                stop_server(process)
-                expect(page.locator("#connection")).to_be_visible()
-                expect(page.locator("#connection")).to_contain_text("Connection to the server lost")
-                page.locator("#text").fill("Ana")
-                page.locator("#send").click()
-                expect(page.locator(".notice").last).to_have_text(
-                    "Not sent: the server does not answer (is it running?)")
-                expect(page.locator("#text")).to_have_value("Ana")  # kept, to send again
+            stop_server(process)
+            expect(page.locator("#connection")).to_be_visible()
+            expect(page.locator("#connection")).to_contain_text("Connection to the server lost")
+            page.locator("#text").fill("Ana")
+            page.locator("#send").click()
+            expect(page.locator(".notice").last).to_have_text(
+                "Not sent: the server does not answer (is it running?)")
+            expect(page.locator("#text")).to_have_value("Ana")  # kept, to send again
 
-                process = start_server(port, db, log)
-                expect(page.locator("#connection")).to_be_hidden(timeout=10_000)
-                page.locator("#send").click()
-                expect(bots.nth(1)).to_contain_text("Thanks, Ana!")
-                expect(page.locator("#text")).to_have_value("")
-            finally:
-                browser.close()
+            process = start_server(port, db, log)
+            expect(page.locator("#connection")).to_be_hidden(timeout=10_000)
+            page.locator("#send").click()
+            expect(bots.nth(1)).to_contain_text("Thanks, Ana!")
+            expect(page.locator("#text")).to_have_value("")
     finally:
         stop_server(process)
 
 
 def test_a_hand_over_shows_in_the_chat_and_the_sandbox_plays_the_agent(sandbox_server):
     need_browser()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, _ = sandbox_server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/?phone=380509876545")
-            bots, human = page.locator(".bubble.bot"), page.locator("#human")
-            expect(human).to_be_hidden()
+    with chromium_page() as page:
+        page.goto(f"{url}/?phone=380509876545")
+        bots, human = page.locator(".bubble.bot"), page.locator("#human")
+        expect(human).to_be_hidden()
 
-            page.locator("#text").fill("agent")
-            page.locator("#send").click()
-            expect(bots.nth(0)).to_contain_text("a person from our team will answer you")
-            expect(human).to_be_visible()
-            expect(human).to_contain_text("This conversation is with a person now")
-            page.locator("#text").fill("hello?")
-            page.locator("#send").click()
-            expect(page.locator(".bubble.user")).to_have_count(2)
-            expect(human).to_be_visible()  # the bot stays silent, and the page says why
+        page.locator("#text").fill("agent")
+        page.locator("#send").click()
+        expect(bots.nth(0)).to_contain_text("a person from our team will answer you")
+        expect(human).to_be_visible()
+        expect(human).to_contain_text("This conversation is with a person now")
+        page.locator("#text").fill("hello?")
+        page.locator("#send").click()
+        expect(page.locator(".bubble.user")).to_have_count(2)
+        expect(human).to_be_visible()  # the bot stays silent, and the page says why
 
-            page.locator("#agent-text").fill("Hi, Olga here. How can I help?")
-            page.locator("#agent-send").click()
-            expect(bots.nth(1)).to_have_text(re.compile("Hi, Olga here. How can I help?"))
-            page.get_by_role("button", name="Release to the bot").click()
-            expect(page.locator(".notice.info")).to_have_text("Released: the bot answers again.")
-            expect(human).to_be_hidden()
-            page.locator("#text").fill("menu")
-            page.locator("#send").click()
-            expect(bots.nth(2)).to_contain_text("Hi, this is Acme Support")
-        finally:
-            browser.close()
+        page.locator("#agent-text").fill("Hi, Olga here. How can I help?")
+        page.locator("#agent-send").click()
+        expect(bots.nth(1)).to_have_text(re.compile("Hi, Olga here. How can I help?"))
+        page.get_by_role("button", name="Release to the bot").click()
+        expect(page.locator(".notice.info")).to_have_text("Released: the bot answers again.")
+        expect(human).to_be_hidden()
+        page.locator("#text").fill("menu")
+        page.locator("#send").click()
+        expect(bots.nth(2)).to_contain_text("Hi, this is Acme Support")
 
 
 def test_a_phone_that_is_not_a_number_is_refused_in_plain_words(sandbox_server):
     need_browser()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, _ = sandbox_server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/?phone=call%20me")
-            expect(page.locator(".notice")).to_have_text(
-                "phone: 'call me': not a phone number (digits, spaces, +, - and brackets)")
-            page.locator("#phone").fill("+38 (050) 987-65-46")  # as people write it
-            page.get_by_role("button", name="Open").click()
-            expect(page.locator("#phone")).to_have_value("380509876546")
-            assert "phone=380509876546" in page.url
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(f"{url}/?phone=call%20me")
+        expect(page.locator(".notice")).to_have_text(
+            "phone: 'call me': not a phone number (digits, spaces, +, - and brackets)")
+        page.locator("#phone").fill("+38 (050) 987-65-46")  # as people write it
+        page.get_by_role("button", name="Open").click()
+        expect(page.locator("#phone")).to_have_value("380509876546")
+        assert "phone=380509876546" in page.url
 
 
 def test_the_chat_page_explains_itself(sandbox_server, tmp_path):
     need_browser()
     import json
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, _ = sandbox_server
     phone = "380509876547"
     log = (tmp_path / "server.log").read_text()
     callback = next(line.split()[-1] for line in log.splitlines()
                     if line.startswith("provider callbacks go to "))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/?phone={phone}")
-            empty = page.evaluate("getComputedStyle(document.getElementById('messages'),"
-                                  " '::before').content")
-            assert "No messages yet. Press a Start button above" in empty
-            icon = page.locator("link[rel=icon]").get_attribute("href")
-            with urllib.request.urlopen(url + icon, timeout=5) as answer:
-                assert answer.status == 200 and b"<svg" in answer.read()
+    with chromium_page() as page:
+        page.goto(f"{url}/?phone={phone}")
+        empty = page.evaluate("getComputedStyle(document.getElementById('messages'),"
+                              " '::before').content")
+        assert "No messages yet. Press a Start button above" in empty
+        icon = page.locator("link[rel=icon]").get_attribute("href")
+        with urllib.request.urlopen(url + icon, timeout=5) as answer:
+            assert answer.status == 200 and b"<svg" in answer.read()
 
-            page.get_by_role("button", name="Start survey").click()
-            bot = page.locator(".bubble.bot").first
-            expect(bot).to_contain_text("First, what's your name?")
-            expect(bot.locator(".time")).to_have_text(re.compile(r"^\d\d:\d\d"))
-            page.get_by_role("button", name="Start survey").click()  # again: said plainly
-            expect(page.locator(".notice.info")).to_have_text(
-                'You are already in the survey, at its question "name": answer it there.')
+        page.get_by_role("button", name="Start survey").click()
+        bot = page.locator(".bubble.bot").first
+        expect(bot).to_contain_text("First, what's your name?")
+        expect(bot.locator(".time")).to_have_text(re.compile(r"^\d\d:\d\d"))
+        page.get_by_role("button", name="Start survey").click()  # again: said plainly
+        expect(page.locator(".notice.info")).to_have_text(
+            'You are already in the survey, at its question "name": answer it there.')
 
-            body = json.dumps({"message_token": 91_000_000_000_001, "phone_number": phone,
-                               "time": int(time.time()), "message": {"text": "Ana by curl"}})
-            request = urllib.request.Request(callback, data=body.encode(),
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                assert answer.status == 200
-            user = page.locator(".bubble.user").last
-            expect(user.locator(".text")).to_have_text("Ana by curl")
-            expect(user.locator(".via")).to_have_text("posted to the callback")
-            expect(page.locator(".bubble.bot").nth(1)).to_contain_text("Thanks, Ana by curl!")
-        finally:
-            browser.close()
+        body = json.dumps({"message_token": 91_000_000_000_001, "phone_number": phone,
+                           "time": int(time.time()), "message": {"text": "Ana by curl"}})
+        request = urllib.request.Request(callback, data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200
+        user = page.locator(".bubble.user").last
+        expect(user.locator(".text")).to_have_text("Ana by curl")
+        expect(user.locator(".via")).to_have_text("posted to the callback")
+        expect(page.locator(".bubble.bot").nth(1)).to_contain_text("Thanks, Ana by curl!")
