@@ -149,8 +149,9 @@ class DeliveryRules:
         """A question sent more than ``LATE_SEND`` seconds after its turn asked it (a rate
         limit, an outage): its step's ``ASKED`` timers and the expiry count from the send."""
         late = now - sent.created_at
-        if not sent.question or late <= LATE_SEND or None in (
-                sent.conversation_id, sent.flow, sent.step):
+        if not sent.question or sent.conversation_id is None or late <= LATE_SEND:
+            return None
+        if sent.flow is None or sent.step is None:
             return None
         return TimerShift(conversation_id=sent.conversation_id, flow=sent.flow,
                           step=sent.step, kinds=ASKED, by=late)
