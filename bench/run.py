@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -62,6 +63,19 @@ def thread_cpu_seconds(pid: int) -> tuple[float, float]:
         else:
             other += seconds
     return main, other
+
+
+def context_switches(pid: int) -> int:
+    """Context switches of all the process's threads so far (voluntary and not)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.endswith("ctxt_switches")
+                     or "ctxt_switches:" in line)
+    return total
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -115,6 +129,7 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                   stderr=subprocess.STDOUT)
     marks: dict[str, float] = {}
     threads: dict[str, tuple[float, float]] = {}
+    switches: dict[str, int] = {}
     result: dict[str, Any] = {}
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -126,9 +141,10 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 _, name, edge = line.split()
                 marks[f"{name}_{edge}"] = cpu_seconds(server.pid)
                 threads[f"{name}_{edge}"] = thread_cpu_seconds(server.pid)
+                switches[f"{name}_{edge}"] = context_switches(server.pid)
                 if (name, edge) == ("saturation", "start") and args.py_spy and (
                         kind == "botkit"):
-                    spy = py_spy(server.pid, args.seconds, args.py_spy)
+                    spy = py_spy(server.pid, args.seconds, args.py_spy, args.native)
             elif line.startswith("{"):
                 result.update(json.loads(line))
         load.wait(60)
@@ -140,6 +156,9 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         server.wait(30)
         if load.poll() is None:
             load.kill()
+    # botkit's store logs its jobs and transactions at a clean stop (group commit at work).
+    jobs = re.search(r"\(([\d.]+) per commit\)", (tmp / f"{kind}-server.log").read_text())
+    result["jobs_per_commit"] = float(jobs.group(1)) if jobs else float("nan")
     callbacks = result["saturation"]["callbacks_per_s"] * args.seconds
     cpu = marks["saturation_end"] - marks["saturation_start"]
     result["cpu_ms_per_callback"] = 1000 * cpu / callbacks if callbacks else float("nan")
@@ -148,15 +167,20 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                               if callbacks else float("nan"))
     result["other_threads_ms_per_callback"] = (1000 * (other1 - other0) / callbacks
                                                 if callbacks else float("nan"))
+    result["switches_per_callback"] = ((switches["saturation_end"]
+                                        - switches["saturation_start"]) / callbacks
+                                       if callbacks else float("nan"))
     result["db_bytes"] = db.stat().st_size if db.exists() else 0
     return result
 
 
-def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+def py_spy(pid: int, seconds: float, out: Path, native: bool) -> subprocess.Popen[bytes]:
     """Sample the server's threads for the saturation phase (``pip install py-spy``)."""
     command = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
                "--rate", "250", "--threads", "--nonblocking", "--format", "raw",
                "--output", str(out)]
+    if native:  # py-spy pauses the process for each native sample
+        command = [c for c in command if c != "--nonblocking"] + ["--native"]
     return subprocess.Popen(pinned(1, command), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -166,6 +190,7 @@ ROWS = [
     ("server CPU ms per callback", "cpu_ms_per_callback", "{:.2f}"),
     ("  of it the event loop's thread", "loop_thread_ms_per_callback", "{:.2f}"),
     ("  of it the other threads (database)", "other_threads_ms_per_callback", "{:.2f}"),
+    ("  context switches per callback", "switches_per_callback", "{:.2f}"),
     ("e2e p50 ms at fixed rate", "rate.e2e_p50_ms", "{:.1f}"),
     ("e2e p95 ms at fixed rate", "rate.e2e_p95_ms", "{:.1f}"),
     ("e2e p99 ms at fixed rate", "rate.e2e_p99_ms", "{:.1f}"),
@@ -176,6 +201,7 @@ ROWS = [
     ("e2e p99 ms with think time", "think.e2e_p99_ms", "{:.1f}"),
     ("ack p99 ms with think time", "think.ack_p99_ms", "{:.1f}"),
     ("load process CPU share at saturation", "saturation.load_cpu_share", "{:.2f}"),
+    ("database jobs per commit (whole run)", "jobs_per_commit", "{:.1f}"),
     ("peak RSS MB", "rss_peak_mb", "{:.0f}"),
     ("start-up s", "startup_s", "{:.2f}"),
     ("errors", "errors", "{}"),
@@ -269,16 +295,26 @@ def main() -> int:
                         help="the phase with 1-3 s think time (default 15)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each server, taking turns (default 3)")
+    parser.add_argument("--servers", default="bare-full,bare-normal,botkit",
+                        help="which servers each round runs, in turn (default: all three);"
+                             " the table needs all three")
     parser.add_argument("--profile", type=Path, help="write a cProfile of botkit's server here")
     parser.add_argument("--py-spy", type=Path, metavar="FILE",
                         help="sample botkit's server with py-spy during saturation, into FILE"
                              " (collapsed stacks; bench/profile_table.py reads it)")
+    parser.add_argument("--native", action="store_true",
+                        help="with --py-spy: C frames too (the event loop's and SQLite's)")
     parser.add_argument("--scale", type=Path, metavar="SEEDED.db",
                         help="also run botkit on a copy of this database (bench/seed.py)")
     args = parser.parse_args()
     if args.smoke:
         args.users, args.seconds, args.warmup, args.rate, args.rounds = 20, 1.0, 0.5, 20.0, 1
         args.think_seconds = 1.0
+    kinds = tuple(args.servers.split(","))
+    unknown = set(kinds) - {"bare-full", "bare-normal", "botkit"}
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(sorted(unknown))}; choose from bare-full,"
+                     " bare-normal, botkit")
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -288,11 +324,10 @@ def main() -> int:
           f" {platform.python_version()}; {pinning}")
     print(f"{args.users} users, saturation {args.seconds:.0f}s, then {args.rate:.0f}"
           f" callbacks/s for {args.seconds:.0f}s", flush=True)
-    print(f"{args.rounds} rounds of bare-full, bare-normal, botkit; each ratio compares a botkit"
+    print(f"{args.rounds} rounds of {', '.join(kinds)}; each ratio compares a botkit"
           " run with the bare runs of its round", flush=True)
     # The copy of a big database goes next to it (the same disk), not to a small /tmp.
     where = args.scale.resolve().parent if args.scale else None
-    kinds = ("bare-full", "bare-normal", "botkit")
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(dir=where) as tmp:
         for n in range(args.rounds):
@@ -306,7 +341,8 @@ def main() -> int:
                       f" ({result.get('loop', '?')})", flush=True)
         if args.scale:
             results["botkit-scale"] = [run_one("botkit-scale", args, Path(tmp) / "scale")]
-    print(table({k: results[k] for k in ("bare-full", "bare-normal")}, results["botkit"]))
+    if {"bare-full", "bare-normal", "botkit"} <= set(kinds):
+        print(table({k: results[k] for k in ("bare-full", "bare-normal")}, results["botkit"]))
     for line in invalid(results):
         print(line)
     if args.scale:

@@ -141,6 +141,10 @@ class Connection:
             await self.thread.run(self._db.close, alone=True)
             self._db = None
         await asyncio.to_thread(self.thread.stop)
+        thread = self.thread
+        if thread.groups:
+            log.info("database %s closed: %d jobs in %d transactions (%.1f per commit)",
+                     self.path, thread.jobs, thread.groups, thread.jobs / thread.groups)
 
 
     async def secret(self, generate: Callable[[], str]) -> str:
