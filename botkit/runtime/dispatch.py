@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from botkit.core.records import Inbound, Timer
 
 Item = Inbound | Timer
+Done = Callable[[object], None]  # told what handling an item returned (or raised)
 
 __all__ = ["Dispatcher"]
 
@@ -29,12 +30,13 @@ class Dispatcher:
     >>> dispatcher.submit(inbound)
     """
 
-    def __init__(self, handle: Callable[[Item], Awaitable[None]], *, limit: int = 256) -> None:
+    def __init__(self, handle: Callable[[Item], Awaitable[object]], *, limit: int = 256) -> None:
         self._handle = handle
-        self._queues: dict[str, deque[tuple[Item, Callable[[], None] | None]]] = {}
+        self._queues: dict[str, deque[tuple[Item, Done | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(limit)
         self._closing = False
+        self._unstored: set[str] = set()  # tokens of messages queued before being stored
 
     @property
     def busy(self) -> int:
@@ -46,13 +48,21 @@ class Dispatcher:
         at once."""
         return not self._closing and phone not in self._queues
 
-    def submit(self, item: Item, done: Callable[[], None] | None = None) -> None:
-        """Queue a stored message (or due timer) behind the earlier ones of the same phone.
+    def holds(self, token: str) -> bool:
+        """A message with this token waits or is being handled here, not stored yet (its
+        turn's commit stores it): the same callback again is a duplicate."""
+        return token in self._unstored
 
-        ``done`` is called once the item was handled (or could not be).
+    def submit(self, item: Item, done: Done | None = None) -> None:
+        """Queue a message (or due timer) behind the earlier ones of the same phone.
+
+        ``done`` is called once the item was handled, with what ``handle`` returned, or with
+        the exception that kept it from being handled.
         """
         if self._closing:
             return  # stays pending in the store; handled after the restart
+        if isinstance(item, Inbound) and not item.stored:
+            self._unstored.add(item.token)
         queue = self._queues.get(item.phone)
         if queue is not None:
             queue.append((item, done))
@@ -68,16 +78,23 @@ class Dispatcher:
             while queue and not self._closing:
                 item, done = queue[0]
                 async with self._slots:
+                    result: object = None
                     try:
-                        await self._handle(item)
-                    except Exception:
-                        # The store failed (disk full, locked too long): the row stays
+                        result = await self._handle(item)
+                    except Exception as exc:
+                        # The store failed (disk full, locked too long): a stored row stays
                         # pending and is handled again after a restart.
-                        log.exception("%s %s of %s could not be handled; left pending",
-                                      type(item).__name__.lower(), item.id, phone)
+                        result = exc
+                        if not isinstance(item, Inbound) or item.stored:
+                            log.exception("%s %s of %s could not be handled; left pending",
+                                          type(item).__name__.lower(), item.id, phone)
+                        else:  # nothing was stored: its callback is answered with an error
+                            log.exception("message of %s could not be stored", phone)
                     finally:
+                        if isinstance(item, Inbound) and not item.stored:
+                            self._unstored.discard(item.token)
                         if done is not None:
-                            done()
+                            done(result)
                 queue.popleft()
         finally:
             del self._queues[phone]

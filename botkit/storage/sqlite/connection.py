@@ -52,11 +52,12 @@ class Connection:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: sqlite_utils.Database | None = None
-        self._savepoints = 0
+        self._conn: sqlite3.Connection | None = None
+        self._depth = 0  # savepoints open inside each other
         self.thread = DatabaseThread(
-            lambda: self.db.execute("BEGIN IMMEDIATE"),
-            lambda: self.db.execute("COMMIT"),
-            lambda: self.db.rollback(),
+            lambda: self.conn.execute("BEGIN IMMEDIATE"),
+            lambda: self.conn.execute("COMMIT"),
+            lambda: self.conn.rollback(),
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -70,44 +71,58 @@ class Connection:
             raise RuntimeError("SQLiteStore used before open()")
         return self._db
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself. Statements inside a transaction (``_write``, the
+        thread's groups) run on it directly: sqlite-utils' ``execute`` adds checks for
+        statements outside one, on every statement of the hot path."""
+        if self._conn is None:
+            raise RuntimeError("SQLiteStore used before open()")
+        return self._conn
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite_utils.Database]:
+    def _write(self) -> Iterator[sqlite3.Connection]:
         """One atomic unit of work: a savepoint inside the thread's group transaction, or
         its own ``BEGIN IMMEDIATE`` transaction when run alone."""
-        db = self.db
-        if not db.conn.in_transaction:
-            db.execute("BEGIN IMMEDIATE")
+        conn = self.conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield db
+                yield conn
             except BaseException:
-                db.rollback()
+                conn.rollback()
                 raise
-            db.execute("COMMIT")
+            conn.execute("COMMIT")
             return
-        self._savepoints += 1
-        name = f"job{self._savepoints}"
-        db.execute(f"SAVEPOINT {name}")
+        # Named by depth, not numbered per job: the same few statements every time, so the
+        # connection's statement cache keeps them prepared.
+        self._depth += 1
+        name = f"job{self._depth}"
+        conn.execute(f"SAVEPOINT {name}")
         try:
-            yield db
+            yield conn
         except BaseException:
-            if db.conn.in_transaction:  # some errors end the whole transaction
-                db.execute(f"ROLLBACK TO {name}")
-                db.execute(f"RELEASE {name}")
+            if conn.in_transaction:  # some errors end the whole transaction
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
             raise
-        db.execute(f"RELEASE {name}")
+        else:
+            conn.execute(f"RELEASE {name}")
+        finally:
+            self._depth -= 1
 
     def _write_one(self, sql: str, params: list[Any]) -> sqlite3.Cursor:
         """One write statement. A statement is atomic by itself (a failed one leaves nothing
         behind), so inside the thread's group transaction it needs no savepoint of its own."""
-        if self.db.conn.in_transaction:
-            return self.db.conn.execute(sql, params)
-        with self._write() as db:
-            return db.execute(sql, params)
+        if self.conn.in_transaction:
+            return self.conn.execute(sql, params)
+        with self._write() as conn:
+            return conn.execute(sql, params)
 
     def _rows(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         # The connection directly: sqlite-utils' query() wraps every read in a savepoint,
         # two more statements per read on the hot path.
-        cursor = self.db.conn.execute(sql, params if isinstance(params, dict) else list(params))
+        cursor = self.conn.execute(sql, params if isinstance(params, dict) else list(params))
         keys = [column[0] for column in cursor.description]
         return [dict(zip(keys, row, strict=True)) for row in cursor]
 
@@ -129,7 +144,7 @@ class Connection:
         sync = db.execute("PRAGMA synchronous").fetchone()[0]
         if mode != "wal" or sync != 2:
             raise RuntimeError(f"{self.path}: expected WAL and synchronous=FULL, got {mode}/{sync}")
-        self._db = db
+        self._db, self._conn = db, conn
         with self._write():  # one process migrates; others wait on the busy timeout
             applied = check_and_migrate(db, str(self.path))
         if applied:
@@ -139,7 +154,7 @@ class Connection:
     async def close(self) -> None:
         if self._db is not None:
             await self.thread.run(self._db.close, alone=True)
-            self._db = None
+            self._db = self._conn = None
         await asyncio.to_thread(self.thread.stop)
         thread = self.thread
         if thread.groups:
@@ -178,7 +193,7 @@ class Connection:
 
 
     def _cancel_timers(self, conv_id: int, now: float) -> None:
-        self.db.execute(
+        self.conn.execute(
             "UPDATE timers SET status = 'cancelled', done_at = ?"
             " WHERE conversation_id = ? AND status = 'pending'",
             [now, conv_id],
@@ -188,14 +203,14 @@ class Connection:
         self, conv_id: int, phone: str, timers: Iterable[TimerSpec], now: float
     ) -> None:
         for t in timers:
-            self.db.execute(
+            self.conn.execute(
                 "INSERT INTO timers (conversation_id, phone, kind, flow, step, due_at,"
                 " message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [conv_id, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now],
             )
 
     def _finish_timer(self, timer_id: int, status: str, detail: str | None, now: float) -> None:
-        cursor = self.db.execute(
+        cursor = self.conn.execute(
             "UPDATE timers SET status = ?, detail = ?, done_at = ?"
             " WHERE id = ? AND status = 'pending'",
             [status, detail, now, timer_id],
@@ -206,7 +221,7 @@ class Connection:
 
     def _update_conversation(self, conv_id: int, version: int, values: dict[str, Any]) -> None:
         sets = ", ".join(f"{k} = ?" for k in values)
-        cursor = self.db.execute(
+        cursor = self.conn.execute(
             f"UPDATE conversations SET {sets}, version = version + 1"
             " WHERE id = ? AND version = ?",
             [*values.values(), conv_id, version],
@@ -227,7 +242,7 @@ class Connection:
         is kept in ``status_events`` only."""
         changed = rules.advances(row["delivery_status"], status)
         if changed:
-            self.db.execute(
+            self.conn.execute(
                 "UPDATE outbound SET delivery_status = ?, delivery_status_at = ? WHERE id = ?",
                 [status, at, row["id"]],
             )
@@ -246,7 +261,7 @@ class Connection:
         """Keep the SMS fallback's id and status (Viber + SMS); a final SMS status stays."""
         if sms_id is None and sms_status is None:
             return  # every message without an SMS fallback: no statement
-        self.db.execute(
+        self.conn.execute(
             "UPDATE outbound SET sms_message_id = coalesce(?, sms_message_id),"
             " sms_message_status = CASE WHEN sms_message_status IN (2, 3, 5)"
             " THEN sms_message_status ELSE coalesce(?, sms_message_status) END WHERE id = ?",
