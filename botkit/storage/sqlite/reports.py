@@ -117,5 +117,8 @@ class Reports(Connection):
                               f" WHERE {_ATTENTION} GROUP BY status"):
             outbox[row["status"]] = row["n"]
         pending = self._one("SELECT count(*) AS n FROM inbound WHERE status = 'pending'")
-        return {"outbox": outbox, "inbound_pending": pending["n"] if pending else 0}
+        # The writer's work since the start: jobs, and the transactions they were grouped in.
+        writes = {"jobs": self.thread.jobs, "commits": self.thread.groups}
+        return {"outbox": outbox, "inbound_pending": pending["n"] if pending else 0,
+                "writes": writes}
 
