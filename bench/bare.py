@@ -4,7 +4,7 @@ Parse the JSON, one SQLite upsert of the user's step, render a Jinja template, P
 provider over a shared session. None of botkit's guarantees: no stored inbound message, no
 dedup, no transaction around state and reply, no retries, no ordering per user.
 ``--synchronous FULL`` is botkit's durability; ``NORMAL`` (with WAL) the fastest honest setting
-a user would pick.
+a user would pick. It runs on uvloop, as botkit does (``--loop asyncio`` for the stock loop).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--templates", required=True)
     parser.add_argument("--callback", required=True)
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the event loop (default uvloop, as botkit's server runs on)")
     args = parser.parse_args()
 
     db = sqlite3.connect(args.db, isolation_level=None)
@@ -77,7 +79,12 @@ def main() -> None:
     app.router.add_post("/viber/callback/{secret}", callback)
     app.router.add_get("/healthz", lambda r: web.json_response({"status": "ok"}))
     app.cleanup_ctx.append(session_ctx)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    loop = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, loop=loop)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     if kind.startswith("botkit"):
         env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider, BOTKIT_DB=str(db),
                    BOTKIT_PORT=str(port), BOTKIT_PUBLIC_URL=server_url,
-                   BOTKIT_CALLBACK_SECRET=SECRET)
+                   BOTKIT_CALLBACK_SECRET=SECRET, BOTKIT_LOOP=args.loop)
         server_cmd = [sys.executable, "run.py", "serve", "--bots", str(BENCH / "bots"),
                       "--templates", str(BENCH / "templates")]
         if args.profile:  # cProfile of the event loop's thread, written at a clean stop
@@ -120,7 +120,8 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         server_cmd = [sys.executable, str(BENCH / "bare.py"), "--port", str(port),
                       "--provider", provider, "--key", KEY, "--db", str(db),
                       "--templates", str(BENCH / "templates"), "--callback", callback,
-                      "--synchronous", "NORMAL" if kind == "bare-normal" else "FULL"]
+                      "--synchronous", "NORMAL" if kind == "bare-normal" else "FULL",
+                      "--loop", args.loop]
     load_cmd = [sys.executable, str(BENCH / "load.py"), "--provider-port", str(provider_port),
                 "--server", server_url, "--callback", callback, "--key", KEY,
                 "--users", str(args.users), "--rate", str(args.rate),
@@ -310,6 +311,8 @@ def main() -> int:
     parser.add_argument("--servers", default="bare-full,bare-normal,botkit",
                         help="which servers each round runs, in turn (default: all three);"
                              " the table needs all three")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the servers' event loop, the same for all (default uvloop)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of botkit's server here")
     parser.add_argument("--py-spy", type=Path, metavar="FILE",
                         help="sample botkit's server with py-spy during saturation, into FILE"
@@ -335,7 +338,7 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d')}, nproc {os.cpu_count()}, {cpu}, Python"
           f" {platform.python_version()}; {pinning}")
     print(f"{args.users} users, saturation {args.seconds:.0f}s, then {args.rate:.0f}"
-          f" callbacks/s for {args.seconds:.0f}s", flush=True)
+          f" callbacks/s for {args.seconds:.0f}s; servers on {args.loop}", flush=True)
     print(f"{args.rounds} rounds of {', '.join(kinds)}; each ratio compares a botkit"
           " run with the bare runs of its round", flush=True)
     # The copy of a big database goes next to it (the same disk), not to a small /tmp.

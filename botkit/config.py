@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -51,6 +51,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "api_timeout": ("BOTKIT_API_TIMEOUT", "seconds to wait for each provider request (> 0)"),
     "read_deadline": ("BOTKIT_READ_DEADLINE",
                       "seconds a client may take to send a request, or stay idle (> 0)"),
+    "loop": ("BOTKIT_LOOP", "auto, uvloop or asyncio: the event loop `serve` runs on"),
     "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
     "phone_region": ("BOTKIT_PHONE_REGION",
                      "the country of phone numbers typed without their country code, as a"
@@ -81,6 +82,7 @@ class Settings(BaseModel):
     send_concurrency: int = Field(default=100, ge=1, le=100)  # the client keeps 100 connections
     api_timeout: float = Field(default=10.0, gt=0)
     read_deadline: float = Field(default=10.0, gt=0)
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     crash_at: str | None = None
     phone_region: str | None = None
 

@@ -383,3 +383,29 @@ async def test_a_batch_of_new_conversations_that_fails_leaves_nothing_behind(tmp
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
     conn.close()
     await store.close()
+
+
+async def test_the_wal_is_checkpointed_by_its_own_thread_not_inside_commits(tmp_path):
+    from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT
+
+    store = await opened(tmp_path / "wal.db")
+    limit = await store._run(lambda: store.conn.execute("PRAGMA wal_autocheckpoint").fetchone())
+    assert limit == (WRITER_AUTOCHECKPOINT,)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.interval = 0.05
+    for n in range(30):  # enough pages that a commit would otherwise checkpoint
+        await store.set_meta(f"k{n}", "x" * 3000)
+    runs = checkpointer.runs
+    for _ in range(100):
+        if checkpointer.runs >= runs + 2:
+            break
+        await asyncio.sleep(0.02)
+    # The pages reached the database file itself: a copy of it without its log has them.
+    import shutil
+
+    shutil.copyfile(tmp_path / "wal.db", tmp_path / "main-only.db")
+    conn = sqlite3.connect(tmp_path / "main-only.db")
+    assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone() == (30,)
+    conn.close()
+    await store.close()

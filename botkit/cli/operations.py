@@ -44,7 +44,7 @@ def serve(args: argparse.Namespace) -> int:
               f" Chat with your bots at {where}/", flush=True)
     else:
         print(f"botkit serving on {where}, sending through {settings.api_url}", flush=True)
-    serve(app, sock)
+    serve(app, sock, loop=settings.loop)
     return 0
 
 

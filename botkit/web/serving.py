@@ -48,15 +48,27 @@ def listen(host: str, port: int) -> socket.socket:
         raise
 
 
-def serve(app: web.Application, sock: socket.socket, *, shutdown_timeout: float = 15.0) -> None:
+def serve(
+    app: web.Application, sock: socket.socket, *, shutdown_timeout: float = 15.0,
+    loop: str = "auto",
+) -> None:
     """Serve ``app`` on ``sock`` (from ``listen``) until SIGINT or SIGTERM, closing slow
     clients (``run.py serve``).
 
     Like ``web.run_app``, plus the SlowClientGuard watching the server's connections.
+    ``loop`` (``BOTKIT_LOOP``): ``uvloop`` (a dependency where it builds: Linux and macOS),
+    ``asyncio`` (the standard library's loop), or ``auto``, uvloop when it is installed.
     """
-    try:  # uvloop, when installed (pip install botkit[fast]), runs the same code faster
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
+    uvloop = None
+    if loop != "asyncio":
+        try:
+            uvloop = importlib.import_module("uvloop")
+        except ImportError as exc:
+            if loop == "uvloop":
+                raise ConfigError("BOTKIT_LOOP=uvloop, but uvloop is not installed:"
+                                  " pip install uvloop, or BOTKIT_LOOP=auto") from exc
+    log.info("event loop: %s", "uvloop" if uvloop is not None else "asyncio")
+    if uvloop is None:
         asyncio.run(_serve(app, sock, shutdown_timeout))
     else:
         uvloop.run(_serve(app, sock, shutdown_timeout))

@@ -318,7 +318,9 @@ def check(procs: Processes, log: list[dict[str, Any]], convs: list[Conversation]
                 report.problems.append(f"{conv.phone}: provider got {got}")
             doubled = len(got) - len(collapsed)
             report.doubled += doubled
-            resent = sum(1 for r in rows if r["attempts"] > 1)
+            # Each claim after the first is a send that a crash may have doubled: a row whose
+            # send two kills in a row interrupted is resent twice.
+            resent = sum(r["attempts"] - 1 for r in rows if r["attempts"] > 1)
             report.resent_after_crash += resent
             if doubled > resent:
                 report.problems.append(f"{conv.phone}: {doubled} doubled, only {resent} resent")

@@ -5,7 +5,8 @@ One dedicated thread owns the connection (as Datasette's write thread does): eve
 queued to it, so the event loop never blocks on disk and writes are serialised. Writes use
 ``BEGIN IMMEDIATE`` so that other processes (the command line) wait on the busy timeout
 instead of failing. The file runs in WAL mode with ``synchronous=FULL``: a committed callback
-survives a power cut (see docs/design.md for what NORMAL would cost).
+survives a power cut (see docs/design.md for what NORMAL would cost). The WAL is copied into
+the file by a ``Checkpointer`` thread of its own, never inside a commit.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError, TimerTakenError
 from botkit.storage.db_thread import DatabaseThread
 from botkit.storage.rows import conversation_from_row
+from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT, Checkpointer
 from botkit.storage.schema import check_and_migrate
 
 __all__ = ["Connection"]
@@ -54,6 +56,7 @@ class Connection:
         self._db: sqlite_utils.Database | None = None
         self._conn: sqlite3.Connection | None = None
         self._depth = 0  # savepoints open inside each other
+        self._checkpointer: Checkpointer | None = None
         self.thread = DatabaseThread(
             lambda: self.conn.execute("BEGIN IMMEDIATE"),
             lambda: self.conn.execute("COMMIT"),
@@ -132,6 +135,8 @@ class Connection:
 
     async def open(self) -> None:
         await self.thread.run(self._open, alone=True)
+        self._checkpointer = Checkpointer(self.path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self._checkpointer.start()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +145,8 @@ class Connection:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.enable_wal()
         db.execute("PRAGMA synchronous = FULL")
+        # Checkpoints run on their own thread (``Checkpointer``), not inside a commit.
+        db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}")
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
         sync = db.execute("PRAGMA synchronous").fetchone()[0]
         if mode != "wal" or sync != 2:
@@ -152,6 +159,9 @@ class Connection:
         log.info("database %s ready (journal_mode=wal, synchronous=full)", self.path)
 
     async def close(self) -> None:
+        if self._checkpointer is not None:  # before the writer's close, which checkpoints
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         if self._db is not None:
             await self.thread.run(self._db.close, alone=True)
             self._db = self._conn = None
