@@ -3,9 +3,9 @@
     python bench/pipeline.py            # about 5 s; run it pinned (taskset -c 0) to compare
     python bench/pipeline.py --profile  # and print cProfile's top functions (event loop only)
 
-200 users play the benchmark's 5-step flow as the server would handle them: read the
-callback's routing context (one database job), run the turn, commit it with the callback
-stored and the reply claimed (another), record the send's ``message_id`` (a third). The provider and HTTP are left out, so the figure moves only with
+200 users play the benchmark's 5-step flow as the server would handle them: store the
+callback and read its routing context (one database job), run the turn, commit it (the reply claimed in the commit), record the
+send's ``message_id``. The provider and HTTP are left out, so the figure moves only with
 botkit's own code. Back to back it repeats within a few percent, but a shared machine's
 speed drifts over minutes: compare two versions by alternating them. Real SQLite file (WAL,
 synchronous=FULL), real database thread.
@@ -72,12 +72,13 @@ async def run(rounds: int, profile: bool) -> None:
             if phone in last:
                 body["message"] = {"text": text, "tracking_data": f"tracking_id:{last[phone]}"}
             reply = InboundReply.model_validate(body)
-            # As the server does for a phone with nothing else in progress: the turn's
-            # commit stores the message.
-            assert await engine.handle(Inbound(
-                id=0, token=reply.message_token, phone=phone, time=reply.time,
-                text=reply.message.text, tracking_data=reply.message.tracking_data,
-                stored=False, received_at=time.time()))
+            # As the server does for a phone with nothing else in progress.
+            inbound_id, context = await store.record_and_route(reply, time.time())
+            assert inbound_id is not None
+            await engine.handle(Inbound(id=inbound_id, token=reply.message_token, phone=phone,
+                                        time=reply.time, text=reply.message.text,
+                                        tracking_data=reply.message.tracking_data,
+                                        context=context))
             for row in outlet.claimed.pop(phone, []):
                 counter["message_id"] += 1
                 await store.mark_sent(row.id, counter["message_id"], time.time(), engine.rules)

@@ -220,7 +220,7 @@ async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(tm
     await store.close()
 
 
-async def test_route_unstored_reads_the_routing_context_of_a_new_token_only(tmp_path):
+async def test_record_and_route_stores_once_and_reads_the_routing_context(tmp_path):
     from botkit.core.conversation import Status
     from botkit.core.records import ConversationChange
     from botkit.models import InboundReply
@@ -230,73 +230,14 @@ async def test_route_unstored_reads_the_routing_context_of_a_new_token_only(tmp_
                                 status=Status.ACTIVE, state={}, retries=0,
                                 expires_at=9e9)
     await store.commit(Commit(inbound_id=None, conversation=change), 1.0)
-    context = await store.route_unstored("r1", "380502", None)
-    assert context is not None
+    reply = InboundReply.model_validate({"message_token": "r1", "phone_number": "380502",
+                                         "time": 1, "message": {"text": "hi"}})
+    inbound_id, context = await store.record_and_route(reply, 2.0)
+    assert inbound_id is not None and context is not None
     sent, tracked, active = context
     assert sent is None and tracked is None and active is not None and active.step == "q"
     assert context == await store.routing_context("380502", None)
-    reply = InboundReply.model_validate({"message_token": "r1", "phone_number": "380502",
-                                         "time": 1, "message": {"text": "hi"}})
-    assert await store.record_inbound(reply, 2.0) is not None
-    assert await store.route_unstored("r1", "380502", None) is None  # a duplicate now
-    await store.close()
-
-
-def _unstored(token: str, phone: str = "380503"):
-    from botkit.core.records import Inbound
-
-    return Inbound(id=0, token=token, phone=phone, time=1, text="hi", tracking_data=None,
-                   stored=False, received_at=5.0)
-
-
-def _started(phone: str = "380503"):
-    from botkit.core.conversation import Status
-    from botkit.core.records import ConversationChange
-
-    return ConversationChange(phone=phone, flow="f", step="q", status=Status.ACTIVE, state={},
-                              retries=0, expires_at=9e9)
-
-
-async def test_a_commit_stores_its_unstored_message_as_handled_with_its_replies(tmp_path):
-    store = await opened(tmp_path / "record.db")
-    item = OutboxItem(phone="380503", flow="f", step="q", template="t", text="hello",
-                      message_type=206, payload={"text": "hello"})
-    done = await store.commit(Commit(inbound_id=None, record=_unstored("t1"),
-                                     conversation=_started(), outbox=(item,), route="start",
-                                     handled_by=("f", "q")), 9.0)
-    conn = sqlite3.connect(tmp_path / "record.db")
-    row = conn.execute(
-        "SELECT id, status, route, conversation_id, received_at, handled_at, flow, step"
-        " FROM inbound WHERE message_token = 't1'").fetchone()
-    assert row[1:] == ("handled", "start", done.conversation_id, 5.0, 9.0, "f", "q")
-    assert conn.execute("SELECT inbound_id FROM outbound").fetchall() == [(row[0],)]
-    conn.close()
-    assert await store.route_unstored("t1", "380503", None) is None
-    await store.close()
-
-
-async def test_a_commit_takes_over_its_message_stored_meanwhile_and_voids_a_handled_one(
-    tmp_path
-):
-    from botkit.errors import DuplicateMessageError
-    from botkit.models import InboundReply
-
-    store = await opened(tmp_path / "takeover.db")
-    reply = InboundReply.model_validate({"message_token": "t2", "phone_number": "380503",
-                                         "time": 1, "message": {"text": "hi"}})
-    pending = await store.record_inbound(reply, 4.0)  # the callback stored by itself (late)
-    await store.commit(Commit(inbound_id=None, record=_unstored("t2"), conversation=_started(),
-                              route="start"), 9.0)
-    conn = sqlite3.connect(tmp_path / "takeover.db")
-    assert conn.execute("SELECT id, status FROM inbound").fetchall() == [(pending, "handled")]
-    assert await store.pending_inbound() == []
-    # The same message once more (a second process, a provider's retry): its turn is void.
-    with pytest.raises(DuplicateMessageError):
-        await store.commit(Commit(inbound_id=None, record=_unstored("t2", "380504"),
-                                  conversation=_started("380504"), route="start"), 10.0)
-    assert conn.execute("SELECT count(*) FROM conversations").fetchone() == (1,)
-    assert conn.execute("SELECT count(*) FROM inbound").fetchone() == (1,)
-    conn.close()
+    assert await store.record_and_route(reply, 3.0) == (None, None)  # a duplicate
     await store.close()
 
 

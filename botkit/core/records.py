@@ -33,12 +33,7 @@ RoutingContext = tuple[SentRef | None, Conversation | None, Conversation | None]
 
 @dataclass(frozen=True, kw_only=True)
 class Inbound:
-    """A user message to handle: stored on arrival (``id``), or not yet (``stored`` False).
-
-    An unstored message is one that arrived while nothing of its phone was in progress: its
-    turn's commit stores it, already handled, in the same transaction (``Commit.record``),
-    and the server answers the provider after that commit. ``id`` is 0 until then.
-    """
+    """A stored user message waiting to be (or already) handled."""
 
     id: int
     token: str
@@ -47,8 +42,9 @@ class Inbound:
     text: str
     tracking_data: str | None
     attempts: int = 0
-    stored: bool = True
-    received_at: float = 0.0  # when it arrived; what an unstored message is stored with
+    # The routing context, when it was read with the message's insert (``record_and_route``)
+    # and nothing of the phone ran in between; the engine reads it itself otherwise.
+    context: RoutingContext | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,10 +146,6 @@ class Commit:
     # A sender with a free slot: the first new message is inserted already claimed by it
     # (when no earlier message of its phone waits), which saves the sender a claim.
     claim_for: str | None = None
-    # The user's message itself when it was not stored on arrival (``Inbound.stored``): the
-    # commit stores it as handled, or fails with DuplicateMessageError if a message with its
-    # token was handled already (a provider's retry, or another process).
-    record: Inbound | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from botkit.core.records import Inbound, Timer
 
 Item = Inbound | Timer
-Done = Callable[[object], None]  # told what handling an item returned (or raised)
 
 __all__ = ["Dispatcher"]
 
@@ -30,13 +29,12 @@ class Dispatcher:
     >>> dispatcher.submit(inbound)
     """
 
-    def __init__(self, handle: Callable[[Item], Awaitable[object]], *, limit: int = 256) -> None:
+    def __init__(self, handle: Callable[[Item], Awaitable[None]], *, limit: int = 256) -> None:
         self._handle = handle
-        self._queues: dict[str, deque[tuple[Item, Done | None]]] = {}
+        self._queues: dict[str, deque[tuple[Item, Callable[[], None] | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(limit)
         self._closing = False
-        self._unstored: set[str] = set()  # tokens of messages queued before being stored
 
     @property
     def busy(self) -> int:
@@ -48,21 +46,13 @@ class Dispatcher:
         at once."""
         return not self._closing and phone not in self._queues
 
-    def holds(self, token: str) -> bool:
-        """A message with this token waits or is being handled here, not stored yet (its
-        turn's commit stores it): the same callback again is a duplicate."""
-        return token in self._unstored
+    def submit(self, item: Item, done: Callable[[], None] | None = None) -> None:
+        """Queue a stored message (or due timer) behind the earlier ones of the same phone.
 
-    def submit(self, item: Item, done: Done | None = None) -> None:
-        """Queue a message (or due timer) behind the earlier ones of the same phone.
-
-        ``done`` is called once the item was handled, with what ``handle`` returned, or with
-        the exception that kept it from being handled.
+        ``done`` is called once the item was handled (or could not be).
         """
         if self._closing:
             return  # stays pending in the store; handled after the restart
-        if isinstance(item, Inbound) and not item.stored:
-            self._unstored.add(item.token)
         queue = self._queues.get(item.phone)
         if queue is not None:
             queue.append((item, done))
@@ -78,23 +68,16 @@ class Dispatcher:
             while queue and not self._closing:
                 item, done = queue[0]
                 async with self._slots:
-                    result: object = None
                     try:
-                        result = await self._handle(item)
-                    except Exception as exc:
-                        # The store failed (disk full, locked too long): a stored row stays
+                        await self._handle(item)
+                    except Exception:
+                        # The store failed (disk full, locked too long): the row stays
                         # pending and is handled again after a restart.
-                        result = exc
-                        if not isinstance(item, Inbound) or item.stored:
-                            log.exception("%s %s of %s could not be handled; left pending",
-                                          type(item).__name__.lower(), item.id, phone)
-                        else:  # nothing was stored: its callback is answered with an error
-                            log.exception("message of %s could not be stored", phone)
+                        log.exception("%s %s of %s could not be handled; left pending",
+                                      type(item).__name__.lower(), item.id, phone)
                     finally:
-                        if isinstance(item, Inbound) and not item.stored:
-                            self._unstored.discard(item.token)
                         if done is not None:
-                            done(result)
+                            done()
                 queue.popleft()
         finally:
             del self._queues[phone]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
 
 from botkit.core.conversation import Conversation
 from botkit.core.flows import Flow, Step
@@ -47,23 +46,16 @@ class Engine(Proactive, Events):
     >>> engine = Engine(store, flows, renderer, sender="Acme", callback_url=url)
     """
 
-    async def handle(self, item: Inbound | Timer) -> bool:
-        """Handle one message or due timer; never raises for a bot's fault.
-
-        False when the message was dropped as a duplicate (its token was handled already),
-        True otherwise (an error reply is still a handled message).
-        """
+    async def handle(self, item: Inbound | Timer) -> None:
+        """Handle one stored message or due timer; never raises for a bot's fault."""
         if isinstance(item, Timer):
-            await self.fire(item)
-            return True
+            return await self.fire(item)
         try:
-            return await self._handle(item)
+            await self._handle(item)
         except DuplicateMessageError as exc:  # another process handled it first
-            log.info("message %s from %s: %s; its turn is dropped", _name(item), item.phone,
-                     exc)
-            return False
+            log.info("message %s from %s: %s; its turn is dropped", item.id, item.phone, exc)
 
-    async def _handle(self, inbound: Inbound) -> bool:
+    async def _handle(self, inbound: Inbound) -> None:
         message = Message(
             text=inbound.text, phone=inbound.phone, time=inbound.time, token=inbound.token,
             tracking_id=parse_tracking_id(inbound.tracking_data),
@@ -72,23 +64,17 @@ class Engine(Proactive, Events):
             # ``attempts`` counts restarts that found the message unhandled: a message that
             # keeps killing the process must not keep doing so.
             reason = f"abandoned after {inbound.attempts} restarts left it unhandled"
-            log.error("message %s from %s: %s", _name(inbound), inbound.phone, reason)
+            log.error("message %s from %s: %s", inbound.id, inbound.phone, reason)
             await self._commit(self._failure(inbound, message, None, reason, None))
-            return True
-        context = None
-        if not inbound.stored:  # the commit stores it: first make sure it is new
-            context = await self.store.route_unstored(inbound.token, inbound.phone,
-                                                      message.tracking_id)
-            if context is None:
-                log.info("duplicate callback %s from %s ignored", inbound.token, inbound.phone)
-                return False
+            return
+        context = inbound.context  # read with the insert, when the phone was idle
         for _ in range(3):
             if context is None:
                 context = await self.store.routing_context(message.phone, message.tracking_id)
             (sent, tracked, active), context = context, None
             if message.tracking_id is not None and sent is None:
                 log.info("message %s from %s answers message %s, which this bot never sent;"
-                         " treated as having no tracking data", _name(inbound), inbound.phone,
+                         " treated as having no tracking data", inbound.id, inbound.phone,
                          message.tracking_id)
             decided = route(message, sent=sent, tracked=tracked, active=active,
                             flows=self.flows, now=self.clock())
@@ -100,21 +86,20 @@ class Engine(Proactive, Events):
                 self.counts["handler errors"] += 1
                 conv = decided.conversation
                 log.exception("handler failed: conversation %s (%s), message %s from %s",
-                              conv.id if conv else None, _where(decided), _name(inbound),
+                              conv.id if conv else None, _where(decided), inbound.id,
                               inbound.phone)
                 commit = self._failure(inbound, message, decided, repr(exc), decided.step)
             try:
                 await self._commit(commit)
             except ConcurrentUpdateError as exc:
-                log.info("message %s: %s; routing it again", _name(inbound), exc)
+                log.info("message %s: %s; routing it again", inbound.id, exc)
                 continue
             if failure is not None and self.raise_errors:
                 self.failures.append(failure)
-            return True
+            return
         log.error("message %s from %s: conversation kept changing; recorded as failed",
-                  _name(inbound), inbound.phone)
+                  inbound.id, inbound.phone)
         await self._commit(self._failure(inbound, message, None, "concurrent updates", None))
-        return True
 
     async def _turn(self, inbound: Inbound, message: Message, decided: Route) -> Commit:
         now = self.clock()
@@ -122,7 +107,7 @@ class Engine(Proactive, Events):
         kind = decided.kind
         if kind is RouteKind.FALLBACK:
             log.info("message %s from %s: no conversation, no keyword; fallback reply. To start"
-                     " a flow with it, declare Flow(..., keywords=[%r])", _name(inbound),
+                     " a flow with it, declare Flow(..., keywords=[%r])", inbound.id,
                      message.phone, " ".join(message.text.split())[:40])
             variables = {"keywords": self.flows.keywords, "text": message.text}
             reply = Reply(template=FALLBACK_TEMPLATE, variables=variables)
@@ -130,7 +115,7 @@ class Engine(Proactive, Events):
         elif kind is RouteKind.HUMAN:
             assert conv is not None
             log.info("message %s from %s: conversation %s is with a human; no auto-reply",
-                     _name(inbound), message.phone, conv.id)
+                     inbound.id, message.phone, conv.id)
             out = Outcome(change=self._touch(conv, now), replies=[], step=conv.step)
         elif kind is RouteKind.STALE:
             assert conv is not None and step is not None
@@ -156,14 +141,14 @@ class Engine(Proactive, Events):
             await step.handler(turn)
             out = outcome_of(self.flows, turn, conv, step, now)
         self.counts[f"route:{kind.value}"] += 1
-        log.debug("message %s from %s -> %s (%s): %d replies", inbound.id or inbound.token,
-                  message.phone, _where(decided), decided.reason, len(out.replies))
+        log.debug("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
+                 _where(decided), decided.reason, len(out.replies))
         asked = (out.change.flow, out.step) if out.change and out.step else None
         outbox = self.composer.compose(out.replies, message.phone, asked,
                                        out.change.state if out.change else None,
                                        question=out.question)
         handled_by = (step.flow, step.name) if step else None
-        return Commit(**_source(inbound), route=kind.value, conversation=out.change,
+        return Commit(inbound_id=inbound.id, route=kind.value, conversation=out.change,
                       closes=decided.close, outbox=outbox, handled_by=handled_by, did=out.did,
                       reset_timers=out.reset_timers, timers=out.timers)
 
@@ -198,20 +183,8 @@ class Engine(Proactive, Events):
                 log.exception("error reply %s could not be rendered", candidate)
         outbox = tuple(replace(item, in_conversation=False) for item in outbox)
         kind = decided.kind.value if decided else "abandoned"
-        return Commit(**_source(inbound), outcome="failed", route=kind, error=error[:500],
+        return Commit(inbound_id=inbound.id, outcome="failed", route=kind, error=error[:500],
                       outbox=outbox)
-
-
-def _name(inbound: Inbound) -> str:
-    """The message in a log line: its row id, or its token before it is stored."""
-    return str(inbound.id) if inbound.stored else f"token {inbound.token}"
-
-
-def _source(inbound: Inbound) -> dict[str, Any]:
-    """How a turn's commit names its message: the stored row, or the message to store."""
-    if inbound.stored:
-        return {"inbound_id": inbound.id}
-    return {"inbound_id": None, "record": inbound}
 
 
 def _where(decided: Route) -> str:

@@ -61,11 +61,8 @@ class Sweeper(Periodic):
                          " is due too", timer.id, timer.kind, timer.flow, timer.step)
         for timer in fire:
             self._inflight.add(timer.id)
-            self.dispatcher.submit(timer, functools.partial(self._handled, timer.id))
+            self.dispatcher.submit(timer, functools.partial(self._inflight.discard, timer.id))
         return len(fire)
-
-    def _handled(self, timer_id: int, _result: object) -> None:
-        self._inflight.discard(timer_id)
 
     def round(self) -> Awaitable[int]:
         """One round: ``sweep_once()``."""

@@ -77,12 +77,10 @@ class TurnStore(ABC):
         """Store a user's message; None if its token was seen before."""
 
     @abstractmethod
-    async def route_unstored(
-        self, token: str, phone: str, tracking_id: int | None
-    ) -> RoutingContext | None:
-        """``routing_context`` for a message not stored yet, or None if a message with its
-        ``token`` is stored already (a duplicate). Its turn's commit stores it
-        (``Commit.record``)."""
+    async def record_and_route(
+        self, reply: InboundReply, now: float
+    ) -> tuple[int | None, RoutingContext | None]:
+        """``record_inbound``, and in the same call the message's ``routing_context``."""
 
     @abstractmethod
     async def pending_inbound(self) -> list[Inbound]:

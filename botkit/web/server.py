@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,6 @@ log = logging.getLogger("botkit.server")
 MAX_BODY = 64 * 1024  # a 2Way callback is well under 5 KB; bigger bodies get 413
 SANDBOX_PREFIX = "/sandbox/api"
 OK = b'{"ok": true}'  # the answer to a stored reply, encoded once
-# The longest a callback waits for its turn (a handler that awaits a slow service) before
-# the message is stored by itself and the provider answered; the turn goes on.
-ACK_WITHIN = 1.0
-_LATE = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,60 +256,23 @@ async def _reply(
     except ValidationError as exc:
         return _invalid(exc)
     phone = reply.phone_number
-    inbound = Inbound(id=0, token=reply.message_token, phone=phone, time=reply.time,
-                      text=reply.message.text, tracking_data=reply.message.tracking_data,
-                      stored=False, received_at=rt.clock())
-    late = False
-    if rt.dispatcher.idle(phone):
-        # Nothing of the phone is in progress: its turn runs now and stores the message in
-        # its own commit (one transaction), and the provider is answered after that.
-        result = await _turn_now(rt, inbound)
-        if result is True:
-            crashpoints.hit("after_inbound_stored")
-            if on_inbound is not None:
-                on_inbound(reply)
-            return web.Response(body=OK, content_type="application/json")
-        if result is False:
-            return web.json_response({"ok": True, "duplicate": True})
-        if isinstance(result, Exception):  # nothing was stored: the provider tries again
-            return _error(503, f"the message could not be stored ({type(result).__name__});"
-                               " try again later")
-        late = True  # the turn goes on; the message is stored by itself, and answered
-    if not late and rt.dispatcher.holds(reply.message_token):  # in its turn right now
-        log.info("duplicate callback %s from %s ignored", reply.message_token, phone)
-        return web.json_response({"ok": True, "duplicate": True})
-    inbound_id = await rt.store.record_inbound(reply, inbound.received_at)
+    if rt.dispatcher.idle(phone):  # its turn starts at once: route it in the same job
+        inbound_id, context = await rt.store.record_and_route(reply, rt.clock())
+    else:
+        inbound_id, context = await rt.store.record_inbound(reply, rt.clock()), None
     crashpoints.hit("after_inbound_stored")
-    if late:  # stored now, or by the turn's commit in the meantime
-        if on_inbound is not None:
-            on_inbound(reply)
-        return web.Response(body=OK, content_type="application/json")
     if inbound_id is None:
         log.info("duplicate callback %s from %s ignored", reply.message_token, reply.phone_number)
         return web.json_response({"ok": True, "duplicate": True})
+    if context is not None and not rt.dispatcher.idle(phone):
+        context = None  # something of the phone came first: its turn reads afresh
     if on_inbound is not None:
         on_inbound(reply)
-    rt.dispatcher.submit(replace(inbound, id=inbound_id, stored=True))
+    rt.dispatcher.submit(Inbound(
+        id=inbound_id, token=reply.message_token, phone=phone, time=reply.time,
+        text=reply.message.text, tracking_data=reply.message.tracking_data, context=context,
+    ))
     return web.Response(body=OK, content_type="application/json")
-
-
-async def _turn_now(rt: Bot, inbound: Inbound) -> object:
-    """Handle ``inbound`` in the phone's queue, and wait (up to ``ACK_WITHIN``) for it: True
-    once its turn committed it, False for a duplicate, the exception if the store failed,
-    or ``_LATE``."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[object] = loop.create_future()
-
-    def done(result: object) -> None:
-        if not waiter.done():
-            waiter.set_result(result)
-
-    rt.dispatcher.submit(inbound, done)
-    timer = loop.call_later(ACK_WITHIN, done, _LATE)
-    try:
-        return await waiter
-    finally:
-        timer.cancel()
 
 
 async def _status(rt: Bot, data: dict[str, Any]) -> web.Response:

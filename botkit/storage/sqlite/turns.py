@@ -16,7 +16,7 @@ from botkit.core.records import (
     RoutingContext,
 )
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
-from botkit.models import InboundReply
+from botkit.models import InboundReply, parse_tracking_id
 from botkit.storage.rows import (
     OUTBOUND_COLUMNS,
     batch_of_starts,
@@ -38,17 +38,19 @@ class Turns(Connection):
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
         return await self._run(self._record_inbound, reply, now)
 
-    async def route_unstored(
-        self, token: str, phone: str, tracking_id: int | None
-    ) -> RoutingContext | None:
-        return await self._run(self._route_unstored, token, phone, tracking_id)
+    async def record_and_route(
+        self, reply: InboundReply, now: float
+    ) -> tuple[int | None, RoutingContext | None]:
+        return await self._run(self._record_and_route, reply, now)
 
-    def _route_unstored(
-        self, token: str, phone: str, tracking_id: int | None
-    ) -> RoutingContext | None:
-        if self._one("SELECT 1 AS seen FROM inbound WHERE message_token = ?", [token]):
-            return None
-        return self._routing_context(phone, tracking_id)
+    def _record_and_route(
+        self, reply: InboundReply, now: float
+    ) -> tuple[int | None, RoutingContext | None]:
+        inbound_id = self._record_inbound(reply, now)
+        if inbound_id is None:
+            return None, None
+        tracking_id = parse_tracking_id(reply.message.tracking_data)
+        return inbound_id, self._routing_context(reply.phone_number, tracking_id)
 
     def _record_inbound(self, reply: InboundReply, now: float) -> int | None:
         cursor = self._write_one(
@@ -213,9 +215,6 @@ class Turns(Connection):
                 if change.reset_timers or change.conversation.status is not Status.ACTIVE:
                     self._cancel_timers(conv_id, now)
                 self._add_timers(conv_id, change.conversation.phone, change.timers, now)
-            inbound_id = change.inbound_id
-            if change.record is not None:
-                inbound_id = self._record_handled(change, conv_id, now)
             outbox_ids: list[int] = []
             claimed: list[Outgoing] = []
             for n, item in enumerate(change.outbox):
@@ -232,7 +231,7 @@ class Turns(Connection):
                     [item.phone]) is None else None
                 cursor = db.execute(
                     _OUTBOUND_INSERT + _OUTBOUND_VALUES,
-                    outbound_row(item, row_conv, inbound_id, now, claim),
+                    outbound_row(item, row_conv, change.inbound_id, now, claim),
                 )
                 outbox_ids.append(int(cursor.lastrowid or 0))
                 if claim:
@@ -252,32 +251,6 @@ class Turns(Connection):
                     raise DuplicateMessageError(f"message {change.inbound_id} was already handled")
             return Committed(conv_id, outbox_ids, claimed)
 
-
-    def _record_handled(self, change: Commit, conv_id: int | None, now: float) -> int:
-        """Store the turn's message as handled, in the turn's own transaction.
-
-        A row of its token that is still pending (stored by a slower path meanwhile) is
-        taken over; one already handled makes the whole turn void.
-        """
-        message = change.record
-        assert message is not None
-        flow, step = change.handled_by or (None, None)
-        row = self.conn.execute(
-            "INSERT INTO inbound (message_token, phone, time, text, tracking_data, received_at,"
-            " status, route, error, conversation_id, handled_at, flow, step, outcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (message_token) DO UPDATE SET status = excluded.status,"
-            " route = excluded.route, error = excluded.error,"
-            " conversation_id = excluded.conversation_id, handled_at = excluded.handled_at,"
-            " flow = excluded.flow, step = excluded.step, outcome = excluded.outcome"
-            " WHERE inbound.status = 'pending' RETURNING id",
-            [message.token, message.phone, message.time, message.text, message.tracking_data,
-             message.received_at, change.outcome, change.route, change.error, conv_id, now, flow, step,
-             change.did],
-        ).fetchone()
-        if row is None:
-            raise DuplicateMessageError(f"message {message.token} was already handled")
-        return int(row[0])
 
     def _save_conversation(self, change: Commit, now: float) -> int | None:
         conv = change.conversation
