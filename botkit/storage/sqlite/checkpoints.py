@@ -4,7 +4,7 @@ SQLite checkpoints a WAL database by itself inside the COMMIT that takes the log
 ``wal_autocheckpoint`` pages (1000 by default): that commit then also writes those pages to
 the database file and fsyncs it, and every callback waiting on it waits longer (the tail of
 the latency). The store's writer connection instead leaves checkpoints to this thread, which
-runs a PASSIVE checkpoint every ``interval`` seconds on a connection of its own: PASSIVE
+runs a PASSIVE checkpoint every ``interval`` seconds (0.1) on a connection of its own: PASSIVE
 never blocks the writer, nor waits for it. The writer keeps a high ``wal_autocheckpoint``
 (``WRITER_AUTOCHECKPOINT``) as a safety net, so the log stays bounded even if this thread
 falls behind.
@@ -27,7 +27,7 @@ WRITER_AUTOCHECKPOINT = 20_000  # pages (80 MB of log) before the writer checkpo
 class Checkpointer:
     """A daemon thread checkpointing ``path`` every ``interval`` seconds until ``stop()``."""
 
-    def __init__(self, path: Path, *, interval: float = 0.5, busy_timeout_ms: int = 10_000
+    def __init__(self, path: Path, *, interval: float = 0.1, busy_timeout_ms: int = 10_000
                  ) -> None:
         self.path = path
         self.interval = interval
