@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -246,19 +247,24 @@ def table(bares: dict[str, list[dict[str, Any]]], botkit: list[dict[str, Any]]) 
         for name in names:
             b = [get(r, path) for r in bares[name]]
             if isinstance(a[0], float):
-                paired = [x / y for x, y in zip(a, b, strict=True) if y]
+                paired = [x / y for x, y in zip(a, b, strict=True)
+                          if y and not math.isnan(x) and not math.isnan(y)]
                 ratio = f"{statistics.median(paired):.2f}" if paired else "-"
                 if len(paired) > 1:
                     ratio += f" ({min(paired):.2f}-{max(paired):.2f})"
-                cells.append(fmt.format(statistics.median(b)))
+                cells.append(_cell(fmt, statistics.median(b)))
             else:  # counts: the total over the runs
                 ratio = "-"
                 cells.append(fmt.format(sum(b)))
             ratios.append(ratio)
-        mine = fmt.format(statistics.median(a)) if isinstance(a[0], float) else fmt.format(sum(a))
+        mine = _cell(fmt, statistics.median(a)) if isinstance(a[0], float) else fmt.format(sum(a))
         lines.append(f"| {label} | {mine} | " + " | ".join(cells) + " | "
                      + " | ".join(ratios) + " |")
     return "\n".join(lines)
+
+
+def _cell(fmt: str, value: float) -> str:
+    return "-" if math.isnan(value) else fmt.format(value)
 
 
 LOAD_LIMIT = 0.8  # the load process above this share of its core: its own pace, not the server's
