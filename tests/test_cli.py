@@ -723,3 +723,27 @@ def poll_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> di
             if time.monotonic() > deadline:
                 raise TimeoutError(f"/healthz did not answer within {timeout}s") from None
             time.sleep(0.1)
+
+
+@pytest.mark.parametrize("loop, expected", [("auto", "uvloop"), ("asyncio", "asyncio"),
+                                            ("uvloop", "uvloop")])
+def test_serve_runs_on_the_event_loop_botkit_loop_names(
+    tmp_path: Path, db: Path, loop: str, expected: str
+) -> None:
+    port = unused_port()
+    err = tmp_path / "serve.err"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=cli_env(db, {"BOTKIT_PORT": str(port),
+                                                                "BOTKIT_LOOP": loop}))
+        try:
+            poll_healthz(port, proc, timeout=10)
+        finally:
+            stop(proc)
+    assert f"event loop: {expected}" in err.read_text()
+
+
+def test_an_unknown_event_loop_is_refused_naming_the_setting(db: Path) -> None:
+    result = run_cli("serve", db=db, env={"BOTKIT_LOOP": "trio"})
+    assert result.returncode == 2
+    assert "BOTKIT_LOOP" in result.stderr and "auto, uvloop or asyncio" in result.stderr
