@@ -61,6 +61,46 @@ def read(path: Path) -> dict[str, Counter[str]]:
     return by_thread
 
 
+_JOB = re.compile(r"^(\w+)\._?(\w+) \(.*botkit/storage/")
+
+
+def job_of(frames: list[str]) -> str:
+    """The database job a sample of the database thread belongs to: the first store method
+    the thread called (``Turns._record_and_route``, ``Turns._commit``, ...), or the group's
+    BEGIN / COMMIT, or the thread waiting for its next jobs."""
+    for n, frame in enumerate(frames):
+        if "DatabaseThread._call" in frame and n + 1 < len(frames):
+            match = _JOB.match(frames[n + 1])
+            return match.group(2) if match else frames[n + 1].split(" (")[0]
+    for frame in frames:
+        if "DatabaseThread._finish" in frame:
+            return "answering the event loop (call_soon_threadsafe)"
+    for frame in frames:
+        if "DatabaseThread._group" in frame:
+            line = int(frame.rsplit(":", 1)[-1].rstrip(")"))
+            return "the group's COMMIT (WAL frames, fsync)" if line in _COMMIT_LINES else (
+                "the group's BEGIN IMMEDIATE")
+    return "the thread's loop (taking jobs)"
+
+
+# The lines of db_thread.py that commit (or roll back) a group, as py-spy names them.
+_COMMIT_LINES = {n for n, text in enumerate(
+    (Path(__file__).resolve().parents[1] / "botkit/storage/db_thread.py").read_text()
+    .splitlines(), 1) if "self._commit()" in text or "self._rollback()" in text}
+
+
+def jobs(path: Path, thread: str = "botkit-db") -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        name, *frames = stack.split(";")
+        if name.split(": ", 1)[-1] == thread:
+            counts[job_of(frames)] += int(count)
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("samples", type=Path)
@@ -77,6 +117,15 @@ def main() -> None:
             ms = thread_ms.get(thread)
             us = f"{1000 * ms * n / total:.0f}" if ms is not None else "-"
             print(f"| {thread} | {name} | {100 * n / total:.1f}% | {us} |")
+    by_job = jobs(args.samples)
+    if by_job:  # the database thread's time by job
+        total = sum(by_job.values())
+        ms = thread_ms.get("botkit-db")
+        print("\n| database job | share of the database thread's samples | us of CPU per callback |")
+        print("|---|---|---|")
+        for name, n in by_job.most_common():
+            us = f"{1000 * ms * n / total:.0f}" if ms is not None else "-"
+            print(f"| {name} | {100 * n / total:.1f}% | {us} |")
 
 
 if __name__ == "__main__":
