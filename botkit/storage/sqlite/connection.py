@@ -30,8 +30,8 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError, TimerTakenError
 from botkit.storage.db_thread import DatabaseThread
 from botkit.storage.rows import conversation_from_row
-from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT, Checkpointer
 from botkit.storage.schema import check_and_migrate
+from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT, Checkpointer
 
 __all__ = ["Connection"]
 
