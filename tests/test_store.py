@@ -31,9 +31,14 @@ async def test_wal_full_sync_and_schema_version(tmp_path):
     names = [r[0] for r in conn.execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = 'botkit'")]
     assert names == ["m001_initial", "m002_life_cycle", "m003_attention_index",
-                     "m004_timers_without_version", "m005_sms_fallback"]
+                     "m004_timers_without_version", "m005_sms_fallback",
+                     "m006_hot_path_indexes"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"conversations", "inbound", "outbound", "status_events", "meta", "timers"} <= tables
+    indexes = {r[0]: r[1] for r in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    assert "inbound_conversation" not in indexes and "outbound_conversation" not in indexes
+    assert indexes["conversations_phone"].endswith("(phone, id)")
     conn.close()
     again = await opened(tmp_path / "a.db")  # reopening applies nothing twice
     await again.close()

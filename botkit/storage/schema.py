@@ -199,3 +199,19 @@ def m005_sms_fallback(db: sqlite_utils.Database) -> None:
                " WHERE notice_key IS NOT NULL")
     db.execute("DROP INDEX outbound_unconfirmed")
     db.execute(f"CREATE INDEX outbound_unconfirmed ON outbound (sent_at) WHERE {UNCONFIRMED}")
+
+
+@MIGRATIONS(name="m006_hot_path_indexes")
+def m006_hot_path_indexes(db: sqlite_utils.Database) -> None:
+    """Indexes every callback paid for and no query reads (measured: issue 15).
+
+    ``inbound_conversation`` and ``outbound_conversation`` were written by every callback (its
+    inbound row's conversation is set when handled, each reply row is inserted with one) and
+    read by no query; a feature that reads messages by conversation adds its own. A phone's
+    conversations are listed by ``conversations_phone``: on (phone, id) instead of (phone,
+    updated_at), it no longer moves at every turn, and a phone's few rows sort in memory.
+    """
+    db.execute("DROP INDEX inbound_conversation")
+    db.execute("DROP INDEX outbound_conversation")
+    db.execute("DROP INDEX conversations_phone")
+    db.execute("CREATE INDEX conversations_phone ON conversations (phone, id)")
