@@ -1,7 +1,7 @@
 """The benchmark's load: the fake provider and the simulated users, in one process.
 
 Each user answers the bot's last message (with its ``tracking_data``) as soon as that reply
-reaches the provider. Two phases:
+reaches the provider. Three phases:
 
 - saturation: every user always has a callback in flight (no think time): callbacks/s;
 - fixed rate: callbacks are started at exactly ``rate``/s, each by a user whose last reply has
@@ -13,8 +13,9 @@ reaches the provider. Two phases:
 Runs on uvloop when it is installed, and posts callbacks over raw keep-alive connections
 (``Poster``: aiohttp's client would cost as much as the server under test). Each phase
 reports the share of one core this process used (``load_cpu_share``): near 1.0 the load,
-not the server, set the pace, and the runner flags the phase. Prints ``PHASE <name> start|end`` lines (the runner samples the server's
-CPU time there) and finally one JSON line of results. Loopback only.
+not the server, set the pace, and the runner flags the phase. Prints ``PHASE <name>
+start|end`` lines (the runner samples the server's CPU time there) and finally one JSON
+line of results. Loopback only.
 """
 
 from __future__ import annotations

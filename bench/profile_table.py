@@ -9,7 +9,9 @@ microseconds of CPU; py-spy's samples only say how a thread's time divides.
 
 Each sample is charged to the innermost frame that says what the work is (its library or
 botkit module), per thread: the event loop's (MainThread) and the database thread's
-(botkit-db). py-spy leaves idle threads out, so the samples are CPU time.
+(botkit-db). py-spy leaves idle threads out, so the samples are CPU time, except that a thread waiting in
+``fsync`` counts as busy: the database thread's split by job (printed last) overstates the
+groups' COMMITs.
 """
 
 from __future__ import annotations
