@@ -19,6 +19,7 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -685,27 +686,33 @@ def test_status_in_sandbox_mode_without_a_server_says_so_in_one_line(db: Path) -
 def test_an_idle_keep_alive_is_closed_quietly_and_a_trickle_with_a_warning(
     tmp_path: Path, db: Path
 ) -> None:
+    with serving(tmp_path, db, BOTKIT_READ_DEADLINE="1") as (port, err):
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # a browser, now idle
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # never finishes its headers
+        assert idle.recv(4096) == b"" and trickle.recv(4096) == b""  # both closed
+        idle.close()
+        trickle.close()
+    log = err.read_text()
+    assert log.count("closed a connection that sent no whole request") == 1, log
+    assert "keep-alive" not in log  # at DEBUG: not an attack
+
+
+@contextmanager
+def serving(tmp_path: Path, db: Path, **env: str) -> Iterator[tuple[int, Path]]:
+    """``python run.py`` (the sandbox) on a free port for the block, its log in a file."""
     port = unused_port()
     err = tmp_path / "serve.err"
     with err.open("wb") as stderr:
         proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=stderr, env=cli_env(db, {"BOTKIT_PORT": str(port),
-                                                                "BOTKIT_READ_DEADLINE": "1"}))
+                                stderr=stderr, env=cli_env(db, {"BOTKIT_PORT": str(port), **env}))
         try:
             poll_healthz(port, proc, timeout=10)
-            idle = socket.create_connection(("127.0.0.1", port), timeout=10)
-            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # a browser, now idle
-            trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
-            trickle.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # never finishes its headers
-            assert idle.recv(4096) == b"" and trickle.recv(4096) == b""  # both closed
-            idle.close()
-            trickle.close()
+            yield port, err
         finally:
             stop(proc)
-    log = err.read_text()
-    assert log.count("closed a connection that sent no whole request") == 1, log
-    assert "keep-alive" not in log  # at DEBUG: not an attack
 
 
 def poll_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
@@ -730,16 +737,8 @@ def poll_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> di
 def test_serve_runs_on_the_event_loop_botkit_loop_names(
     tmp_path: Path, db: Path, loop: str, expected: str
 ) -> None:
-    port = unused_port()
-    err = tmp_path / "serve.err"
-    with err.open("wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=stderr, env=cli_env(db, {"BOTKIT_PORT": str(port),
-                                                                "BOTKIT_LOOP": loop}))
-        try:
-            poll_healthz(port, proc, timeout=10)
-        finally:
-            stop(proc)
+    with serving(tmp_path, db, BOTKIT_LOOP=loop) as (_, err):
+        pass
     assert f"event loop: {expected}" in err.read_text()
 
 
