@@ -162,6 +162,13 @@ async def test_healthz_reports_database_and_outbox(bot):
     assert body["status"] == "ok" and body["database"] == "ok" and body["sandbox"] is False
     assert body["outbox"] == {"queued": 0, "sending": 0, "failed": 0, "uncertain": 0}
     assert body["sending"]["state"] == "running"
+    before = body["writes"]
+    await bot.post(REPLY)  # stored, routed, its turn committed, its reply recorded as sent
+    await bot.settle()
+    async with bot._session.get(bot.url + "/healthz") as response:
+        after = (await response.json())["writes"]
+    assert after["jobs"] >= before["jobs"] + 3 and after["commits"] > before["commits"]
+    assert after["jobs"] >= after["commits"]
 
 
 async def test_every_message_carries_the_callback_url(bot):

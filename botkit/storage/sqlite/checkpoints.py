@@ -27,11 +27,9 @@ WRITER_AUTOCHECKPOINT = 20_000  # pages (80 MB of log) before the writer checkpo
 class Checkpointer:
     """A daemon thread checkpointing ``path`` every ``interval`` seconds until ``stop()``."""
 
-    def __init__(self, path: Path, *, interval: float = 0.1, busy_timeout_ms: int = 10_000
-                 ) -> None:
+    def __init__(self, path: Path, *, interval: float = 0.1) -> None:
         self.path = path
         self.interval = interval
-        self.busy_timeout_ms = busy_timeout_ms
         self.runs = 0  # checkpoints run, for tests
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="botkit-checkpoint",
@@ -47,8 +45,8 @@ class Checkpointer:
             self._thread.join()
 
     def _run(self) -> None:
-        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_ms / 1000,
-                               isolation_level=None, check_same_thread=False)
+        # PASSIVE never waits for a lock, so the connection needs no busy timeout.
+        conn = sqlite3.connect(str(self.path), isolation_level=None)
         try:
             while not self._stop.wait(self.interval):
                 self.checkpoint(conn)

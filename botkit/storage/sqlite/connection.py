@@ -135,7 +135,7 @@ class Connection:
 
     async def open(self) -> None:
         await self.thread.run(self._open, alone=True)
-        self._checkpointer = Checkpointer(self.path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self._checkpointer = Checkpointer(self.path)
         self._checkpointer.start()
 
     def _open(self) -> None:
