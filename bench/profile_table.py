@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 # The first pattern that matches a frame's file names its category.
@@ -51,15 +52,20 @@ def category(frames: list[str]) -> str:
     return "other"
 
 
-def read(path: Path) -> dict[str, Counter[str]]:
-    by_thread: dict[str, Counter[str]] = {}
+def samples(path: Path) -> Iterator[tuple[str, list[str], int]]:
+    """(thread name, frames outermost first, count) for each line of py-spy's raw output."""
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         thread, *frames = stack.split(";")
-        name = thread.split(": ", 1)[-1]
-        by_thread.setdefault(name, Counter())[category(frames)] += int(count)
+        yield thread.split(": ", 1)[-1], frames, int(count)
+
+
+def read(path: Path) -> dict[str, Counter[str]]:
+    by_thread: dict[str, Counter[str]] = {}
+    for name, frames, count in samples(path):
+        by_thread.setdefault(name, Counter())[category(frames)] += count
     return by_thread
 
 
@@ -93,13 +99,9 @@ _COMMIT_LINES = {n for n, text in enumerate(
 
 def jobs(path: Path, thread: str = "botkit-db") -> Counter[str]:
     counts: Counter[str] = Counter()
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        name, *frames = stack.split(";")
-        if name.split(": ", 1)[-1] == thread:
-            counts[job_of(frames)] += int(count)
+    for name, frames, count in samples(path):
+        if name == thread:
+            counts[job_of(frames)] += count
     return counts
 
 
