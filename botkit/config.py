@@ -26,9 +26,10 @@ from pydantic import (
 
 from botkit.errors import ConfigError
 
-__all__ = ["Settings", "DEFAULT_API_URL"]
+__all__ = ["DEFAULT_API_URL", "POSTGRES_SCHEMES", "Settings"]
 
 DEFAULT_API_URL = "https://web.it-decision.com/v1/api"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # a BOTKIT_DB that is not a SQLite file
 
 log = logging.getLogger("botkit.config")
 
@@ -38,7 +39,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "api_url": ("BOTKIT_API_URL", "an http(s) URL such as https://web.it-decision.com/v1/api"),
     "public_url": ("BOTKIT_PUBLIC_URL", "the http(s) base URL the provider reaches this server at"),
     "callback_secret": ("BOTKIT_CALLBACK_SECRET", "at least 16 URL-safe characters"),
-    "db": ("BOTKIT_DB", "a file path such as botkit.db"),
+    "db": ("BOTKIT_DB", "a SQLite file such as botkit.db, or a PostgreSQL URL such as"
+                        " postgresql://botkit@db.internal/botkit"),
+    "db_pool": ("BOTKIT_DB_POOL", "PostgreSQL connections per process (1-100)"),
     "host": ("BOTKIT_HOST", "an interface address such as 127.0.0.1 or 0.0.0.0"),
     "port": ("BOTKIT_PORT", "a TCP port number 1-65535"),
     "sender": ("BOTKIT_SENDER", "the default sender name (source_addr), 1-20 characters"),
@@ -72,7 +75,9 @@ class Settings(BaseModel):
     api_url: str = DEFAULT_API_URL
     public_url: str | None = None
     callback_secret: SecretStr | None = None
-    db: Path = Path("botkit.db")
+    # A SQLite file (a Path), or a PostgreSQL URL (kept as the string it is).
+    db: Path | str = Path("botkit.db")
+    db_pool: int = Field(default=10, ge=1, le=100)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     sender: str = Field(default="botkit", min_length=1, max_length=20)
@@ -85,6 +90,15 @@ class Settings(BaseModel):
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     crash_at: str | None = None
     phone_region: str | None = None
+
+    @field_validator("db")
+    @classmethod
+    def _db(cls, value: Path | str) -> Path | str:
+        if isinstance(value, str) and not value.startswith(POSTGRES_SCHEMES):
+            if "://" in value:
+                raise ValueError(f"{value.split('://')[0]}:// is not a database botkit knows")
+            return Path(value)
+        return value
 
     @field_validator("phone_region")
     @classmethod

@@ -7,6 +7,7 @@
     ├── ConfigError              a setting is missing or malformed (names the env var)
     ├── ReplyLimitError          a reply breaks a provider limit (field, limit, value)
     ├── SchemaTooNewError        the database was migrated by a newer botkit
+    ├── StoreUnavailableError    the database cannot be reached (callbacks answer 503)
     ├── ConcurrentUpdateError    a conversation changed under a turn (the turn is re-run)
     │   └── TimerTakenError      another process fired, skipped or cancelled the timer
     ├── DuplicateMessageError    a user message was already handled (its turn is dropped)
@@ -47,6 +48,13 @@ class ConfigError(BotkitError):
 
 class SchemaTooNewError(BotkitError):
     """The database holds migrations this version of botkit does not know."""
+
+
+class StoreUnavailableError(BotkitError):
+    """The database cannot be reached (down, cut off, or no connection free in time).
+
+    Nothing was stored: a callback is answered 503, so the provider sends it again.
+    """
 
 
 class ConcurrentUpdateError(BotkitError):

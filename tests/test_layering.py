@@ -4,9 +4,10 @@ The floors, lowest first; a module may import botkit modules of its own floor an
 floors below it, never above:
 
     0 ground   botkit.errors, botkit.statuses, botkit.models, botkit.config, botkit.sms,
-               botkit.phones
+               botkit.phones, botkit.process
     1 core     botkit.core.*      pure conversation logic and records: no I/O library at all
-    2 storage  botkit.storage.*   the store's interfaces and the SQLite engine (sqlite-utils)
+    2 storage  botkit.storage.*   the store's interfaces, the SQLite engine (sqlite-utils) and
+                                  the PostgreSQL engine (asyncpg)
     3 runtime  botkit.runtime.*   engine, composer, renderer (Jinja), sender, timers, assembly
     4 sandbox  botkit.sandbox.*   the fake provider and the web chat (aiohttp)
     5 web      botkit.web.*       the server, the provider's HTTP client, the guard (aiohttp)
@@ -30,17 +31,17 @@ import botkit
 
 PACKAGE = Path(botkit.__file__).parent
 FLOORS = {
-    "errors": 0, "statuses": 0, "models": 0, "config": 0, "sms": 0, "phones": 0,
+    "errors": 0, "statuses": 0, "models": 0, "config": 0, "sms": 0, "phones": 0, "process": 0,
     "core": 1, "storage": 2, "runtime": 3, "sandbox": 4, "web": 5, "cli": 6, "testing": 6,
     "__init__": 7, "flows": 7,
 }
 # Third-party libraries a floor must not import (and so neither may any floor below it).
 FORBIDDEN = {
-    0: {"aiohttp", "sqlite3", "sqlite_utils", "jinja2"},
-    1: {"aiohttp", "sqlite3", "sqlite_utils", "jinja2"},
+    0: {"aiohttp", "sqlite3", "sqlite_utils", "asyncpg", "jinja2"},
+    1: {"aiohttp", "sqlite3", "sqlite_utils", "asyncpg", "jinja2"},
     2: {"aiohttp", "jinja2"},
-    3: {"aiohttp", "sqlite3", "sqlite_utils"},
-    4: {"sqlite3", "sqlite_utils"},
+    3: {"aiohttp", "sqlite3", "sqlite_utils", "asyncpg"},
+    4: {"sqlite3", "sqlite_utils", "asyncpg"},
 }
 
 

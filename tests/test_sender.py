@@ -190,6 +190,7 @@ def test_only_claims_of_senders_that_are_gone_are_taken_over():
     import sys
     import time
 
+    from botkit.process import process_name
     from botkit.runtime.sender import _LIVE, HOST, LEASE, abandoned
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -197,15 +198,21 @@ def test_only_claims_of_senders_that_are_gone_are_taken_over():
     assert abandoned(None, 0.0)  # no claimer recorded
     assert abandoned(f"{HOST}/{dead}/x", time.time())  # its process has exited
     assert not abandoned(f"{HOST}/1/x", time.time())  # a live process (init) keeps its rows
-    mine = f"{HOST}/{os.getpid()}/live"
+    mine = f"{process_name()}/live"
     _LIVE.add(mine)
     try:
         assert not abandoned(mine, time.time())  # a running sender of this process
-        assert abandoned(f"{HOST}/{os.getpid()}/stopped", time.time())  # a stopped one
+        assert abandoned(f"{process_name()}/stopped", time.time())  # a stopped one
+        # An earlier process that had this pid (a container's pid 1 after a restart):
+        assert abandoned(f"{HOST}/{os.getpid()}/before/live", time.time())
     finally:
         _LIVE.discard(mine)
     assert not abandoned("elsewhere/12/x", time.time())  # another host: only after the lease
     assert abandoned("elsewhere/12/x", time.time() - LEASE - 1)
+    # With heartbeats (a shared store), another host's claim is gone once its beat stopped,
+    # however young the claim, and kept while it beats, however old.
+    assert abandoned("elsewhere/12/x/s", time.time(), live={"elsewhere/13"})
+    assert not abandoned("elsewhere/12/x/s", time.time() - LEASE - 1, live={"elsewhere/12"})
 
 
 chatty = Flow("chatty", keywords=["chatty"], sender="Demo")

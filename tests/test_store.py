@@ -1,109 +1,21 @@
-"""SQLiteStore: settings, migrations, the newer-schema refusal, atomic claims."""
+"""The store's contract, on every engine: each test runs on a SQLite file and on a real
+PostgreSQL server (the ``backend`` fixture). What only one engine does is in
+test_sqlite_store.py and test_postgres_store.py."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
 
-from botkit import SchemaTooNewError
+from botkit.core.conversation import Status
 from botkit.core.flows import FlowSet
 from botkit.core.lifecycle import DeliveryRules
-from botkit.core.records import Commit, OutboxItem
-from botkit.models import StatusUpdate
-from botkit.storage.sqlite import SQLiteStore
+from botkit.core.records import Commit, ConversationChange, OutboxItem, TimerSpec
+from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
+from botkit.models import InboundReply, StatusUpdate
 
 RULES = DeliveryRules(FlowSet([]), lambda: 0.0)  # no flows: statuses apply, start no timer
-
-
-async def opened(path) -> SQLiteStore:
-    store = SQLiteStore(path)
-    await store.open()
-    return store
-
-
-async def test_wal_full_sync_and_schema_version(tmp_path):
-    store = await opened(tmp_path / "a.db")
-    await store.close()
-    conn = sqlite3.connect(tmp_path / "a.db")
-    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    names = [r[0] for r in conn.execute(
-        "SELECT name FROM _sqlite_migrations WHERE migration_set = 'botkit'")]
-    assert names == ["m001_initial", "m002_life_cycle", "m003_attention_index",
-                     "m004_timers_without_version", "m005_sms_fallback",
-                     "m006_hot_path_indexes"]
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"conversations", "inbound", "outbound", "status_events", "meta", "timers"} <= tables
-    indexes = {r[0]: r[1] for r in conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
-    assert "inbound_conversation" not in indexes and "outbound_conversation" not in indexes
-    assert indexes["conversations_phone"].endswith("(phone, id)")
-    conn.close()
-    again = await opened(tmp_path / "a.db")  # reopening applies nothing twice
-    await again.close()
-
-
-async def test_a_version_1_database_is_migrated_in_place(tmp_path):
-    from sqlite_utils import Database
-
-    from botkit.storage.schema import MIGRATIONS
-
-    db = Database(tmp_path / "old.db")
-    MIGRATIONS.apply(db, stop_before="m002_life_cycle")  # as botkit 0.1 left it
-    db.execute("INSERT INTO conversations (phone, flow, step, status, created_at, updated_at,"
-               " expires_at) VALUES ('1', 'survey', 'name', 'active', 0, 0, 9e9)")
-    db.conn.commit()
-    db.close()
-    store = await opened(tmp_path / "old.db")
-    [conv] = await store.conversations()
-    assert (conv.phone, conv.step) == ("1", "name")
-    await store.close()
-
-
-async def test_a_database_with_timers_of_m002_as_shipped_takes_new_timers(tmp_path):
-    from sqlite_utils import Database
-
-    from botkit.core.conversation import Status
-    from botkit.core.records import ConversationChange, TimerSpec
-    from botkit.storage.schema import MIGRATIONS
-
-    db = Database(tmp_path / "m002.db")
-    MIGRATIONS.apply(db, stop_before="m003_attention_index")  # as 0.2 left it
-    db.execute("INSERT INTO timers (conversation_id, conversation_version, phone, kind, flow,"
-               " step, due_at, created_at) VALUES (1, 0, '1', 'remind', 'f', 'q', 5, 0)")
-    db.conn.commit()
-    db.close()
-    store = await opened(tmp_path / "m002.db")
-    change = ConversationChange(phone="380503", flow="f", step="q",
-                                status=Status.ACTIVE, state={}, retries=0,
-                                expires_at=9e9)
-    timer = TimerSpec(kind="timeout", flow="f", step="q", due_at=9.0)
-    await store.commit(Commit(inbound_id=None, conversation=change, timers=(timer,)), 1.0)
-    assert [t.kind for t in await store.due_timers(10.0, 10)] == ["remind", "timeout"]
-    await store.close()
-
-
-async def test_newer_database_is_refused(tmp_path):
-    store = await opened(tmp_path / "b.db")
-    await store.close()
-    conn = sqlite3.connect(tmp_path / "b.db")
-    conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
-                 " VALUES ('botkit', 'm007_future', 'later')")
-    conn.commit()
-    conn.close()
-    store = SQLiteStore(tmp_path / "b.db")
-    with pytest.raises(SchemaTooNewError, match="has migration m007_future that this version"):
-        await store.open()
-    await store.close()
-
-
-async def test_secret_is_generated_once_and_kept(tmp_path):
-    store = await opened(tmp_path / "c.db")
-    first = await store.secret(lambda: "generated-secret-1234")
-    second = await store.secret(lambda: "another-one-5678")
-    await store.close()
-    assert first == second == "generated-secret-1234"
 
 
 def item(phone: str, n: int) -> OutboxItem:
@@ -111,8 +23,48 @@ def item(phone: str, n: int) -> OutboxItem:
                       message_type=206, payload={"text": f"m{n}"}, in_conversation=False)
 
 
-async def test_two_stores_claim_disjoint_rows(tmp_path):
-    a, b = await opened(tmp_path / "d.db"), await opened(tmp_path / "d.db")
+def texts(rows) -> list[str]:
+    return [r.payload["text"] for r in rows]
+
+
+def reply(token: str, phone: str, text: str = "hi") -> InboundReply:
+    return InboundReply.model_validate({"message_token": token, "phone_number": phone,
+                                        "time": 1, "message": {"text": text}})
+
+
+def conversation(phone: str, step: str = "q") -> ConversationChange:
+    return ConversationChange(phone=phone, flow="f", step=step, status=Status.ACTIVE,
+                              state={}, retries=0, expires_at=9e9)
+
+
+async def test_secret_is_generated_once_and_kept(backend):
+    store = await backend.opened()
+    first = await store.secret(lambda: "generated-secret-1234")
+    second = await store.secret(lambda: "another-one-5678")
+    await store.close()
+    assert first == second == "generated-secret-1234"
+
+
+async def test_meta_is_shared_by_every_store_on_the_database(backend):
+    a, b = await backend.opened(), await backend.opened()
+    assert await b.meta("resume_sending") is None
+    await a.set_meta("resume_sending", "1.5")
+    await a.set_meta("resume_sending", "2.5")
+    assert await b.meta("resume_sending") == "2.5"
+    await a.close()
+    await b.close()
+
+
+async def test_reopening_applies_no_migration_twice(backend):
+    for _ in range(2):
+        store = await backend.opened()
+        await store.commit(Commit(inbound_id=None, conversation=conversation(f"1{_}")), 1.0)
+        await store.close()
+    assert await backend.rows("SELECT count(*) FROM conversations") == [(2,)]
+
+
+async def test_two_stores_claim_disjoint_rows(backend):
+    a, b = await backend.opened(), await backend.opened()
     await a.commit(Commit(inbound_id=None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(40))), 1.0)
     claimed_a, claimed_b = await asyncio.gather(a.claim_outbox(25, 2.0), b.claim_outbox(25, 2.0))
     ids_a, ids_b = {r.id for r in claimed_a}, {r.id for r in claimed_b}
@@ -122,12 +74,19 @@ async def test_two_stores_claim_disjoint_rows(tmp_path):
     await b.close()
 
 
-def texts(rows) -> list[str]:
-    return [r.payload["text"] for r in rows]
+async def test_only_the_claims_of_senders_that_are_gone_are_requeued(backend):
+    store = await backend.opened()
+    await store.commit(Commit(inbound_id=None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(4))), 1.0)
+    await store.claim_outbox(2, 2.0, "h/1/a/live")
+    await store.claim_outbox(2, 2.0, "h/2/b/dead")
+    assert await store.reset_sending(lambda by, at: by.endswith("dead")) == (2, 0)
+    assert (await store.health())["outbox"] == {"queued": 2, "sending": 2, "failed": 0,
+                                                 "uncertain": 0}
+    await store.close()
 
 
-async def test_a_phone_s_messages_leave_one_at_a_time_in_order(tmp_path):
-    store = await opened(tmp_path / "e.db")
+async def test_a_phone_s_messages_leave_one_at_a_time_in_order(backend):
+    store = await backend.opened()
     await store.commit(Commit(inbound_id=None, outbox=(item("1", 0), item("2", 1), item("1", 2))), 1.0)
     first = await store.claim_outbox(10, 2.0)
     assert texts(first) == ["m0", "m1"]  # m2 waits behind m0 of the same phone
@@ -137,20 +96,32 @@ async def test_a_phone_s_messages_leave_one_at_a_time_in_order(tmp_path):
     await store.close()
 
 
-async def test_a_message_queued_for_later_holds_back_its_phone(tmp_path):
-    store = await opened(tmp_path / "f.db")
+async def test_a_message_queued_for_later_holds_back_its_phone(backend):
+    store = await backend.opened()
     await store.commit(Commit(inbound_id=None, outbox=(item("1", 0), item("1", 1), item("2", 2))), 1.0)
     [m0, m2] = await store.claim_outbox(10, 2.0)
     await store.requeue([m0.id], "HTTP 503", due_at=60.0)
     await store.mark_sent(m2.id, 5001, 3.0, RULES)
+    assert await store.queue_size(30.0) == (1, 1)  # m1 is due (behind m0), m0 waits
     assert await store.claim_outbox(10, 30.0) == []  # m0 is not due; m1 must wait for it
     again = await store.claim_outbox(10, 61.0)
     assert texts(again) == ["m0"] and again[0].attempts == 2
     await store.close()
 
 
-async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_path):
-    store = await opened(tmp_path / "g.db")
+async def test_a_failed_message_is_kept_with_its_reason(backend):
+    store = await backend.opened()
+    [outbox_id] = (await store.commit(Commit(inbound_id=None, outbox=(item("1", 0),)), 1.0)).outbox_ids
+    await store.claim_outbox(1, 2.0)
+    await store.mark_failed(outbox_id, "invalid parameter", 2.0)
+    assert await backend.rows("SELECT status, error FROM outbound") == [
+        ("failed", "invalid parameter")]
+    assert (await store.health())["outbox"]["failed"] == 1
+    await store.close()
+
+
+async def test_status_before_the_message_id_is_matched_when_it_is_stored(backend):
+    store = await backend.opened()
     for status in (0, 1, 0):  # shuffled and duplicated, before the send's answer is stored
         matched = await store.record_status(
             StatusUpdate.model_validate({"message_id": 123456, "status": status}), 1.0, RULES)
@@ -159,22 +130,14 @@ async def test_status_before_the_message_id_is_matched_when_it_is_stored(tmp_pat
     await store.claim_outbox(1, 2.0)
     await store.mark_sent(outbox_id, 123456, 2.0, RULES)
     await store.close()
-    conn = sqlite3.connect(tmp_path / "g.db")
-    assert conn.execute("SELECT delivery_status FROM outbound").fetchone() == (1,)
-    conn.close()
+    assert await backend.rows("SELECT delivery_status FROM outbound") == [(1,)]
 
 
-async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_path):
-    from botkit.core.conversation import Status
-    from botkit.core.records import ConversationChange, TimerSpec
-
-    store = await opened(tmp_path / "h.db")
-    change = ConversationChange(phone="1", flow="f", step="q",
-                                status=Status.ACTIVE, state={}, retries=0,
-                                expires_at=9e9)
+async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(backend):
+    store = await backend.opened()
     question = OutboxItem(phone="1", flow="f", step="q", template="t", text="m0",
                           message_type=206, payload={"text": "m0"}, question=True)
-    committed = await store.commit(Commit(inbound_id=None, conversation=change, outbox=(question,)), 1.0)
+    committed = await store.commit(Commit(inbound_id=None, conversation=conversation("1"), outbox=(question,)), 1.0)
     [outbox_id] = committed.outbox_ids
     await store.record_status(
         StatusUpdate.model_validate({"message_id": 777, "status": 4}), 1.5, RULES)  # early
@@ -193,26 +156,94 @@ async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(tmp_pa
     await store.close()
 
 
-async def test_a_message_is_handled_once_even_when_two_turns_commit_it(tmp_path):
-    from botkit.errors import DuplicateMessageError
-    from botkit.models import InboundReply
+async def test_the_sms_fallback_s_final_status_stays(backend):
+    store = await backend.opened()
+    [outbox_id] = (await store.commit(Commit(inbound_id=None, outbox=(item("1", 0),)), 1.0)).outbox_ids
+    await store.claim_outbox(1, 2.0)
+    await store.mark_sent(outbox_id, 42, 2.0, RULES)
+    for sms_status in (2, 0):  # delivered, then a late "sent"
+        await store.record_status(StatusUpdate.model_validate(
+            {"message_id": 42, "status": 2, "sms_message_id": 9, "sms_message_status":
+             sms_status}), 3.0, RULES)
+    assert await backend.rows("SELECT sms_message_id, sms_message_status FROM outbound") == [
+        (9, 2)]
+    await store.close()
 
-    store = await opened(tmp_path / "dup.db")
-    reply = InboundReply.model_validate({"message_token": "t1", "phone_number": "380501",
-                                         "time": 1, "message": {"text": "hi"}})
-    inbound_id = await store.record_inbound(reply, 1.0)
+
+async def test_a_message_is_handled_once_even_when_two_turns_commit_it(backend):
+    store = await backend.opened()
+    inbound_id = await store.record_inbound(reply("t1", "380501"), 1.0)
+    assert await store.record_inbound(reply("t1", "380501"), 1.5) is None  # a duplicate
     await store.commit(Commit(inbound_id=inbound_id, outbox=(item("380501", 0),)), 2.0)
     with pytest.raises(DuplicateMessageError):  # e.g. a second process took it over
         await store.commit(Commit(inbound_id=inbound_id, outbox=(item("380501", 1),)), 3.0)
     await store.close()
-    conn = sqlite3.connect(tmp_path / "dup.db")
-    assert conn.execute("SELECT count(*) FROM outbound").fetchone() == (1,)  # rolled back
-    assert conn.execute("SELECT handled_at FROM inbound").fetchone() == (2.0,)
-    conn.close()
+    assert await backend.rows("SELECT count(*) FROM outbound") == [(1,)]  # rolled back
+    assert await backend.rows("SELECT handled_at FROM inbound") == [(2.0,)]
 
 
-async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(tmp_path):
-    store = await opened(tmp_path / "hold.db")
+async def test_the_same_token_from_two_stores_at_once_is_stored_once(backend):
+    a, b = await backend.opened(), await backend.opened()
+    for n in range(20):
+        got = await asyncio.gather(a.record_inbound(reply(f"same{n}", "1"), 1.0),
+                                   b.record_inbound(reply(f"same{n}", "1"), 1.0))
+        assert sum(i is not None for i in got) == 1, got
+    await a.close()
+    await b.close()
+
+
+async def test_pending_messages_are_taken_over_only_from_processes_that_are_gone(backend):
+    store = await backend.opened()
+    ids = [await store.record_inbound(reply(f"p{n}", f"38050{n}"), 1.0) for n in range(3)]
+    await backend.rows("UPDATE inbound SET received_by = 'other/1/x' WHERE id = ?", ids[1])
+    mine = await store.pending_inbound(lambda by: by == "other/1/x")
+    assert [i.id for i in mine] == [ids[1]] and mine[0].attempts == 1
+    everything = await store.pending_inbound()
+    assert [i.id for i in everything] == ids
+    assert [i.attempts for i in everything] == [1, 2, 1]  # each take-over counted
+    await store.close()
+
+
+async def test_a_phone_s_pending_messages_in_order(backend):
+    store = await backend.opened()
+    ids = [await store.record_inbound(reply(f"o{n}", "1" if n % 2 else "2"), 1.0)
+           for n in range(6)]
+    await store.commit(Commit(inbound_id=ids[1]), 2.0)
+    assert [i.id for i in await store.pending_of("1", ids[5])] == [ids[3], ids[5]]
+    assert [i.id for i in await store.pending_of("1", ids[4])] == [ids[3]]
+    assert [i.text for i in await store.pending_of("2", ids[5])] == ["hi"] * 3
+    await store.close()
+
+
+async def test_heartbeats_say_which_processes_are_alive(backend):
+    from botkit.process import process_name
+
+    store = await backend.opened()
+    assert await store.live(30.0) == set()
+    await store.beat(1.0)
+    me = "/".join(process_name().split("/")[:2])
+    assert await store.live(30.0) == {me}
+    await backend.rows("UPDATE processes SET seen_at = seen_at - 100")
+    assert await store.live(30.0) == set()  # its beat stopped: gone after the lease
+    await store.beat(2.0)
+    assert await store.live(30.0) == {me}
+    await store.close()
+
+
+async def test_send_slots_are_shared_by_every_store(backend):
+    a, b = await backend.opened(), await backend.opened()
+    waits = [await a.send_slots(5, 50.0), await b.send_slots(5, 50.0),
+             await a.send_slots(10, 50.0)]
+    # 5 starts at 50/s take 0.1 s: each store's first start comes after the other's.
+    assert waits[0] < 0.02
+    assert 0.07 < waits[1] < 0.11
+    assert 0.17 < waits[2] < 0.21
+    await a.close()
+    await b.close()
+
+
+async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(backend):
+    store = await backend.opened()
     await store.commit(Commit(inbound_id=None, outbox=tuple(item(f"38050{n:07d}", n) for n in range(4))), 1.0)
     await store.claim_outbox(2, 2.0, "host/1/a/hold")  # a campaign's sender
     await store.claim_outbox(2, 2.0, "host/1/b")  # a server's sender
@@ -225,35 +256,22 @@ async def test_a_campaign_sender_s_abandoned_rows_become_uncertain_not_resent(tm
     await store.close()
 
 
-async def test_record_and_route_stores_once_and_reads_the_routing_context(tmp_path):
-    from botkit.core.conversation import Status
-    from botkit.core.records import ConversationChange
-    from botkit.models import InboundReply
-
-    store = await opened(tmp_path / "route.db")
-    change = ConversationChange(phone="380502", flow="f", step="q",
-                                status=Status.ACTIVE, state={}, retries=0,
-                                expires_at=9e9)
-    await store.commit(Commit(inbound_id=None, conversation=change), 1.0)
-    reply = InboundReply.model_validate({"message_token": "r1", "phone_number": "380502",
-                                         "time": 1, "message": {"text": "hi"}})
-    inbound_id, context = await store.record_and_route(reply, 2.0)
-    assert inbound_id is not None and context is not None
-    sent, tracked, active = context
+async def test_record_and_route_stores_once(backend):
+    store = await backend.opened()
+    await store.commit(Commit(inbound_id=None, conversation=conversation("380502")), 1.0)
+    inbound_id, context = await store.record_and_route(reply("r1", "380502"), 2.0)
+    assert inbound_id is not None
+    if context is not None:  # read with the insert (one process); else under the turn's lock
+        assert context == await store.routing_context("380502", None)
+    sent, tracked, active = await store.routing_context("380502", None)
     assert sent is None and tracked is None and active is not None and active.step == "q"
-    assert context == await store.routing_context("380502", None)
-    assert await store.record_and_route(reply, 3.0) == (None, None)  # a duplicate
+    assert await store.record_and_route(reply("r1", "380502"), 3.0) == (None, None)
     await store.close()
 
 
-async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answers(tmp_path):
-    from botkit.core.conversation import Status
-    from botkit.core.records import ConversationChange
-
-    store = await opened(tmp_path / "tracked.db")
-    change = ConversationChange(phone="380504", flow="f", step="q",
-                                status=Status.ACTIVE, state={}, retries=0,
-                                expires_at=9e9)
+async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answers(backend):
+    store = await backend.opened()
+    change = conversation("380504")
     question = OutboxItem(phone="380504", flow="f", step="q", template="t", text="q?",
                           message_type=206, payload={"text": "q?"})
     first = await store.commit(Commit(inbound_id=None, conversation=change, outbox=(question,)), 1.0)
@@ -269,14 +287,112 @@ async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answ
     assert sent is not None and active is not None and active.id != first.conversation_id
     assert tracked is not None and tracked.id == first.conversation_id  # the closed one
     assert tracked.status is Status.DONE
+    assert (await store.conversation(first.conversation_id)) == tracked
+    await store.close()
+
+
+async def test_a_stale_version_or_a_second_open_conversation_is_refused(backend):
+    store = await backend.opened()
+    first = await store.commit(Commit(inbound_id=None, conversation=conversation("5")), 1.0)
+    with pytest.raises(ConcurrentUpdateError):  # the phone has an open conversation
+        await store.commit(Commit(inbound_id=None, conversation=conversation("5"),
+                                  outbox=(item("5", 0),)), 2.0)
+    [conv] = (await store.open_conversations(["5", "6"])).values()
+    stale = ConversationChange(phone="5", flow="f", step="r", status=Status.ACTIVE, state={},
+                               retries=0, expires_at=9e9, id=conv.id,
+                               expected_version=conv.version + 1)
+    with pytest.raises(ConcurrentUpdateError):
+        await store.commit(Commit(inbound_id=None, conversation=stale), 2.0)
+    assert await backend.rows("SELECT count(*) FROM outbound") == [(0,)]
+    assert first.conversation_id == conv.id and conv.step == "q"
+    await store.close()
+
+
+async def test_a_notice_goes_once_per_phone_and_key(backend):
+    from dataclasses import replace
+
+    store = await backend.opened()
+    notice = replace(item("7", 0), notice_key="maintenance")
+    await store.commit(Commit(inbound_id=None, outbox=(notice,)), 1.0)
+    with pytest.raises(ConcurrentUpdateError, match="maintenance"):
+        await store.commit(Commit(inbound_id=None, outbox=(notice,)), 2.0)
+    done = await store.commit_many([Commit(inbound_id=None, outbox=(notice,)),
+                                    Commit(inbound_id=None, outbox=(item("8", 1),))], 3.0)
+    assert isinstance(done[0], ConcurrentUpdateError) and len(done[1].outbox_ids) == 1
+    await store.close()
+
+
+async def test_a_timer_fires_once_and_a_skipped_one_never(backend):
+    from botkit.core.records import Timer
+    from botkit.errors import TimerTakenError
+
+    store = await backend.opened()
+    timers = (TimerSpec(kind="remind", flow="f", step="q", due_at=5.0),
+              TimerSpec(kind="timeout", flow="f", step="q", due_at=6.0))
+    await store.commit(Commit(inbound_id=None, conversation=conversation("9"), timers=timers), 1.0)
+    assert await store.due_timers(4.0, 10) == []
+    remind, timeout = await store.due_timers(7.0, 10)
+    assert await store.skip_timer(remind.id, "superseded", 7.0)
+    assert not await store.skip_timer(remind.id, "again", 7.0)
+    fire = Timer(**{**timeout.__dict__})
+    await store.commit(Commit(inbound_id=None, fire=fire), 7.0)
+    with pytest.raises(TimerTakenError):
+        await store.commit(Commit(inbound_id=None, fire=fire), 7.5)
+    assert await backend.rows("SELECT kind, status FROM timers ORDER BY id") == [
+        ("remind", "skipped"), ("timeout", "fired")]
+    await store.close()
+
+
+async def test_release_hands_a_conversation_back_from_a_human(backend):
+    store = await backend.opened()
+    human = ConversationChange(phone="11", flow="f", step="q", status=Status.HUMAN, state={},
+                               retries=0, expires_at=9e9)
+    await store.commit(Commit(inbound_id=None, conversation=human), 1.0)
+    released = await store.release("11", 2.0)
+    assert released is not None and released.status is Status.HUMAN
+    assert await store.release("11", 3.0) is None
+    [conv] = await store.conversations(phone="11")
+    assert conv.status is Status.RELEASED and conv.version == released.version + 1
+    await store.close()
+
+
+async def test_unconfirmed_messages_are_polled_least_recently_first(backend):
+    store = await backend.opened()
+    ids = (await store.commit(Commit(inbound_id=None, outbox=tuple(item(f"2{n}", n) for n in range(3))), 1.0)).outbox_ids
+    await store.claim_outbox(3, 2.0)
+    for n, outbox_id in enumerate(ids):
+        await store.mark_sent(outbox_id, 900 + n, 100.0 + n, RULES)
+    await store.record_status(StatusUpdate.model_validate({"message_id": 901, "status": 1}),
+                              110.0, RULES)  # delivered: final, no need to ask
+    assert await store.unconfirmed(1000.0, 0.0, 10, 1000.0) == [(ids[0], 900), (ids[2], 902)]
+    await store.mark_polled([ids[0], ids[2]], 1000.0)
+    assert await store.unconfirmed(999.0, 0.0, 10, 1999.0) == []  # polled since
+    assert len(await store.unconfirmed(1001.0, 0.0, 10, 2001.0)) == 2
+    await store.close()
+
+
+async def test_reports_read_what_was_committed(backend):
+    store = await backend.opened()
+    inbound_id = await store.record_inbound(reply("h1", "12", "hello"), 1.0)
+    committed = await store.commit(Commit(inbound_id=inbound_id, conversation=conversation("12"),
+                                          outbox=(item("12", 0),), route="start",
+                                          handled_by=("f", "q")), 2.0)
+    await store.claim_outbox(1, 3.0)
+    await store.mark_sent(committed.outbox_ids[0], 4242, 3.0, RULES)
+    lines = await store.history("12")
+    assert [(e.direction, e.text) for e in lines] == [("in", "hello"), ("out", "m0")]
+    assert "message 4242" in lines[1].detail
+    assert await store.versions() == [{"flow": "f", "version": "?", "open": 1, "total": 1}]
+    funnel = await store.funnel("f")
+    assert funnel["started"] == 1 and funnel["completed"] == 0
+    health = await store.health()
+    assert health["inbound_pending"] == 0 and health["outbox"]["queued"] == 0
+    assert [c.phone for c in await store.conversations(flow="f")] == ["12"]
     await store.close()
 
 
 def start(phone: str, texts: tuple[str, ...] = ("q",)) -> Commit:
     """A campaign's commit: a new conversation, its messages, one timer."""
-    from botkit.core.conversation import Status
-    from botkit.core.records import ConversationChange, TimerSpec
-
     change = ConversationChange(phone=phone, flow="f", step="q",
                                 status=Status.ACTIVE, state={"n": phone}, retries=0,
                                 expires_at=9e9)
@@ -287,10 +403,8 @@ def start(phone: str, texts: tuple[str, ...] = ("q",)) -> Commit:
                   timers=(TimerSpec(kind="timeout", flow="f", step="q", due_at=50.0),))
 
 
-async def test_a_batch_of_new_conversations_starts_all_but_the_phones_already_open(tmp_path):
-    from botkit.errors import ConcurrentUpdateError
-
-    store = await opened(tmp_path / "many.db")
+async def test_a_batch_of_new_conversations_starts_all_but_the_phones_already_open(backend):
+    store = await backend.opened()
     await store.commit(start("380500000002"), 1.0)  # opened by someone else meanwhile
     # More phones than one statement may carry (SQLite's 32,766 parameters), a phone twice,
     # and a phone with two messages: each result names its own rows.
@@ -301,57 +415,28 @@ async def test_a_batch_of_new_conversations_starts_all_but_the_phones_already_op
 
     assert isinstance(done[2], ConcurrentUpdateError) and "380500000002" in str(done[2])
     assert isinstance(done[-1], ConcurrentUpdateError)
-    conn = sqlite3.connect(tmp_path / "many.db")
+    outbound = {r[0]: r[1:] for r in await backend.rows(
+        "SELECT id, conversation_id, phone, text FROM outbound")}
+    convs = {r[0]: r[1:] for r in await backend.rows("SELECT id, phone, state FROM conversations")}
     for change, result in zip(changes[:-1], done[:-1], strict=True):
         if result is done[2]:
             continue
-        rows = [conn.execute("SELECT conversation_id, phone, text FROM outbound WHERE id = ?",
-                             [i]).fetchone() for i in result.outbox_ids]
         phone = change.conversation.phone
-        assert rows == [(result.conversation_id, phone, item.text) for item in change.outbox]
-        assert conn.execute("SELECT phone, state FROM conversations WHERE id = ?",
-                            [result.conversation_id]).fetchone() == (phone, f'{{"n": "{phone}"}}')
-    assert conn.execute("SELECT count(*), count(DISTINCT conversation_id) FROM timers"
-                        ).fetchone() == (3500, 3500)
-    assert conn.execute("SELECT count(*) FROM conversations").fetchone() == (3500,)
-    conn.close()
+        assert [outbound[i] for i in result.outbox_ids] == [
+            (result.conversation_id, phone, item.text) for item in change.outbox]
+        assert convs[result.conversation_id] == (phone, f'{{"n": "{phone}"}}')
+    assert await backend.rows("SELECT count(*), count(DISTINCT conversation_id) FROM timers"
+                              ) == [(3500, 3500)]
+    assert len(convs) == 3500
     await store.close()
 
 
-async def test_a_batch_of_new_conversations_that_fails_leaves_nothing_behind(tmp_path):
-    store = await opened(tmp_path / "fail.db")
+async def test_a_batch_of_new_conversations_that_fails_leaves_nothing_behind(backend):
+    store = await backend.opened()
     broken = start("380500000009")
     broken.outbox[0].payload["bad"] = {1, 2}  # not JSON: fails after the conversations insert
     with pytest.raises(TypeError):
         await store.commit_many([start("380500000001"), broken], 1.0)
-    conn = sqlite3.connect(tmp_path / "fail.db")
     for table in ("conversations", "outbound", "timers"):
-        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
-    conn.close()
-    await store.close()
-
-
-async def test_the_wal_is_checkpointed_by_its_own_thread_not_inside_commits(tmp_path):
-    from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT
-
-    store = await opened(tmp_path / "wal.db")
-    limit = await store._run(lambda: store.conn.execute("PRAGMA wal_autocheckpoint").fetchone())
-    assert limit == (WRITER_AUTOCHECKPOINT,)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    checkpointer.interval = 0.05
-    for n in range(30):  # enough pages that a commit would otherwise checkpoint
-        await store.set_meta(f"k{n}", "x" * 3000)
-    runs = checkpointer.runs
-    for _ in range(100):
-        if checkpointer.runs >= runs + 2:
-            break
-        await asyncio.sleep(0.02)
-    # The pages reached the database file itself: a copy of it without its log has them.
-    import shutil
-
-    shutil.copyfile(tmp_path / "wal.db", tmp_path / "main-only.db")
-    conn = sqlite3.connect(tmp_path / "main-only.db")
-    assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone() == (30,)
-    conn.close()
+        assert await backend.rows(f"SELECT count(*) FROM {table}") == [(0,)], table
     await store.close()

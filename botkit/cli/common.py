@@ -49,12 +49,12 @@ def flows_of(args: argparse.Namespace) -> FlowSet:
 
 
 def with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) -> int:
-    from botkit.storage.sqlite import SQLiteStore
+    from botkit.storage.engines import store_for
 
     settings = settings_of(args)
 
     async def run() -> int:
-        store = SQLiteStore(settings.db)
+        store = store_for(settings.db, pool_size=settings.db_pool)
         await store.open()
         try:
             return await job(store)

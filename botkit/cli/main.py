@@ -46,7 +46,8 @@ def _options() -> dict[str, argparse.ArgumentParser]:
     """The flags commands share, in groups: each command takes only the groups it reads."""
     groups = {name: argparse.ArgumentParser(add_help=False)
               for name in ("db", "bots", "templates", "provider", "address")}
-    groups["db"].add_argument("--db", help="the SQLite file (BOTKIT_DB, default botkit.db)")
+    groups["db"].add_argument("--db", help="the SQLite file, or a postgresql:// URL"
+                              " (BOTKIT_DB, default botkit.db)")
     groups["bots"].add_argument("--bots", default="bots",
                                 help="the folder of bot modules (default bots)")
     groups["templates"].add_argument("--templates", default="templates",

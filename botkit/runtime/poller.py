@@ -56,7 +56,7 @@ class StatusPoller(Periodic):
     async def poll_once(self) -> int:
         """Poll up to ``batch`` unconfirmed messages; returns how many answered."""
         now = self.clock()
-        rows = await self.store.unconfirmed(now - self.after, now - WINDOW, self.batch)
+        rows = await self.store.unconfirmed(now - self.after, now - WINDOW, self.batch, now)
         answered = 0
         for _, message_id in rows:
             try:

@@ -15,63 +15,45 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import secrets
-import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Outgoing
+from botkit.process import HOST, gone, process_name
 from botkit.errors import BalanceError, ProviderError, UnauthorizedError
 from botkit.runtime import crashpoints
 from botkit.runtime.api import ProviderAPI
 from botkit.storage.base import Store
 
-__all__ = ["Sender", "abandoned"]
+__all__ = ["HOST", "LEASE", "Sender", "abandoned"]
 
 log = logging.getLogger("botkit.sender")
 
-HOST = socket.gethostname()
-LEASE = 600.0  # a claim from another host older than this is taken as abandoned
+LEASE = 600.0  # without heartbeats, a claim from another host older than this is abandoned
 LOOKAHEAD = 0.05  # with a rate limit, only messages that may start this soon are claimed
 _LIVE: set[str] = set()  # the senders running in this process (their claim names)
 
 
-def abandoned(claimed_by: str | None, claimed_at: float) -> bool:
+def abandoned(claimed_by: str | None, claimed_at: float, live: set[str] | None = None) -> bool:
     """Whether the sender that claimed a row is gone, so the row must be sent again.
 
-    A claim names ``host/pid/token``. On this host, it is gone when its process is not
-    running, or when it is this process and no sender of it still runs under that token.
-    From another host, only a claim older than the lease is taken as gone.
+    A claim names its process and its sender: ``host/pid/process-token/sender-token``. The
+    process is gone as ``botkit.process.gone`` says: on this host when its pid no longer
+    runs; from another host when it is not among ``live`` (the ``host/pid`` of processes
+    with a fresh heartbeat), or, with no heartbeats to go by, once the claim is older than
+    the lease. In this process, a claim is gone when no sender still runs under its name.
     """
     if not claimed_by:
         return True
-    host, pid_text, token = (claimed_by.split("/") + ["", ""])[:3]
-    if host != HOST:
-        return time.time() - claimed_at > LEASE
-    pid = int(pid_text) if pid_text.isdigit() else -1
-    if pid == os.getpid():
+    if claimed_by.startswith(process_name() + "/"):
         return claimed_by not in _LIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """A killed process whose parent has not collected it yet still answers os.kill."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # not Linux, or it is gone by now
-        return False
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+    if live is None and not claimed_by.startswith(HOST + "/"):
+        return time.time() - claimed_at > LEASE
+    return gone(claimed_by, live)
 
 
 class Sender:
@@ -126,7 +108,7 @@ class Sender:
         self._behind: Counter[str] = Counter()  # rows queued behind a phone's send in flight
         # Recorded on its claims. "/hold": if this process dies mid-send, its rows in flight
         # are marked uncertain instead of sent again (a campaign never sends twice).
-        self.name = f"{HOST}/{os.getpid()}/{secrets.token_hex(4)}" + (
+        self.name = f"{process_name()}/{secrets.token_hex(4)}" + (
             "/hold" if hold_abandoned else "")
 
     def wake(self) -> None:

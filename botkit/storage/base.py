@@ -2,9 +2,15 @@
 
 ``Admin``, ``TurnStore``, ``OutboxStore``, ``TimerStore``, ``StatusStore`` and
 ``ReportStore`` each hold one concern; ``Store`` is all of them. The runtime only sees these
-ABCs and the records of ``core.records``. ``storage.sqlite.SQLiteStore`` implements them, a
-module per role; a second engine (PostgreSQL) implements the same methods, reusing
-``storage.rows`` for what every engine writes the same way, and nothing else changes.
+ABCs and the records of ``core.records``. ``storage.sqlite.SQLiteStore`` and
+``storage.postgres.PostgresStore`` implement them, a module per role, reusing
+``storage.rows`` for what every engine writes the same way; ``storage.engines.store_for``
+picks one from ``BOTKIT_DB``.
+
+A store is ``shared`` when several processes serve callbacks on it (PostgreSQL): a turn then
+holds its phone's lock (``phone_turns``) and first handles the phone's earlier messages that
+other processes accepted (``pending_of``); processes beat (``beat``) so that the others know
+which are alive (``live``) and take over only the work of those that are gone.
 
 Durability contract every implementation keeps:
 - ``record_inbound`` has committed before the server answers 2xx, and it refuses a
@@ -23,8 +29,9 @@ Durability contract every implementation keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
 
 from botkit.core.conversation import Conversation
 from botkit.core.lifecycle import DeliveryRules
@@ -68,9 +75,26 @@ class Admin(ABC):
     async def set_meta(self, key: str, value: str) -> None:
         """Store a small operator setting, visible to every process on the store."""
 
+    @abstractmethod
+    async def beat(self, now: float) -> None:
+        """Record that this process (``botkit.process.process_name()``) is alive."""
+
+    @abstractmethod
+    async def live(self, lease: float) -> set[str]:
+        """``host/pid`` of the processes that beat within the last ``lease`` seconds."""
+
 
 class TurnStore(ABC):
     """The hot path: a user's message stored, its routing read, a turn committed."""
+
+    #: Several processes serve callbacks on this store: see the module's docstring.
+    shared: ClassVar[bool] = False
+
+    @asynccontextmanager
+    async def phone_turns(self, phone: str) -> AsyncIterator[None]:
+        """Hold ``phone``'s turn lock across processes (a shared store); else nothing, as
+        one process's dispatcher already handles a phone's messages one at a time."""
+        yield
 
     @abstractmethod
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
@@ -83,8 +107,15 @@ class TurnStore(ABC):
         """``record_inbound``, and in the same call the message's ``routing_context``."""
 
     @abstractmethod
-    async def pending_inbound(self) -> list[Inbound]:
-        """Messages accepted but not yet handled, oldest first (after a restart)."""
+    async def pending_inbound(
+        self, gone: Callable[[str | None], bool] | None = None
+    ) -> list[Inbound]:
+        """Messages accepted but not yet handled, oldest first (after a restart); with
+        ``gone``, only those whose receiving process (by name) it says is gone."""
+
+    @abstractmethod
+    async def pending_of(self, phone: str, up_to: int) -> list[Inbound]:
+        """``phone``'s messages not yet handled, up to inbound id ``up_to``, oldest first."""
 
     @abstractmethod
     async def routing_context(
@@ -173,6 +204,11 @@ class OutboxStore(ABC):
         """Queued messages: (due by ``now``, waiting for a later try)."""
 
     @abstractmethod
+    async def send_slots(self, count: int, rate: float) -> float:
+        """Take ``count`` send starts, ``1/rate`` apart, from the account's rate shared by
+        every process on the store; returns the seconds until the first may start."""
+
+    @abstractmethod
     async def resend_uncertain(
         self, flow: str | None = None, *, template: str | None = None
     ) -> int:
@@ -210,9 +246,11 @@ class StatusStore(ABC):
         """
 
     @abstractmethod
-    async def unconfirmed(self, sent_before: float, sent_after: float,
-                          limit: int) -> list[tuple[int, int]]:
-        """(outbox id, message_id) of sent messages without a final status, least polled first."""
+    async def unconfirmed(self, sent_before: float, sent_after: float, limit: int,
+                          now: float | None = None) -> list[tuple[int, int]]:
+        """(outbox id, message_id) of sent messages without a final status, least polled
+        first. A shared store marks them polled at ``now`` as it picks them, so that another
+        process does not ask for them too."""
 
     @abstractmethod
     async def mark_polled(self, outbox_ids: Iterable[int], now: float) -> None:

@@ -11,8 +11,20 @@ from botkit.core.conversation import Conversation, Status
 from botkit.core.records import Commit, OutboxItem
 from botkit.models import MessageType, sms_status_label, status_label
 
-__all__ = ["OUTBOUND_COLUMNS", "batch_of_starts", "conversation_from_row", "history_detail",
-           "outbound_row"]
+__all__ = ["ATTENTION", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS", "UNCONFIRMED",
+           "batch_of_starts", "conversation_from_row", "history_detail", "outbound_row"]
+
+# Conditions that name the rows of a partial index, shared by every engine's schema and
+# queries: a query repeats its index's condition word for word, or the planner may scan.
+QUEUE = "status IN ('queued', 'sending')"  # outbound_queue, outbound_phone_queue
+ATTENTION = "status IN ('failed', 'uncertain')"  # outbound_attention
+# outbound_unconfirmed: sent, and no final status yet, whatever the number (an undocumented
+# one is polled again).
+UNCONFIRMED = "status = 'sent' AND (delivery_status IS NULL OR delivery_status NOT IN (1, 2, 3, 4))"
+# The statuses of an open conversation (index conversations_open).
+OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
+# What applying a delivery status needs to know of the message.
+SENT_COLUMNS = "id, phone, flow, step, conversation_id, delivery_status, message_id, role"
 
 OUTBOUND_COLUMNS = (
     "conversation_id", "phone", "flow", "flow_version", "step", "template", "text",

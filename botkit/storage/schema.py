@@ -10,6 +10,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from botkit.errors import SchemaTooNewError
+from botkit.storage.rows import UNCONFIRMED
 
 __all__ = ["MIGRATIONS", "UNCONFIRMED", "check_and_migrate"]
 
@@ -180,9 +181,6 @@ def m004_timers_without_version(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE timers DROP COLUMN conversation_version")
 
 
-# The condition of index outbound_unconfirmed since m005: "no final status yet", whatever the
-# number (an undocumented one is polled again). Queries repeat it word for word.
-UNCONFIRMED = "status = 'sent' AND (delivery_status IS NULL OR delivery_status NOT IN (1, 2, 3, 4))"
 
 
 @MIGRATIONS(name="m005_sms_fallback")
@@ -215,3 +213,14 @@ def m006_hot_path_indexes(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX outbound_conversation")
     db.execute("DROP INDEX conversations_phone")
     db.execute("CREATE INDEX conversations_phone ON conversations (phone, id)")
+
+
+@MIGRATIONS(name="m007_presence")
+def m007_presence(db: sqlite_utils.Database) -> None:
+    """Which process accepted each message, the processes' heartbeats and the account's
+    send rate: what PostgreSQL's many processes need, kept alike so ``run.py copy-db``
+    moves every row both ways."""
+    db.execute("ALTER TABLE inbound ADD COLUMN received_by TEXT")
+    db.execute("CREATE TABLE processes (name TEXT PRIMARY KEY, started_at REAL NOT NULL,"
+               " seen_at REAL NOT NULL)")
+    db.execute("CREATE TABLE send_rate (id INTEGER PRIMARY KEY, next_at REAL NOT NULL)")

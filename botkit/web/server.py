@@ -30,7 +30,7 @@ from botkit.runtime import crashpoints
 from botkit.runtime.assembly import Bot, assemble
 from botkit.runtime.templates import Renderer
 from botkit.storage.base import Store
-from botkit.storage.sqlite import SQLiteStore
+from botkit.storage.engines import store_for
 from botkit.web.client import ProviderClient, RetryPolicy
 from botkit.web.guard import GUARD, SlowClientGuard
 
@@ -101,7 +101,7 @@ def create_app(
     """Build the bot server for ``flows``.
 
     Every part is an argument so tests swap it: ``session`` for the provider client,
-    ``store`` (default: SQLite at ``settings.db``), ``clock``, the ``retry`` policy.
+    ``store`` (default: the one ``settings.db`` names, SQLite or PostgreSQL), ``clock``, the ``retry`` policy.
 
     >>> app = create_app(Settings.from_env(), [survey, support])
     >>> web.run_app(app, host="127.0.0.1", port=8080)
@@ -120,7 +120,7 @@ def create_app(
         provider = FakeProvider(first_id=now_ms, first_token=now_ms * 10)
     app[SETUP] = _Setup(
         settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
-        store=store or SQLiteStore(settings.db), session=session,
+        store=store or store_for(settings.db, pool_size=settings.db_pool), session=session,
         retry=retry or RetryPolicy(), raise_errors=raise_errors,
         # The chat shows a user's message that reached the bot some other way (curl).
         on_inbound=provider.observe_reply if provider is not None else None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,8 +29,9 @@ from botkit.core.records import (
     TimerSpec,
 )
 from botkit.errors import ConcurrentUpdateError, TimerTakenError
+from botkit.process import process_name
 from botkit.storage.db_thread import DatabaseThread
-from botkit.storage.rows import conversation_from_row
+from botkit.storage.rows import ATTENTION, OPEN, QUEUE, SENT_COLUMNS, conversation_from_row
 from botkit.storage.schema import check_and_migrate
 from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT, Checkpointer
 
@@ -39,13 +41,9 @@ log = logging.getLogger("botkit.store")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
-# What applying a delivery status needs to know of the message.
-_SENT_COLUMNS = "id, phone, flow, step, conversation_id, delivery_status, message_id, role"
-OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
-# The condition of the partial indexes outbound_queue and outbound_phone_queue: a query on
-# the outbox repeats it word for word, or SQLite cannot use them and scans every message.
-_QUEUE = "status IN ('queued', 'sending')"
-_ATTENTION = "status IN ('failed', 'uncertain')"  # the same, for index outbound_attention
+# The partial indexes' conditions (``storage.rows``): SQLite uses an index only for a query
+# that repeats its condition word for word.
+_SENT_COLUMNS, _QUEUE, _ATTENTION = SENT_COLUMNS, QUEUE, ATTENTION
 
 
 class Connection:
@@ -196,6 +194,17 @@ class Connection:
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value])
 
+
+    async def beat(self, now: float) -> None:
+        await self._run(self._write_one,
+                        "INSERT INTO processes (name, started_at, seen_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
+                        [process_name(), time.time(), time.time()])
+
+    async def live(self, lease: float) -> set[str]:
+        rows = await self._run(self._rows, "SELECT name FROM processes WHERE seen_at > ?",
+                               [time.time() - lease])
+        return {"/".join(r["name"].split("/")[:2]) for r in rows}
 
     def _conversation(self, where: str, params: list[Any]) -> Conversation | None:
         row = self._one(f"SELECT * FROM conversations WHERE {where} LIMIT 1", params)

@@ -164,6 +164,18 @@ class Outbox(Connection):
         assert row is not None
         return row["n"] - row["later"], row["later"]
 
+    async def send_slots(self, count: int, rate: float) -> float:
+        return await self._run(self._send_slots, count, rate)
+
+    def _send_slots(self, count: int, rate: float) -> float:
+        now, span = time.time(), count / rate
+        with self._write() as db:
+            (next_at,) = db.execute(
+                "INSERT INTO send_rate (id, next_at) VALUES (1, ? + ?) ON CONFLICT (id) DO"
+                " UPDATE SET next_at = max(send_rate.next_at, ?) + ? RETURNING next_at",
+                [now, span, now, span]).fetchone()
+        return max(0.0, float(next_at) - span - now)
+
     async def resend_uncertain(
         self, flow: str | None = None, *, template: str | None = None
     ) -> int:

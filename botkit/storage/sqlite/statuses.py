@@ -83,7 +83,7 @@ class Statuses(Connection):
             return True
 
     async def unconfirmed(
-        self, sent_before: float, sent_after: float, limit: int
+        self, sent_before: float, sent_after: float, limit: int, now: float | None = None
     ) -> list[tuple[int, int]]:
         return await self._run(self._unconfirmed, sent_before, sent_after, limit)
 

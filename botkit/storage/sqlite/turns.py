@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from botkit.core.conversation import Conversation, SentRef, Status
 from botkit.core.records import (
@@ -17,6 +17,7 @@ from botkit.core.records import (
 )
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply, parse_tracking_id
+from botkit.process import process_name
 from botkit.storage.rows import (
     OUTBOUND_COLUMNS,
     batch_of_starts,
@@ -30,6 +31,12 @@ __all__ = ["Turns"]
 T = TypeVar("T")
 _OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(OUTBOUND_COLUMNS)) + ")"
+_INBOUND_COLUMNS = "id, message_token, phone, time, text, tracking_data, attempts"
+
+
+def _inbound(r: dict[str, Any]) -> Inbound:
+    return Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
+                   text=r["text"], tracking_data=r["tracking_data"], attempts=r["attempts"])
 
 
 class Turns(Connection):
@@ -55,31 +62,39 @@ class Turns(Connection):
     def _record_inbound(self, reply: InboundReply, now: float) -> int | None:
         cursor = self._write_one(
             "INSERT INTO inbound (message_token, phone, time, text, tracking_data,"
-            " received_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " received_at, received_by) VALUES (?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (message_token) DO NOTHING",
             [reply.message_token, reply.phone_number, reply.time, reply.message.text,
-             reply.message.tracking_data, now],
+             reply.message.tracking_data, now, process_name()],
         )
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
 
-    async def pending_inbound(self) -> list[Inbound]:
-        return await self._run(self._pending_inbound)
+    async def pending_inbound(
+        self, gone: Callable[[str | None], bool] | None = None
+    ) -> list[Inbound]:
+        return await self._run(self._pending_inbound, gone)
 
-    def _pending_inbound(self) -> list[Inbound]:
+    def _pending_inbound(self, gone: Callable[[str | None], bool] | None) -> list[Inbound]:
         with self._write() as db:
+            ids = [r["id"] for r in self._rows(
+                "SELECT id, received_by FROM inbound WHERE status = 'pending' ORDER BY id")
+                if gone is None or gone(r["received_by"])]
             # Counting restarts here (not per handling) keeps the hot path at one commit.
-            db.execute("UPDATE inbound SET attempts = attempts + 1 WHERE status = 'pending'")
-            rows = self._rows(
-                "SELECT id, message_token, phone, time, text, tracking_data, attempts"
-                " FROM inbound WHERE status = 'pending' ORDER BY id"
-            )
-            return [
-                Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
-                        text=r["text"], tracking_data=r["tracking_data"],
-                        attempts=r["attempts"])
-                for r in rows
-            ]
+            for i in range(0, len(ids), 500):  # under SQLite's limit of bound variables
+                part = ids[i:i + 500]
+                db.execute("UPDATE inbound SET attempts = attempts + 1"
+                           f" WHERE id IN ({','.join('?' * len(part))})", part)
+            taken = set(ids)
+            return [_inbound(r) for r in self._rows(
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE status = 'pending' ORDER BY id")
+                if r["id"] in taken]
+
+    async def pending_of(self, phone: str, up_to: int) -> list[Inbound]:
+        rows = await self._run(
+            self._rows, f"SELECT {_INBOUND_COLUMNS} FROM inbound"
+            " WHERE status = 'pending' AND phone = ? AND id <= ? ORDER BY id", [phone, up_to])
+        return [_inbound(r) for r in rows]
 
     # -- conversations ----------------------------------------------------------------------
 

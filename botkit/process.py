@@ -1,0 +1,60 @@
+"""This process's name, and whether a process named by another is still running.
+
+Every process that works on a store has a name, ``host/pid/token``: the store records it on
+each message the process accepts and on its heartbeat, and its senders name their claims
+after it. Work is taken over from a process only once it is gone: on this host, when its pid
+no longer runs (at once); from another host, when its heartbeat stopped (after a lease).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+__all__ = ["HOST", "gone", "process_name"]
+
+HOST = socket.gethostname()
+_NAMES: dict[int, str] = {}  # by pid: a forked child gets a name of its own
+
+
+def process_name() -> str:
+    """``host/pid/token``, the same for the whole life of this process."""
+    pid = os.getpid()
+    name = _NAMES.get(pid)
+    if name is None:
+        name = _NAMES[pid] = f"{HOST}/{pid}/{secrets.token_hex(4)}"
+    return name
+
+
+def gone(name: str | None, live: set[str] | None = None) -> bool:
+    """Whether the process that ``name`` (``host/pid/...``) names has stopped.
+
+    On this host its pid says. From another host, ``live`` (the ``host/pid`` of processes
+    whose heartbeat is fresh) says; without it nothing from another host counts as gone.
+    """
+    if not name:
+        return True
+    host, pid_text = (name.split("/") + [""])[:2]
+    if host != HOST:
+        return live is not None and f"{host}/{pid_text}" not in live
+    pid = int(pid_text) if pid_text.isdigit() else -1
+    if pid == os.getpid():  # this process, or an earlier one that had its pid
+        return not (name + "/").startswith(process_name() + "/")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process whose parent has not collected it yet still answers os.kill."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # not Linux, or it is gone by now
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]

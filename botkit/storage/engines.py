@@ -1,0 +1,26 @@
+"""Which engine a ``BOTKIT_DB`` names: a ``postgresql://`` URL, or else a SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from botkit.config import POSTGRES_SCHEMES
+from botkit.storage.base import Store
+
+__all__ = ["is_postgres", "store_for"]
+
+
+def is_postgres(db: str | Path) -> bool:
+    """Whether ``db`` is a PostgreSQL URL (``postgresql://user@host/db``)."""
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+def store_for(db: str | Path, *, pool_size: int = 10) -> Store:
+    """The store ``db`` names, not yet opened. Each engine's driver loads only when used."""
+    if is_postgres(db):
+        from botkit.storage.postgres import PostgresStore
+
+        return PostgresStore(str(db), pool_size=pool_size)
+    from botkit.storage.sqlite import SQLiteStore
+
+    return SQLiteStore(db)

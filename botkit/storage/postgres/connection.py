@@ -1,0 +1,289 @@
+"""The PostgreSQL engine's connection: a pool, transactions, a phone's lock, and the helpers
+every part of the store shares (conversations, timers, applying a status).
+
+Several botkit processes, on several machines, share one database. Each call takes a
+connection from the process's pool (``BOTKIT_DB_POOL``) for one transaction, at READ
+COMMITTED; the statements that must not race take row locks (``FOR UPDATE SKIP LOCKED``
+for claims) or repeat their condition in the UPDATE (a turn's ``expected_version``, an
+inbound row still ``pending``, a timer still ``pending``), so what one process commits the
+others see, and no two do the same work. A turn holds its phone's advisory lock
+(``phone_turns``) on one connection, which all its statements use: a phone's messages are
+handled one at a time across every process, other phones meanwhile go on.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncio
+
+import asyncpg
+
+from botkit.core.conversation import Conversation
+from botkit.core.lifecycle import DeliveryRules
+from botkit.core.records import StatusChange, TimerSpec
+from botkit.errors import ConcurrentUpdateError, StoreUnavailableError, TimerTakenError
+from botkit.process import process_name
+from botkit.storage.postgres.schema import migrate
+from botkit.storage.rows import conversation_from_row
+
+__all__ = ["PgConnection", "masked"]
+
+log = logging.getLogger("botkit.store")
+
+# What a lost or refused connection raises; the store answers StoreUnavailableError.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+CONNECT_TIMEOUT = 5.0  # seconds to get a connection before the callback answers 503
+
+
+@dataclass
+class _Held:
+    """A turn's connection, with its phone's lock; used by the task that took it only."""
+
+    conn: asyncpg.Connection
+    task: asyncio.Task[Any] | None
+
+
+_TURN: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("botkit_pg_turn",
+                                                                     default=None)
+
+
+def masked(dsn: str) -> str:
+    """``dsn`` without its password, for logs and errors."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PgConnection:
+    """The pool and its transactions; the parts of ``PostgresStore`` build on it."""
+
+    shared = True  # several processes serve callbacks on one database
+
+    def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
+        self.dsn = dsn
+        self.where = masked(dsn)
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self.jobs = 0  # transactions run, for /healthz
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("PostgresStore used before open()")
+        return self._pool
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """The turn's connection (in the task holding a phone's lock), or one of the pool."""
+        held = _TURN.get()
+        if held is not None and held.task is asyncio.current_task():
+            yield held.conn
+            return
+        try:
+            async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                yield conn
+        except _UNREACHABLE as exc:
+            raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        """One atomic unit of work: a transaction (a savepoint inside a turn's own)."""
+        async with self._conn() as conn:
+            try:
+                async with conn.transaction():
+                    self.jobs += 1
+                    yield conn
+            except _UNREACHABLE as exc:
+                raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+
+    async def _rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            try:
+                return [dict(r) for r in await conn.fetch(sql, *args)]
+            except _UNREACHABLE as exc:
+                raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+
+    async def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        rows = await self._rows(sql, *args)
+        return rows[0] if rows else None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
+                # Statements are few and fixed: prepared once per connection.
+                statement_cache_size=256)
+        except _UNREACHABLE as exc:
+            raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            applied = await migrate(conn, self.where)
+            version = await conn.fetchval("SHOW server_version")
+        if applied:
+            log.info("database %s: applied migrations %s", self.where, ", ".join(applied))
+        log.info("database %s ready (PostgreSQL %s, pool of %d)", self.where, version,
+                 self.pool_size)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def phone_turns(self, phone: str) -> AsyncIterator[None]:
+        """Hold ``phone``'s lock, on a connection every store call of this task then uses.
+
+        An advisory lock on the phone's 64-bit hash: held by one process at a time; released
+        when the turn ends or, should the process die, when its connection does.
+        """
+        async with self._conn() as conn:
+            try:
+                await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", phone)
+            except _UNREACHABLE as exc:
+                raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+            token = _TURN.set(_Held(conn, asyncio.current_task()))
+            try:
+                yield
+            finally:
+                _TURN.reset(token)
+                try:
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(hashtextextended($1, 0))", phone)
+                except _UNREACHABLE:
+                    pass  # the connection is gone, and its locks with it
+
+    # -- settings shared by every process ---------------------------------------------------
+
+    async def secret(self, generate: Callable[[], str]) -> str:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('callback_secret', $1)"
+                " ON CONFLICT (key) DO NOTHING", generate())
+            return str(await conn.fetchval(
+                "SELECT value FROM meta WHERE key = 'callback_secret'"))
+
+    async def meta(self, key: str) -> str | None:
+        row = await self._one("SELECT value FROM meta WHERE key = $1", key)
+        return None if row is None else str(row["value"])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute("INSERT INTO meta (key, value) VALUES ($1, $2)"
+                               " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                               key, value)
+
+    async def beat(self, now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO processes (name, started_at, seen_at)"
+                " VALUES ($1, extract(epoch FROM clock_timestamp()),"
+                " extract(epoch FROM clock_timestamp()))"
+                " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
+                process_name())
+
+    async def live(self, lease: float) -> set[str]:
+        rows = await self._rows(
+            "SELECT name FROM processes"
+            " WHERE seen_at > extract(epoch FROM clock_timestamp()) - $1", lease)
+        return {"/".join(r["name"].split("/")[:2]) for r in rows}
+
+    # -- helpers of the parts ---------------------------------------------------------------
+
+    @staticmethod
+    async def _conversation(
+        conn: asyncpg.Connection, where: str, *args: Any
+    ) -> Conversation | None:
+        row = await conn.fetchrow(f"SELECT * FROM conversations WHERE {where} LIMIT 1", *args)
+        return conversation_from_row(dict(row)) if row else None
+
+    @staticmethod
+    async def _cancel_timers(conn: asyncpg.Connection, conv_id: int, now: float) -> None:
+        await conn.execute(
+            "UPDATE timers SET status = 'cancelled', done_at = $1"
+            " WHERE conversation_id = $2 AND status = 'pending'", now, conv_id)
+
+    @staticmethod
+    async def _add_timers(
+        conn: asyncpg.Connection, conv_id: int, phone: str, timers: Iterable[TimerSpec],
+        now: float,
+    ) -> None:
+        rows = [(conv_id, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now)
+                for t in timers]
+        if rows:
+            await conn.executemany(
+                "INSERT INTO timers (conversation_id, phone, kind, flow, step, due_at,"
+                " message_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows)
+
+    @staticmethod
+    async def _finish_timer(
+        conn: asyncpg.Connection, timer_id: int, status: str, detail: str | None, now: float
+    ) -> None:
+        done = await conn.execute(
+            "UPDATE timers SET status = $1, detail = $2, done_at = $3"
+            " WHERE id = $4 AND status = 'pending'", status, detail, now, timer_id)
+        if done != "UPDATE 1":  # another process fired, skipped or cancelled it first
+            raise TimerTakenError(f"timer {timer_id} is no longer pending")
+
+    @staticmethod
+    async def _update_conversation(
+        conn: asyncpg.Connection, conv_id: int, version: int, values: dict[str, Any]
+    ) -> None:
+        sets = ", ".join(f"{k} = ${n}" for n, k in enumerate(values, start=3))
+        done = await conn.execute(
+            f"UPDATE conversations SET {sets}, version = version + 1"
+            " WHERE id = $1 AND version = $2", conv_id, version, *values.values())
+        if done != "UPDATE 1":
+            raise ConcurrentUpdateError(f"conversation {conv_id} changed during the turn")
+
+    async def _status_change(
+        self, conn: asyncpg.Connection, row: dict[str, Any], status: int, at: float,
+        rules: DeliveryRules,
+    ) -> StatusChange:
+        """Apply a status to a sent message (an outbound row of ``SENT_COLUMNS``) as
+        ``rules`` say; the timers they start join the transaction."""
+        changed = rules.advances(row["delivery_status"], status)
+        if changed:
+            await conn.execute(
+                "UPDATE outbound SET delivery_status = $1, delivery_status_at = $2"
+                " WHERE id = $3", status, at, row["id"])
+        conv = None
+        if row["conversation_id"] is not None:
+            conv = await self._conversation(conn, "id = $1", row["conversation_id"])
+        change = StatusChange(message_id=row["message_id"], phone=row["phone"],
+                              flow=row["flow"], step=row["step"], old=row["delivery_status"],
+                              new=status, conversation=conv,
+                              question=row["role"] == "question")
+        if conv is not None and changed:
+            await self._add_timers(conn, conv.id, conv.phone, rules.timers_for(change), at)
+        return change
+
+    @staticmethod
+    async def _apply_sms(
+        conn: asyncpg.Connection, outbox_id: int, sms_id: int | None, sms_status: int | None
+    ) -> None:
+        """Keep the SMS fallback's id and status (Viber + SMS); a final SMS status stays."""
+        if sms_id is None and sms_status is None:
+            return
+        await conn.execute(
+            "UPDATE outbound SET sms_message_id = coalesce($1, sms_message_id),"
+            " sms_message_status = CASE WHEN sms_message_status IN (2, 3, 5)"
+            " THEN sms_message_status ELSE coalesce($2, sms_message_status) END WHERE id = $3",
+            sms_id, sms_status, outbox_id)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,154 @@
+"""The PostgreSQL store's outbox: claims under row locks, sends recorded, retries, take-overs,
+and the account's send rate shared by every process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+
+from botkit.core.lifecycle import DeliveryRules
+from botkit.core.records import Outgoing, SentQuestion
+from botkit.storage.postgres.connection import PgConnection
+from botkit.storage.rows import ATTENTION, QUEUE, SENT_COLUMNS
+
+__all__ = ["PgOutbox"]
+
+_NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, the same for all
+
+
+class PgOutbox(PgConnection):
+    """``OutboxStore`` on PostgreSQL."""
+
+    async def claim_outbox(self, limit: int, now: float, claimer: str = "") -> list[Outgoing]:
+        # SKIP LOCKED: rows another process is claiming right now are left to it. A row whose
+        # phone has an earlier one queued or being sent waits (each phone's messages leave in
+        # order), and that earlier row counts even while another process locks it.
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                # MATERIALIZED: picked once; as a plain IN (subquery) the planner may run it
+                # once per row, each run skipping the rows the runs before it locked.
+                "WITH picked AS MATERIALIZED ("
+                f"  SELECT id FROM outbound AS o WHERE {QUEUE} AND status = 'queued'"
+                "   AND due_at <= $1 AND NOT EXISTS ("
+                "     SELECT 1 FROM outbound AS e WHERE e.phone = o.phone AND e.id < o.id"
+                f"     AND e.{QUEUE})"
+                "   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " UPDATE outbound AS u SET status = 'sending', attempts = attempts + 1,"
+                " claimed_by = $3, claimed_at = $4 FROM picked WHERE u.id = picked.id"
+                " RETURNING u.id, u.phone, u.payload, u.attempts, u.conversation_id",
+                now, limit, claimer, time.time())
+        return sorted((Outgoing(id=r["id"], phone=r["phone"], payload=json.loads(r["payload"]),
+                                attempts=r["attempts"], conversation_id=r["conversation_id"])
+                       for r in rows), key=lambda o: o.id)
+
+    async def mark_sent(
+        self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules
+    ) -> None:
+        async with self._tx() as conn:
+            # Status callbacks may have arrived (at any process) before the message_id.
+            events = await conn.fetch(
+                "SELECT status, sms_message_id, sms_message_status FROM status_events"
+                " WHERE message_id = $1 ORDER BY id", message_id)
+            sent = await conn.fetchrow(
+                "UPDATE outbound SET status = 'sent', message_id = $1, sent_at = $2,"
+                " error = NULL WHERE id = $3"
+                " RETURNING conversation_id, flow, step, role, created_at",
+                message_id, now, outbox_id)
+            if sent is not None:
+                shift = rules.late_shift(SentQuestion(
+                    conversation_id=sent["conversation_id"], flow=sent["flow"],
+                    step=sent["step"], question=sent["role"] == "question",
+                    created_at=sent["created_at"]), now)
+                if shift is not None:
+                    await conn.execute(
+                        "UPDATE timers SET due_at = due_at + $1 WHERE conversation_id = $2"
+                        " AND flow = $3 AND step = $4 AND status = 'pending'"
+                        " AND kind = ANY($5::text[])",
+                        shift.by, shift.conversation_id, shift.flow, shift.step,
+                        list(shift.kinds))
+                    await conn.execute(
+                        "UPDATE conversations SET expires_at = expires_at + $1"
+                        " WHERE id = $2 AND flow = $3 AND step = $4 AND status = 'active'",
+                        shift.by, shift.conversation_id, shift.flow, shift.step)
+            if not events:
+                return
+            best = rules.furthest(e["status"] for e in events)
+            sms = next(((e["sms_message_id"], e["sms_message_status"]) for e in reversed(events)
+                        if e["sms_message_id"] is not None
+                        or e["sms_message_status"] is not None), (None, None))
+            row = await conn.fetchrow(f"SELECT {SENT_COLUMNS} FROM outbound WHERE id = $1",
+                                      outbox_id)
+            assert row is not None
+            await self._apply_sms(conn, outbox_id, *sms)
+            if best is not None:
+                await self._status_change(conn, dict(row), best, now, rules)
+
+    async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
+        await self._set_outbox([outbox_id], "failed", reason)
+
+    async def requeue(
+        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True
+    ) -> None:
+        await self._set_outbox(list(outbox_ids), "queued", reason, due_at, tried)
+
+    async def _set_outbox(
+        self, outbox_ids: list[int], status: str, reason: str, due_at: float = 0.0,
+        tried: bool = True,
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE outbound SET status = $1, error = $2, due_at = $3,"
+                " attempts = attempts - $4 WHERE id = ANY($5::bigint[])",
+                status, reason, due_at, 0 if tried else 1, outbox_ids)
+
+    async def reset_sending(
+        self, abandoned: Callable[[str | None, float], bool]
+    ) -> tuple[int, int]:
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT id, claimed_by, claimed_at FROM outbound"
+                f" WHERE {QUEUE} AND status = 'sending' FOR UPDATE SKIP LOCKED")
+            gone = [r for r in rows if abandoned(r["claimed_by"], r["claimed_at"] or 0.0)]
+            held = [r["id"] for r in gone if (r["claimed_by"] or "").endswith("/hold")]
+            again = [r["id"] for r in gone if not (r["claimed_by"] or "").endswith("/hold")]
+            await conn.execute(
+                "UPDATE outbound SET status = 'queued', error = NULL"
+                " WHERE id = ANY($1::bigint[]) AND status = 'sending'", again)
+            await conn.execute(
+                "UPDATE outbound SET status = 'uncertain', error = $2"
+                " WHERE id = ANY($1::bigint[]) AND status = 'sending'", held,
+                "its sender was killed during the send: it may have reached the user")
+            return len(again), len(held)
+
+    async def queue_size(self, now: float) -> tuple[int, int]:
+        row = await self._one(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE due_at > $1) AS later"
+            f" FROM outbound WHERE {QUEUE} AND status = 'queued'", now)
+        assert row is not None
+        return row["n"] - row["later"], row["later"]
+
+    async def resend_uncertain(
+        self, flow: str | None = None, *, template: str | None = None
+    ) -> int:
+        async with self._tx() as conn:
+            done = await conn.execute(
+                "UPDATE outbound SET status = 'queued', due_at = 0, error = NULL"
+                f" WHERE {ATTENTION} AND status = 'uncertain'"
+                " AND ($1::text IS NULL OR flow = $1) AND ($2::text IS NULL OR template = $2)",
+                flow, template)
+            return int(done.split()[-1])
+
+    async def send_slots(self, count: int, rate: float) -> float:
+        """Take ``count`` send starts from the account's rate; seconds until the first.
+
+        The starts are ``1/rate`` apart, after every start any process took before: all the
+        processes together send at most ``rate`` a second.
+        """
+        async with self._tx() as conn:
+            wait: float = await conn.fetchval(
+                f"INSERT INTO send_rate (id, next_at) VALUES (1, {_NOW} + $1)"
+                " ON CONFLICT (id) DO UPDATE"
+                f" SET next_at = greatest(send_rate.next_at, {_NOW}) + $1"
+                f" RETURNING next_at - $1 - {_NOW}", count / rate)
+            return max(0.0, wait)
