@@ -54,6 +54,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "api_timeout": ("BOTKIT_API_TIMEOUT", "seconds to wait for each provider request (> 0)"),
     "read_deadline": ("BOTKIT_READ_DEADLINE",
                       "seconds a client may take to send a request, or stay idle (> 0)"),
+    "lease": ("BOTKIT_LEASE", "seconds without a heartbeat after which a process counts as"
+                              " gone and another takes its work over (>= 1)"),
     "loop": ("BOTKIT_LOOP", "auto, uvloop or asyncio: the event loop `serve` runs on"),
     "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
     "phone_region": ("BOTKIT_PHONE_REGION",
@@ -87,6 +89,7 @@ class Settings(BaseModel):
     send_concurrency: int = Field(default=100, ge=1, le=100)  # the client keeps 100 connections
     api_timeout: float = Field(default=10.0, gt=0)
     read_deadline: float = Field(default=10.0, gt=0)
+    lease: float = Field(default=30.0, ge=1, allow_inf_nan=False)
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     crash_at: str | None = None
     phone_region: str | None = None

@@ -1,9 +1,11 @@
 """This process's name, and whether a process named by another is still running.
 
-Every process that works on a store has a name, ``host/pid/token``: the store records it on
+Every process that works on a store has a name, ``host/pid/token`` (``host``: the hostname,
+with the pid namespace on Linux): the store records it on
 each message the process accepts and on its heartbeat, and its senders name their claims
 after it. Work is taken over from a process only once it is gone: on this host, when its pid
-no longer runs (at once); from another host, when its heartbeat stopped (after a lease).
+no longer runs (at once); on a shared store, also when its heartbeat stopped (after a lease),
+wherever it runs.
 """
 
 from __future__ import annotations
@@ -13,9 +15,24 @@ import secrets
 import socket
 from pathlib import Path
 
-__all__ = ["HOST", "gone", "process_name"]
+__all__ = ["HEARTBEAT_LEASE", "HOST", "gone", "process_name"]
 
-HOST = socket.gethostname()
+
+
+def _host() -> str:
+    """The host part of a name: the hostname, and on Linux the pid namespace, so that two
+    containers sharing a hostname but not their pids never read each other's pids."""
+    name = socket.gethostname().replace("/", "_")
+    try:
+        return f"{name}~{os.stat('/proc/self/ns/pid').st_ino:x}"
+    except OSError:  # not Linux
+        return name
+
+
+HOST = _host()
+# A process beats every few seconds; one whose last beat is older than this is gone, and
+# the others take over its work.
+HEARTBEAT_LEASE = 30.0
 _NAMES: dict[int, str] = {}  # by pid: a forked child gets a name of its own
 
 
@@ -29,16 +46,21 @@ def process_name() -> str:
 
 
 def gone(name: str | None, live: set[str] | None = None) -> bool:
-    """Whether the process that ``name`` (``host/pid/...``) names has stopped.
+    """Whether the process that ``name`` (``host/pid/...``) names has stopped, or is cut off.
 
-    On this host its pid says. From another host, ``live`` (the ``host/pid`` of processes
-    whose heartbeat is fresh) says; without it nothing from another host counts as gone.
+    With ``live`` (the ``host/pid`` of processes whose heartbeat is fresh: a shared store),
+    a process that is not among them is gone, wherever it runs: it may be alive but unable
+    to reach the database, and its work must go on elsewhere. On this host, a process whose
+    pid no longer runs is gone at once, without waiting for its heartbeat to age. From
+    another host, without ``live``, nothing counts as gone.
     """
     if not name:
         return True
     host, pid_text = (name.split("/") + [""])[:2]
+    if live is not None and f"{host}/{pid_text}" not in live:
+        return True
     if host != HOST:
-        return live is not None and f"{host}/{pid_text}" not in live
+        return False
     pid = int(pid_text) if pid_text.isdigit() else -1
     if pid == os.getpid():  # this process, or an earlier one that had its pid
         return not (name + "/").startswith(process_name() + "/")

@@ -227,6 +227,8 @@ async def test_heartbeats_say_which_processes_are_alive(backend):
     assert await store.live(30.0) == set()  # its beat stopped: gone after the lease
     await store.beat(2.0)
     assert await store.live(30.0) == {me}
+    await store.leave()  # a clean stop: the others need not wait for the lease
+    assert await store.live(30.0) == set()
     await store.close()
 
 

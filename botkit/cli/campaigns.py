@@ -142,11 +142,15 @@ def _campaign(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, task.cancel)
         stopped = False
+        # Its heartbeat: a server on another machine leaves this process's claims alone.
+        beating = asyncio.create_task(bot.presence.run(), name="campaign-presence")
         try:
             progress = await campaign.run()
         except asyncio.CancelledError:
             stopped, progress = True, campaign.progress
         finally:
+            bot.presence.stop()
+            await asyncio.gather(beating, return_exceptions=True)
             await client.close()
         if tty:
             print(file=sys.stderr)

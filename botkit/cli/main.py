@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from botkit.cli.campaigns import add_campaign_options, notify, start
+from botkit.cli.copy_db import add_copy_db_arguments, copy_db
 from botkit.cli.operations import check, fake_provider, release, resume, serve, status
 from botkit.cli.reports import conversations, export, messages, stats
 from botkit.errors import BotkitError
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
             "db")
     p = command("release", release, "give a conversation with a human back to the bot", "db")
     p.add_argument("phone", help="the phone whose conversation to release")
+    p = command("copy-db", copy_db, "copy a database into an empty one: SQLite to PostgreSQL"
+                " or back")
+    add_copy_db_arguments(p)
     p = command("fake-provider", fake_provider, "run the fake provider standalone (testing)")
     p.add_argument("--host", default="127.0.0.1",
                    help="the address to listen on (default 127.0.0.1; BOTKIT_HOST is not read)")

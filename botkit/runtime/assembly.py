@@ -1,7 +1,7 @@
 """The one place a bot's parts are built and tied together, for every way botkit runs.
 
-``assemble`` builds the rules, sender, engine, dispatcher, sweeper, poller and activity log
-from the store, provider client and renderer it is given, each part receiving its
+``assemble`` builds the rules, sender, engine, dispatcher, sweeper, poller, presence
+(heartbeat and take-over) and activity log from the store, provider client and renderer it is given, each part receiving its
 collaborators in its constructor. The server (``web.server``), ``run.py start`` and
 ``run.py notify`` (``cli``) and the testing kit all call it; nothing is filled in afterwards.
 """
@@ -20,6 +20,7 @@ from botkit.runtime.api import ProviderAPI
 from botkit.runtime.dispatch import Dispatcher
 from botkit.runtime.engine import Engine
 from botkit.runtime.poller import StatusPoller
+from botkit.runtime.presence import Presence
 from botkit.runtime.sender import Sender
 from botkit.runtime.sweeper import Sweeper
 from botkit.runtime.templates import Renderer
@@ -49,6 +50,7 @@ class Bot:
     dispatcher: Dispatcher
     sweeper: Sweeper
     poller: StatusPoller
+    presence: Presence
     activity: Activity
 
 
@@ -73,7 +75,8 @@ def assemble(
     ``send=False`` leaves the turns' messages queued for whichever sender polls the store
     (``run.py start`` when the provider cannot be reached). ``concurrency`` and ``rate``
     override the settings' (command-line flags); ``hold_abandoned`` makes the sender a
-    campaign's, whose messages in flight at a kill are marked uncertain, not sent again.
+    campaign's, whose messages in flight at a kill are marked uncertain, not sent again,
+    and whose presence only beats (it takes over no other process's work).
     """
     rules = DeliveryRules(flows, clock)
     sender = Sender(
@@ -96,5 +99,7 @@ def assemble(
         sweeper=Sweeper(store, dispatcher, clock=clock),
         poller=StatusPoller(store, client, engine, clock=clock,
                             after=settings.status_poll_after),
+        presence=Presence(store, dispatcher, sender, clock=clock, lease=settings.lease,
+                          take_over=not hold_abandoned),
         activity=activity,
     )

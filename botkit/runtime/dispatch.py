@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from botkit.core.records import Inbound, Timer
+from botkit.errors import StoreUnavailableError
 
 Item = Inbound | Timer
 
@@ -35,6 +36,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(limit)
         self._closing = False
+        self.retry_delay = 1.0  # seconds between tries while the database is unreachable
+        self._closed = asyncio.Event()
 
     @property
     def busy(self) -> int:
@@ -70,17 +73,30 @@ class Dispatcher:
                 async with self._slots:
                     try:
                         await self._handle(item)
+                    except StoreUnavailableError as exc:
+                        # The database is unreachable: the phone's messages wait (in order)
+                        # and the turn is tried again once it answers.
+                        log.warning("%s %s of %s waits for the database: %s",
+                                    type(item).__name__.lower(), item.id, phone, exc)
+                        await self._pause()
+                        continue
                     except Exception:
                         # The store failed (disk full, locked too long): the row stays
                         # pending and is handled again after a restart.
                         log.exception("%s %s of %s could not be handled; left pending",
                                       type(item).__name__.lower(), item.id, phone)
-                    finally:
-                        if done is not None:
-                            done()
+                    if done is not None:
+                        done()
                 queue.popleft()
         finally:
             del self._queues[phone]
+
+    async def _pause(self) -> None:
+        """Wait ``retry_delay`` seconds, or less if the dispatcher closes meanwhile."""
+        try:
+            await asyncio.wait_for(self._closed.wait(), self.retry_delay)
+        except TimeoutError:
+            pass
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop taking messages and wait up to ``timeout`` for turns in progress.
@@ -89,6 +105,7 @@ class Dispatcher:
         store and are handled after the next start.
         """
         self._closing = True
+        self._closed.set()
         if not self._tasks:
             return
         done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)

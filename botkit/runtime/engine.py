@@ -47,13 +47,26 @@ class Engine(Proactive, Events):
     """
 
     async def handle(self, item: Inbound | Timer) -> None:
-        """Handle one stored message or due timer; never raises for a bot's fault."""
-        if isinstance(item, Timer):
-            return await self.fire(item)
+        """Handle one stored message or due timer; never raises for a bot's fault.
+
+        On a shared store (several processes) the turn holds its phone's lock, and the
+        phone's earlier messages that other processes accepted are handled first, in order;
+        the message itself may have been handled by one of them already.
+        """
+        if not self.store.shared:
+            return await (self.fire(item) if isinstance(item, Timer) else self._once(item))
+        async with self.store.phone_turns(item.phone):
+            if isinstance(item, Timer):
+                return await self.fire(item)
+            for inbound in await self.store.pending_of(item.phone, item.id):
+                await self._once(inbound)
+
+    async def _once(self, inbound: Inbound) -> None:
         try:
-            await self._handle(item)
+            await self._handle(inbound)
         except DuplicateMessageError as exc:  # another process handled it first
-            log.info("message %s from %s: %s; its turn is dropped", item.id, item.phone, exc)
+            log.info("message %s from %s: %s; its turn is dropped", inbound.id, inbound.phone,
+                     exc)
 
     async def _handle(self, inbound: Inbound) -> None:
         message = Message(

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+from botkit.errors import StoreUnavailableError
+
 __all__ = ["Periodic"]
 
 
@@ -33,6 +35,8 @@ class Periodic:
         while not self._stopping.is_set():
             try:
                 await self.round()
+            except StoreUnavailableError as exc:  # expected while the database is away
+                self.log.warning("%s: %s; trying again in %.0fs", self.what, exc, self.interval)
             except Exception:
                 self.log.exception("%s failed; trying again in %.0fs", self.what, self.interval)
             try:

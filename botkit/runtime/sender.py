@@ -18,13 +18,13 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Outgoing
 from botkit.process import HOST, gone, process_name
-from botkit.errors import BalanceError, ProviderError, UnauthorizedError
+from botkit.errors import BalanceError, ProviderError, StoreUnavailableError, UnauthorizedError
 from botkit.runtime import crashpoints
 from botkit.runtime.api import ProviderAPI
 from botkit.storage.base import Store
@@ -118,9 +118,15 @@ class Sender:
 
     # -- Outlet: the engine hands over what a turn committed --------------------------------
 
+    @property
+    def _shared_rate(self) -> bool:
+        """The rate is the account's, kept in the store for every process (a shared store)."""
+        return self.rate > 0 and self.store.shared
+
     def reserve(self) -> str | None:
         """A free send slot for the next commit to claim a message in, or None."""
-        if self._stopping or self.clock() < self._paused_until or self._room() <= 0:
+        if (self._stopping or self.clock() < self._paused_until or self._room() <= 0
+                or self._shared_rate):  # with a shared rate, sends start when it says
             return None
         self._reserved += 1
         return self.name
@@ -168,35 +174,45 @@ class Sender:
         loop = asyncio.get_running_loop()
         next_poll = 0.0
         while not self._stopping:
-            self._wake.clear()  # cleared before looking, so a wake-up during the look counts
-            if self.paused and await self._resume_requested():
-                self.resume()
-            free = self._room()
-            now = loop.time()
-            # Claim when rows are known to wait, and every poll_interval for rows queued by
-            # other processes or due for another try; not after every send.
-            if self.clock() < self._paused_until or free <= 0:
-                # A wake-up (resume, a free slot) ends the wait, or the rate limit's next start.
-                wait = self._next_slot - LOOKAHEAD - now if self.rate > 0 else 0.0
-                await self._sleep(wait if 0 < wait < self.poll_interval else self.poll_interval)
-                continue
-            if not self._backlog and now < next_poll:
-                await self._sleep(next_poll - now)
-                continue
-            next_poll = now + self.poll_interval
-            self._backlog = False  # set again by a commit or a send finishing meanwhile
-            rows = await self.store.claim_outbox(free, self.clock(), self.name)
-            for row in rows:  # at most one per phone
-                self._start(row)
-                if self._behind[row.phone] > 1:
-                    self._behind[row.phone] -= 1
-                else:  # no entry left for a phone with nothing known to wait
-                    self._behind.pop(row.phone, None)
-            if len(rows) == free:  # there may be more
-                self._backlog = True
-            else:  # all that could go went: a phone not in flight has nothing waiting
-                for phone in [p for p in self._behind if p not in self._inflight]:
-                    del self._behind[phone]
+            try:
+                next_poll = await self._round(loop, next_poll)
+            except StoreUnavailableError as exc:  # sends in flight are recorded once it is back
+                log.warning("sending waits for the database: %s", exc)
+                await self._sleep(self.poll_interval)
+
+    async def _round(self, loop: asyncio.AbstractEventLoop, next_poll: float) -> float:
+        """One look at the queue: claim what may start now and start it; the next poll."""
+        self._wake.clear()  # cleared before looking, so a wake-up during the look counts
+        if self.paused and await self._resume_requested():
+            self.resume()
+        free = self._room()
+        now = loop.time()
+        # Claim when rows are known to wait, and every poll_interval for rows queued by
+        # other processes or due for another try; not after every send.
+        if self.clock() < self._paused_until or free <= 0:
+            # A wake-up (resume, a free slot) ends the wait, or the rate limit's next start.
+            wait = self._next_slot - LOOKAHEAD - now if self.rate > 0 else 0.0
+            await self._sleep(wait if 0 < wait < self.poll_interval else self.poll_interval)
+            return next_poll
+        if not self._backlog and now < next_poll:
+            await self._sleep(next_poll - now)
+            return next_poll
+        next_poll = now + self.poll_interval
+        self._backlog = False  # set again by a commit or a send finishing meanwhile
+        rows = await self.store.claim_outbox(free, self.clock(), self.name)
+        starts = await self._shared_starts(len(rows)) if self._shared_rate and rows else None
+        for n, row in enumerate(rows):  # at most one per phone
+            self._start(row, None if starts is None else starts + n / self.rate)
+            if self._behind[row.phone] > 1:
+                self._behind[row.phone] -= 1
+            else:  # no entry left for a phone with nothing known to wait
+                self._behind.pop(row.phone, None)
+        if len(rows) == free:  # there may be more
+            self._backlog = True
+        else:  # all that could go went: a phone not in flight has nothing waiting
+            for phone in [p for p in self._behind if p not in self._inflight]:
+                del self._behind[phone]
+        return next_poll
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish sends in progress (up to ``timeout``); unsent rows stay queued."""
@@ -251,8 +267,16 @@ class Sender:
             await asyncio.sleep(wait)
         starts.append(loop.time())
 
-    def _start(self, row: Outgoing) -> None:
-        task = asyncio.create_task(self._send(row, self._slot()), name=f"send-{row.phone}")
+    async def _shared_starts(self, count: int) -> float:
+        """Take ``count`` starts from the account's rate in the store; when (loop time) the
+        first may start. The next claim waits until these have started."""
+        first = asyncio.get_running_loop().time() + await self.store.send_slots(count, self.rate)
+        self._next_slot = first + count / self.rate
+        return first
+
+    def _start(self, row: Outgoing, start_at: float | None = None) -> None:
+        start_at = self._slot() if start_at is None else start_at
+        task = asyncio.create_task(self._send(row, start_at), name=f"send-{row.phone}")
         self._inflight[row.phone] = task
         task.add_done_callback(functools.partial(self._done, row.phone))
 
@@ -274,7 +298,7 @@ class Sender:
 
     async def _send(self, row: Outgoing, start_at: float) -> None:
         if self._stopping or self.clock() < self._paused_until:
-            await self.store.requeue([row.id], "not sent yet", tried=False)
+            await self._record(self.store.requeue, [row.id], "not sent yet", tried=False)
             return
         try:
             delay = start_at - asyncio.get_running_loop().time()
@@ -285,7 +309,7 @@ class Sender:
             # Checked against every provider limit when the turn made it (runtime.composer).
             result = await self.client.send_checked(row.payload)
         except (UnauthorizedError, BalanceError) as exc:
-            await self.store.requeue([row.id], exc.reason, tried=False)
+            await self._record(self.store.requeue, [row.id], exc.reason, tried=False)
             self._pause(exc)
             return
         except ProviderError as exc:
@@ -294,12 +318,14 @@ class Sender:
                 log.warning("outbox %d to %s: %s; trying again in %.0fs (round %d of %d)",
                             row.id, row.phone, exc.reason, delay, row.attempts,
                             self.retry_rounds + 1)
-                await self.store.requeue([row.id], exc.reason, self.clock() + delay)
+                await self._record(self.store.requeue, [row.id], exc.reason,
+                                   self.clock() + delay)
             else:
                 await self._fail(row, exc.reason)
             return
         crashpoints.hit("after_send_request")
-        await self.store.mark_sent(row.id, result.message_id, self.clock(), self.rules)
+        await self._record(self.store.mark_sent, row.id, result.message_id, self.clock(),
+                           self.rules)
         crashpoints.hit("after_send_recorded")
         self.sent += 1
         log.debug("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
@@ -310,7 +336,21 @@ class Sender:
     async def _fail(self, row: Outgoing, reason: str) -> None:
         self.failed += 1
         log.error("outbox %d to %s failed: %s", row.id, row.phone, reason)
-        await self.store.mark_failed(row.id, reason, self.clock())
+        await self._record(self.store.mark_failed, row.id, reason, self.clock())
+
+    async def _record(self, write: Callable[..., Awaitable[None]], *args: Any,
+                      **kwargs: Any) -> None:
+        """Write what became of a send, waiting for the database while it is unreachable:
+        the send happened (or not), and while this process runs it knows which. Stopping
+        meanwhile, it gives up: the row is taken over as a dead process's claim."""
+        while True:
+            try:
+                return await write(*args, **kwargs)
+            except StoreUnavailableError as exc:
+                if self._stopping:
+                    raise
+                log.warning("a send's outcome waits for the database: %s", exc)
+                await asyncio.sleep(1.0)
 
     def _pause(self, exc: ProviderError) -> None:
         what = "the access key was refused" if isinstance(exc, UnauthorizedError) else (

@@ -29,7 +29,7 @@ Durability contract every implementation keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
@@ -77,7 +77,13 @@ class Admin(ABC):
 
     @abstractmethod
     async def beat(self, now: float) -> None:
-        """Record that this process (``botkit.process.process_name()``) is alive."""
+        """Record that this process (``botkit.process.process_name()``) is alive, and forget
+        processes not seen for a day."""
+
+    @abstractmethod
+    async def leave(self) -> None:
+        """Record that this process stopped cleanly: the others take over what it left at
+        their next round, without waiting for its heartbeat to age."""
 
     @abstractmethod
     async def live(self, lease: float) -> set[str]:
@@ -108,10 +114,11 @@ class TurnStore(ABC):
 
     @abstractmethod
     async def pending_inbound(
-        self, gone: Callable[[str | None], bool] | None = None
+        self, gone: Callable[[str | None], bool] | None = None, skip: Collection[int] = ()
     ) -> list[Inbound]:
-        """Messages accepted but not yet handled, oldest first (after a restart); with
-        ``gone``, only those whose receiving process (by name) it says is gone."""
+        """Messages accepted but not yet handled, oldest first, each one's ``attempts``
+        counted up (a take-over, or a restart); with ``gone``, only those whose receiving
+        process (by name) it says is gone; never those in ``skip`` (taken already)."""
 
     @abstractmethod
     async def pending_of(self, phone: str, up_to: int) -> list[Inbound]:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from botkit.config import Settings
 from botkit.core.flows import Flow, FlowSet
 from botkit.core.records import Inbound
+from botkit.errors import StoreUnavailableError
 from botkit.models import InboundReply, StatusUpdate, is_reply
 from botkit.runtime import crashpoints
 from botkit.runtime.assembly import Bot, assemble
@@ -175,6 +176,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     crashpoints.arm(settings.crash_at)
     await store.open()
     secret = await callback_secret(settings, store)
+    if settings.sandbox and store.shared:
+        log.warning("the sandbox runs in this process only: other processes on this database"
+                    " run sandboxes of their own; set BOTKIT_API_KEY (and BOTKIT_SANDBOX=0)"
+                    " to serve the real provider from many processes")
     if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
         log.warning("listening on %s without BOTKIT_PUBLIC_URL: the provider is told to post"
                     " callbacks to %s, which it cannot reach; set BOTKIT_PUBLIC_URL",
@@ -185,12 +190,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                    callback_url=callback_url(settings, secret),
                    raise_errors=setup.raise_errors)
     running.start(bot)
-    pending = await store.pending_inbound()
-    if pending:
-        log.warning("resuming %d messages accepted before the last stop", len(pending))
-    for inbound in pending:
-        bot.dispatcher.submit(inbound)
+    await bot.presence.take_over()  # what a process before this one accepted, not handled
     tasks = [asyncio.create_task(bot.sender.run(), name="botkit-sender"),
+             asyncio.create_task(bot.presence.run(), name="botkit-presence"),
              asyncio.create_task(bot.sweeper.run(), name="botkit-sweeper"),
              asyncio.create_task(bot.poller.run(), name="botkit-poller"),
              asyncio.create_task(bot.activity.run(), name="botkit-activity")]
@@ -202,6 +204,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         bot.sweeper.stop()
         bot.poller.stop()
+        bot.presence.stop()
         bot.activity.stop()
         bot.activity.log_once()  # what happened since the last line
         await bot.dispatcher.close()
@@ -210,6 +213,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
+        try:
+            await store.leave()  # the others take over what is left at once
+        except Exception as exc:  # a heartbeat that ages does the same, after the lease
+            log.warning("could not record this process's stop: %s", exc)
         await store.close()
         running.stop()
 
@@ -325,6 +332,11 @@ async def _json_errors(
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason)
+    except StoreUnavailableError as exc:  # nothing was stored: the provider sends it again
+        log.warning("%s %s answered 503: %s", request.method, request.path, exc)
+        response = _error(503, f"the database is unavailable, try again later: {exc}")
+        response.headers["Retry-After"] = "5"
+        return response
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return _error(500, "internal error (logged)")

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,27 +45,38 @@ def expected_texts(answers: list[str]) -> list[str]:
 
 
 class Processes:
-    """The fake provider and the bot server, each in its own process."""
+    """The fake provider and the bot servers, each in its own process.
 
-    def __init__(self, tmp: Path, *, env: dict[str, str] | None = None) -> None:
+    One server on a SQLite file by default; ``db`` (a postgresql:// URL) and ``servers``
+    run several on one PostgreSQL database, each on its own port. ``server``, ``url`` and
+    ``callback_url`` name the first.
+    """
+
+    def __init__(self, tmp: Path, *, env: dict[str, str] | None = None,
+                 db: str | Path | None = None, servers: int = 1) -> None:
         self.tmp = tmp
-        self.db = tmp / "bot.db"
+        self.db: str | Path = db if db is not None else tmp / "bot.db"
         self.provider_port = unused_port()
-        self.port = unused_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ports = [unused_port() for _ in range(servers)]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.callback_urls = [f"{url}/viber/callback/{SECRET}" for url in self.urls]
+        self.port, self.url, self.callback_url = self.ports[0], self.urls[0], self.callback_urls[0]
         self.provider_url = f"http://127.0.0.1:{self.provider_port}"
-        self.callback_url = f"{self.url}/viber/callback/{SECRET}"
         self.extra_env = env or {}
         self.provider: subprocess.Popen[bytes] | None = None
-        self.server: subprocess.Popen[bytes] | None = None
+        self.servers: list[subprocess.Popen[bytes] | None] = [None] * servers
         self.starts = 0
         self.kills = 0
 
-    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+    @property
+    def server(self) -> subprocess.Popen[bytes] | None:
+        return self.servers[0]
+
+    def _env(self, extra: dict[str, str] | None = None, index: int = 0) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
         env.update(
             BOTKIT_API_KEY=KEY, BOTKIT_API_URL=self.provider_url, BOTKIT_DB=str(self.db),
-            BOTKIT_PORT=str(self.port), BOTKIT_PUBLIC_URL=self.url,
+            BOTKIT_PORT=str(self.ports[index]), BOTKIT_PUBLIC_URL=self.urls[index],
             BOTKIT_CALLBACK_SECRET=SECRET,
         )
         env.update(self.extra_env)
@@ -82,35 +94,44 @@ class Processes:
             "provider.log", self._env())
         await wait_http(self.provider_url + "/sandbox/sent", self.provider)
 
-    async def start_server(self, **env: str) -> None:
-        self.server = self._spawn(
+    async def start_server(self, index: int = 0, **env: str) -> None:
+        log = "server.log" if index == 0 else f"server{index}.log"
+        server = self.servers[index] = self._spawn(
             ["serve", "--bots", str(HERE / "rel_bots"), "--templates",
              str(HERE / "rel_templates")],
-            "server.log", self._env(env))
+            log, self._env(env, index))
         self.starts += 1
-        await wait_http(self.url + "/healthz", self.server)
+        await wait_http(self.urls[index] + "/healthz", server)
 
-    def kill_server(self) -> None:
+    async def start_servers(self, **env: str) -> None:
+        """Every server, one after another (the first migrates the database)."""
+        for index in range(len(self.servers)):
+            await self.start_server(index, **env)
+
+    def kill_server(self, index: int = 0) -> None:
         """SIGKILL: no cleanup, as a crash or an OOM kill."""
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGKILL)
+        server = self.servers[index]
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGKILL)
             self.kills += 1
-        if self.server is not None:
-            self.server.wait()
+        if server is not None:
+            server.wait()
 
-    def stop_server(self, timeout: float = 30.0) -> float:
+    def stop_server(self, timeout: float = 30.0, index: int = 0) -> float:
         """SIGTERM, and the seconds until the process exited."""
-        assert self.server is not None
+        server = self.servers[index]
+        assert server is not None
         started = time.monotonic()
-        self.server.send_signal(signal.SIGTERM)
-        self.server.wait(timeout)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout)
         return time.monotonic() - started
 
-    def server_died(self) -> bool:
-        return self.server is not None and self.server.poll() is not None
+    def server_died(self, index: int = 0) -> bool:
+        server = self.servers[index]
+        return server is not None and server.poll() is not None
 
     def close(self) -> None:
-        for process in (self.server, self.provider):
+        for process in (*self.servers, self.provider):
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
@@ -119,8 +140,8 @@ class Processes:
         async with session.get(self.provider_url + "/sandbox/sent") as response:
             return list((await response.json())["messages"])
 
-    def server_log(self) -> str:
-        path = self.tmp / "server.log"
+    def server_log(self, index: int = 0) -> str:
+        path = self.tmp / ("server.log" if index == 0 else f"server{index}.log")
         return path.read_text(errors="replace") if path.exists() else ""
 
 
@@ -165,8 +186,12 @@ class Driver:
         concurrency: int = 50,
         copies: int = 1,
         step_timeout: float = 60.0,
+        spread: bool = False,
     ) -> None:
         self.procs = procs
+        # spread: each phone's consecutive callbacks go to different servers (and a callback
+        # that was not acknowledged is posted again to the next one).
+        self.spread = spread
         self.conversations = {c.phone: c for c in conversations}
         self.concurrency = concurrency
         self.copies = copies
@@ -200,23 +225,27 @@ class Driver:
             token = base + step
             conv.tokens.append(token)
             sent_at = time.monotonic()
-            await asyncio.gather(*(self._post(session, conv, token, text, tracking)
-                                   for _ in range(self.copies)))
+            await asyncio.gather(*(self._post(session, conv, token, text, tracking, step + n)
+                                   for n in range(self.copies)))
             await self._wait_for(conv, step + 1)
             conv.latencies.append(time.monotonic() - sent_at)
         conv.done = True
 
     async def _post(self, session: aiohttp.ClientSession, conv: Conversation, token: int,
-                    text: str, tracking: int | None) -> None:
+                    text: str, tracking: int | None, turn: int = 0) -> None:
         message: dict[str, Any] = {"text": text}
         if tracking is not None:
             message["tracking_data"] = f"tracking_id:{tracking}"
         body = {"message_token": token, "phone_number": conv.phone, "time": int(time.time()),
                 "message": message}
+        urls = self.procs.callback_urls if self.spread else [self.procs.callback_url]
+        turn += int(conv.phone[-3:])  # phones start on different servers
         while True:
             self.posts += 1
+            url = urls[turn % len(urls)]
+            turn += 1
             try:
-                async with session.post(self.procs.callback_url, json=body) as response:
+                async with session.post(url, json=body) as response:
                     self.statuses[response.status] += 1
                     if response.status == 200:
                         conv.acked.add(token)
@@ -277,65 +306,90 @@ class Report:
                           | {"problems": len(self.problems)})
 
 
+def read_tables(db: str | Path) -> dict[str, Any]:
+    """What ``check`` needs of the bot's database (a SQLite file or a postgresql:// URL)."""
+    queries = {
+        "inbound": "SELECT message_token, status FROM inbound",
+        "outbound": "SELECT phone, text, status, attempts FROM outbound ORDER BY id",
+        "conversations": "SELECT phone, status, state FROM conversations ORDER BY id",
+        "pending": "SELECT count(*) AS n FROM inbound WHERE status = 'pending'",
+    }
+    if str(db).startswith("postgresql://"):
+        import asyncpg
+
+        async def fetch() -> dict[str, Any]:
+            conn = await asyncpg.connect(str(db))
+            try:
+                tables = {k: [dict(r) for r in await conn.fetch(q)] for k, q in queries.items()}
+            finally:
+                await conn.close()
+            return tables | {"integrity": "ok"}  # PostgreSQL keeps its own pages
+
+        with ThreadPoolExecutor(1) as pool:  # the caller's event loop may be running
+            return pool.submit(asyncio.run, fetch()).result()
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        tables = {k: [dict(r) for r in conn.execute(q)] for k, q in queries.items()}
+        return tables | {"integrity": conn.execute("PRAGMA integrity_check").fetchone()[0]}
+    finally:
+        conn.close()
+
+
 def check(procs: Processes, log: list[dict[str, Any]], convs: list[Conversation],
           *, expect_done: bool = True) -> Report:
     """Check the invariants of the driver's log, the provider's log and the database."""
     report = Report(conversations=len(convs))
-    db = sqlite3.connect(procs.db)
-    db.row_factory = sqlite3.Row
-    try:
-        report.integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-        if report.integrity != "ok":
-            report.problems.append(f"integrity_check: {report.integrity}")
-        inbound = {int(r["message_token"]): r for r in db.execute("SELECT * FROM inbound")}
-        by_phone: dict[str, list[str]] = defaultdict(list)
-        for m in log:
-            by_phone[m["phone"]].append(m["text"])
-        outbound = defaultdict(list)
-        for r in db.execute("SELECT phone, text, status, attempts FROM outbound ORDER BY id"):
-            outbound[r["phone"]].append(r)
-        report.failed_sends = sum(1 for rows in outbound.values() for r in rows
-                                  if r["status"] == "failed")
-        for conv in convs:
-            report.callbacks_acked += len(conv.acked)
-            for token in conv.acked:
-                row = inbound.get(token)
-                if row is None:
-                    report.problems.append(f"{conv.phone}: acknowledged token {token} lost")
-                elif row["status"] != "handled":
-                    report.problems.append(f"{conv.phone}: token {token} is {row['status']}")
-                else:
-                    report.handled += 1
-            expected = expected_texts(conv.answers)
-            report.replies_expected += len(expected)
-            rows = outbound[conv.phone]
-            if [r["text"] for r in rows] != expected:  # one reply per turn: each turn once
-                report.problems.append(f"{conv.phone}: outbox {[r['text'] for r in rows]}")
-            got = by_phone[conv.phone]
-            report.replies_received += len(got)
-            collapsed = [t for i, t in enumerate(got) if i == 0 or got[i - 1] != t]
-            if collapsed != expected[:len(collapsed)] or (expect_done and collapsed != expected):
-                report.problems.append(f"{conv.phone}: provider got {got}")
-            doubled = len(got) - len(collapsed)
-            report.doubled += doubled
-            # Each claim after the first is a send that a crash may have doubled: a row whose
-            # send two kills in a row interrupted is resent twice.
-            resent = sum(r["attempts"] - 1 for r in rows if r["attempts"] > 1)
-            report.resent_after_crash += resent
-            if doubled > resent:
-                report.problems.append(f"{conv.phone}: {doubled} doubled, only {resent} resent")
+    tables = read_tables(procs.db)
+    report.integrity = tables["integrity"]
+    if report.integrity != "ok":
+        report.problems.append(f"integrity_check: {report.integrity}")
+    inbound = {int(r["message_token"]): r for r in tables["inbound"]}
+    by_phone: dict[str, list[str]] = defaultdict(list)
+    for m in log:
+        by_phone[m["phone"]].append(m["text"])
+    outbound = defaultdict(list)
+    for r in tables["outbound"]:
+        outbound[r["phone"]].append(r)
+    last_conversation = {r["phone"]: r for r in tables["conversations"]}
+    report.failed_sends = sum(1 for rows in outbound.values() for r in rows
+                              if r["status"] == "failed")
+    for conv in convs:
+        report.callbacks_acked += len(conv.acked)
+        for token in conv.acked:
+            row = inbound.get(token)
+            if row is None:
+                report.problems.append(f"{conv.phone}: acknowledged token {token} lost")
+            elif row["status"] != "handled":
+                report.problems.append(f"{conv.phone}: token {token} is {row['status']}")
+            else:
+                report.handled += 1
+        expected = expected_texts(conv.answers)
+        report.replies_expected += len(expected)
+        rows = outbound[conv.phone]
+        if [r["text"] for r in rows] != expected:  # one reply per turn: each turn once
+            report.problems.append(f"{conv.phone}: outbox {[r['text'] for r in rows]}")
+        got = by_phone[conv.phone]
+        report.replies_received += len(got)
+        collapsed = [t for i, t in enumerate(got) if i == 0 or got[i - 1] != t]
+        if collapsed != expected[:len(collapsed)] or (expect_done and collapsed != expected):
+            report.problems.append(f"{conv.phone}: provider got {got}")
+        doubled = len(got) - len(collapsed)
+        report.doubled += doubled
+        # Each claim after the first is a send that a crash may have doubled: a row whose
+        # send two kills in a row interrupted is resent twice.
+        resent = sum(r["attempts"] - 1 for r in rows if r["attempts"] > 1)
+        report.resent_after_crash += resent
+        if doubled > resent:
+            report.problems.append(f"{conv.phone}: {doubled} doubled, only {resent} resent")
         if expect_done:
-            for conv in convs:
-                row = db.execute("SELECT status, state FROM conversations WHERE phone = ?"
-                                 " ORDER BY id DESC", [conv.phone]).fetchone()
-                want = dict(zip(("a1", "a2", "a3"), conv.answers, strict=True))
-                if row is None or row["status"] != "done" or json.loads(row["state"]) != want:
-                    report.problems.append(f"{conv.phone}: conversation {dict(row or {})}")
-        pending = db.execute("SELECT count(*) FROM inbound WHERE status = 'pending'").fetchone()
-        if pending[0]:
-            report.problems.append(f"{pending[0]} inbound messages still pending")
-    finally:
-        db.close()
+            row = last_conversation.get(conv.phone)
+            want = dict(zip(("a1", "a2", "a3"), conv.answers, strict=True))
+            if row is None or row["status"] != "done" or json.loads(row["state"]) != want:
+                report.problems.append(f"{conv.phone}: conversation {row}")
+    pending = tables["pending"][0]["n"]
+    if pending:
+        report.problems.append(f"{pending} inbound messages still pending")
     return report
 
 

@@ -13,6 +13,7 @@ handled one at a time across every process, other phones meanwhile go on.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -20,8 +21,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-
-import asyncio
 
 import asyncpg
 
@@ -42,6 +41,14 @@ _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
                 asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
 CONNECT_TIMEOUT = 5.0  # seconds to get a connection before the callback answers 503
+# Seconds a statement may take: a link that went silent (no reset) fails within this.
+COMMAND_TIMEOUT = 10.0
+FORGET_AFTER = 86400.0  # seconds after its last beat a process's row is deleted
+_NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, the same for all
+# TCP keepalives on the server's side of each connection: the locks of a machine that
+# vanished (no reset) are released within about 25 s, not the kernel's default 2 hours.
+KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+              "tcp_keepalives_count": "3"}
 
 
 @dataclass
@@ -77,6 +84,9 @@ class PgConnection:
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self.jobs = 0  # transactions run, for /healthz
+        # A turn keeps its connection while its handler runs: at most half the pool does,
+        # so that callbacks always find one to store their message with.
+        self._turns = asyncio.Semaphore(max(1, pool_size // 2))
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -125,6 +135,7 @@ class PgConnection:
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, server_settings=KEEPALIVES,
                 # Statements are few and fixed: prepared once per connection.
                 statement_cache_size=256)
         except _UNREACHABLE as exc:
@@ -148,11 +159,12 @@ class PgConnection:
         """Hold ``phone``'s lock, on a connection every store call of this task then uses.
 
         An advisory lock on the phone's 64-bit hash: held by one process at a time; released
-        when the turn ends or, should the process die, when its connection does.
+        when the turn ends or, should the process die, when its connection does. At most
+        half the pool's connections are held by turns at once (``pool_size // 2``).
         """
-        async with self._conn() as conn:
+        async with self._turns, self._conn() as conn:
             try:
-                await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", phone)
+                await self._lock(conn, phone)
             except _UNREACHABLE as exc:
                 raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
             token = _TURN.set(_Held(conn, asyncio.current_task()))
@@ -165,6 +177,19 @@ class PgConnection:
                         "SELECT pg_advisory_unlock(hashtextextended($1, 0))", phone)
                 except _UNREACHABLE:
                     pass  # the connection is gone, and its locks with it
+
+    @staticmethod
+    async def _lock(conn: asyncpg.Connection, phone: str) -> None:
+        """Take the phone's advisory lock, trying again while another process holds it.
+
+        Tries, not a blocking ``pg_advisory_lock``: each statement stays within the command
+        timeout, so a link that went silent is noticed, however long the other turn takes.
+        """
+        pause = 0.002
+        while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                      phone):
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     # -- settings shared by every process ---------------------------------------------------
 
@@ -189,16 +214,18 @@ class PgConnection:
     async def beat(self, now: float) -> None:
         async with self._tx() as conn:
             await conn.execute(
-                "INSERT INTO processes (name, started_at, seen_at)"
-                " VALUES ($1, extract(epoch FROM clock_timestamp()),"
-                " extract(epoch FROM clock_timestamp()))"
-                " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
-                process_name())
+                f"INSERT INTO processes (name, started_at, seen_at) VALUES ($1, {_NOW}, {_NOW})"
+                " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at", process_name())
+            await conn.execute(f"DELETE FROM processes WHERE seen_at < {_NOW} - $1",
+                               FORGET_AFTER)
+
+    async def leave(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute("DELETE FROM processes WHERE name = $1", process_name())
 
     async def live(self, lease: float) -> set[str]:
         rows = await self._rows(
-            "SELECT name FROM processes"
-            " WHERE seen_at > extract(epoch FROM clock_timestamp()) - $1", lease)
+            f"SELECT name FROM processes WHERE seen_at > {_NOW} - $1", lease)
         return {"/".join(r["name"].split("/")[:2]) for r in rows}
 
     # -- helpers of the parts ---------------------------------------------------------------

@@ -9,12 +9,10 @@ from collections.abc import Callable, Iterable
 
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Outgoing, SentQuestion
-from botkit.storage.postgres.connection import PgConnection
+from botkit.storage.postgres.connection import _NOW, PgConnection
 from botkit.storage.rows import ATTENTION, QUEUE, SENT_COLUMNS
 
 __all__ = ["PgOutbox"]
-
-_NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, the same for all
 
 
 class PgOutbox(PgConnection):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import asyncpg
@@ -59,12 +59,13 @@ class PgTurns(PgConnection):
         return await self.record_inbound(reply, now), None
 
     async def pending_inbound(
-        self, gone: Callable[[str | None], bool] | None = None
+        self, gone: Callable[[str | None], bool] | None = None, skip: Collection[int] = ()
     ) -> list[Inbound]:
         async with self._tx() as conn:
             rows = await conn.fetch(
                 "SELECT id, received_by FROM inbound WHERE status = 'pending' ORDER BY id")
-            ids = [r["id"] for r in rows if gone is None or gone(r["received_by"])]
+            ids = [r["id"] for r in rows
+                   if r["id"] not in skip and (gone is None or gone(r["received_by"]))]
             if not ids:
                 return []
             # Counting take-overs here (not per handling) keeps the hot path at one commit.
@@ -227,6 +228,8 @@ class PgTurns(PgConnection):
                     _OUTBOUND_INSERT, *outbound_row(item, row_conv, change.inbound_id, now,
                                                     claim))
             except asyncpg.UniqueViolationError as exc:  # the notice, sent meanwhile
+                if exc.constraint_name != "outbound_notice":
+                    raise
                 raise ConcurrentUpdateError(
                     f"{item.phone} already has notice {item.notice_key!r}") from exc
             outbox_ids.append(outbox_id)
@@ -266,5 +269,7 @@ class PgTurns(PgConnection):
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0) RETURNING id",
                 conv.phone, *values.values(), now)
         except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "conversations_open":
+                raise
             raise ConcurrentUpdateError(f"{conv.phone} already has an open conversation") from exc
         return conv_id

@@ -196,10 +196,19 @@ class Connection:
 
 
     async def beat(self, now: float) -> None:
-        await self._run(self._write_one,
-                        "INSERT INTO processes (name, started_at, seen_at) VALUES (?, ?, ?)"
-                        " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
-                        [process_name(), time.time(), time.time()])
+        await self._run(self._beat)
+
+    def _beat(self) -> None:
+        wall = time.time()
+        with self._write() as db:
+            db.execute("INSERT INTO processes (name, started_at, seen_at) VALUES (?, ?, ?)"
+                       " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
+                       [process_name(), wall, wall])
+            db.execute("DELETE FROM processes WHERE seen_at < ?", [wall - 86400])
+
+    async def leave(self) -> None:
+        await self._run(self._write_one, "DELETE FROM processes WHERE name = ?",
+                        [process_name()])
 
     async def live(self, lease: float) -> set[str]:
         rows = await self._run(self._rows, "SELECT name FROM processes WHERE seen_at > ?",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar
 
 from botkit.core.conversation import Conversation, SentRef, Status
@@ -24,7 +24,8 @@ from botkit.storage.rows import (
     conversation_from_row,
     outbound_row,
 )
-from botkit.storage.sqlite.connection import _QUEUE, OPEN, Connection
+from botkit.storage.rows import OPEN
+from botkit.storage.sqlite.connection import _QUEUE, Connection
 
 __all__ = ["Turns"]
 
@@ -71,15 +72,17 @@ class Turns(Connection):
 
 
     async def pending_inbound(
-        self, gone: Callable[[str | None], bool] | None = None
+        self, gone: Callable[[str | None], bool] | None = None, skip: Collection[int] = ()
     ) -> list[Inbound]:
-        return await self._run(self._pending_inbound, gone)
+        return await self._run(self._pending_inbound, gone, skip)
 
-    def _pending_inbound(self, gone: Callable[[str | None], bool] | None) -> list[Inbound]:
+    def _pending_inbound(
+        self, gone: Callable[[str | None], bool] | None, skip: Collection[int]
+    ) -> list[Inbound]:
         with self._write() as db:
             ids = [r["id"] for r in self._rows(
                 "SELECT id, received_by FROM inbound WHERE status = 'pending' ORDER BY id")
-                if gone is None or gone(r["received_by"])]
+                if r["id"] not in skip and (gone is None or gone(r["received_by"]))]
             # Counting restarts here (not per handling) keeps the hot path at one commit.
             for i in range(0, len(ids), 500):  # under SQLite's limit of bound variables
                 part = ids[i:i + 500]

@@ -1,0 +1,121 @@
+"""PostgresStore's own: migrations one process at a time, the newer-schema refusal, an
+unreachable server, and what several processes on one database must not do twice (claims
+of due timers and of unconfirmed messages, a phone's turns). What every engine does is in
+test_store.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from botkit import SchemaTooNewError, StoreUnavailableError
+from botkit.core.conversation import Status
+from botkit.core.flows import FlowSet
+from botkit.core.lifecycle import DeliveryRules
+from botkit.core.records import Commit, ConversationChange, OutboxItem, TimerSpec
+from botkit.storage.postgres import PostgresStore
+from botkit.storage.postgres.schema import MIGRATIONS
+
+RULES = DeliveryRules(FlowSet([]), lambda: 0.0)
+
+
+async def test_stores_opening_at_once_migrate_the_schema_once(postgres):
+    stores = [postgres.store() for _ in range(5)]
+    await asyncio.gather(*(s.open() for s in stores))
+    assert await postgres.rows("SELECT name FROM botkit_migrations") == [
+        (name,) for name, _ in MIGRATIONS]
+    await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_newer_database_is_refused(postgres):
+    store = await postgres.opened()
+    await store.close()
+    await postgres.rows("INSERT INTO botkit_migrations (name) VALUES ('p099_future')")
+    store = postgres.store()
+    with pytest.raises(SchemaTooNewError, match="has migration p099_future that this version"):
+        await store.open()
+    await store.close()
+
+
+async def test_an_unreachable_server_is_said_so_without_its_password():
+    from aiohttp.test_utils import unused_port
+
+    store = PostgresStore(f"postgresql://bot:s3cret@127.0.0.1:{unused_port()}/db")
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.open()
+    assert "bot:***@127.0.0.1" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def question(phone: str, n: int) -> OutboxItem:
+    return OutboxItem(phone=phone, flow=None, step=None, template="t", text=f"m{n}",
+                      message_type=206, payload={"text": f"m{n}"}, in_conversation=False)
+
+
+async def test_two_processes_ask_for_each_unconfirmed_message_once(postgres):
+    a, b = await postgres.opened(), await postgres.opened()
+    ids = (await a.commit(Commit(inbound_id=None, outbox=tuple(
+        question(f"3{n}", n) for n in range(30))), 1.0)).outbox_ids
+    await a.claim_outbox(30, 2.0)
+    for n, outbox_id in enumerate(ids):
+        await a.mark_sent(outbox_id, 5000 + n, 100.0, RULES)
+    got = await asyncio.gather(a.unconfirmed(1000.0, 0.0, 20, 1000.0),
+                               b.unconfirmed(1000.0, 0.0, 20, 1000.0))
+    picked = [outbox_id for rows in got for outbox_id, _ in rows]
+    assert sorted(picked) == sorted(ids) and len(set(picked)) == 30
+    await a.close()
+    await b.close()
+
+
+async def test_a_due_timer_is_read_by_one_process_until_its_lease_ends(postgres):
+    from botkit.storage.postgres.statuses import TIMER_LEASE
+
+    a, b = await postgres.opened(), await postgres.opened()
+    for n in range(10):
+        change = ConversationChange(phone=f"4{n}", flow="f", step="q", status=Status.ACTIVE,
+                                    state={}, retries=0, expires_at=9e9)
+        await a.commit(Commit(inbound_id=None, conversation=change, timers=(
+            TimerSpec(kind="remind", flow="f", step="q", due_at=5.0),)), 1.0)
+    first, second = await asyncio.gather(a.due_timers(6.0, 10), b.due_timers(6.0, 10))
+    assert len(first) + len(second) == 10
+    assert not {t.id for t in first} & {t.id for t in second}
+    assert await a.due_timers(6.0 + TIMER_LEASE - 1, 10) == []  # leased, not fired
+    assert len(await b.due_timers(6.0 + TIMER_LEASE, 10)) == 10  # the lease ran out
+    await a.close()
+    await b.close()
+
+
+async def test_a_phone_s_turns_wait_for_each_other_across_processes(postgres):
+    a, b = await postgres.opened(), await postgres.opened()
+    order: list[str] = []
+
+    async def turn(store, phone: str, name: str, hold: float) -> None:
+        async with store.phone_turns(phone):
+            order.append(f"{name} in")
+            await asyncio.sleep(hold)
+            order.append(f"{name} out")
+
+    first = asyncio.create_task(turn(a, "5", "a", 0.3))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(turn(b, "5", "b", 0), turn(b, "6", "other phone", 0))
+    await first
+    assert order.index("a out") < order.index("b in")  # the same phone waited
+    assert order.index("other phone out") < order.index("a out")  # another did not
+    await a.close()
+    await b.close()
+
+
+async def test_a_turn_uses_its_own_connection_for_its_calls(postgres):
+    store = await postgres.opened(pool_size=2)  # one connection may be held by a turn
+    async with store.phone_turns("7"):
+        for n in range(5):  # would deadlock if each call took a connection of the pool
+            await store.record_inbound(_reply(f"t{n}"), 1.0)
+        assert len(await store.pending_of("7", 10**9)) == 5
+    await store.close()
+
+
+def _reply(token: str):
+    from botkit.models import InboundReply
+
+    return InboundReply.model_validate({"message_token": token, "phone_number": "7",
+                                        "time": 1, "message": {"text": "x"}})
