@@ -68,7 +68,7 @@ class Load(FakeProvider):
         self.think: tuple[float, float] | None = None  # answer this long after each reply
         self.rng = random.Random(2)
         self.thinking: dict[str, asyncio.TimerHandle] = {}  # users about to answer
-        self.poster: Poster | None = None
+        self.posters: list[Poster] = []  # one per server
 
     def accept(self, request: SendRequest, body: dict[str, Any], headers: dict[str, str]) -> int:
         message_id = super().accept(request, body, headers)
@@ -102,7 +102,7 @@ class Load(FakeProvider):
         self.thinking.clear()
 
     async def post(self, user: User) -> None:
-        assert self.poster is not None
+        assert self.posters
         text = ANSWERS[user.step]
         user.step = (user.step + 1) % len(ANSWERS)
         message: dict[str, Any] = {"text": text}
@@ -113,7 +113,9 @@ class Load(FakeProvider):
                 "time": int(time.time()), "message": message}
         user.waiting, user.sent_at = True, time.perf_counter()
         try:
-            ok = await self.poster.post(json.dumps(body).encode()) == 200
+            # Several servers: consecutive callbacks (a phone's too) go to different ones.
+            poster = self.posters[self.callbacks % len(self.posters)]
+            ok = await poster.post(json.dumps(body).encode()) == 200
         except OSError:
             ok = False
         if self.measuring:
@@ -220,15 +222,15 @@ class Share:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load = Load(args.key, args.users)
-    load.url = args.callback
     runner = web.AppRunner(create_provider_app(load), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.provider_port).start()
-    load.poster = Poster(args.callback)
+    load.posters = [Poster(url) for url in args.callback]
     results: dict[str, Any] = {}
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_healthy(session, args.server)
+            for server in args.server:
+                await wait_healthy(session, server)
         print("READY", flush=True)
         # Saturation: every user keeps one callback in flight.
         load.saturate = True
@@ -300,7 +302,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["unexpected_replies"] = load.unexpected
         results["waiting_at_end"] = sum(u.waiting for u in load.users.values())
     finally:
-        load.poster.close()
+        for poster in load.posters:
+            poster.close()
         await runner.cleanup()
     return results
 
@@ -329,8 +332,10 @@ async def wait_healthy(session: aiohttp.ClientSession, server: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--provider-port", type=int, required=True)
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--callback", required=True)
+    parser.add_argument("--server", required=True, action="append",
+                        help="a server's base URL (repeat for several)")
+    parser.add_argument("--callback", required=True, action="append",
+                        help="a server's callback URL (repeat: callbacks take turns)")
     parser.add_argument("--key", required=True)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--rate", type=float, default=100.0)

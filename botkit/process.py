@@ -1,7 +1,7 @@
 """This process's name, and whether a process named by another is still running.
 
 Every process that works on a store has a name, ``host/pid/token`` (``host``: the hostname,
-with the pid namespace on Linux): the store records it on
+with the boot and the pid namespace on Linux): the store records it on
 each message the process accepts and on its heartbeat, and its senders name their claims
 after it. Work is taken over from a process only once it is gone: on this host, when its pid
 no longer runs (at once); on a shared store, also when its heartbeat stopped (after a lease),
@@ -20,11 +20,14 @@ __all__ = ["HEARTBEAT_LEASE", "HOST", "gone", "process_name"]
 
 
 def _host() -> str:
-    """The host part of a name: the hostname, and on Linux the pid namespace, so that two
-    containers sharing a hostname but not their pids never read each other's pids."""
+    """The host part of a name: the hostname and, on Linux, this boot of the machine and the
+    pid namespace. Processes read each other's pids only when all three match: two machines
+    cloned with one hostname differ in their boot, two containers sharing a hostname but not
+    their pids in their namespace."""
     name = socket.gethostname().replace("/", "_")
     try:
-        return f"{name}~{os.stat('/proc/self/ns/pid').st_ino:x}"
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        return f"{name}~{boot}~{os.stat('/proc/self/ns/pid').st_ino:x}"
     except OSError:  # not Linux
         return name
 

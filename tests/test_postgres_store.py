@@ -59,8 +59,9 @@ async def test_two_processes_ask_for_each_unconfirmed_message_once(postgres):
     await a.claim_outbox(30, 2.0)
     for n, outbox_id in enumerate(ids):
         await a.mark_sent(outbox_id, 5000 + n, 100.0, RULES)
-    got = await asyncio.gather(a.unconfirmed(1000.0, 0.0, 20, 1000.0),
-                               b.unconfirmed(1000.0, 0.0, 20, 1000.0))
+    # Polled now (2000) for what was sent before 1000: a row picked is not picked again.
+    got = await asyncio.gather(a.unconfirmed(1000.0, 0.0, 20, 2000.0),
+                               b.unconfirmed(1000.0, 0.0, 20, 2000.0))
     picked = [outbox_id for rows in got for outbox_id, _ in rows]
     assert sorted(picked) == sorted(ids) and len(set(picked)) == 30
     await a.close()

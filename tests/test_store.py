@@ -196,7 +196,7 @@ async def test_pending_messages_are_taken_over_only_from_processes_that_are_gone
     store = await backend.opened()
     ids = [await store.record_inbound(reply(f"p{n}", f"38050{n}"), 1.0) for n in range(3)]
     await backend.rows("UPDATE inbound SET received_by = 'other/1/x' WHERE id = ?", ids[1])
-    mine = await store.pending_inbound(lambda by: by == "other/1/x")
+    mine = await store.pending_inbound(lambda by, at: by == "other/1/x" and at == 1.0)
     assert [i.id for i in mine] == [ids[1]] and mine[0].attempts == 1
     everything = await store.pending_inbound()
     assert [i.id for i in everything] == ids

@@ -83,7 +83,7 @@ def assemble(
         store, client, rules=rules, clock=clock,
         rate=settings.send_rate if rate is None else rate,
         concurrency=settings.send_concurrency if concurrency is None else concurrency,
-        hold_abandoned=hold_abandoned,
+        hold_abandoned=hold_abandoned, lease=settings.lease,
     )
     engine = Engine(
         store, flows, renderer, sender=settings.sender, callback_url=callback_url,

@@ -36,8 +36,14 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(limit)
         self._closing = False
+        self._held: set[int] = set()
         self.retry_delay = 1.0  # seconds between tries while the database is unreachable
         self._closed = asyncio.Event()
+
+    @property
+    def held(self) -> set[int]:
+        """Ids of the stored messages submitted and not yet handled (or given up on)."""
+        return self._held
 
     @property
     def busy(self) -> int:
@@ -56,6 +62,8 @@ class Dispatcher:
         """
         if self._closing:
             return  # stays pending in the store; handled after the restart
+        if isinstance(item, Inbound):
+            self._held.add(item.id)
         queue = self._queues.get(item.phone)
         if queue is not None:
             queue.append((item, done))
@@ -88,6 +96,8 @@ class Dispatcher:
                     if done is not None:
                         done()
                 queue.popleft()
+                if isinstance(item, Inbound):
+                    self._held.discard(item.id)
         finally:
             del self._queues[phone]
 

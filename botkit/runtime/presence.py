@@ -25,6 +25,10 @@ __all__ = ["Presence"]
 
 log = logging.getLogger("botkit.presence")
 
+# Seconds after which a message this process accepted, but does not hold, is handled: its
+# insert reached the database after the statement had timed out here.
+ORPHAN_AGE = 30.0
+
 
 class Presence(Periodic):
     """Beats, and takes over the work of processes that are gone (``take_over=False``: it
@@ -56,17 +60,25 @@ class Presence(Periodic):
         self._taken: set[int] = set()  # messages taken over and not yet handled
 
     async def take_over(self, *, start: bool = True) -> int:
-        """Beat, then submit the messages that processes that are gone accepted but did not
-        handle; returns how many.
+        """Beat, then submit the messages left behind; returns how many.
 
-        At ``start`` (the bot has nothing in hand yet) that includes what this process
-        accepted before: a bot restarted in the same process (the testing kit's restarts).
+        Left behind: accepted by a process that is gone, or by this one and not in its
+        dispatcher: at ``start``, what this process accepted before (a bot restarted in the
+        same process, as the testing kit's restarts are); later, a message whose insert
+        committed while its callback saw the database fail (it answered 503, the provider's
+        retry was a duplicate), after ``ORPHAN_AGE`` seconds.
         """
         await self.store.beat(self.clock())
         live = await self.store.live(self.lease) if self.store.shared else None
-        me = process_name()
+        me, now = process_name(), self.clock()
+
+        def left(by: str | None, received_at: float) -> bool:
+            if by == me:
+                return start or received_at < now - ORPHAN_AGE
+            return gone(by, live)
+
         pending = await self.store.pending_inbound(
-            lambda by: start if by == me else gone(by, live), skip=self._taken)
+            left, skip=self._taken | self.dispatcher.held)
         for inbound in pending:
             self._taken.add(inbound.id)
             self.dispatcher.submit(inbound, functools.partial(self._taken.discard, inbound.id))

@@ -35,6 +35,8 @@ log = logging.getLogger("botkit.sender")
 
 LEASE = 600.0  # without heartbeats, a claim from another host older than this is abandoned
 LOOKAHEAD = 0.05  # with a rate limit, only messages that may start this soon are claimed
+SHARED_MARGIN = 0.97  # a rate shared by processes is planned at this share of it
+LATE = 0.005  # seconds after its planned start a send of a shared rate takes a new start
 _LIVE: set[str] = set()  # the senders running in this process (their claim names)
 
 
@@ -81,6 +83,7 @@ class Sender:
         round_delay: float = 30.0,
         rate: float = 0.0,
         hold_abandoned: bool = False,
+        lease: float | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -92,6 +95,9 @@ class Sender:
         self.round_delay = round_delay
         self.rules = rules
         self.rate = rate  # most sends started per second; 0 is no limit
+        # On a shared store another process takes a claim over once this process's heartbeat
+        # is ``lease`` old: a send (its tries included) ends well before, never after.
+        self.send_deadline = lease / 2 if lease and store.shared else None
         self._next_slot = 0.0
         # When the latest sends started: at most `rate` (at least 1) in any one second.
         self._starts: deque[float] = deque(maxlen=max(1, int(rate)))
@@ -202,7 +208,7 @@ class Sender:
         rows = await self.store.claim_outbox(free, self.clock(), self.name)
         starts = await self._shared_starts(len(rows)) if self._shared_rate and rows else None
         for n, row in enumerate(rows):  # at most one per phone
-            self._start(row, None if starts is None else starts + n / self.rate)
+            self._start(row, None if starts is None else starts + n / self._planned_rate)
             if self._behind[row.phone] > 1:
                 self._behind[row.phone] -= 1
             else:  # no entry left for a phone with nothing known to wait
@@ -270,9 +276,17 @@ class Sender:
     async def _shared_starts(self, count: int) -> float:
         """Take ``count`` starts from the account's rate in the store; when (loop time) the
         first may start. The next claim waits until these have started."""
-        first = asyncio.get_running_loop().time() + await self.store.send_slots(count, self.rate)
-        self._next_slot = first + count / self.rate
+        first = asyncio.get_running_loop().time() + await self.store.send_slots(
+            count, self._planned_rate)
+        self._next_slot = first + count / self._planned_rate
         return first
+
+    @property
+    def _planned_rate(self) -> float:
+        """The shared rate's starts are planned a little under it: requests from several
+        machines reach the provider with some jitter, which must not add up to more than
+        ``rate`` in any second."""
+        return self.rate * SHARED_MARGIN
 
     def _start(self, row: Outgoing, start_at: float | None = None) -> None:
         start_at = self._slot() if start_at is None else start_at
@@ -298,18 +312,32 @@ class Sender:
 
     async def _send(self, row: Outgoing, start_at: float) -> None:
         if self._stopping or self.clock() < self._paused_until:
-            await self._record(self.store.requeue, [row.id], "not sent yet", tried=False)
+            await self._record(self.store.requeue, [row.id], "not sent yet", tried=False,
+                               claimer=self.name)
             return
         try:
-            delay = start_at - asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            delay = start_at - loop.time()
             if delay > 0:  # the rate limit's turn of this message
                 await asyncio.sleep(delay)
+            while self._shared_rate and loop.time() - start_at > LATE:
+                # Started late (a busy loop): the next process's sends went on time, and
+                # this one would join them in their second. It takes a new start instead.
+                start_at = loop.time() + await self.store.send_slots(1, self._planned_rate)
+                await asyncio.sleep(max(0.0, start_at - loop.time()))
             if self.rate > 0:
                 await self._window()
             # Checked against every provider limit when the turn made it (runtime.composer).
-            result = await self.client.send_checked(row.payload)
+            async with asyncio.timeout(self.send_deadline):
+                result = await self.client.send_checked(row.payload)
+        except TimeoutError:  # its tries outlasted the claim's safe time: another process
+            reason = f"no answer within {self.send_deadline:.0f}s, retries included"
+            await self._record(self.store.requeue, [row.id], reason,  # may take it over
+                               self.clock() + self.round_delay, claimer=self.name)
+            return
         except (UnauthorizedError, BalanceError) as exc:
-            await self._record(self.store.requeue, [row.id], exc.reason, tried=False)
+            await self._record(self.store.requeue, [row.id], exc.reason, tried=False,
+                               claimer=self.name)
             self._pause(exc)
             return
         except ProviderError as exc:
@@ -319,13 +347,13 @@ class Sender:
                             row.id, row.phone, exc.reason, delay, row.attempts,
                             self.retry_rounds + 1)
                 await self._record(self.store.requeue, [row.id], exc.reason,
-                                   self.clock() + delay)
+                                   self.clock() + delay, claimer=self.name)
             else:
                 await self._fail(row, exc.reason)
             return
         crashpoints.hit("after_send_request")
         await self._record(self.store.mark_sent, row.id, result.message_id, self.clock(),
-                           self.rules)
+                           self.rules, claimer=self.name)
         crashpoints.hit("after_send_recorded")
         self.sent += 1
         log.debug("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
@@ -336,7 +364,8 @@ class Sender:
     async def _fail(self, row: Outgoing, reason: str) -> None:
         self.failed += 1
         log.error("outbox %d to %s failed: %s", row.id, row.phone, reason)
-        await self._record(self.store.mark_failed, row.id, reason, self.clock())
+        await self._record(self.store.mark_failed, row.id, reason, self.clock(),
+                           claimer=self.name)
 
     async def _record(self, write: Callable[..., Awaitable[None]], *args: Any,
                       **kwargs: Any) -> None:

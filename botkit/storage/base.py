@@ -114,11 +114,12 @@ class TurnStore(ABC):
 
     @abstractmethod
     async def pending_inbound(
-        self, gone: Callable[[str | None], bool] | None = None, skip: Collection[int] = ()
+        self, gone: Callable[[str | None, float], bool] | None = None,
+        skip: Collection[int] = (),
     ) -> list[Inbound]:
         """Messages accepted but not yet handled, oldest first, each one's ``attempts``
-        counted up (a take-over, or a restart); with ``gone``, only those whose receiving
-        process (by name) it says is gone; never those in ``skip`` (taken already)."""
+        counted up (a take-over, or a restart); with ``gone(received_by, received_at)``,
+        only those it says were left behind; never those in ``skip`` (in hand already)."""
 
     @abstractmethod
     async def pending_of(self, phone: str, up_to: int) -> list[Inbound]:
@@ -173,21 +174,28 @@ class OutboxStore(ABC):
         message_id: int,
         now: float,
         rules: DeliveryRules,
+        *,
+        claimer: str | None = None,
     ) -> None:
         """Record the provider's ``message_id`` for a sent message.
 
         Statuses that arrived before it are applied now, by ``rules`` as in
         ``record_status``, and a question that went late has its timers moved as
-        ``rules.late_shift`` says.
+        ``rules.late_shift`` says. With ``claimer`` (here and in ``mark_failed`` and
+        ``requeue``), only while the row is still ``sending`` under that claim: a sender
+        whose claim another process took over (its heartbeat had stopped) changes nothing.
         """
 
     @abstractmethod
-    async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
+    async def mark_failed(
+        self, outbox_id: int, reason: str, now: float, *, claimer: str | None = None
+    ) -> None:
         """Record that a message will not be sent, and why."""
 
     @abstractmethod
     async def requeue(
-        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True
+        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True,
+        claimer: str | None = None,
     ) -> None:
         """Put claimed messages back in the queue, to be sent again from ``due_at``.
 

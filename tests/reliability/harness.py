@@ -53,15 +53,23 @@ class Processes:
     """
 
     def __init__(self, tmp: Path, *, env: dict[str, str] | None = None,
-                 db: str | Path | None = None, servers: int = 1) -> None:
+                 db: str | Path | None = None, servers: int = 1,
+                 hosts: list[str] | None = None) -> None:
         self.tmp = tmp
         self.db: str | Path = db if db is not None else tmp / "bot.db"
         self.provider_port = unused_port()
         self.ports = [unused_port() for _ in range(servers)]
-        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        # Where each server listens and is reached (another network namespace's address),
+        # the command it runs under (``ip netns exec NAME``), and the provider's URL from it.
+        self.hosts = hosts or ["127.0.0.1"] * servers
+        self.wraps: list[list[str]] = [[] for _ in range(servers)]
+        self.urls = [f"http://{host}:{port}" for host, port in zip(self.hosts, self.ports,
+                                                                    strict=True)]
         self.callback_urls = [f"{url}/viber/callback/{SECRET}" for url in self.urls]
         self.port, self.url, self.callback_url = self.ports[0], self.urls[0], self.callback_urls[0]
         self.provider_url = f"http://127.0.0.1:{self.provider_port}"
+        self.provider_host = "127.0.0.1"
+        self.api_urls = [self.provider_url] * servers
         self.extra_env = env or {}
         self.provider: subprocess.Popen[bytes] | None = None
         self.servers: list[subprocess.Popen[bytes] | None] = [None] * servers
@@ -75,23 +83,24 @@ class Processes:
     def _env(self, extra: dict[str, str] | None = None, index: int = 0) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
         env.update(
-            BOTKIT_API_KEY=KEY, BOTKIT_API_URL=self.provider_url, BOTKIT_DB=str(self.db),
-            BOTKIT_PORT=str(self.ports[index]), BOTKIT_PUBLIC_URL=self.urls[index],
-            BOTKIT_CALLBACK_SECRET=SECRET,
+            BOTKIT_API_KEY=KEY, BOTKIT_API_URL=self.api_urls[index], BOTKIT_DB=str(self.db),
+            BOTKIT_HOST=self.hosts[index], BOTKIT_PORT=str(self.ports[index]),
+            BOTKIT_PUBLIC_URL=self.urls[index], BOTKIT_CALLBACK_SECRET=SECRET,
         )
         env.update(self.extra_env)
         env.update(extra or {})
         return env
 
-    def _spawn(self, args: list[str], log: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], log: str, env: dict[str, str],
+               wrap: list[str] | None = None) -> subprocess.Popen[bytes]:
         with (self.tmp / log).open("ab") as out:
-            return subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen([*(wrap or []), sys.executable, "run.py", *args], cwd=ROOT,
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
 
     async def start_provider(self) -> None:
         self.provider = self._spawn(
-            ["fake-provider", "--port", str(self.provider_port), "--key", KEY],
-            "provider.log", self._env())
+            ["fake-provider", "--host", self.provider_host, "--port", str(self.provider_port),
+             "--key", KEY], "provider.log", self._env())
         await wait_http(self.provider_url + "/sandbox/sent", self.provider)
 
     async def start_server(self, index: int = 0, **env: str) -> None:
@@ -99,7 +108,7 @@ class Processes:
         server = self.servers[index] = self._spawn(
             ["serve", "--bots", str(HERE / "rel_bots"), "--templates",
              str(HERE / "rel_templates")],
-            log, self._env(env, index))
+            log, self._env(env, index), self.wraps[index])
         self.starts += 1
         await wait_http(self.urls[index] + "/healthz", server)
 
@@ -310,7 +319,8 @@ def read_tables(db: str | Path) -> dict[str, Any]:
     """What ``check`` needs of the bot's database (a SQLite file or a postgresql:// URL)."""
     queries = {
         "inbound": "SELECT message_token, status FROM inbound",
-        "outbound": "SELECT phone, text, status, attempts FROM outbound ORDER BY id",
+        "outbound": "SELECT id, phone, text, status, attempts, claimed_by, message_id"
+                    " FROM outbound ORDER BY id",
         "conversations": "SELECT phone, status, state FROM conversations ORDER BY id",
         "pending": "SELECT count(*) AS n FROM inbound WHERE status = 'pending'",
     }
@@ -337,9 +347,15 @@ def read_tables(db: str | Path) -> dict[str, Any]:
 
 
 def check(procs: Processes, log: list[dict[str, Any]], convs: list[Conversation],
-          *, expect_done: bool = True) -> Report:
-    """Check the invariants of the driver's log, the provider's log and the database."""
+          *, expect_done: bool = True, retried_sends: int = 0) -> Report:
+    """Check the invariants of the driver's log, the provider's log and the database.
+
+    A message doubled at the provider must be explained by a re-claim (a crash mid-send) or,
+    up to ``retried_sends`` in all, by the client's retry of a send whose answer was lost
+    (a link cut mid-request: the provider has no idempotency key, PROVIDER_API.md).
+    """
     report = Report(conversations=len(convs))
+    unexplained: list[str] = []
     tables = read_tables(procs.db)
     report.integrity = tables["integrity"]
     if report.integrity != "ok":
@@ -380,13 +396,17 @@ def check(procs: Processes, log: list[dict[str, Any]], convs: list[Conversation]
         # send two kills in a row interrupted is resent twice.
         resent = sum(r["attempts"] - 1 for r in rows if r["attempts"] > 1)
         report.resent_after_crash += resent
-        if doubled > resent:
-            report.problems.append(f"{conv.phone}: {doubled} doubled, only {resent} resent")
+        unexplained += [f"{conv.phone}: {doubled} doubled, only {resent} resent"
+                        f" (outbox {[(r['id'], r['attempts'], r['claimed_by'], r['message_id']) for r in rows]},"
+                        f" provider {[(m['message_id'], m['text'], round(m['received_at'], 3)) for m in log if m['phone'] == conv.phone]})"
+                        ] * max(0, doubled - resent)
         if expect_done:
             row = last_conversation.get(conv.phone)
             want = dict(zip(("a1", "a2", "a3"), conv.answers, strict=True))
             if row is None or row["status"] != "done" or json.loads(row["state"]) != want:
                 report.problems.append(f"{conv.phone}: conversation {row}")
+    if len(unexplained) > retried_sends:
+        report.problems += sorted(set(unexplained))
     pending = tables["pending"][0]["n"]
     if pending:
         report.problems.append(f"{pending} inbound messages still pending")

@@ -236,3 +236,38 @@ async def cut_off_answers(procs: Processes, session: aiohttp.ClientSession):
     async with session.post(procs.callback_urls[0], json=body) as r:
         callback = (r.status, await r.json())
     return health, callback
+
+
+async def test_the_send_rate_is_the_account_s_across_processes(tmp_path, postgres):
+    """BOTKIT_SEND_RATE=50 with three processes: at most 50 sends start in any second."""
+    rate, phones = 50, 250
+    procs = Processes(tmp_path, db=postgres.db, servers=3,
+                      env={"BOTKIT_LEASE": LEASE, "BOTKIT_SEND_RATE": str(rate)})
+    try:
+        await procs.start_provider()
+        await procs.start_servers()
+        async with aiohttp.ClientSession() as session:
+            async def post(n: int) -> None:
+                body = {"message_token": 7 * 10**12 + n, "phone_number": f"38068{n:07d}",
+                        "time": 1, "message": {"text": "go"}}
+                async with session.post(procs.callback_urls[n % 3], json=body) as r:
+                    assert r.status == 200
+
+            await asyncio.gather(*(post(n) for n in range(phones)))
+            for _ in range(200):
+                log = await procs.provider_log(session)
+                if len(log) >= phones:
+                    break
+                await asyncio.sleep(0.1)
+        times = sorted(m["received_at"] for m in log)
+        busiest = max(sum(1 for t in times[i:] if t < start + 1.0)
+                      for i, start in enumerate(times))
+        span = times[-1] - times[0]
+        print(f"scale-out, rate {rate}/s over 3 processes: {len(times)} sends in {span:.2f} s,"
+              f" at most {busiest} in any second, {len(times) / span:.1f}/s overall")
+        assert len(times) == phones
+        assert busiest <= rate
+        assert span >= (phones - rate) / rate - 0.1  # and not slower than it must be:
+        assert len(times) / span > 0.8 * rate
+    finally:
+        procs.close()

@@ -45,10 +45,11 @@ CONNECT_TIMEOUT = 5.0  # seconds to get a connection before the callback answers
 COMMAND_TIMEOUT = 10.0
 FORGET_AFTER = 86400.0  # seconds after its last beat a process's row is deleted
 _NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, the same for all
-# TCP keepalives on the server's side of each connection: the locks of a machine that
-# vanished (no reset) are released within about 25 s, not the kernel's default 2 hours.
-KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
-              "tcp_keepalives_count": "3"}
+# The server's side of each connection gives up on a machine that vanished (no reset) within
+# about 11 s, not the kernel's 2 hours (keepalives: an idle session) or 15 minutes
+# (tcp_user_timeout: an answer never acknowledged), and releases its locks with it.
+KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+              "tcp_keepalives_count": "3", "tcp_user_timeout": "10000"}
 
 
 @dataclass

@@ -14,6 +14,9 @@ from botkit.storage.rows import ATTENTION, QUEUE, SENT_COLUMNS
 
 __all__ = ["PgOutbox"]
 
+# A send's outcome is written only under its claim, when one is named (parameter $n).
+_CLAIMED = "(${n}::text IS NULL OR (claimed_by = ${n} AND status = 'sending'))"
+
 
 class PgOutbox(PgConnection):
     """``OutboxStore`` on PostgreSQL."""
@@ -41,7 +44,8 @@ class PgOutbox(PgConnection):
                        for r in rows), key=lambda o: o.id)
 
     async def mark_sent(
-        self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules
+        self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules, *,
+        claimer: str | None = None,
     ) -> None:
         async with self._tx() as conn:
             # Status callbacks may have arrived (at any process) before the message_id.
@@ -50,25 +54,26 @@ class PgOutbox(PgConnection):
                 " WHERE message_id = $1 ORDER BY id", message_id)
             sent = await conn.fetchrow(
                 "UPDATE outbound SET status = 'sent', message_id = $1, sent_at = $2,"
-                " error = NULL WHERE id = $3"
+                f" error = NULL WHERE id = $3 AND {_CLAIMED.format(n=4)}"
                 " RETURNING conversation_id, flow, step, role, created_at",
-                message_id, now, outbox_id)
-            if sent is not None:
-                shift = rules.late_shift(SentQuestion(
-                    conversation_id=sent["conversation_id"], flow=sent["flow"],
-                    step=sent["step"], question=sent["role"] == "question",
-                    created_at=sent["created_at"]), now)
-                if shift is not None:
-                    await conn.execute(
-                        "UPDATE timers SET due_at = due_at + $1 WHERE conversation_id = $2"
-                        " AND flow = $3 AND step = $4 AND status = 'pending'"
-                        " AND kind = ANY($5::text[])",
-                        shift.by, shift.conversation_id, shift.flow, shift.step,
-                        list(shift.kinds))
-                    await conn.execute(
-                        "UPDATE conversations SET expires_at = expires_at + $1"
-                        " WHERE id = $2 AND flow = $3 AND step = $4 AND status = 'active'",
-                        shift.by, shift.conversation_id, shift.flow, shift.step)
+                message_id, now, outbox_id, claimer)
+            if sent is None:  # another process took the claim over: its send stands
+                return
+            shift = rules.late_shift(SentQuestion(
+                conversation_id=sent["conversation_id"], flow=sent["flow"],
+                step=sent["step"], question=sent["role"] == "question",
+                created_at=sent["created_at"]), now)
+            if shift is not None:
+                await conn.execute(
+                    "UPDATE timers SET due_at = due_at + $1 WHERE conversation_id = $2"
+                    " AND flow = $3 AND step = $4 AND status = 'pending'"
+                    " AND kind = ANY($5::text[])",
+                    shift.by, shift.conversation_id, shift.flow, shift.step,
+                    list(shift.kinds))
+                await conn.execute(
+                    "UPDATE conversations SET expires_at = expires_at + $1"
+                    " WHERE id = $2 AND flow = $3 AND step = $4 AND status = 'active'",
+                    shift.by, shift.conversation_id, shift.flow, shift.step)
             if not events:
                 return
             best = rules.furthest(e["status"] for e in events)
@@ -82,23 +87,27 @@ class PgOutbox(PgConnection):
             if best is not None:
                 await self._status_change(conn, dict(row), best, now, rules)
 
-    async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
-        await self._set_outbox([outbox_id], "failed", reason)
+    async def mark_failed(
+        self, outbox_id: int, reason: str, now: float, *, claimer: str | None = None
+    ) -> None:
+        await self._set_outbox([outbox_id], "failed", reason, 0.0, True, claimer)
 
     async def requeue(
-        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True
+        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True,
+        claimer: str | None = None,
     ) -> None:
-        await self._set_outbox(list(outbox_ids), "queued", reason, due_at, tried)
+        await self._set_outbox(list(outbox_ids), "queued", reason, due_at, tried, claimer)
 
     async def _set_outbox(
-        self, outbox_ids: list[int], status: str, reason: str, due_at: float = 0.0,
-        tried: bool = True,
+        self, outbox_ids: list[int], status: str, reason: str, due_at: float, tried: bool,
+        claimer: str | None,
     ) -> None:
         async with self._tx() as conn:
             await conn.execute(
                 "UPDATE outbound SET status = $1, error = $2, due_at = $3,"
-                " attempts = attempts - $4 WHERE id = ANY($5::bigint[])",
-                status, reason, due_at, 0 if tried else 1, outbox_ids)
+                " attempts = attempts - $4 WHERE id = ANY($5::bigint[])"
+                f" AND {_CLAIMED.format(n=6)}",
+                status, reason, due_at, 0 if tried else 1, outbox_ids, claimer)
 
     async def reset_sending(
         self, abandoned: Callable[[str | None, float], bool]

@@ -59,13 +59,16 @@ class PgTurns(PgConnection):
         return await self.record_inbound(reply, now), None
 
     async def pending_inbound(
-        self, gone: Callable[[str | None], bool] | None = None, skip: Collection[int] = ()
+        self, gone: Callable[[str | None, float], bool] | None = None,
+        skip: Collection[int] = (),
     ) -> list[Inbound]:
         async with self._tx() as conn:
+            # SKIP LOCKED: a row that a turn is committing right now is not left behind.
             rows = await conn.fetch(
-                "SELECT id, received_by FROM inbound WHERE status = 'pending' ORDER BY id")
-            ids = [r["id"] for r in rows
-                   if r["id"] not in skip and (gone is None or gone(r["received_by"]))]
+                "SELECT id, received_by, received_at FROM inbound WHERE status = 'pending'"
+                " ORDER BY id FOR UPDATE SKIP LOCKED")
+            ids = [r["id"] for r in rows if r["id"] not in skip
+                   and (gone is None or gone(r["received_by"], r["received_at"]))]
             if not ids:
                 return []
             # Counting take-overs here (not per handling) keeps the hot path at one commit.

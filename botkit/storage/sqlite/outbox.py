@@ -16,6 +16,9 @@ from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, _SENT_COLUMNS, 
 
 __all__ = ["Outbox"]
 
+# A send's outcome is written only under its claim, when one is named (two parameters).
+_CLAIMED = "(? IS NULL OR (claimed_by = ? AND status = 'sending'))"
+
 
 class Outbox(Connection):
     """``OutboxStore`` on SQLite."""
@@ -56,8 +59,10 @@ class Outbox(Connection):
         message_id: int,
         now: float,
         rules: DeliveryRules,
+        *,
+        claimer: str | None = None,
     ) -> None:
-        await self._run(self._mark_sent, outbox_id, message_id, now, rules)
+        await self._run(self._mark_sent, outbox_id, message_id, now, rules, claimer)
 
     def _mark_sent(
         self,
@@ -65,23 +70,28 @@ class Outbox(Connection):
         message_id: int,
         now: float,
         rules: DeliveryRules,
+        claimer: str | None,
     ) -> None:
         # Status callbacks may have arrived before the message_id was stored.
         events = self._rows(
             "SELECT status, sms_message_id, sms_message_status FROM status_events"
             " WHERE message_id = ? ORDER BY id", [message_id])
         sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
-                " WHERE id = ? RETURNING conversation_id, flow, step, role, created_at")
+                f" WHERE id = ? AND {_CLAIMED} RETURNING conversation_id, flow, step, role,"
+                " created_at")
+        values = [message_id, now, outbox_id, claimer, claimer]
         if not events:  # the usual case: one statement (and a late shift)
-            self._shift(self._write_one(sent, [message_id, now, outbox_id]).fetchone(), now,
-                        rules)
+            self._shift(self._write_one(sent, values).fetchone(), now, rules)
             return
         best = rules.furthest(e["status"] for e in events)
         sms = next(((e["sms_message_id"], e["sms_message_status"]) for e in reversed(events)
                     if e["sms_message_id"] is not None or e["sms_message_status"] is not None),
                    (None, None))
         with self._write() as db:
-            self._shift(db.execute(sent, [message_id, now, outbox_id]).fetchone(), now, rules)
+            recorded = db.execute(sent, values).fetchone()
+            if recorded is None:  # another process took the claim over
+                return
+            self._shift(recorded, now, rules)
             row = self._one(f"SELECT {_SENT_COLUMNS} FROM outbound WHERE id = ?", [outbox_id])
             assert row is not None
             self._apply_sms(outbox_id, *sms)
@@ -113,23 +123,28 @@ class Outbox(Connection):
             " WHERE id = ? AND flow = ? AND step = ? AND status = 'active'",
             [shift.by, shift.conversation_id, shift.flow, shift.step])
 
-    async def mark_failed(self, outbox_id: int, reason: str, now: float) -> None:
-        await self._run(self._set_outbox, outbox_id, "failed", reason)
+    async def mark_failed(
+        self, outbox_id: int, reason: str, now: float, *, claimer: str | None = None
+    ) -> None:
+        await self._run(self._set_outbox, outbox_id, "failed", reason, 0.0, True, claimer)
 
     async def requeue(
-        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True
+        self, outbox_ids: Iterable[int], reason: str, due_at: float = 0.0, *, tried: bool = True,
+        claimer: str | None = None,
     ) -> None:
         for outbox_id in outbox_ids:
-            await self._run(self._set_outbox, outbox_id, "queued", reason, due_at, tried)
+            await self._run(self._set_outbox, outbox_id, "queued", reason, due_at, tried,
+                            claimer)
 
     def _set_outbox(
-        self, outbox_id: int, status: str, reason: str, due_at: float = 0.0, tried: bool = True
+        self, outbox_id: int, status: str, reason: str, due_at: float, tried: bool,
+        claimer: str | None,
     ) -> None:
         with self._write() as db:
             db.execute(
                 "UPDATE outbound SET status = ?, error = ?, due_at = ?,"
-                " attempts = attempts - ? WHERE id = ?",
-                [status, reason, due_at, 0 if tried else 1, outbox_id],
+                f" attempts = attempts - ? WHERE id = ? AND {_CLAIMED}",
+                [status, reason, due_at, 0 if tried else 1, outbox_id, claimer, claimer],
             )
 
     async def reset_sending(

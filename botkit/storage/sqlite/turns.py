@@ -72,17 +72,19 @@ class Turns(Connection):
 
 
     async def pending_inbound(
-        self, gone: Callable[[str | None], bool] | None = None, skip: Collection[int] = ()
+        self, gone: Callable[[str | None, float], bool] | None = None,
+        skip: Collection[int] = (),
     ) -> list[Inbound]:
         return await self._run(self._pending_inbound, gone, skip)
 
     def _pending_inbound(
-        self, gone: Callable[[str | None], bool] | None, skip: Collection[int]
+        self, gone: Callable[[str | None, float], bool] | None, skip: Collection[int]
     ) -> list[Inbound]:
         with self._write() as db:
-            ids = [r["id"] for r in self._rows(
-                "SELECT id, received_by FROM inbound WHERE status = 'pending' ORDER BY id")
-                if r["id"] not in skip and (gone is None or gone(r["received_by"]))]
+            rows = self._rows("SELECT id, received_by, received_at FROM inbound"
+                              " WHERE status = 'pending' ORDER BY id")
+            ids = [r["id"] for r in rows if r["id"] not in skip
+                   and (gone is None or gone(r["received_by"], r["received_at"]))]
             # Counting restarts here (not per handling) keeps the hot path at one commit.
             for i in range(0, len(ids), 500):  # under SQLite's limit of bound variables
                 part = ids[i:i + 500]
