@@ -88,6 +88,7 @@ class PgConnection:
         # A turn keeps its connection while its handler runs: at most half the pool does,
         # so that callbacks always find one to store their message with.
         self._turns = asyncio.Semaphore(max(1, pool_size // 2))
+        self._locking: set[asyncpg.Connection] = set()  # holding (or taking) a phone's lock
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class PgConnection:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT, server_settings=KEEPALIVES,
+                reset=self._reset,
                 # Statements are few and fixed: prepared once per connection.
                 statement_cache_size=256)
         except _UNREACHABLE as exc:
@@ -149,6 +151,15 @@ class PgConnection:
             log.info("database %s: applied migrations %s", self.where, ", ".join(applied))
         log.info("database %s ready (PostgreSQL %s, pool of %d)", self.where, version,
                  self.pool_size)
+
+    async def _reset(self, conn: asyncpg.Connection) -> None:
+        """What a connection going back to the pool needs: nothing, but the release of a
+        turn's lock that ``phone_turns`` could not release itself. (asyncpg's default runs
+        a reset query, one more round trip, at every release.) An open transaction is rolled
+        back by asyncpg before this runs."""
+        if conn in self._locking:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+            self._locking.discard(conn)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -164,6 +175,7 @@ class PgConnection:
         half the pool's connections are held by turns at once (``pool_size // 2``).
         """
         async with self._turns, self._conn() as conn:
+            self._locking.add(conn)  # until unlocked: the pool's reset unlocks otherwise
             try:
                 await self._lock(conn, phone)
             except _UNREACHABLE as exc:
@@ -178,6 +190,8 @@ class PgConnection:
                         "SELECT pg_advisory_unlock(hashtextextended($1, 0))", phone)
                 except _UNREACHABLE:
                     pass  # the connection is gone, and its locks with it
+                else:
+                    self._locking.discard(conn)
 
     @staticmethod
     async def _lock(conn: asyncpg.Connection, phone: str) -> None:

@@ -48,17 +48,20 @@ class PgOutbox(PgConnection):
         claimer: str | None = None,
     ) -> None:
         async with self._tx() as conn:
-            # Status callbacks may have arrived (at any process) before the message_id.
-            events = await conn.fetch(
-                "SELECT status, sms_message_id, sms_message_status FROM status_events"
-                " WHERE message_id = $1 ORDER BY id", message_id)
+            # The message's lock first (``record_status`` takes it too): a status that
+            # arrives meanwhile, at any process, either finds the message sent or is found
+            # by the read of early statuses below, never neither.
             sent = await conn.fetchrow(
-                "UPDATE outbound SET status = 'sent', message_id = $1, sent_at = $2,"
-                f" error = NULL WHERE id = $3 AND {_CLAIMED.format(n=4)}"
+                "WITH locked AS (SELECT pg_advisory_xact_lock($1))"
+                " UPDATE outbound SET status = 'sent', message_id = $1, sent_at = $2,"
+                f" error = NULL FROM locked WHERE id = $3 AND {_CLAIMED.format(n=4)}"
                 " RETURNING conversation_id, flow, step, role, created_at",
                 message_id, now, outbox_id, claimer)
             if sent is None:  # another process took the claim over: its send stands
                 return
+            events = await conn.fetch(
+                "SELECT status, sms_message_id, sms_message_status FROM status_events"
+                " WHERE message_id = $1 ORDER BY id", message_id)
             shift = rules.late_shift(SentQuestion(
                 conversation_id=sent["conversation_id"], flow=sent["flow"],
                 step=sent["step"], question=sent["role"] == "question",

@@ -35,6 +35,8 @@ class PgStatuses(PgConnection):
         except ValueError:  # extra fields too deep or not UTF-8: keep what matters
             body = json.dumps({"message_id": update.message_id, "status": update.status})
         async with self._tx() as conn:
+            # The message's lock, as ``mark_sent`` takes it: see there.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", update.message_id)
             await conn.execute(
                 "INSERT INTO status_events (message_id, status, body, received_at,"
                 " sms_message_id, sms_message_status) VALUES ($1, $2, $3, $4, $5, $6)",
