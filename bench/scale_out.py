@@ -278,8 +278,9 @@ def main() -> int:
                       f" {result['botkit_ms']:.3f} + PostgreSQL {result['postgres_ms']:.3f} ms"
                       f" CPU each; load at {result['saturation']['load_cpu_share']:.0%}",
                       flush=True)
-        print(table(results))
-        print(projection(results))
+        if args.rounds:
+            print(table(results))
+            print(projection(results))
         campaign = run_campaign(args, Path(tmp)) if args.campaign else None
     if campaign is not None:
         print(f"campaign: {campaign['phones']:,} phones by 2 processes at"

@@ -108,10 +108,15 @@ async def test_a_phone_s_turns_wait_for_each_other_across_processes(postgres):
 
 async def test_a_turn_uses_its_own_connection_for_its_calls(postgres):
     store = await postgres.opened(pool_size=2)  # one connection may be held by a turn
+    for n in range(3):
+        await store.record_inbound(_reply(f"before{n}"), 1.0)
     async with store.phone_turns("7"):
         for n in range(5):  # would deadlock if each call took a connection of the pool
             await store.record_inbound(_reply(f"t{n}"), 1.0)
-        assert len(await store.pending_of("7", 10**9)) == 5
+        # The first read is the one taken with the lock, in the same round trip.
+        assert [i.token for i in await store.pending_of("7", 10**9)] == [
+            "before0", "before1", "before2"]
+        assert len(await store.pending_of("7", 10**9)) == 8  # then the table's own
     await store.close()
 
 

@@ -35,8 +35,8 @@ log = logging.getLogger("botkit.sender")
 
 LEASE = 600.0  # without heartbeats, a claim from another host older than this is abandoned
 LOOKAHEAD = 0.05  # with a rate limit, only messages that may start this soon are claimed
-SHARED_MARGIN = 0.97  # a rate shared by processes is planned at this share of it
-LATE = 0.005  # seconds after its planned start a send of a shared rate takes a new start
+SHARED_MARGIN = 0.92  # a rate shared by processes is planned at this share of it
+LATE = 0.04  # a send of a shared rate this late takes a new start (the margin covers less)
 _LIVE: set[str] = set()  # the senders running in this process (their claim names)
 
 

@@ -123,7 +123,11 @@ class TurnStore(ABC):
 
     @abstractmethod
     async def pending_of(self, phone: str, up_to: int) -> list[Inbound]:
-        """``phone``'s messages not yet handled, up to inbound id ``up_to``, oldest first."""
+        """``phone``'s messages not yet handled, up to inbound id ``up_to``, oldest first.
+
+        Called first thing in a turn (``phone_turns``): a shared store may answer with what
+        it read as it took the phone's lock, in the same round trip.
+        """
 
     @abstractmethod
     async def routing_context(

@@ -268,6 +268,6 @@ async def test_the_send_rate_is_the_account_s_across_processes(tmp_path, postgre
         assert len(times) == phones
         assert busiest <= rate
         assert span >= (phones - rate) / rate - 0.1  # and not slower than it must be:
-        assert len(times) / span > 0.8 * rate
+        assert len(times) / span > 0.7 * rate
     finally:
         procs.close()

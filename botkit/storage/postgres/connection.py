@@ -26,13 +26,13 @@ import asyncpg
 
 from botkit.core.conversation import Conversation
 from botkit.core.lifecycle import DeliveryRules
-from botkit.core.records import StatusChange, TimerSpec
+from botkit.core.records import Inbound, StatusChange, TimerSpec
 from botkit.errors import ConcurrentUpdateError, StoreUnavailableError, TimerTakenError
 from botkit.process import process_name
 from botkit.storage.postgres.schema import migrate
 from botkit.storage.rows import conversation_from_row
 
-__all__ = ["PgConnection", "masked"]
+__all__ = ["INBOUND_COLUMNS", "PgConnection", "inbound_of", "masked"]
 
 log = logging.getLogger("botkit.store")
 
@@ -54,10 +54,22 @@ KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
 
 @dataclass
 class _Held:
-    """A turn's connection, with its phone's lock; used by the task that took it only."""
+    """A turn's connection, with its phone's lock; used by the task that took it only.
+
+    ``pending``: the phone's pending messages, read with the lock (``pending_of`` takes them).
+    """
 
     conn: asyncpg.Connection
     task: asyncio.Task[Any] | None
+    pending: list[Inbound] | None = None
+
+
+INBOUND_COLUMNS = "id, message_token, phone, time, text, tracking_data, attempts"
+
+
+def inbound_of(r: asyncpg.Record | dict[str, Any]) -> Inbound:
+    return Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
+                   text=r["text"], tracking_data=r["tracking_data"], attempts=r["attempts"])
 
 
 _TURN: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("botkit_pg_turn",
@@ -177,10 +189,10 @@ class PgConnection:
         async with self._turns, self._conn() as conn:
             self._locking.add(conn)  # until unlocked: the pool's reset unlocks otherwise
             try:
-                await self._lock(conn, phone)
+                pending = await self._lock(conn, phone)
             except _UNREACHABLE as exc:
                 raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
-            token = _TURN.set(_Held(conn, asyncio.current_task()))
+            token = _TURN.set(_Held(conn, asyncio.current_task(), pending))
             try:
                 yield
             finally:
@@ -194,15 +206,22 @@ class PgConnection:
                     self._locking.discard(conn)
 
     @staticmethod
-    async def _lock(conn: asyncpg.Connection, phone: str) -> None:
-        """Take the phone's advisory lock, trying again while another process holds it.
+    async def _lock(conn: asyncpg.Connection, phone: str) -> list[Inbound]:
+        """Take the phone's advisory lock, trying again while another process holds it;
+        the phone's pending messages, read in the same statement.
 
         Tries, not a blocking ``pg_advisory_lock``: each statement stays within the command
         timeout, so a link that went silent is noticed, however long the other turn takes.
         """
         pause = 0.002
-        while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                                      phone):
+        while True:
+            rows = await conn.fetch(
+                f"SELECT l.got, {', '.join('i.' + c for c in INBOUND_COLUMNS.split(', '))}"
+                " FROM (SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS got) AS l"
+                " LEFT JOIN inbound AS i ON l.got AND i.phone = $1 AND i.status = 'pending'"
+                " ORDER BY i.id", phone)
+            if rows[0]["got"]:
+                return [inbound_of(r) for r in rows if r["id"] is not None]
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Collection
 from typing import Any
@@ -13,7 +14,7 @@ from botkit.core.records import Commit, Committed, Inbound, Outgoing, RoutingCon
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply
 from botkit.process import process_name
-from botkit.storage.postgres.connection import PgConnection
+from botkit.storage.postgres.connection import _TURN, INBOUND_COLUMNS, PgConnection, inbound_of
 from botkit.storage.rows import (
     OPEN,
     OUTBOUND_COLUMNS,
@@ -28,15 +29,26 @@ __all__ = ["PgTurns"]
 _OUTBOUND_INSERT = (
     f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES ("
     + ", ".join(f"${n}" for n in range(1, len(OUTBOUND_COLUMNS) + 1)) + ") RETURNING id")
+# The first message of a turn, claimed for its sender unless an earlier message of the phone
+# still waits (each phone's messages in order): the check and the insert in one statement.
+_CLAIM_COLUMNS = {"status": "'queued'", "attempts": "0", "claimed_by": "NULL",
+                  "claimed_at": "NULL"}
+# INSERT ... SELECT infers no parameter's type from its column: each is named.
+_CASTS = {"conversation_id": "bigint", "message_type": "int", "ttl": "bigint",
+          "inbound_id": "bigint", "created_at": "float8", "attempts": "int",
+          "claimed_at": "float8"}
+_OUTBOUND_INSERT_CLAIMED = (
+    f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) SELECT "
+    + ", ".join(
+        f"CASE WHEN w.waiting THEN {_CLAIM_COLUMNS[c]} ELSE ${n}::{_CASTS.get(c, 'text')} END"
+        if c in _CLAIM_COLUMNS else f"${n}::{_CASTS.get(c, 'text')}"
+        for n, c in enumerate(OUTBOUND_COLUMNS, start=1))
+    + f" FROM (SELECT EXISTS (SELECT 1 FROM outbound WHERE {QUEUE}"
+    f" AND phone = ${OUTBOUND_COLUMNS.index('phone') + 1}) AS waiting) AS w"
+    " RETURNING id, status = 'sending' AS claimed")
 _OUTBOUND_INSERT_WITH_ID = (
     f"INSERT INTO outbound (id, {', '.join(OUTBOUND_COLUMNS)}) VALUES ("
     + ", ".join(f"${n}" for n in range(1, len(OUTBOUND_COLUMNS) + 2)) + ")")
-_INBOUND_COLUMNS = "id, message_token, phone, time, text, tracking_data, attempts"
-
-
-def _inbound(r: asyncpg.Record | dict[str, Any]) -> Inbound:
-    return Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
-                   text=r["text"], tracking_data=r["tracking_data"], attempts=r["attempts"])
 
 
 class PgTurns(PgConnection):
@@ -74,35 +86,41 @@ class PgTurns(PgConnection):
             # Counting take-overs here (not per handling) keeps the hot path at one commit.
             taken = await conn.fetch(
                 f"UPDATE inbound SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])"
-                f" AND status = 'pending' RETURNING {_INBOUND_COLUMNS}", ids)
-            return sorted(map(_inbound, taken), key=lambda i: i.id)
+                f" AND status = 'pending' RETURNING {INBOUND_COLUMNS}", ids)
+            return sorted(map(inbound_of, taken), key=lambda i: i.id)
 
     async def pending_of(self, phone: str, up_to: int) -> list[Inbound]:
+        held = _TURN.get()
+        if held is not None and held.task is asyncio.current_task() and held.pending is not None:
+            pending, held.pending = held.pending, None  # read with the phone's lock
+            return [i for i in pending if i.phone == phone and i.id <= up_to]
         rows = await self._rows(
-            f"SELECT {_INBOUND_COLUMNS} FROM inbound"
+            f"SELECT {INBOUND_COLUMNS} FROM inbound"
             " WHERE phone = $1 AND status = 'pending' AND id <= $2 ORDER BY id", phone, up_to)
-        return [_inbound(r) for r in rows]
+        return [inbound_of(r) for r in rows]
 
     # -- conversations ----------------------------------------------------------------------
 
     async def routing_context(self, phone: str, tracking_id: int | None) -> RoutingContext:
         async with self._conn() as conn:
+            # One round trip: the phone's open conversation, and the message answered.
+            row = await conn.fetchrow(
+                "SELECT c.*, o.message_id AS s_message_id, o.conversation_id AS s_conversation,"
+                " o.flow AS s_flow, o.step AS s_step FROM (SELECT 1) AS one"
+                " LEFT JOIN LATERAL (SELECT * FROM conversations WHERE phone = $1"
+                "  AND status = ANY($3::text[]) LIMIT 1) AS c ON true"
+                " LEFT JOIN LATERAL (SELECT message_id, conversation_id, flow, step"
+                "  FROM outbound WHERE message_id = $2 AND phone = $1 ORDER BY id DESC LIMIT 1)"
+                " AS o ON $2::bigint IS NOT NULL", phone, tracking_id, list(OPEN))
+            active = conversation_from_row(dict(row)) if row["id"] is not None else None
             sent = tracked = None
-            active = await self._conversation(conn, "phone = $1 AND status = ANY($2::text[])",
-                                              phone, list(OPEN))
-            if tracking_id is not None:
-                row = await conn.fetchrow(
-                    "SELECT message_id, conversation_id, flow, step FROM outbound"
-                    " WHERE message_id = $1 AND phone = $2 ORDER BY id DESC LIMIT 1",
-                    tracking_id, phone)
-                if row is not None:
-                    sent = SentRef(row["message_id"], row["conversation_id"], row["flow"],
-                                   row["step"])
-                    if active is not None and active.id == sent.conversation_id:
-                        tracked = active
-                    elif sent.conversation_id is not None:
-                        tracked = await self._conversation(conn, "id = $1",
-                                                           sent.conversation_id)
+            if row["s_message_id"] is not None:
+                sent = SentRef(row["s_message_id"], row["s_conversation"], row["s_flow"],
+                               row["s_step"])
+                if active is not None and active.id == sent.conversation_id:
+                    tracked = active
+                elif sent.conversation_id is not None:
+                    tracked = await self._conversation(conn, "id = $1", sent.conversation_id)
             return sent, tracked, active
 
     async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
@@ -223,20 +241,21 @@ class PgTurns(PgConnection):
             row_conv = conv_id if item.in_conversation else None
             # The first message goes straight to a sender with a free slot, unless an
             # earlier message of the phone still waits (each phone's messages in order).
-            claim = change.claim_for if n == 0 and change.claim_for and await conn.fetchval(
-                f"SELECT 1 FROM outbound WHERE {QUEUE} AND phone = $1 LIMIT 1",
-                item.phone) is None else None
+            claim = change.claim_for if n == 0 else None
+            values = outbound_row(item, row_conv, change.inbound_id, now, claim)
             try:
-                outbox_id = await conn.fetchval(
-                    _OUTBOUND_INSERT, *outbound_row(item, row_conv, change.inbound_id, now,
-                                                    claim))
+                if claim:
+                    inserted = await conn.fetchrow(_OUTBOUND_INSERT_CLAIMED, *values)
+                    outbox_id, took = inserted["id"], inserted["claimed"]
+                else:
+                    outbox_id, took = await conn.fetchval(_OUTBOUND_INSERT, *values), False
             except asyncpg.UniqueViolationError as exc:  # the notice, sent meanwhile
                 if exc.constraint_name != "outbound_notice":
                     raise
                 raise ConcurrentUpdateError(
                     f"{item.phone} already has notice {item.notice_key!r}") from exc
             outbox_ids.append(outbox_id)
-            if claim:
+            if took:
                 claimed.append(Outgoing(id=outbox_id, phone=item.phone, payload=item.payload,
                                         attempts=1, conversation_id=row_conv))
         if change.inbound_id is not None:
