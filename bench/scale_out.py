@@ -41,8 +41,9 @@ from aiohttp.test_utils import unused_port
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))  # bench/run.py and campaign.py, not the project's run.py
-from campaign import KEY, Provider  # noqa: E402
-from run import SECRET, cpu_seconds, pinned  # noqa: E402
+from campaign import KEY, Provider
+
+from run import SECRET, cpu_seconds, pinned
 
 PG_URL = os.environ.get("BOTKIT_BENCH_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 

@@ -125,3 +125,16 @@ def _reply(token: str):
 
     return InboundReply.model_validate({"message_token": token, "phone_number": "7",
                                         "time": 1, "message": {"text": "x"}})
+
+
+async def test_a_claim_looks_past_a_queue_head_it_cannot_send(postgres):
+    """The head of the queue (WINDOW rows) is all one phone's: only its first may go, and
+    the next phone's message behind them is claimed all the same."""
+    from botkit.storage.postgres.outbox import WINDOW
+
+    store = await postgres.opened()
+    blocked = tuple(question("1", n) for n in range(WINDOW + 100))
+    await store.commit(Commit(inbound_id=None, outbox=(*blocked, question("2", 9999))), 1.0)
+    claimed = await store.claim_outbox(10, 2.0)
+    assert [(c.phone, c.payload["text"]) for c in claimed] == [("1", "m0"), ("2", "m9999")]
+    await store.close()

@@ -336,7 +336,7 @@ async def test_a_timer_fires_once_and_a_skipped_one_never(backend):
     remind, timeout = await store.due_timers(7.0, 10)
     assert await store.skip_timer(remind.id, "superseded", 7.0)
     assert not await store.skip_timer(remind.id, "again", 7.0)
-    fire = Timer(**{**timeout.__dict__})
+    fire = Timer(**timeout.__dict__)
     await store.commit(Commit(inbound_id=None, fire=fire), 7.0)
     with pytest.raises(TimerTakenError):
         await store.commit(Commit(inbound_id=None, fire=fire), 7.5)

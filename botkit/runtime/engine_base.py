@@ -27,7 +27,7 @@ from botkit.runtime.composer import Composer
 from botkit.runtime.templates import Renderer
 from botkit.storage.base import Store
 
-__all__ = ["AGENT_TEMPLATE", "ERROR_TEMPLATE", "EngineBase", "FALLBACK_TEMPLATE", "Outlet"]
+__all__ = ["AGENT_TEMPLATE", "ERROR_TEMPLATE", "FALLBACK_TEMPLATE", "EngineBase", "Outlet"]
 
 log = logging.getLogger("botkit.engine")
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Outgoing
-from botkit.process import HOST, gone, process_name
 from botkit.errors import BalanceError, ProviderError, StoreUnavailableError, UnauthorizedError
+from botkit.process import HOST, gone, process_name
 from botkit.runtime import crashpoints
 from botkit.runtime.api import ProviderAPI
 from botkit.storage.base import Store
@@ -36,7 +36,6 @@ log = logging.getLogger("botkit.sender")
 LEASE = 600.0  # without heartbeats, a claim from another host older than this is abandoned
 LOOKAHEAD = 0.05  # with a rate limit, only messages that may start this soon are claimed
 SHARED_MARGIN = 0.92  # a rate shared by processes is planned at this share of it
-LATE = 0.04  # a send of a shared rate this late takes a new start (the margin covers less)
 _LIVE: set[str] = set()  # the senders running in this process (their claim names)
 
 
@@ -320,11 +319,6 @@ class Sender:
             delay = start_at - loop.time()
             if delay > 0:  # the rate limit's turn of this message
                 await asyncio.sleep(delay)
-            while self._shared_rate and loop.time() - start_at > LATE:
-                # Started late (a busy loop): the next process's sends went on time, and
-                # this one would join them in their second. It takes a new start instead.
-                start_at = loop.time() + await self.store.send_slots(1, self._planned_rate)
-                await asyncio.sleep(max(0.0, start_at - loop.time()))
             if self.rate > 0:
                 await self._window()
             # Checked against every provider limit when the turn made it (runtime.composer).

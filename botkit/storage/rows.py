@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
-from botkit.core.records import Commit, OutboxItem
-from botkit.models import MessageType, sms_status_label, status_label
+from botkit.core.records import Commit, ConversationChange, OutboxItem
+from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ATTENTION", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS", "UNCONFIRMED",
-           "batch_of_starts", "conversation_from_row", "history_detail", "outbound_row"]
+__all__ = ["ATTENTION", "FUNNEL_COUNTS", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+           "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
+           "history_detail", "outbound_row", "status_body"]
 
 # Conditions that name the rows of a partial index, shared by every engine's schema and
 # queries: a query repeats its index's condition word for word, or the planner may scan.
@@ -42,6 +43,32 @@ def outbound_row(
             item.payload.get("validity_period"), "question" if item.question else None,
             inbound_id, now, "sending" if claim else "queued", 1 if claim else 0, claim,
             time.time() if claim else None, item.notice_key]
+
+
+def conversation_values(conv: ConversationChange, now: float) -> dict[str, Any]:
+    """The columns a turn writes of its conversation (an insert adds phone and created_at)."""
+    return {"flow": conv.flow, "step": conv.step, "status": conv.status.value,
+            "state": json.dumps(conv.state), "retries": conv.retries,
+            "expires_at": conv.expires_at, "updated_at": now, "flow_version": conv.flow_version}
+
+
+def status_body(update: StatusUpdate) -> str:
+    """A status callback as kept in ``status_events.body``."""
+    try:
+        return update.model_dump_json()
+    except ValueError:  # extra fields too deep or not UTF-8: keep what matters
+        return json.dumps({"message_id": update.message_id, "status": update.status})
+
+
+# The funnel's counts per step: (its key in the report, the table, which rows).
+FUNNEL_COUNTS = (
+    ("sent", "outbound", "status = 'sent'"),
+    ("delivered", "outbound", "delivery_status = 1"),
+    ("answered", "inbound", "route = 'step'"),
+    ("reasked", "inbound", "outcome = 'retry'"),
+    ("timed_out", "timers", "kind = 'timeout' AND status = 'fired'"),
+    ("dropped", "conversations", "status NOT IN ('active', 'human', 'done')"),
+)
 
 
 def batch_of_starts(change: Commit) -> bool:

@@ -17,14 +17,11 @@ import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the harness next to this file
-from harness import (  # noqa: E402
-    SECRET,
-    Conversation,
+from harness import (
     Driver,
     Processes,
     check,
     make_conversations,
-    wait_http,
 )
 
 CONVERSATIONS = int(os.environ.get("RELIABILITY_SCALE_OUT", "150"))

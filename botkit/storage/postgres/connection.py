@@ -48,8 +48,11 @@ _NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, the same
 # The server's side of each connection gives up on a machine that vanished (no reset) within
 # about 11 s, not the kernel's 2 hours (keepalives: an idle session) or 15 minutes
 # (tcp_user_timeout: an answer never acknowledged), and releases its locks with it.
+# A transaction left open by a client that vanished holds its row locks until it ends: botkit
+# never leaves one idle (a turn's handler runs between transactions), so 5 s ends it.
 KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
-              "tcp_keepalives_count": "3", "tcp_user_timeout": "10000"}
+              "tcp_keepalives_count": "3", "tcp_user_timeout": "10000",
+              "idle_in_transaction_session_timeout": "5000"}
 
 
 @dataclass

@@ -18,6 +18,33 @@ __all__ = ["PgOutbox"]
 _CLAIMED = "(${n}::text IS NULL OR (claimed_by = ${n} AND status = 'sending'))"
 
 
+# A claim looks at the head of the queue first: the first WINDOW (+ 4 per row asked for) rows
+# of the partial index in id order, an index-only scan that stops there whatever the
+# planner's statistics say. (Asked for every due row at once, the planner, its statistics
+# not yet caught up with a campaign's 100,000 new rows, sorted all of them at each claim:
+# 700 ms.) Only when that head holds fewer claimable rows than asked for, and is full, is the
+# whole queue looked at. MATERIALIZED: each part runs once; as a plain IN (subquery) the
+# planner may run it once per row, each run skipping the rows the runs before it locked.
+WINDOW = 500
+_PICK = (
+    "SELECT o.id FROM outbound AS o {source} WHERE o.status = 'queued' AND o.due_at <= $1"
+    " AND NOT EXISTS (SELECT 1 FROM outbound AS e WHERE e.phone = o.phone AND e.id < o.id"
+    " AND e." + QUEUE + ") {where} ORDER BY o.id LIMIT $2 FOR UPDATE OF o SKIP LOCKED")
+_UPDATE = (
+    "UPDATE outbound AS u SET status = 'sending', attempts = attempts + 1, claimed_by = $3,"
+    " claimed_at = $4 FROM picked WHERE u.id = picked.id"
+    " RETURNING u.id, u.phone, u.payload, u.attempts, u.conversation_id")
+_CLAIM_IN_WINDOW = (
+    f"WITH head AS MATERIALIZED (SELECT id FROM outbound WHERE {QUEUE} ORDER BY id LIMIT $5),"
+    f" picked AS MATERIALIZED ({_PICK.format(source='JOIN head USING (id)', where='')}),"
+    f" claimed AS ({_UPDATE})"
+    " SELECT (SELECT count(*) FROM head) AS seen, claimed.*"
+    " FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
+_CLAIM_ANYWHERE = (
+    f"WITH picked AS MATERIALIZED ({_PICK.format(source='', where=f'AND o.{QUEUE}')})"
+    f" {_UPDATE}")
+
+
 class PgOutbox(PgConnection):
     """``OutboxStore`` on PostgreSQL."""
 
@@ -26,22 +53,15 @@ class PgOutbox(PgConnection):
         # phone has an earlier one queued or being sent waits (each phone's messages leave in
         # order), and that earlier row counts even while another process locks it.
         async with self._tx() as conn:
-            rows = await conn.fetch(
-                # MATERIALIZED: picked once; as a plain IN (subquery) the planner may run it
-                # once per row, each run skipping the rows the runs before it locked.
-                "WITH picked AS MATERIALIZED ("
-                f"  SELECT id FROM outbound AS o WHERE {QUEUE} AND status = 'queued'"
-                "   AND due_at <= $1 AND NOT EXISTS ("
-                "     SELECT 1 FROM outbound AS e WHERE e.phone = o.phone AND e.id < o.id"
-                f"     AND e.{QUEUE})"
-                "   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                " UPDATE outbound AS u SET status = 'sending', attempts = attempts + 1,"
-                " claimed_by = $3, claimed_at = $4 FROM picked WHERE u.id = picked.id"
-                " RETURNING u.id, u.phone, u.payload, u.attempts, u.conversation_id",
-                now, limit, claimer, time.time())
+            window = WINDOW + 4 * limit
+            rows = await conn.fetch(_CLAIM_IN_WINDOW, now, limit, claimer, time.time(), window)
+            claimed = [r for r in rows if r["id"] is not None]
+            if len(claimed) < limit and rows[0]["seen"] == window:  # a deep queue's head
+                claimed += await conn.fetch(_CLAIM_ANYWHERE, now, limit - len(claimed),
+                                            claimer, time.time())
         return sorted((Outgoing(id=r["id"], phone=r["phone"], payload=json.loads(r["payload"]),
                                 attempts=r["attempts"], conversation_id=r["conversation_id"])
-                       for r in rows), key=lambda o: o.id)
+                       for r in claimed), key=lambda o: o.id)
 
     async def mark_sent(
         self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules, *,

@@ -7,7 +7,13 @@ from typing import Any
 from botkit.core.conversation import Conversation
 from botkit.core.records import LogEntry
 from botkit.storage.postgres.connection import PgConnection
-from botkit.storage.rows import ATTENTION, QUEUE, conversation_from_row, history_detail
+from botkit.storage.rows import (
+    ATTENTION,
+    FUNNEL_COUNTS,
+    QUEUE,
+    conversation_from_row,
+    history_detail,
+)
 
 __all__ = ["PgReports"]
 
@@ -51,15 +57,7 @@ class PgReports(PgConnection):
         """Per step: sent, delivered, answered, re-asked, timed out, dropped, answer delays
         (the shape of ``storage.sqlite.reports``)."""
         steps: dict[str, dict[str, Any]] = {}
-        counts = (
-            ("sent", "outbound", "status = 'sent'"),
-            ("delivered", "outbound", "delivery_status = 1"),
-            ("answered", "inbound", "route = 'step'"),
-            ("reasked", "inbound", "outcome = 'retry'"),
-            ("timed_out", "timers", "kind = 'timeout' AND status = 'fired'"),
-            ("dropped", "conversations", "status NOT IN ('active', 'human', 'done')"),
-        )
-        for key, table, where in counts:
+        for key, table, where in FUNNEL_COUNTS:
             for r in await self._rows(f"SELECT step, count(*) AS n FROM {table}"
                                       f" WHERE flow = $1 AND {where} GROUP BY step", flow):
                 if r["step"] is not None:

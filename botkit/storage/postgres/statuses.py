@@ -8,7 +8,6 @@ statement that picks it (so the provider is asked once per message, not once per
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from botkit.core.lifecycle import DeliveryRules
@@ -16,9 +15,9 @@ from botkit.core.records import StatusChange, Timer
 from botkit.errors import TimerTakenError
 from botkit.models import StatusUpdate
 from botkit.storage.postgres.connection import PgConnection
-from botkit.storage.rows import SENT_COLUMNS, UNCONFIRMED
+from botkit.storage.rows import SENT_COLUMNS, UNCONFIRMED, status_body
 
-__all__ = ["PgStatuses", "TIMER_LEASE"]
+__all__ = ["TIMER_LEASE", "PgStatuses"]
 
 TIMER_LEASE = 60.0  # seconds a process has to fire the timers it read before another may
 
@@ -30,10 +29,7 @@ class PgStatuses(PgConnection):
         self, update: StatusUpdate, now: float, rules: DeliveryRules
     ) -> StatusChange | None:
         sms = (update.sms_message_id, update.sms_message_status)
-        try:
-            body = update.model_dump_json()
-        except ValueError:  # extra fields too deep or not UTF-8: keep what matters
-            body = json.dumps({"message_id": update.message_id, "status": update.status})
+        body = status_body(update)
         async with self._tx() as conn:
             # The message's lock, as ``mark_sent`` takes it: see there.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", update.message_id)

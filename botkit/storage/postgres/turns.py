@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Collection
-from typing import Any
 
 import asyncpg
 
@@ -21,6 +20,7 @@ from botkit.storage.rows import (
     QUEUE,
     batch_of_starts,
     conversation_from_row,
+    conversation_values,
     outbound_row,
 )
 
@@ -276,11 +276,7 @@ class PgTurns(PgConnection):
         conv = change.conversation
         if conv is None:
             return None
-        values = {
-            "flow": conv.flow, "step": conv.step, "status": conv.status.value,
-            "state": json.dumps(conv.state), "retries": conv.retries,
-            "expires_at": conv.expires_at, "updated_at": now, "flow_version": conv.flow_version,
-        }
+        values = conversation_values(conv, now)
         if conv.id is not None:
             await self._update_conversation(conn, conv.id, conv.expected_version, values)
             return conv.id

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-__all__ = ["Checkpointer", "WRITER_AUTOCHECKPOINT"]
+__all__ = ["WRITER_AUTOCHECKPOINT", "Checkpointer"]
 
 log = logging.getLogger("botkit.store")
 

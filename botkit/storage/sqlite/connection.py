@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from botkit.core.conversation import Conversation, Status
+from botkit.core.conversation import Conversation
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import (
     StatusChange,
@@ -31,7 +31,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError, TimerTakenError
 from botkit.process import process_name
 from botkit.storage.db_thread import DatabaseThread
-from botkit.storage.rows import ATTENTION, OPEN, QUEUE, SENT_COLUMNS, conversation_from_row
+from botkit.storage.rows import ATTENTION, QUEUE, SENT_COLUMNS, conversation_from_row
 from botkit.storage.schema import check_and_migrate
 from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT, Checkpointer
 

@@ -8,7 +8,7 @@ from botkit.core.conversation import Conversation
 from botkit.core.records import (
     LogEntry,
 )
-from botkit.storage.rows import conversation_from_row, history_detail
+from botkit.storage.rows import FUNNEL_COUNTS, conversation_from_row, history_detail
 from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, Connection
 
 __all__ = ["Reports"]
@@ -74,15 +74,7 @@ class Reports(Connection):
         """Per step: sent, delivered, answered, re-asked, timed out, dropped, answer delays."""
         steps: dict[str, dict[str, Any]] = {}
 
-        counts = (  # (column of the report, table, which rows)
-            ("sent", "outbound", "status = 'sent'"),
-            ("delivered", "outbound", "delivery_status = 1"),
-            ("answered", "inbound", "route = 'step'"),
-            ("reasked", "inbound", "outcome = 'retry'"),
-            ("timed_out", "timers", "kind = 'timeout' AND status = 'fired'"),
-            ("dropped", "conversations", "status NOT IN ('active', 'human', 'done')"),
-        )
-        for key, table, where in counts:
+        for key, table, where in FUNNEL_COUNTS:
             for r in self._rows(f"SELECT step, count(*) AS n FROM {table}"
                                 f" WHERE flow = ? AND {where} GROUP BY step", [flow]):
                 if r["step"] is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from botkit.core.lifecycle import DeliveryRules
@@ -12,6 +11,7 @@ from botkit.core.records import (
 )
 from botkit.errors import TimerTakenError
 from botkit.models import StatusUpdate
+from botkit.storage.rows import status_body
 from botkit.storage.schema import UNCONFIRMED
 from botkit.storage.sqlite.connection import _SENT_COLUMNS, Connection
 
@@ -29,12 +29,6 @@ class Statuses(Connection):
     ) -> StatusChange | None:
         return await self._run(self._record_status, update, now, rules)
 
-    def _record_status_body(self, update: StatusUpdate) -> str:
-        try:
-            return update.model_dump_json()
-        except ValueError:  # extra fields too deep or not UTF-8: keep what matters
-            return json.dumps({"message_id": update.message_id, "status": update.status})
-
     def _record_status(
         self,
         update: StatusUpdate,
@@ -46,7 +40,7 @@ class Statuses(Connection):
             db.execute(
                 "INSERT INTO status_events (message_id, status, body, received_at,"
                 " sms_message_id, sms_message_status) VALUES (?, ?, ?, ?, ?, ?)",
-                [update.message_id, update.status, self._record_status_body(update), now, *sms],
+                [update.message_id, update.status, status_body(update), now, *sms],
             )
             row = self._one(
                 f"SELECT {_SENT_COLUMNS} FROM outbound WHERE message_id = ?"

@@ -19,12 +19,13 @@ from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply, parse_tracking_id
 from botkit.process import process_name
 from botkit.storage.rows import (
+    OPEN,
     OUTBOUND_COLUMNS,
     batch_of_starts,
     conversation_from_row,
+    conversation_values,
     outbound_row,
 )
-from botkit.storage.rows import OPEN
 from botkit.storage.sqlite.connection import _QUEUE, Connection
 
 __all__ = ["Turns"]
@@ -276,11 +277,7 @@ class Turns(Connection):
         conv = change.conversation
         if conv is None:
             return None
-        values = {
-            "flow": conv.flow, "step": conv.step, "status": conv.status.value,
-            "state": json.dumps(conv.state), "retries": conv.retries,
-            "expires_at": conv.expires_at, "updated_at": now, "flow_version": conv.flow_version,
-        }
+        values = conversation_values(conv, now)
         if conv.id is not None:
             self._update_conversation(conv.id, conv.expected_version, values)
             return conv.id
