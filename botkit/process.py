@@ -15,7 +15,7 @@ import secrets
 import socket
 from pathlib import Path
 
-__all__ = ["HEARTBEAT_LEASE", "HOST", "gone", "process_name"]
+__all__ = ["HEARTBEAT_LEASE", "HOST", "gone", "on_this_host", "process_name"]
 
 
 
@@ -33,6 +33,8 @@ def _host() -> str:
 
 
 HOST = _host()
+# Names made before the host part carried the boot and pid namespace: the hostname alone.
+_BARE_HOST = socket.gethostname().replace("/", "_")
 # A process beats every few seconds; one whose last beat is older than this is gone, and
 # the others take over its work.
 HEARTBEAT_LEASE = 30.0
@@ -46,6 +48,12 @@ def process_name() -> str:
     if name is None:
         name = _NAMES[pid] = f"{HOST}/{pid}/{secrets.token_hex(4)}"
     return name
+
+
+def on_this_host(name: str) -> bool:
+    """Whether ``name`` (``host/pid/...``) is of a process on this machine, in this pid
+    namespace (or of one that ran here before names carried them)."""
+    return name.split("/", 1)[0] in (HOST, _BARE_HOST)
 
 
 def gone(name: str | None, live: set[str] | None = None) -> bool:
@@ -62,7 +70,7 @@ def gone(name: str | None, live: set[str] | None = None) -> bool:
     host, pid_text = (name.split("/") + [""])[:2]
     if live is not None and f"{host}/{pid_text}" not in live:
         return True
-    if host != HOST:
+    if not on_this_host(name):
         return False
     pid = int(pid_text) if pid_text.isdigit() else -1
     if pid == os.getpid():  # this process, or an earlier one that had its pid

@@ -187,8 +187,9 @@ async def test_a_status_that_beats_the_campaigns_send_record_still_starts_its_ti
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
 
-    assert rows(harness.db_path, "SELECT kind, status FROM timers WHERE kind = 'undelivered'"
-                ) == [{"kind": "undelivered", "status": "pending"}]
+    # Due at once: the server's own sweep (each second) may have fired it already.
+    [timer] = rows(harness.db_path, "SELECT status FROM timers WHERE kind = 'undelivered'")
+    assert timer["status"] in ("pending", "fired")
     await harness.sweep()  # the survey sends its first question once more
     assert [m.request.text for m in provider.messages_to(PHONE)] == [
         provider.sent[0].request.text] * 2

@@ -207,6 +207,10 @@ def test_only_claims_of_senders_that_are_gone_are_taken_over():
         assert abandoned(f"{HOST}/{os.getpid()}/before/live", time.time())
     finally:
         _LIVE.discard(mine)
+    # A claim named before names carried the boot and pid namespace: by its pid, as before.
+    bare = HOST.split("~")[0]
+    assert abandoned(f"{bare}/{dead}/x", time.time())
+    assert not abandoned(f"{bare}/1/x", time.time())
     assert not abandoned("elsewhere/12/x", time.time())  # another host: only after the lease
     assert abandoned("elsewhere/12/x", time.time() - LEASE - 1)
     # With heartbeats (a shared store), another host's claim is gone once its beat stopped,

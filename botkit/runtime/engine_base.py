@@ -21,6 +21,7 @@ from botkit.core.records import (
 )
 from botkit.errors import (
     DefinitionError,
+    StoreUnavailableError,
 )
 from botkit.runtime import crashpoints
 from botkit.runtime.composer import Composer
@@ -43,10 +44,12 @@ class Outlet(Protocol):
         """A claim name if a send slot is free (the commit then claims a message for it)."""
 
     def deliver(
-        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0,
+        unknown: bool = False,
     ) -> None:
         """After a commit that queued messages: send ``claimed`` (releasing the reserved
-        slot); ``queued`` more messages of ``phone`` wait in the queue."""
+        slot); ``queued`` more messages of ``phone`` wait in the queue. ``unknown``: the
+        commit failed on the way to the database and may have stored its claim anyway."""
 
 
 class _NoOutlet:
@@ -54,7 +57,8 @@ class _NoOutlet:
         return None
 
     def deliver(
-        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0,
+        unknown: bool = False,
     ) -> None:
         pass
 
@@ -102,6 +106,10 @@ class EngineBase:
             commit = replace(commit, claim_for=claimer)
         try:
             result = await self.store.commit(commit, self.clock())
+        except StoreUnavailableError:
+            if claimer is not None:  # the commit may have reached the database, claimed
+                self.outlet.deliver([], reserved=True, unknown=True)
+            raise
         except BaseException:
             if claimer is not None:
                 self.outlet.deliver([], reserved=True)

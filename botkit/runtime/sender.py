@@ -24,7 +24,7 @@ from typing import Any
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Outgoing
 from botkit.errors import BalanceError, ProviderError, StoreUnavailableError, UnauthorizedError
-from botkit.process import HOST, gone, process_name
+from botkit.process import HOST, gone, on_this_host, process_name
 from botkit.runtime import crashpoints
 from botkit.runtime.api import ProviderAPI
 from botkit.storage.base import Store
@@ -52,7 +52,7 @@ def abandoned(claimed_by: str | None, claimed_at: float, live: set[str] | None =
         return True
     if claimed_by.startswith(process_name() + "/"):
         return claimed_by not in _LIVE
-    if live is None and not claimed_by.startswith(HOST + "/"):
+    if live is None and not on_this_host(claimed_by):
         return time.time() - claimed_at > LEASE
     return gone(claimed_by, live)
 
@@ -111,6 +111,7 @@ class Sender:
         self._reserved = 0  # slots promised to commits in progress (reserve/deliver)
         self._backlog = True  # the queue may hold rows this sender can claim now
         self._behind: Counter[str] = Counter()  # rows queued behind a phone's send in flight
+        self._retiring: set[asyncio.Task[None]] = set()  # old names let go (``_rename``)
         # Recorded on its claims. "/hold": if this process dies mid-send, its rows in flight
         # are marked uncertain instead of sent again (a campaign never sends twice).
         self.name = f"{process_name()}/{secrets.token_hex(4)}" + (
@@ -137,15 +138,20 @@ class Sender:
         return self.name
 
     def deliver(
-        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0
+        self, claimed: list[Outgoing], *, reserved: bool, phone: str = "", queued: int = 0,
+        unknown: bool = False,
     ) -> None:
         """Send the rows a commit claimed for this sender.
 
         ``queued`` more rows of ``phone`` were committed but not claimed: they wait behind
         the phone's message in flight (claimed as soon as it is sent) or for a free slot.
+        ``unknown``: a commit that may hold a claim of this sender failed on its way back
+        from the database; this sender takes a new name (``_rename``).
         """
         if reserved:
             self._reserved -= 1
+        if unknown:
+            self._rename()
         for row in claimed:
             self._start(row)
         if queued:
@@ -153,6 +159,24 @@ class Sender:
             if not claimed:  # not blocked by a message of its own: maybe by a full sender
                 self._backlog = True
                 self._wake.set()
+
+    def _rename(self) -> None:
+        """Claim under a new name from now on, and let the old one go once the sends started
+        under it have finished: a row the old name still claims then counts as abandoned
+        (``abandoned``), and the next take-over round queues it again. So a claim stored by
+        a commit whose answer was lost is sent, once, instead of waiting for ever."""
+        old, started = self.name, list(self._inflight.values())
+        self.name = f"{process_name()}/{secrets.token_hex(4)}" + (
+            "/hold" if old.endswith("/hold") else "")
+        _LIVE.add(self.name)
+
+        async def retire() -> None:
+            await asyncio.gather(*started, return_exceptions=True)
+            _LIVE.discard(old)
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def resume(self) -> None:
         """End a pause now (the operator fixed the key or the balance)."""

@@ -8,12 +8,13 @@ import time
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
-from botkit.core.records import Commit, ConversationChange, OutboxItem
+from botkit.core.records import Commit, Committed, ConversationChange, OutboxItem
+from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
 __all__ = ["ATTENTION", "FUNNEL_COUNTS", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
-           "history_detail", "outbound_row", "status_body"]
+           "history_detail", "outbound_row", "started_results", "status_body"]
 
 # Conditions that name the rows of a partial index, shared by every engine's schema and
 # queries: a query repeats its index's condition word for word, or the planner may scan.
@@ -69,6 +70,21 @@ FUNNEL_COUNTS = (
     ("timed_out", "timers", "kind = 'timeout' AND status = 'fired'"),
     ("dropped", "conversations", "status NOT IN ('active', 'human', 'done')"),
 )
+
+
+def started_results(
+    convs: list[ConversationChange], started: list[tuple[int, Commit, str, int]],
+    outbox_ids: list[int],
+) -> list[Committed | ConcurrentUpdateError]:
+    """What a batch of starts gives back, in the order of ``convs``: each started change
+    (``(n, change, phone, conversation id)``) its ids, taken in order from ``outbox_ids``;
+    the others a ConcurrentUpdateError (their phone had an open conversation)."""
+    done: list[Committed | ConcurrentUpdateError] = [
+        ConcurrentUpdateError(f"{conv.phone} already has an open conversation") for conv in convs]
+    taken = iter(outbox_ids)
+    for n, change, _, conv_id in started:
+        done[n] = Committed(conv_id, [next(taken) for _ in change.outbox], [])
+    return done
 
 
 def batch_of_starts(change: Commit) -> bool:

@@ -13,12 +13,14 @@ machine" forwards its link address to it (``proxy.Proxy``). Needs root and ``ip 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import secrets
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -116,7 +118,9 @@ async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on
         await procs.start_server(0, BOTKIT_DB=dsn["a"])
         await procs.start_server(1, BOTKIT_DB=dsn["b"])
         convs = make_conversations(3 * CONVERSATIONS)
-        driver = Driver(procs, convs, concurrency=40, spread=True)
+        # A turn that was under way on a when its link went may wait minutes (see
+        # RELIABILITY.md, "Known gaps"): the driver waits up to 3 minutes a step here.
+        driver = Driver(procs, convs, concurrency=40, spread=True, step_timeout=180.0)
         play = asyncio.create_task(driver.run())
         async with aiohttp.ClientSession() as session:
             await asyncio.sleep(1.5)
@@ -138,7 +142,14 @@ async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on
             taken_after = asyncio.get_running_loop().time() - cut_at
             await asyncio.sleep(max(0.0, 4 * float(LEASE) - taken_after))
         machines.restore("a")
-        await asyncio.wait_for(play, 240)
+        try:
+            await asyncio.wait_for(play, 400)
+        except TimeoutError as exc:  # which phone, and what each server said of it
+            phone = str(exc).split(":")[0]
+            said = "\n".join(f"--- {n}: " + "\n".join(
+                line for line in procs.server_log(n).splitlines() if phone in line)
+                for n in (0, 1))
+            raise AssertionError(f"{exc}\n{said}") from None
         async with aiohttp.ClientSession() as session:
             for _ in range(300):  # a reconnects by itself
                 try:
@@ -167,6 +178,16 @@ async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on
         procs.close()
         for proxy in proxies.values():
             await proxy.close()
+        collect_cut_sockets()
+
+
+def collect_cut_sockets() -> None:
+    """Collect, here, the client sockets whose connect the cut link left hanging until the
+    driver's timeout cancelled it (aiohttp does not close those): otherwise their
+    ResourceWarning surfaces in whichever later test the garbage collector runs in."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 PHONE = "380699999999"

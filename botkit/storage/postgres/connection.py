@@ -121,10 +121,25 @@ class PgConnection:
             yield held.conn
             return
         try:
-            async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                yield conn
+            conn = await self.pool.acquire(timeout=CONNECT_TIMEOUT)
         except _UNREACHABLE as exc:
             raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+        try:
+            yield conn
+        except _UNREACHABLE as exc:
+            raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+        finally:
+            await self._release(conn)
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        """Give a connection back, within CONNECT_TIMEOUT. After a statement timed out,
+        asyncpg cancels it through a new connection and the release waits for that: on a
+        link that went silent, for minutes (the kernel's connect timeout), holding the turn
+        slot. Past the timeout the connection is dropped instead."""
+        try:  # past the timeout asyncpg terminates the connection itself, then raises
+            await self.pool.release(conn, timeout=CONNECT_TIMEOUT)
+        except (TimeoutError, *_UNREACHABLE):
+            self._locking.discard(conn)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[asyncpg.Connection]:

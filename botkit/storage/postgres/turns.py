@@ -22,6 +22,7 @@ from botkit.storage.rows import (
     conversation_from_row,
     conversation_values,
     outbound_row,
+    started_results,
 )
 
 __all__ = ["PgTurns"]
@@ -208,13 +209,7 @@ class PgTurns(PgConnection):
                 await conn.executemany(_OUTBOUND_INSERT_WITH_ID, [
                     (outbox_id, *outbound_row(item, conv_id, None, now, None))
                     for outbox_id, (conv_id, item) in zip(outbox_ids, items, strict=True)])
-        done: list[Committed | ConcurrentUpdateError] = [
-            ConcurrentUpdateError(f"{conv.phone} already has an open conversation")
-            for conv in convs]
-        taken = iter(outbox_ids)
-        for n, change, _, conv_id in started:
-            done[n] = Committed(conv_id, [next(taken) for _ in change.outbox], [])
-        return done
+        return started_results(convs, started, outbox_ids)
 
     async def _commit(self, conn: asyncpg.Connection, change: Commit, now: float) -> Committed:
         if change.fire is not None:

@@ -25,6 +25,7 @@ from botkit.storage.rows import (
     conversation_from_row,
     conversation_values,
     outbound_row,
+    started_results,
 )
 from botkit.storage.sqlite.connection import _QUEUE, Connection
 
@@ -213,13 +214,7 @@ class Turns(Connection):
                     [value for conv_id, item in few_items
                      for value in outbound_row(item, conv_id, None, now, None)],
                 ))
-        done: list[Committed | ConcurrentUpdateError] = [
-            ConcurrentUpdateError(f"{conv.phone} already has an open conversation")
-            for conv in convs]
-        taken = iter(outbox_ids)
-        for n, change, _, conv_id in started:
-            done[n] = Committed(conv_id, [next(taken) for _ in change.outbox], [])
-        return done
+        return started_results(convs, started, outbox_ids)
 
     def _commit(self, change: Commit, now: float) -> Committed:
         with self._write() as db:
