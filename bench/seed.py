@@ -51,7 +51,7 @@ def rows(first: int, count: int) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
             inbound.append((2 * n + k + 1, f"seed-{n}-{k}", phone, int(at) + 20 * k + 10, text,
                             f"tracking_id:{10**9 + 3 * n + k}", at + 20 * k + 10, "handled",
                             "step", n + 1, 0, None, at + 20 * k + 10, "survey", step,
-                            "ask" if k == 0 else "finish"))
+                            "ask" if k == 0 else "finish", "host/1/x"))  # its receiver
         for k, status in enumerate(("cancelled", "fired")):
             timers.append((2 * n + k + 1, n + 1, phone, "remind" if k == 0 else "expire",
                            "survey", "rating", at + 3600, status, None, at, at + 40, None))
