@@ -47,3 +47,18 @@ def test_bad_values_name_the_variable(env, message):
 def test_unknown_variable_is_reported_with_a_suggestion(caplog):
     Settings.from_env({"BOTKIT_PROT": "9000"}, env_file=None)
     assert "ignoring unknown setting BOTKIT_PROT; did you mean BOTKIT_PORT?" in caplog.text
+
+
+def test_a_postgresql_url_without_its_driver_says_what_to_install(monkeypatch):
+    import sys
+
+    import pytest
+
+    from botkit.errors import ConfigError
+    from botkit.storage.engines import store_for
+
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    for name in [m for m in sys.modules if m.startswith("botkit.storage.postgres")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ConfigError, match=r"pip install 'botkit\[postgres\]'"):
+        store_for("postgresql://bot@db/bot")

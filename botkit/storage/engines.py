@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from botkit.config import POSTGRES_SCHEMES
+from botkit.errors import ConfigError
 from botkit.storage.base import Store
 
 __all__ = ["is_postgres", "store_for"]
@@ -18,8 +19,12 @@ def is_postgres(db: str | Path) -> bool:
 def store_for(db: str | Path, *, pool_size: int = 10) -> Store:
     """The store ``db`` names, not yet opened. Each engine's driver loads only when used."""
     if is_postgres(db):
-        from botkit.storage.postgres import PostgresStore
-
+        try:
+            from botkit.storage.postgres import PostgresStore
+        except ImportError as exc:  # the driver is an extra: the sandbox needs none
+            raise ConfigError(
+                f"BOTKIT_DB names a PostgreSQL database, but its driver is not installed"
+                f" ({exc}): pip install 'botkit[postgres]' (or -e '.[postgres]')") from None
         return PostgresStore(str(db), pool_size=pool_size)
     from botkit.storage.sqlite import SQLiteStore
 
