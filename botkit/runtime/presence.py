@@ -3,9 +3,10 @@
 Every ``lease / 5`` seconds the process records that it is alive (``store.beat``). On a
 shared store (several processes on one PostgreSQL database) it also takes over, each round,
 the work of the processes that are gone (``botkit.process.gone``: on this host, the pid no
-longer runs; elsewhere, no beat for ``lease`` seconds): the messages they accepted but did not
-handle are handled here, and the messages they were sending are queued again (a campaign's
-marked uncertain). The work of a live neighbour is never taken.
+longer runs; anywhere, no beat for ``lease`` seconds, as when a process is cut off from the
+database): the messages they accepted but did not handle are handled here, and the messages
+they were sending are queued again (a campaign's marked uncertain). The work of a live
+neighbour is never taken.
 """
 
 from __future__ import annotations
