@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
-from botkit.core.records import Commit, Committed, ConversationChange, OutboxItem
+from botkit.core.records import Commit, Committed, ConversationChange, Inbound, OutboxItem
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
 __all__ = ["ATTENTION", "FUNNEL_COUNTS", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
-           "history_detail", "outbound_row", "started_results", "status_body"]
+           "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
+           "status_body"]
 
 # Conditions that name the rows of a partial index, shared by every engine's schema and
 # queries: a query repeats its index's condition word for word, or the planner may scan.
@@ -44,6 +46,16 @@ def outbound_row(
             item.payload.get("validity_period"), "question" if item.question else None,
             inbound_id, now, "sending" if claim else "queued", 1 if claim else 0, claim,
             time.time() if claim else None, item.notice_key]
+
+
+# What a stored user message is read back with (``inbound_of``).
+INBOUND_COLUMNS = "id, message_token, phone, time, text, tracking_data, attempts"
+
+
+def inbound_of(r: Mapping[str, Any]) -> Inbound:
+    """A stored user message from its row of ``INBOUND_COLUMNS``."""
+    return Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
+                   text=r["text"], tracking_data=r["tracking_data"], attempts=r["attempts"])
 
 
 def conversation_values(conv: ConversationChange, now: float) -> dict[str, Any]:

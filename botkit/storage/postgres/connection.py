@@ -30,9 +30,9 @@ from botkit.core.records import Inbound, StatusChange, TimerSpec
 from botkit.errors import ConcurrentUpdateError, StoreUnavailableError, TimerTakenError
 from botkit.process import process_name
 from botkit.storage.postgres.schema import migrate
-from botkit.storage.rows import conversation_from_row
+from botkit.storage.rows import INBOUND_COLUMNS, conversation_from_row, inbound_of
 
-__all__ = ["INBOUND_COLUMNS", "PgConnection", "inbound_of", "masked"]
+__all__ = ["PgConnection", "masked"]
 
 log = logging.getLogger("botkit.store")
 
@@ -67,12 +67,6 @@ class _Held:
     pending: list[Inbound] | None = None
 
 
-INBOUND_COLUMNS = "id, message_token, phone, time, text, tracking_data, attempts"
-
-
-def inbound_of(r: asyncpg.Record | dict[str, Any]) -> Inbound:
-    return Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
-                   text=r["text"], tracking_data=r["tracking_data"], attempts=r["attempts"])
 
 
 _TURN: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("botkit_pg_turn",

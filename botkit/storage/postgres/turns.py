@@ -13,14 +13,16 @@ from botkit.core.records import Commit, Committed, Inbound, Outgoing, RoutingCon
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply
 from botkit.process import process_name
-from botkit.storage.postgres.connection import _TURN, INBOUND_COLUMNS, PgConnection, inbound_of
+from botkit.storage.postgres.connection import _TURN, PgConnection
 from botkit.storage.rows import (
+    INBOUND_COLUMNS,
     OPEN,
     OUTBOUND_COLUMNS,
     QUEUE,
     batch_of_starts,
     conversation_from_row,
     conversation_values,
+    inbound_of,
     outbound_row,
     started_results,
 )

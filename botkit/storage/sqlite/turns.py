@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from botkit.core.conversation import Conversation, SentRef, Status
 from botkit.core.records import (
@@ -19,11 +19,13 @@ from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply, parse_tracking_id
 from botkit.process import process_name
 from botkit.storage.rows import (
+    INBOUND_COLUMNS,
     OPEN,
     OUTBOUND_COLUMNS,
     batch_of_starts,
     conversation_from_row,
     conversation_values,
+    inbound_of,
     outbound_row,
     started_results,
 )
@@ -34,12 +36,6 @@ __all__ = ["Turns"]
 T = TypeVar("T")
 _OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(OUTBOUND_COLUMNS)) + ")"
-_INBOUND_COLUMNS = "id, message_token, phone, time, text, tracking_data, attempts"
-
-
-def _inbound(r: dict[str, Any]) -> Inbound:
-    return Inbound(id=r["id"], token=r["message_token"], phone=r["phone"], time=r["time"],
-                   text=r["text"], tracking_data=r["tracking_data"], attempts=r["attempts"])
 
 
 class Turns(Connection):
@@ -93,15 +89,15 @@ class Turns(Connection):
                 db.execute("UPDATE inbound SET attempts = attempts + 1"
                            f" WHERE id IN ({','.join('?' * len(part))})", part)
             taken = set(ids)
-            return [_inbound(r) for r in self._rows(
-                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE status = 'pending' ORDER BY id")
+            return [inbound_of(r) for r in self._rows(
+                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE status = 'pending' ORDER BY id")
                 if r["id"] in taken]
 
     async def pending_of(self, phone: str, up_to: int) -> list[Inbound]:
         rows = await self._run(
-            self._rows, f"SELECT {_INBOUND_COLUMNS} FROM inbound"
+            self._rows, f"SELECT {INBOUND_COLUMNS} FROM inbound"
             " WHERE status = 'pending' AND phone = ? AND id <= ? ORDER BY id", [phone, up_to])
-        return [_inbound(r) for r in rows]
+        return [inbound_of(r) for r in rows]
 
     # -- conversations ----------------------------------------------------------------------
 
