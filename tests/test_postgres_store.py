@@ -120,6 +120,46 @@ async def test_a_turn_uses_its_own_connection_for_its_calls(postgres):
     await store.close()
 
 
+async def test_a_turn_on_a_link_gone_silent_ends_within_the_command_timeout(
+        postgres, monkeypatch):
+    """A statement that times out on a silent link (no reset) fails the turn at once: the
+    connection is dropped, not asked to cancel, roll back and unlock, which on such a link
+    waits for minutes, holding the turn's slot and its phone."""
+    from urllib.parse import urlsplit
+
+    from botkit.storage.postgres import connection
+    from reliability.proxy import Proxy
+
+    monkeypatch.setattr(connection, "COMMAND_TIMEOUT", 1.0)
+    url = urlsplit(str(postgres.db))
+    proxy = Proxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    store = PostgresStore(url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}")
+                          .geturl(), pool_size=2)  # one turn at a time
+    await store.open()
+    loop = asyncio.get_running_loop()
+
+    async def turn(phone: str, token: str, *, silence: bool = False) -> None:
+        async with store.phone_turns(phone):
+            if silence:
+                proxy.silence()
+            await store.record_inbound(_reply(token), 1.0)
+
+    try:
+        started = loop.time()
+        with pytest.raises(StoreUnavailableError, match="database"):
+            await asyncio.wait_for(turn("7", "lost", silence=True), 30)
+        assert loop.time() - started < 3.0  # the command timeout, and no more
+        await proxy.restore()
+        for n in range(3):  # the one turn slot was given back; the pool reconnects
+            await asyncio.wait_for(turn("8", f"after{n}"), 10)
+    finally:
+        await store.close()
+        await proxy.close()
+    assert await postgres.rows("SELECT message_token FROM inbound ORDER BY id") == [
+        (f"after{n}",) for n in range(3)]
+
+
 def _reply(token: str):
     from botkit.models import InboundReply
 

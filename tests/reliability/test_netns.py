@@ -97,9 +97,6 @@ def machines():
         made.down()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known gap (docs/RELIABILITY.md): after a silent cut, a message the cut machine accepted"
-    " just before it is sometimes not answered within 180 s; open in issue 16"))
 async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on(
         tmp_path, postgres, machines):
     db = urlsplit(str(postgres.db))
@@ -121,9 +118,9 @@ async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on
         await procs.start_server(0, BOTKIT_DB=dsn["a"])
         await procs.start_server(1, BOTKIT_DB=dsn["b"])
         convs = make_conversations(3 * CONVERSATIONS)
-        # A turn that was under way on a when its link went may wait minutes (see
-        # RELIABILITY.md, "Known gaps"): the driver waits up to 3 minutes a step here.
-        driver = Driver(procs, convs, concurrency=40, spread=True, step_timeout=180.0)
+        # A turn under way on a when its link went is taken over by b after the lease and
+        # once PostgreSQL dropped a's sessions (about 11 s): well within a minute a step.
+        driver = Driver(procs, convs, concurrency=40, spread=True, step_timeout=60.0)
         play = asyncio.create_task(driver.run())
         async with aiohttp.ClientSession() as session:
             await asyncio.sleep(1.5)
@@ -137,19 +134,12 @@ async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on
             # is older than the lease, and PostgreSQL has dropped a's sessions that held the
             # phone's lock or its rows (keepalives, tcp_user_timeout and an idle transaction's
             # timeout: about 11 s), b's statements that waited on them tried again.
-            # (Known gap, RELIABILITY.md: in some runs it waits for a's return instead.)
-            try:
-                await wait_sent(procs, session, PHONE, 2, within=20.0)
-                during_cut = True
-            except AssertionError:
-                during_cut = False
+            await wait_sent(procs, session, PHONE, 2, within=20.0)
             taken_after = asyncio.get_running_loop().time() - cut_at
             await asyncio.sleep(max(0.0, 4 * float(LEASE) - taken_after))
         machines.restore("a")
-        async with aiohttp.ClientSession() as session:
-            await wait_sent(procs, session, PHONE, 2, within=180.0)  # never lost
         try:
-            await asyncio.wait_for(play, 400)
+            await asyncio.wait_for(play, 240)
         except TimeoutError as exc:  # which phone, and what each server said of it
             phone = str(exc).split(":")[0]
             said = "\n".join(f"--- {n}: " + "\n".join(
@@ -171,17 +161,16 @@ async def test_a_machine_cut_off_mid_load_loses_nothing_and_the_other_carries_on
         # within its request, and the provider may have taken both (no idempotency key).
         retried = sum(procs.server_log(n).count("POST /send-viber failed") for n in (0, 1))
         report = check(procs, log, convs, retried_sends=retried)
-        print(f"netns: machine a cut off mid-load, its turn taken over"
-              f" {'during the cut' if during_cut else 'only after it'} ({taken_after:.1f} s):",
+        print(f"netns: machine a cut off mid-load, its turn taken over by b in"
+              f" {taken_after:.1f} s:",
               report.summary(), f"callbacks refused or unanswered: {driver.reposts},"
               f" sends retried within their request: {retried}")
         assert report.problems == []
         assert report.handled == 4 * len(convs)
         assert report.doubled <= report.resent_after_crash + retried
         assert driver.reposts > 0  # a's callbacks failed and went to b
-        if during_cut:  # b took the cut machine's work over
-            assert re.search(r"resuming \d+ messages accepted but not handled by processes",
-                             procs.server_log(1))
+        assert re.search(r"resuming \d+ messages accepted but not handled by processes",
+                         procs.server_log(1))  # b took the cut machine's work over
     finally:
         procs.close()
         for proxy in proxies.values():

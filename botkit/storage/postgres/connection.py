@@ -109,10 +109,20 @@ class PgConnection:
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        """The turn's connection (in the task holding a phone's lock), or one of the pool."""
+        """The turn's connection (in the task holding a phone's lock), or one of the pool.
+
+        A connection whose statement failed to reach the server, timed out or was cancelled
+        is dropped, never used again (see ``_lost``).
+        """
         held = _TURN.get()
         if held is not None and held.task is asyncio.current_task():
-            yield held.conn
+            try:
+                yield held.conn
+            except _UNREACHABLE as exc:
+                raise self._lost(held.conn, exc) from exc
+            except asyncio.CancelledError:
+                self._lost(held.conn, None)
+                raise
             return
         try:
             conn = await self.pool.acquire(timeout=CONNECT_TIMEOUT)
@@ -121,37 +131,63 @@ class PgConnection:
         try:
             yield conn
         except _UNREACHABLE as exc:
-            raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+            raise self._lost(conn, exc) from exc
+        except asyncio.CancelledError:
+            self._lost(conn, None)
+            raise
         finally:
             await self._release(conn)
 
+    def _lost(self, conn: asyncpg.Connection, exc: BaseException | None
+              ) -> StoreUnavailableError:
+        """Drop ``conn`` at once, without another word to the server; what to raise.
+
+        After a statement timed out (or its task was cancelled) asyncpg asks the server to
+        cancel it over a new connection, and every later statement on ``conn``, a rollback
+        or a lock's release included, waits first for that request and then for the
+        server's answer on ``conn``. On a link that went silent that is the kernel's connect
+        timeout and then its retransmission timeout: minutes, with the turn's slot and its
+        phone held. The server ends the dropped session by itself (keepalives and
+        ``tcp_user_timeout``, about 11 s), rolling back its transaction and releasing its
+        locks; the pool opens a fresh connection in its place.
+        """
+        if not _gone(conn):
+            conn.terminate()
+        self._locking.discard(conn)
+        reason = "cancelled" if exc is None else _reason(exc)
+        return StoreUnavailableError(f"database {self.where}: {reason}")
+
     async def _release(self, conn: asyncpg.Connection) -> None:
-        """Give a connection back, within CONNECT_TIMEOUT. After a statement timed out,
-        asyncpg cancels it through a new connection and the release waits for that: on a
-        link that went silent, for minutes (the kernel's connect timeout), holding the turn
-        slot. Past the timeout the connection is dropped instead."""
-        try:  # past the timeout asyncpg terminates the connection itself, then raises
+        """Give a connection back, within CONNECT_TIMEOUT; past it the connection is
+        dropped (asyncpg terminates it)."""
+        try:
             await self.pool.release(conn, timeout=CONNECT_TIMEOUT)
         except (TimeoutError, *_UNREACHABLE):
             self._locking.discard(conn)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
-        """One atomic unit of work: a transaction (a savepoint inside a turn's own)."""
+        """One atomic unit of work: a transaction (a savepoint inside a turn's own).
+
+        On a lost connection nothing is rolled back here: ``_conn`` drops the connection,
+        and the server rolls the transaction back.
+        """
         async with self._conn() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            self.jobs += 1
             try:
-                async with conn.transaction():
-                    self.jobs += 1
-                    yield conn
-            except _UNREACHABLE as exc:
-                raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+                yield conn
+            except BaseException as exc:
+                if not (isinstance(exc, (*_UNREACHABLE, asyncio.CancelledError))
+                        or _gone(conn)):
+                    await tx.rollback()
+                raise
+            await tx.commit()
 
     async def _rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         async with self._conn() as conn:
-            try:
-                return [dict(r) for r in await conn.fetch(sql, *args)]
-            except _UNREACHABLE as exc:
-                raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+            return [dict(r) for r in await conn.fetch(sql, *args)]
 
     async def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
         rows = await self._rows(sql, *args)
@@ -200,22 +236,20 @@ class PgConnection:
         """
         async with self._turns, self._conn() as conn:
             self._locking.add(conn)  # until unlocked: the pool's reset unlocks otherwise
-            try:
-                pending = await self._lock(conn, phone)
-            except _UNREACHABLE as exc:
-                raise StoreUnavailableError(f"database {self.where}: {_reason(exc)}") from exc
+            pending = await self._lock(conn, phone)
             token = _TURN.set(_Held(conn, asyncio.current_task(), pending))
             try:
                 yield
             finally:
                 _TURN.reset(token)
-                try:
-                    await conn.execute(
-                        "SELECT pg_advisory_unlock(hashtextextended($1, 0))", phone)
-                except _UNREACHABLE:
-                    pass  # the connection is gone, and its locks with it
-                else:
-                    self._locking.discard(conn)
+                if not _gone(conn):  # else its locks went with it
+                    try:
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock(hashtextextended($1, 0))", phone)
+                    except _UNREACHABLE as exc:
+                        self._lost(conn, exc)  # and its locks with it
+                    else:
+                        self._locking.discard(conn)
 
     @staticmethod
     async def _lock(conn: asyncpg.Connection, phone: str) -> list[Inbound]:
@@ -356,6 +390,14 @@ class PgConnection:
             " sms_message_status = CASE WHEN sms_message_status IN (2, 3, 5)"
             " THEN sms_message_status ELSE coalesce($2, sms_message_status) END WHERE id = $3",
             sms_id, sms_status, outbox_id)
+
+
+def _gone(conn: asyncpg.Connection) -> bool:
+    """``conn`` was closed or dropped (a pool's connection is detached once dropped)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 def _reason(exc: BaseException) -> str:
