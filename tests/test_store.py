@@ -156,6 +156,36 @@ async def test_an_early_status_plans_its_timers_when_the_send_is_recorded(backen
     await store.close()
 
 
+async def test_a_question_sent_late_moves_its_timers_and_expiry_to_the_send(backend):
+    from botkit.core.lifecycle import LATE_SEND
+
+    store = await backend.opened()
+    asked = []
+    for n in range(2):  # sent late, then on time
+        question = OutboxItem(phone=f"2{n}", flow="f", step="q", template="t", text="q?",
+                              message_type=206, payload={"text": "q?"}, question=True)
+        change = ConversationChange(phone=f"2{n}", flow="f", step="q", status=Status.ACTIVE,
+                                    state={}, retries=0, expires_at=1000.0)
+        asked.append(await store.commit(Commit(
+            inbound_id=None, conversation=change, outbox=(question,), timers=(
+                TimerSpec(kind="remind", flow="f", step="q", due_at=100.0),
+                TimerSpec(kind="expire", flow="f", step="q", due_at=1000.0))), 10.0))
+    await store.claim_outbox(2, 10.0)
+    late = 10.0 + LATE_SEND + 30
+    await store.mark_sent(asked[0].outbox_ids[0], 501, late, RULES)
+    await store.mark_sent(asked[1].outbox_ids[0], 502, 11.0, RULES)
+    await store.close()
+    by = LATE_SEND + 30
+    assert await backend.rows(
+        "SELECT conversation_id, kind, due_at FROM timers ORDER BY conversation_id, kind") == [
+        (asked[0].conversation_id, "expire", 1000.0 + by),
+        (asked[0].conversation_id, "remind", 100.0 + by),
+        (asked[1].conversation_id, "expire", 1000.0),
+        (asked[1].conversation_id, "remind", 100.0)]
+    assert await backend.rows("SELECT id, expires_at FROM conversations ORDER BY id") == [
+        (asked[0].conversation_id, 1000.0 + by), (asked[1].conversation_id, 1000.0)]
+
+
 async def test_the_sms_fallback_s_final_status_stays(backend):
     store = await backend.opened()
     [outbox_id] = (await store.commit(Commit(inbound_id=None, outbox=(item("1", 0),)), 1.0)).outbox_ids

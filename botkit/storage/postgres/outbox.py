@@ -67,10 +67,14 @@ class PgOutbox(PgConnection):
         self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules, *,
         claimer: str | None = None,
     ) -> None:
-        async with self._tx() as conn:
-            # The message's lock first (``record_status`` takes it too): a status that
-            # arrives meanwhile, at any process, either finds the message sent or is found
-            # by the read of early statuses below, never neither.
+        # Two statements, each a transaction by itself, in the usual case. The first takes
+        # the message's lock (``record_status`` takes it too) and marks it sent; the second,
+        # with a snapshot taken after that lock was held, reads its early statuses. A status
+        # arriving meanwhile, at any process, either finds the message sent (its transaction
+        # took the lock after the first statement committed) or is read by the second (the
+        # first waited for its transaction to commit): never neither.
+        async with self._conn() as conn:
+            self.jobs += 1
             sent = await conn.fetchrow(
                 "WITH locked AS (SELECT pg_advisory_xact_lock($1))"
                 " UPDATE outbound SET status = 'sent', message_id = $1, sent_at = $2,"
@@ -79,32 +83,41 @@ class PgOutbox(PgConnection):
                 message_id, now, outbox_id, claimer)
             if sent is None:  # another process took the claim over: its send stands
                 return
-            events = await conn.fetch(
-                "SELECT status, sms_message_id, sms_message_status FROM status_events"
-                " WHERE message_id = $1 ORDER BY id", message_id)
             shift = rules.late_shift(SentQuestion(
                 conversation_id=sent["conversation_id"], flow=sent["flow"],
                 step=sent["step"], question=sent["role"] == "question",
                 created_at=sent["created_at"]), now)
             if shift is not None:
+                # The question went late: its step's timers and the conversation's expiry
+                # count from now (a crash just before this leaves them counting from the turn).
                 await conn.execute(
-                    "UPDATE timers SET due_at = due_at + $1 WHERE conversation_id = $2"
-                    " AND flow = $3 AND step = $4 AND status = 'pending'"
-                    " AND kind = ANY($5::text[])",
+                    "WITH timers_shifted AS (UPDATE timers SET due_at = due_at + $1"
+                    " WHERE conversation_id = $2 AND flow = $3 AND step = $4"
+                    " AND status = 'pending' AND kind = ANY($5::text[]))"
+                    " UPDATE conversations SET expires_at = expires_at + $1"
+                    " WHERE id = $2 AND flow = $3 AND step = $4 AND status = 'active'",
                     shift.by, shift.conversation_id, shift.flow, shift.step,
                     list(shift.kinds))
-                await conn.execute(
-                    "UPDATE conversations SET expires_at = expires_at + $1"
-                    " WHERE id = $2 AND flow = $3 AND step = $4 AND status = 'active'",
-                    shift.by, shift.conversation_id, shift.flow, shift.step)
-            if not events:
-                return
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM status_events"
+                                   " WHERE message_id = $1)", message_id):
+                await self._early_statuses(outbox_id, message_id, now, rules)
+
+    async def _early_statuses(
+        self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules
+    ) -> None:
+        """Apply the statuses that came before the send was recorded, under the message's
+        lock (a status arriving now waits, then finds what this applied)."""
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", message_id)
+            events = await conn.fetch(
+                "SELECT status, sms_message_id, sms_message_status FROM status_events"
+                " WHERE message_id = $1 ORDER BY id", message_id)
             best = rules.furthest(e["status"] for e in events)
             sms = next(((e["sms_message_id"], e["sms_message_status"]) for e in reversed(events)
                         if e["sms_message_id"] is not None
                         or e["sms_message_status"] is not None), (None, None))
-            row = await conn.fetchrow(f"SELECT {SENT_COLUMNS} FROM outbound WHERE id = $1",
-                                      outbox_id)
+            row = await conn.fetchrow(
+                f"SELECT {SENT_COLUMNS} FROM outbound WHERE id = $1 FOR UPDATE", outbox_id)
             assert row is not None
             await self._apply_sms(conn, outbox_id, *sms)
             if best is not None:

@@ -16,6 +16,7 @@ import logging
 import asyncpg
 
 from botkit.errors import SchemaTooNewError
+from botkit.storage.postgres.commit import REFUSE_FUNCTION
 from botkit.storage.rows import ATTENTION, QUEUE, UNCONFIRMED
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "migrate"]
@@ -154,6 +155,7 @@ CREATE TABLE send_rate (id INTEGER PRIMARY KEY, next_at DOUBLE PRECISION NOT NUL
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", P001_INITIAL),
+    ("p002_refuse", REFUSE_FUNCTION),  # a turn's commit in one statement (postgres.commit)
 ]
 
 

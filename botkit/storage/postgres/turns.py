@@ -6,22 +6,19 @@ import asyncio
 import json
 from collections.abc import Callable, Collection
 
-import asyncpg
-
 from botkit.core.conversation import Conversation, SentRef, Status
-from botkit.core.records import Commit, Committed, Inbound, Outgoing, RoutingContext
-from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
+from botkit.core.records import Commit, Committed, Inbound, RoutingContext
+from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply
 from botkit.process import process_name
+from botkit.storage.postgres.commit import run_commit
 from botkit.storage.postgres.connection import _TURN, PgConnection
 from botkit.storage.rows import (
     INBOUND_COLUMNS,
     OPEN,
     OUTBOUND_COLUMNS,
-    QUEUE,
     batch_of_starts,
     conversation_from_row,
-    conversation_values,
     inbound_of,
     outbound_row,
     started_results,
@@ -29,26 +26,6 @@ from botkit.storage.rows import (
 
 __all__ = ["PgTurns"]
 
-_OUTBOUND_INSERT = (
-    f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES ("
-    + ", ".join(f"${n}" for n in range(1, len(OUTBOUND_COLUMNS) + 1)) + ") RETURNING id")
-# The first message of a turn, claimed for its sender unless an earlier message of the phone
-# still waits (each phone's messages in order): the check and the insert in one statement.
-_CLAIM_COLUMNS = {"status": "'queued'", "attempts": "0", "claimed_by": "NULL",
-                  "claimed_at": "NULL"}
-# INSERT ... SELECT infers no parameter's type from its column: each is named.
-_CASTS = {"conversation_id": "bigint", "message_type": "int", "ttl": "bigint",
-          "inbound_id": "bigint", "created_at": "float8", "attempts": "int",
-          "claimed_at": "float8"}
-_OUTBOUND_INSERT_CLAIMED = (
-    f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) SELECT "
-    + ", ".join(
-        f"CASE WHEN w.waiting THEN {_CLAIM_COLUMNS[c]} ELSE ${n}::{_CASTS.get(c, 'text')} END"
-        if c in _CLAIM_COLUMNS else f"${n}::{_CASTS.get(c, 'text')}"
-        for n, c in enumerate(OUTBOUND_COLUMNS, start=1))
-    + f" FROM (SELECT EXISTS (SELECT 1 FROM outbound WHERE {QUEUE}"
-    f" AND phone = ${OUTBOUND_COLUMNS.index('phone') + 1}) AS waiting) AS w"
-    " RETURNING id, status = 'sending' AS claimed")
 _OUTBOUND_INSERT_WITH_ID = (
     f"INSERT INTO outbound (id, {', '.join(OUTBOUND_COLUMNS)}) VALUES ("
     + ", ".join(f"${n}" for n in range(1, len(OUTBOUND_COLUMNS) + 2)) + ")")
@@ -149,8 +126,9 @@ class PgTurns(PgConnection):
     # -- commits ----------------------------------------------------------------------------
 
     async def commit(self, change: Commit, now: float) -> Committed:
-        async with self._tx() as conn:
-            return await self._commit(conn, change, now)
+        async with self._conn() as conn:  # one statement: a transaction by itself
+            self.jobs += 1
+            return await run_commit(conn, change, now)
 
     async def commit_many(
         self, changes: list[Commit], now: float
@@ -162,7 +140,7 @@ class PgTurns(PgConnection):
             for change in changes:
                 try:
                     async with conn.transaction():  # its own savepoint
-                        done.append(await self._commit(conn, change, now))
+                        done.append(await run_commit(conn, change, now))
                 except ConcurrentUpdateError as exc:
                     done.append(exc)
         return done
@@ -212,79 +190,3 @@ class PgTurns(PgConnection):
                     (outbox_id, *outbound_row(item, conv_id, None, now, None))
                     for outbox_id, (conv_id, item) in zip(outbox_ids, items, strict=True)])
         return started_results(convs, started, outbox_ids)
-
-    async def _commit(self, conn: asyncpg.Connection, change: Commit, now: float) -> Committed:
-        if change.fire is not None:
-            await self._finish_timer(conn, change.fire.id, "fired", change.error, now)
-        for conv, status in change.closes:
-            await self._update_conversation(
-                conn, conv.id, conv.version, {"status": status.value, "updated_at": now})
-            await self._cancel_timers(conn, conv.id, now)
-        conv_id = await self._save_conversation(conn, change, now)
-        conv_id = conv_id if conv_id is not None else change.link
-        if conv_id is not None and change.conversation is not None:
-            if change.reset_timers or change.conversation.status is not Status.ACTIVE:
-                await self._cancel_timers(conn, conv_id, now)
-            await self._add_timers(conn, conv_id, change.conversation.phone, change.timers,
-                                   now)
-        outbox_ids: list[int] = []
-        claimed: list[Outgoing] = []
-        for n, item in enumerate(change.outbox):
-            if item.notice_key is not None and await conn.fetchval(
-                    "SELECT 1 FROM outbound WHERE phone = $1 AND notice_key = $2",
-                    item.phone, item.notice_key) is not None:
-                raise ConcurrentUpdateError(
-                    f"{item.phone} already has notice {item.notice_key!r}")
-            row_conv = conv_id if item.in_conversation else None
-            # The first message goes straight to a sender with a free slot, unless an
-            # earlier message of the phone still waits (each phone's messages in order).
-            claim = change.claim_for if n == 0 else None
-            values = outbound_row(item, row_conv, change.inbound_id, now, claim)
-            try:
-                if claim:
-                    inserted = await conn.fetchrow(_OUTBOUND_INSERT_CLAIMED, *values)
-                    outbox_id, took = inserted["id"], inserted["claimed"]
-                else:
-                    outbox_id, took = await conn.fetchval(_OUTBOUND_INSERT, *values), False
-            except asyncpg.UniqueViolationError as exc:  # the notice, sent meanwhile
-                if exc.constraint_name != "outbound_notice":
-                    raise
-                raise ConcurrentUpdateError(
-                    f"{item.phone} already has notice {item.notice_key!r}") from exc
-            outbox_ids.append(outbox_id)
-            if took:
-                claimed.append(Outgoing(id=outbox_id, phone=item.phone, payload=item.payload,
-                                        attempts=1, conversation_id=row_conv))
-        if change.inbound_id is not None:
-            flow, step = change.handled_by or (None, None)
-            done = await conn.execute(
-                "UPDATE inbound SET status = $1, route = $2, error = $3, conversation_id = $4,"
-                " handled_at = $5, flow = $6, step = $7, outcome = $8"
-                " WHERE id = $9 AND status = 'pending'",
-                change.outcome, change.route, change.error, conv_id, now, flow, step,
-                change.did, change.inbound_id)
-            if done != "UPDATE 1":  # another turn (process) handled it first: void
-                raise DuplicateMessageError(f"message {change.inbound_id} was already handled")
-        return Committed(conv_id, outbox_ids, claimed)
-
-    async def _save_conversation(
-        self, conn: asyncpg.Connection, change: Commit, now: float
-    ) -> int | None:
-        conv = change.conversation
-        if conv is None:
-            return None
-        values = conversation_values(conv, now)
-        if conv.id is not None:
-            await self._update_conversation(conn, conv.id, conv.expected_version, values)
-            return conv.id
-        try:  # the whole turn rolls back on a conflict (commit_many: its savepoint)
-            conv_id: int = await conn.fetchval(
-                "INSERT INTO conversations (phone, flow, step, status, state, retries,"
-                " expires_at, updated_at, flow_version, created_at, version)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0) RETURNING id",
-                conv.phone, *values.values(), now)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != "conversations_open":
-                raise
-            raise ConcurrentUpdateError(f"{conv.phone} already has an open conversation") from exc
-        return conv_id
