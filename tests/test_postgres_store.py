@@ -6,6 +6,7 @@ test_store.py."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -69,9 +70,8 @@ async def test_two_processes_ask_for_each_unconfirmed_message_once(postgres):
 
 
 async def test_a_due_timer_is_read_by_one_process_until_its_lease_ends(postgres):
-    from botkit.storage.postgres.statuses import TIMER_LEASE
-
-    a, b = await postgres.opened(), await postgres.opened()
+    lease = 12.0  # BOTKIT_LEASE
+    a, b = await postgres.opened(lease=lease), await postgres.opened(lease=lease)
     for n in range(10):
         change = ConversationChange(phone=f"4{n}", flow="f", step="q", status=Status.ACTIVE,
                                     state={}, retries=0, expires_at=9e9)
@@ -80,8 +80,8 @@ async def test_a_due_timer_is_read_by_one_process_until_its_lease_ends(postgres)
     first, second = await asyncio.gather(a.due_timers(6.0, 10), b.due_timers(6.0, 10))
     assert len(first) + len(second) == 10
     assert not {t.id for t in first} & {t.id for t in second}
-    assert await a.due_timers(6.0 + TIMER_LEASE - 1, 10) == []  # leased, not fired
-    assert len(await b.due_timers(6.0 + TIMER_LEASE, 10)) == 10  # the lease ran out
+    assert await a.due_timers(6.0 + lease - 1, 10) == []  # leased, not fired
+    assert len(await b.due_timers(6.0 + lease, 10)) == 10  # the lease ran out
     await a.close()
     await b.close()
 
@@ -120,6 +120,25 @@ async def test_a_turn_uses_its_own_connection_for_its_calls(postgres):
     await store.close()
 
 
+async def test_a_turn_reads_its_routing_with_its_lock_and_afresh_after_a_commit(postgres):
+    store = await postgres.opened()
+    change = ConversationChange(phone="9", flow="f", step="q", status=Status.ACTIVE, state={},
+                                retries=0, expires_at=9e9)
+    asked = await store.commit(Commit(inbound_id=None, conversation=change, outbox=(
+        replace(question("9", 1), flow="f", step="q", in_conversation=True),)), 1.0)
+    await store.claim_outbox(1, 1.0)
+    await store.mark_sent(asked.outbox_ids[0], 900, 1.0, RULES)
+    outside = await store.routing_context("9", 900)
+    async with store.phone_turns("9", 900):
+        sent, tracked, active = await store.routing_context("9", 900)  # read with the lock
+        assert (sent, tracked, active) == outside
+        assert sent is not None and sent.message_id == 900
+        assert tracked is not None and tracked.id == active.id == asked.conversation_id
+        await store.commit(Commit(inbound_id=None, closes=((active, Status.DONE),)), 2.0)
+        assert (await store.routing_context("9", 900))[2] is None  # afresh: closed now
+    await store.close()
+
+
 async def test_a_turn_on_a_link_gone_silent_ends_within_the_command_timeout(
         postgres, monkeypatch):
     """A statement that times out on a silent link (no reset) fails the turn at once: the
@@ -143,6 +162,7 @@ async def test_a_turn_on_a_link_gone_silent_ends_within_the_command_timeout(
         async with store.phone_turns(phone):
             if silence:
                 proxy.silence()
+            await store.open_conversations([phone])  # a read on the turn's own connection
             await store.record_inbound(_reply(token), 1.0)
 
     try:

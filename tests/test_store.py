@@ -200,6 +200,17 @@ async def test_the_sms_fallback_s_final_status_stays(backend):
     await store.close()
 
 
+async def test_messages_stored_at_once_keep_their_order_and_each_token_once(backend):
+    store = await backend.opened()
+    replies = [reply(f"at-once-{n % 30}", f"38050{n % 3}") for n in range(40)]  # 10 again
+    ids = await asyncio.gather(*(store.record_inbound(r, 1.0) for r in replies))
+    assert ids[30:] == [None] * 10  # each token stored once
+    assert all(isinstance(i, int) for i in ids[:30]) and ids[:30] == sorted(ids[:30])
+    pending = await store.pending_inbound()
+    assert [i.token for i in pending] == [f"at-once-{n}" for n in range(30)]  # in order
+    await store.close()
+
+
 async def test_a_message_is_handled_once_even_when_two_turns_commit_it(backend):
     store = await backend.opened()
     inbound_id = await store.record_inbound(reply("t1", "380501"), 1.0)

@@ -54,7 +54,7 @@ def with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) -
     settings = settings_of(args)
 
     async def run() -> int:
-        store = store_for(settings.db, pool_size=settings.db_pool)
+        store = store_for(settings.db, pool_size=settings.db_pool, lease=settings.lease)
         await store.open()
         try:
             return await job(store)

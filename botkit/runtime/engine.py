@@ -55,9 +55,10 @@ class Engine(Proactive, Events):
         """
         if not self.store.shared:
             return await (self.fire(item) if isinstance(item, Timer) else self._once(item))
-        async with self.store.phone_turns(item.phone):
-            if isinstance(item, Timer):
+        if isinstance(item, Timer):
+            async with self.store.phone_turns(item.phone):
                 return await self.fire(item)
+        async with self.store.phone_turns(item.phone, parse_tracking_id(item.tracking_data)):
             for inbound in await self.store.pending_of(item.phone, item.id):
                 await self._once(inbound)
 

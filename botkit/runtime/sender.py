@@ -35,7 +35,11 @@ log = logging.getLogger("botkit.sender")
 
 LEASE = 600.0  # without heartbeats, a claim from another host older than this is abandoned
 LOOKAHEAD = 0.05  # with a rate limit, only messages that may start this soon are claimed
-SHARED_MARGIN = 0.92  # a rate shared by processes is planned at this share of it
+SHARED_MARGIN = 0.9  # a rate shared by processes is planned at this share of it
+# A start of the shared rate missed by more than this (the event loop stalled) is given up,
+# its message claimed again with a new one: started late, it would bunch with the other
+# processes' starts into more than the rate in one second. Under (1 - SHARED_MARGIN) s.
+SHARED_SLOT_GRACE = 0.05
 _LIVE: set[str] = set()  # the senders running in this process (their claim names)
 
 
@@ -343,6 +347,11 @@ class Sender:
             delay = start_at - loop.time()
             if delay > 0:  # the rate limit's turn of this message
                 await asyncio.sleep(delay)
+            if self._shared_rate and loop.time() - start_at > SHARED_SLOT_GRACE:
+                await self._record(self.store.requeue, [row.id], "its start was missed",
+                                   tried=False, claimer=self.name)
+                self._backlog = True  # claimed again at once, with a start of its own
+                return
             if self.rate > 0:
                 await self._window()
             # Checked against every provider limit when the turn made it (runtime.composer).

@@ -97,9 +97,15 @@ class TurnStore(ABC):
     shared: ClassVar[bool] = False
 
     @asynccontextmanager
-    async def phone_turns(self, phone: str) -> AsyncIterator[None]:
+    async def phone_turns(
+        self, phone: str, tracking_id: int | None = None
+    ) -> AsyncIterator[None]:
         """Hold ``phone``'s turn lock across processes (a shared store); else nothing, as
-        one process's dispatcher already handles a phone's messages one at a time."""
+        one process's dispatcher already handles a phone's messages one at a time.
+
+        ``tracking_id``: of the message the turn is for; a store may read its routing with
+        the lock, and ``routing_context`` then answers from that read once.
+        """
         yield
 
     @abstractmethod

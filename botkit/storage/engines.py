@@ -16,8 +16,12 @@ def is_postgres(db: str | Path) -> bool:
     return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
 
 
-def store_for(db: str | Path, *, pool_size: int = 10) -> Store:
-    """The store ``db`` names, not yet opened. Each engine's driver loads only when used."""
+def store_for(db: str | Path, *, pool_size: int = 10, lease: float = 30.0) -> Store:
+    """The store ``db`` names, not yet opened. Each engine's driver loads only when used.
+
+    ``pool_size`` and ``lease`` (``BOTKIT_LEASE``: how long a process has to fire the due
+    timers it read before another may) apply to PostgreSQL.
+    """
     if is_postgres(db):
         try:
             from botkit.storage.postgres import PostgresStore
@@ -25,7 +29,7 @@ def store_for(db: str | Path, *, pool_size: int = 10) -> Store:
             raise ConfigError(
                 f"BOTKIT_DB names a PostgreSQL database, but its driver is not installed"
                 f" ({exc}): pip install 'botkit[postgres]' (or -e '.[postgres]')") from None
-        return PostgresStore(str(db), pool_size=pool_size)
+        return PostgresStore(str(db), pool_size=pool_size, lease=lease)
     from botkit.storage.sqlite import SQLiteStore
 
     return SQLiteStore(db)

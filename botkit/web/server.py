@@ -121,7 +121,8 @@ def create_app(
         provider = FakeProvider(first_id=now_ms, first_token=now_ms * 10)
     app[SETUP] = _Setup(
         settings=settings, flows=FlowSet(flows), renderer=renderer, clock=clock,
-        store=store or store_for(settings.db, pool_size=settings.db_pool), session=session,
+        store=store or store_for(settings.db, pool_size=settings.db_pool,
+                                lease=settings.lease), session=session,
         retry=retry or RetryPolicy(), raise_errors=raise_errors,
         # The chat shows a user's message that reached the bot some other way (curl).
         on_inbound=provider.observe_reply if provider is not None else None,

@@ -26,11 +26,11 @@ import asyncpg
 
 from botkit.core.conversation import Conversation
 from botkit.core.lifecycle import DeliveryRules
-from botkit.core.records import Inbound, StatusChange, TimerSpec
+from botkit.core.records import Inbound, RoutingContext, StatusChange, TimerSpec
 from botkit.errors import ConcurrentUpdateError, StoreUnavailableError, TimerTakenError
 from botkit.process import process_name
 from botkit.storage.postgres.schema import migrate
-from botkit.storage.rows import INBOUND_COLUMNS, conversation_from_row, inbound_of
+from botkit.storage.rows import conversation_from_row
 
 __all__ = ["PgConnection", "masked"]
 
@@ -65,6 +65,9 @@ class _Held:
     conn: asyncpg.Connection
     task: asyncio.Task[Any] | None
     pending: list[Inbound] | None = None
+    # The routing of the message the turn is for (its tracking id, what it read), read with
+    # the lock; ``routing_context`` answers from it once.
+    routing: tuple[int | None, RoutingContext] | None = None
 
 
 
@@ -88,10 +91,11 @@ class PgConnection:
 
     shared = True  # several processes serve callbacks on one database
 
-    def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 10, lease: float = 30.0) -> None:
         self.dsn = dsn
         self.where = masked(dsn)
         self.pool_size = pool_size
+        self.lease = lease  # seconds a process has to fire the due timers it read
         self._pool: asyncpg.Pool | None = None
         self.jobs = 0  # transactions run, for /healthz
         # A turn keeps its connection while its handler runs: at most half the pool does,
@@ -225,51 +229,6 @@ class PgConnection:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
-
-    @asynccontextmanager
-    async def phone_turns(self, phone: str) -> AsyncIterator[None]:
-        """Hold ``phone``'s lock, on a connection every store call of this task then uses.
-
-        An advisory lock on the phone's 64-bit hash: held by one process at a time; released
-        when the turn ends or, should the process die, when its connection does. At most
-        half the pool's connections are held by turns at once (``pool_size // 2``).
-        """
-        async with self._turns, self._conn() as conn:
-            self._locking.add(conn)  # until unlocked: the pool's reset unlocks otherwise
-            pending = await self._lock(conn, phone)
-            token = _TURN.set(_Held(conn, asyncio.current_task(), pending))
-            try:
-                yield
-            finally:
-                _TURN.reset(token)
-                if not _gone(conn):  # else its locks went with it
-                    try:
-                        await conn.execute(
-                            "SELECT pg_advisory_unlock(hashtextextended($1, 0))", phone)
-                    except _UNREACHABLE as exc:
-                        self._lost(conn, exc)  # and its locks with it
-                    else:
-                        self._locking.discard(conn)
-
-    @staticmethod
-    async def _lock(conn: asyncpg.Connection, phone: str) -> list[Inbound]:
-        """Take the phone's advisory lock, trying again while another process holds it;
-        the phone's pending messages, read in the same statement.
-
-        Tries, not a blocking ``pg_advisory_lock``: each statement stays within the command
-        timeout, so a link that went silent is noticed, however long the other turn takes.
-        """
-        pause = 0.002
-        while True:
-            rows = await conn.fetch(
-                f"SELECT l.got, {', '.join('i.' + c for c in INBOUND_COLUMNS.split(', '))}"
-                " FROM (SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS got) AS l"
-                " LEFT JOIN inbound AS i ON l.got AND i.phone = $1 AND i.status = 'pending'"
-                " ORDER BY i.id", phone)
-            if rows[0]["got"]:
-                return [inbound_of(r) for r in rows if r["id"] is not None]
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
 
     # -- settings shared by every process ---------------------------------------------------
 

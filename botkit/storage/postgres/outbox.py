@@ -45,6 +45,10 @@ _CLAIM_ANYWHERE = (
     f" {_UPDATE}")
 
 
+# Whether statuses of message $1 came before its send was recorded.
+_EARLY = "EXISTS (SELECT 1 FROM status_events WHERE message_id = $1)"
+
+
 class PgOutbox(PgConnection):
     """``OutboxStore`` on PostgreSQL."""
 
@@ -87,19 +91,20 @@ class PgOutbox(PgConnection):
                 conversation_id=sent["conversation_id"], flow=sent["flow"],
                 step=sent["step"], question=sent["role"] == "question",
                 created_at=sent["created_at"]), now)
-            if shift is not None:
+            if shift is None:
+                early = await conn.fetchval(f"SELECT {_EARLY}", message_id)
+            else:
                 # The question went late: its step's timers and the conversation's expiry
                 # count from now (a crash just before this leaves them counting from the turn).
-                await conn.execute(
-                    "WITH timers_shifted AS (UPDATE timers SET due_at = due_at + $1"
-                    " WHERE conversation_id = $2 AND flow = $3 AND step = $4"
-                    " AND status = 'pending' AND kind = ANY($5::text[]))"
-                    " UPDATE conversations SET expires_at = expires_at + $1"
-                    " WHERE id = $2 AND flow = $3 AND step = $4 AND status = 'active'",
-                    shift.by, shift.conversation_id, shift.flow, shift.step,
-                    list(shift.kinds))
-            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM status_events"
-                                   " WHERE message_id = $1)", message_id):
+                early = await conn.fetchval(
+                    "WITH timers_shifted AS (UPDATE timers SET due_at = due_at + $2"
+                    " WHERE conversation_id = $3 AND flow = $4 AND step = $5"
+                    " AND status = 'pending' AND kind = ANY($6::text[])),"
+                    " expiry_shifted AS (UPDATE conversations SET expires_at = expires_at + $2"
+                    " WHERE id = $3 AND flow = $4 AND step = $5 AND status = 'active')"
+                    f" SELECT {_EARLY}", message_id, shift.by, shift.conversation_id,
+                    shift.flow, shift.step, list(shift.kinds))
+            if early:
                 await self._early_statuses(outbox_id, message_id, now, rules)
 
     async def _early_statuses(

@@ -17,9 +17,7 @@ from botkit.models import StatusUpdate
 from botkit.storage.postgres.connection import PgConnection
 from botkit.storage.rows import SENT_COLUMNS, UNCONFIRMED, status_body
 
-__all__ = ["TIMER_LEASE", "PgStatuses"]
-
-TIMER_LEASE = 60.0  # seconds a process has to fire the timers it read before another may
+__all__ = ["PgStatuses"]
 
 
 class PgStatuses(PgConnection):
@@ -56,7 +54,7 @@ class PgStatuses(PgConnection):
                 " UPDATE timers AS t SET leased_until = $1 + $3 FROM picked"
                 " WHERE t.id = picked.id RETURNING t.id, t.conversation_id, t.phone, t.kind,"
                 " t.flow, t.step, t.due_at, t.message_id",
-                now, limit, TIMER_LEASE)
+                now, limit, self.lease)
         return sorted((Timer(**dict(r)) for r in rows), key=lambda t: (t.due_at, t.id))
 
     async def skip_timer(self, timer_id: int, reason: str, now: float) -> bool:

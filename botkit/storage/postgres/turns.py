@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
 
 from botkit.core.conversation import Conversation, SentRef, Status
 from botkit.core.records import Commit, Committed, Inbound, RoutingContext
@@ -12,7 +16,13 @@ from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply
 from botkit.process import process_name
 from botkit.storage.postgres.commit import run_commit
-from botkit.storage.postgres.connection import _TURN, PgConnection
+from botkit.storage.postgres.connection import (
+    _TURN,
+    _UNREACHABLE,
+    PgConnection,
+    _gone,
+    _Held,
+)
 from botkit.storage.rows import (
     INBOUND_COLUMNS,
     OPEN,
@@ -24,24 +34,106 @@ from botkit.storage.rows import (
     started_results,
 )
 
-__all__ = ["PgTurns"]
+__all__ = ["INBOUND_BATCH", "PgTurns"]
+
+INBOUND_BATCH = 200  # callbacks stored by one statement at most
 
 _OUTBOUND_INSERT_WITH_ID = (
     f"INSERT INTO outbound (id, {', '.join(OUTBOUND_COLUMNS)}) VALUES ("
     + ", ".join(f"${n}" for n in range(1, len(OUTBOUND_COLUMNS) + 2)) + ")")
 
 
+# A message's routing (``RoutingContext``), as a LATERAL join ($1 the phone, $2 the tracking
+# id, $3 the open statuses): the phone's open conversation, the message it answers, and that
+# message's conversation when it is another one.
+_ROUTING = (
+    "LATERAL (SELECT c.cv AS active, o.message_id AS s_message_id,"
+    " o.conversation_id AS s_conversation, o.flow AS s_flow, o.step AS s_step, t AS tracked"
+    " FROM (SELECT 1) AS one"
+    " LEFT JOIN LATERAL (SELECT cv FROM conversations AS cv WHERE cv.phone = $1"
+    "  AND cv.status = ANY($3::text[]) LIMIT 1) AS c ON true"
+    " LEFT JOIN LATERAL (SELECT message_id, conversation_id, flow, step FROM outbound"
+    "  WHERE message_id = $2 AND phone = $1 ORDER BY id DESC LIMIT 1) AS o"
+    "  ON $2::bigint IS NOT NULL"
+    " LEFT JOIN conversations AS t ON t.id = o.conversation_id"
+    "  AND t.id IS DISTINCT FROM (c.cv).id) AS r")
+_LOCK_AND_READ = (
+    f"SELECT l.got, r.*, {', '.join('i.' + c for c in INBOUND_COLUMNS.split(', '))}"
+    " FROM (SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS got) AS l"
+    f" LEFT JOIN {_ROUTING} ON l.got"
+    " LEFT JOIN inbound AS i ON l.got AND i.phone = $1 AND i.status = 'pending'"
+    " ORDER BY i.id")
+
+
+def _routing_of(row: Any) -> RoutingContext:
+    """The routing read by ``_ROUTING`` (conversations come as their table's row type)."""
+    active = conversation_from_row(dict(row["active"])) if row["active"] else None
+    if row["s_message_id"] is None:
+        return None, None, active
+    sent = SentRef(row["s_message_id"], row["s_conversation"], row["s_flow"], row["s_step"])
+    if active is not None and active.id == sent.conversation_id:
+        return sent, active, active
+    tracked = conversation_from_row(dict(row["tracked"])) if row["tracked"] else None
+    return sent, tracked, active
+
+
 class PgTurns(PgConnection):
     """``TurnStore`` on PostgreSQL."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Callbacks waiting for their row to be stored, and the task storing them.
+        self._arriving: list[tuple[InboundReply, float, asyncio.Future[int | None]]] = []
+        self._storing: asyncio.Task[None] | None = None
+
     async def record_inbound(self, reply: InboundReply, now: float) -> int | None:
+        """Store a user's message; its id, or None for a ``message_token`` already stored.
+
+        Callbacks that arrive while an insert is in flight go into the next one together
+        (one statement, one commit for them all): under load a callback costs a fraction of
+        a round trip and of a commit, and alone it waits for nothing. Each returns only
+        once its row has committed, or raises what the insert raised.
+        """
+        stored: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._arriving.append((reply, now, stored))
+        if self._storing is None or self._storing.done():
+            self._storing = asyncio.create_task(self._store_arriving())
+        return await stored
+
+    async def _store_arriving(self) -> None:
+        while self._arriving:
+            batch, self._arriving = self._arriving[:INBOUND_BATCH], self._arriving[INBOUND_BATCH:]
+            try:
+                ids = await self._insert_inbound([(r, now) for r, now, _ in batch])
+            except BaseException as exc:
+                for _, _, stored in batch:
+                    if not stored.done():
+                        stored.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, _, stored), inbound_id in zip(batch, ids, strict=True):
+                if not stored.done():  # its callback was not cancelled meanwhile
+                    stored.set_result(inbound_id)
+
+    async def _insert_inbound(self, rows: list[tuple[InboundReply, float]]) -> list[int | None]:
+        """Insert ``rows`` in their order in one statement: each one's id, None for a token
+        stored before (or earlier in ``rows``)."""
         async with self._conn() as conn:
-            return await conn.fetchval(  # type: ignore[no-any-return]
+            self.jobs += 1
+            inserted = await conn.fetch(
                 "INSERT INTO inbound (message_token, phone, time, text, tracking_data,"
-                " received_at, received_by) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                " ON CONFLICT (message_token) DO NOTHING RETURNING id",
-                reply.message_token, reply.phone_number, reply.time, reply.message.text,
-                reply.message.tracking_data, now, process_name())
+                " received_at, received_by) SELECT token, phone, time, text, tracking,"
+                " received, $7 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],"
+                " $5::text[], $6::float8[]) WITH ORDINALITY"
+                " AS r(token, phone, time, text, tracking, received, n) ORDER BY n"
+                " ON CONFLICT (message_token) DO NOTHING RETURNING id, message_token",
+                [r.message_token for r, _ in rows], [r.phone_number for r, _ in rows],
+                [r.time for r, _ in rows], [r.message.text for r, _ in rows],
+                [r.message.tracking_data for r, _ in rows], [now for _, now in rows],
+                process_name())
+        ids = {r["message_token"]: r["id"] for r in inserted}
+        return [ids.pop(r.message_token, None) for r, _ in rows]
 
     async def record_and_route(
         self, reply: InboundReply, now: float
@@ -79,29 +171,75 @@ class PgTurns(PgConnection):
             " WHERE phone = $1 AND status = 'pending' AND id <= $2 ORDER BY id", phone, up_to)
         return [inbound_of(r) for r in rows]
 
-    # -- conversations ----------------------------------------------------------------------
+    # -- a phone's turn and its routing ------------------------------------------------------
+
+    @asynccontextmanager
+    async def phone_turns(
+        self, phone: str, tracking_id: int | None = None
+    ) -> AsyncIterator[None]:
+        """Hold ``phone``'s lock, on a connection every store call of this task then uses.
+
+        An advisory lock on the phone's 64-bit hash: held by one process at a time; released
+        when the turn ends or, should the process die, when its connection does. At most
+        half the pool's connections are held by turns at once (``pool_size // 2``). The
+        statement that takes the lock also reads the phone's pending messages
+        (``pending_of``) and the routing of a message answering ``tracking_id``
+        (``routing_context``).
+        """
+        async with self._turns, self._conn() as conn:
+            self._locking.add(conn)  # until unlocked: the pool's reset unlocks otherwise
+            pending, routing = await self._lock(conn, phone, tracking_id)
+            token = _TURN.set(_Held(conn, asyncio.current_task(), pending,
+                                    (tracking_id, routing)))
+            try:
+                yield
+            finally:
+                _TURN.reset(token)
+                if not _gone(conn):  # else its locks went with it
+                    try:
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock(hashtextextended($1, 0))", phone)
+                    except _UNREACHABLE as exc:
+                        self._lost(conn, exc)  # and its locks with it
+                    else:
+                        self._locking.discard(conn)
+
+    @staticmethod
+    async def _lock(
+        conn: asyncpg.Connection, phone: str, tracking_id: int | None
+    ) -> tuple[list[Inbound], RoutingContext]:
+        """Take the phone's advisory lock, trying again while another process holds it;
+        the phone's pending messages and the routing, read in the same statement.
+
+        Tries, not a blocking ``pg_advisory_lock``: each statement stays within the command
+        timeout, so a link that went silent is noticed, however long the other turn takes.
+        (The reads' snapshot is taken a few microseconds before the lock: a turn another
+        process committed in between is caught by the commit's checks, a message still
+        pending and the conversation's version.)
+        """
+        pause = 0.002
+        while True:
+            rows = await conn.fetch(_LOCK_AND_READ, phone, tracking_id, list(OPEN))
+            if rows[0]["got"]:
+                return ([inbound_of(r) for r in rows if r["id"] is not None],
+                        _routing_of(rows[0]))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     async def routing_context(self, phone: str, tracking_id: int | None) -> RoutingContext:
+        held = _TURN.get()
+        if held is not None and held.task is asyncio.current_task() and held.routing:
+            # Read with the phone's lock, and good for the turn's first routing only: later
+            # ones follow a commit of this turn.
+            (read_for, routing), held.routing = held.routing, None
+            if read_for == tracking_id:
+                return routing
         async with self._conn() as conn:
-            # One round trip: the phone's open conversation, and the message answered.
-            row = await conn.fetchrow(
-                "SELECT c.*, o.message_id AS s_message_id, o.conversation_id AS s_conversation,"
-                " o.flow AS s_flow, o.step AS s_step FROM (SELECT 1) AS one"
-                " LEFT JOIN LATERAL (SELECT * FROM conversations WHERE phone = $1"
-                "  AND status = ANY($3::text[]) LIMIT 1) AS c ON true"
-                " LEFT JOIN LATERAL (SELECT message_id, conversation_id, flow, step"
-                "  FROM outbound WHERE message_id = $2 AND phone = $1 ORDER BY id DESC LIMIT 1)"
-                " AS o ON $2::bigint IS NOT NULL", phone, tracking_id, list(OPEN))
-            active = conversation_from_row(dict(row)) if row["id"] is not None else None
-            sent = tracked = None
-            if row["s_message_id"] is not None:
-                sent = SentRef(row["s_message_id"], row["s_conversation"], row["s_flow"],
-                               row["s_step"])
-                if active is not None and active.id == sent.conversation_id:
-                    tracked = active
-                elif sent.conversation_id is not None:
-                    tracked = await self._conversation(conn, "id = $1", sent.conversation_id)
-            return sent, tracked, active
+            return _routing_of(await conn.fetchrow(
+                f"SELECT r.* FROM (SELECT 1) AS one, {_ROUTING}", phone, tracking_id,
+                list(OPEN)))
+
+    # -- conversations ----------------------------------------------------------------------
 
     async def open_conversations(self, phones: list[str]) -> dict[str, Conversation]:
         rows = await self._rows(
