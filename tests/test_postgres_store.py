@@ -86,6 +86,37 @@ async def test_a_due_timer_is_read_by_one_process_until_its_lease_ends(postgres)
     await b.close()
 
 
+async def test_a_campaign_s_starts_refresh_the_statistics_its_sends_are_planned_on(
+        postgres, monkeypatch):
+    from botkit.storage.postgres import turns
+
+    monkeypatch.setattr(turns, "ANALYZE_AFTER", 300)
+    store = await postgres.opened()
+
+    def start(n: int) -> Commit:
+        change = ConversationChange(phone=f"5{n:05d}", flow="f", step="q",
+                                    status=Status.ACTIVE, state={}, retries=0, expires_at=9e9)
+        return Commit(inbound_id=None, conversation=change, timers=(
+            TimerSpec(kind="remind", flow="f", step="q", due_at=50.0),
+            TimerSpec(kind="expire", flow="f", step="q", due_at=90.0)))
+
+    await store.commit_many([start(n) for n in range(200)], 1.0)
+    analyzed = ("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'timers'"
+                " AND schemaname = current_schema()")
+    assert await postgres.rows(analyzed) == [(None,)]
+    await store.commit_many([start(n) for n in range(200, 400)], 1.0)  # 400 >= 300
+    [(at,)] = await postgres.rows(analyzed)
+    assert at is not None
+    # A late send's timers are found by their conversation, not by walking every timer of
+    # the campaign's step (what the plan was on the statistics of an empty table).
+    [plan] = await postgres.rows(
+        "EXPLAIN (FORMAT JSON) UPDATE timers SET due_at = due_at + 1 WHERE conversation_id = 7"
+        " AND flow = 'f' AND step = 'q' AND status = 'pending'"
+        " AND kind = ANY(ARRAY['remind', 'expire'])")
+    assert "timers_conversation" in str(plan), plan
+    await store.close()
+
+
 async def test_a_phone_s_turns_wait_for_each_other_across_processes(postgres):
     a, b = await postgres.opened(), await postgres.opened()
     order: list[str] = []

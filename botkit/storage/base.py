@@ -231,7 +231,8 @@ class OutboxStore(ABC):
     @abstractmethod
     async def send_slots(self, count: int, rate: float) -> float:
         """Take ``count`` send starts, ``1/rate`` apart, from the account's rate shared by
-        every process on the store; returns the seconds until the first may start."""
+        every process on the store; returns the seconds from the return until the first may
+        start (below 0 when it passed while the call was finishing)."""
 
     @abstractmethod
     async def resend_uncertain(

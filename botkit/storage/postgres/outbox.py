@@ -3,9 +3,11 @@ and the account's send rate shared by every process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Outgoing, SentQuestion
@@ -45,12 +47,24 @@ _CLAIM_ANYWHERE = (
     f" {_UPDATE}")
 
 
-# Whether statuses of message $1 came before its send was recorded.
-_EARLY = "EXISTS (SELECT 1 FROM status_events WHERE message_id = $1)"
+SENDS_BATCH = 200  # sends recorded by one statement at most
+
+
+class _Send(NamedTuple):
+    outbox_id: int
+    message_id: int
+    now: float
+    claimer: str | None
 
 
 class PgOutbox(PgConnection):
     """``OutboxStore`` on PostgreSQL."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Sends waiting for their outcome to be recorded, and the task recording them.
+        self._sends: list[tuple[_Send, DeliveryRules, asyncio.Future[None]]] = []
+        self._recording: asyncio.Task[None] | None = None
 
     async def claim_outbox(self, limit: int, now: float, claimer: str = "") -> list[Outgoing]:
         # SKIP LOCKED: rows another process is claiming right now are left to it. A row whose
@@ -71,41 +85,93 @@ class PgOutbox(PgConnection):
         self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules, *,
         claimer: str | None = None,
     ) -> None:
-        # Two statements, each a transaction by itself, in the usual case. The first takes
-        # the message's lock (``record_status`` takes it too) and marks it sent; the second,
-        # with a snapshot taken after that lock was held, reads its early statuses. A status
-        # arriving meanwhile, at any process, either finds the message sent (its transaction
-        # took the lock after the first statement committed) or is read by the second (the
-        # first waited for its transaction to commit): never neither.
+        """Record a send. Sends that end while others are being recorded are recorded
+        together, in the same two statements (``_record_sends``)."""
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sends.append((_Send(outbox_id, message_id, now, claimer), rules, recorded))
+        if self._recording is None or self._recording.done():
+            self._recording = asyncio.create_task(self._record_arriving())
+        await recorded
+
+    async def _record_arriving(self) -> None:
+        while self._sends:
+            rules = self._sends[0][1]  # one sender's rules, in practice all of them
+            batch: list[tuple[_Send, DeliveryRules, asyncio.Future[None]]] = []
+            rest: list[tuple[_Send, DeliveryRules, asyncio.Future[None]]] = []
+            for waiting in self._sends:
+                (batch if len(batch) < SENDS_BATCH and waiting[1] is rules else rest).append(
+                    waiting)
+            self._sends = rest
+            try:
+                await self._record_sends([send for send, _, _ in batch], rules)
+            except BaseException as exc:
+                for _, _, recorded in batch:
+                    if not recorded.done():
+                        recorded.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for _, _, recorded in batch:
+                if not recorded.done():
+                    recorded.set_result(None)
+
+    async def _record_sends(self, sends: list[_Send], rules: DeliveryRules) -> None:
+        """Mark ``sends`` sent, move the timers of the questions among them that went late,
+        and apply the statuses that came before them.
+
+        Two statements, each a transaction by itself. The first takes each message's lock
+        (``record_status`` takes it too; in message order, so two of these never wait for
+        each other in a circle) and marks it sent, under its claim; the second, with a
+        snapshot taken after those locks were held, moves the late ones' timers and reads
+        which messages have statuses already. A status arriving meanwhile, at any process,
+        either finds its message sent (its transaction took the lock after the first
+        statement committed) or is read by the second (the first waited for its transaction
+        to commit): never neither. A crash between the two leaves a late question's timers
+        counting from its turn.
+        """
         async with self._conn() as conn:
             self.jobs += 1
-            sent = await conn.fetchrow(
-                "WITH locked AS (SELECT pg_advisory_xact_lock($1))"
-                " UPDATE outbound SET status = 'sent', message_id = $1, sent_at = $2,"
-                f" error = NULL FROM locked WHERE id = $3 AND {_CLAIMED.format(n=4)}"
-                " RETURNING conversation_id, flow, step, role, created_at",
-                message_id, now, outbox_id, claimer)
-            if sent is None:  # another process took the claim over: its send stands
+            sent = await conn.fetch(
+                "WITH s AS MATERIALIZED (SELECT s.*, pg_advisory_xact_lock(s.message_id)"
+                "  FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[])"
+                "  AS s(id, message_id, sent_at, claimer) ORDER BY s.message_id)"
+                " UPDATE outbound AS o SET status = 'sent', message_id = s.message_id,"
+                " sent_at = s.sent_at, error = NULL FROM s WHERE o.id = s.id"
+                " AND (s.claimer IS NULL OR (o.claimed_by = s.claimer AND o.status = 'sending'))"
+                " RETURNING o.id, o.message_id, o.sent_at, o.conversation_id, o.flow, o.step,"
+                " o.role, o.created_at",
+                [s.outbox_id for s in sends], [s.message_id for s in sends],
+                [s.now for s in sends], [s.claimer for s in sends])
+            if not sent:  # other processes took the claims over: their sends stand
                 return
-            shift = rules.late_shift(SentQuestion(
-                conversation_id=sent["conversation_id"], flow=sent["flow"],
-                step=sent["step"], question=sent["role"] == "question",
-                created_at=sent["created_at"]), now)
-            if shift is None:
-                early = await conn.fetchval(f"SELECT {_EARLY}", message_id)
-            else:
-                # The question went late: its step's timers and the conversation's expiry
-                # count from now (a crash just before this leaves them counting from the turn).
-                early = await conn.fetchval(
-                    "WITH timers_shifted AS (UPDATE timers SET due_at = due_at + $2"
-                    " WHERE conversation_id = $3 AND flow = $4 AND step = $5"
-                    " AND status = 'pending' AND kind = ANY($6::text[])),"
-                    " expiry_shifted AS (UPDATE conversations SET expires_at = expires_at + $2"
-                    " WHERE id = $3 AND flow = $4 AND step = $5 AND status = 'active')"
-                    f" SELECT {_EARLY}", message_id, shift.by, shift.conversation_id,
-                    shift.flow, shift.step, list(shift.kinds))
-            if early:
-                await self._early_statuses(outbox_id, message_id, now, rules)
+            shifts = [shift for r in sent if (shift := rules.late_shift(SentQuestion(
+                conversation_id=r["conversation_id"], flow=r["flow"], step=r["step"],
+                question=r["role"] == "question", created_at=r["created_at"]),
+                r["sent_at"])) is not None]
+            kinds = sorted({tuple(shift.kinds) for shift in shifts})
+            message_ids = [r["message_id"] for r in sent]
+            # The late questions' timers and expiry count from their send; shifts of other
+            # kinds of timers, if a rule ever made them, go one statement per kind.
+            early: set[int] = set()
+            for n, of_kinds in enumerate(kinds or [()]):
+                these = [shift for shift in shifts if tuple(shift.kinds) == of_kinds]
+                early |= {r[0] for r in await conn.fetch(
+                    "WITH x AS (SELECT * FROM unnest($2::float8[], $3::bigint[], $4::text[],"
+                    "  $5::text[]) AS x(by, conv, flow, step)),"
+                    " timers_shifted AS (UPDATE timers AS t SET due_at = t.due_at + x.by"
+                    "  FROM x WHERE t.conversation_id = x.conv AND t.flow = x.flow"
+                    "  AND t.step = x.step AND t.status = 'pending' AND t.kind = ANY($6::text[])),"
+                    " expiry_shifted AS (UPDATE conversations AS c"
+                    "  SET expires_at = c.expires_at + x.by FROM x WHERE c.id = x.conv"
+                    "  AND c.flow = x.flow AND c.step = x.step AND c.status = 'active')"
+                    " SELECT m FROM unnest($1::bigint[]) AS m WHERE EXISTS"
+                    "  (SELECT 1 FROM status_events WHERE message_id = m)",
+                    message_ids if n == 0 else [], [x.by for x in these],
+                    [x.conversation_id for x in these], [x.flow for x in these],
+                    [x.step for x in these], list(of_kinds))}
+        for r in sent:
+            if r["message_id"] in early:
+                await self._early_statuses(r["id"], r["message_id"], r["sent_at"], rules)
 
     async def _early_statuses(
         self, outbox_id: int, message_id: int, now: float, rules: DeliveryRules
@@ -199,4 +265,8 @@ class PgOutbox(PgConnection):
                 " ON CONFLICT (id) DO UPDATE"
                 f" SET next_at = greatest(send_rate.next_at, {_NOW}) + $1"
                 f" RETURNING next_at - $1 - {_NOW}", count / rate)
-            return max(0.0, wait)
+            read = time.monotonic()
+        # Counted from now, not from before the commit: a commit that waited (for the disk,
+        # a checkpoint) must not shift these starts onto the ones taken after them. Less
+        # than 0 when the first start passed meanwhile (the sender gives up the missed ones).
+        return wait - (time.monotonic() - read)
