@@ -3,7 +3,6 @@ and the account's send rate shared by every process."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -12,6 +11,7 @@ from typing import Any, NamedTuple
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import Outgoing, SentQuestion
 from botkit.storage.postgres.connection import _NOW, PgConnection
+from botkit.storage.postgres.together import Together
 from botkit.storage.rows import ATTENTION, QUEUE, SENT_COLUMNS
 
 __all__ = ["PgOutbox"]
@@ -55,6 +55,7 @@ class _Send(NamedTuple):
     message_id: int
     now: float
     claimer: str | None
+    rules: DeliveryRules
 
 
 class PgOutbox(PgConnection):
@@ -62,9 +63,7 @@ class PgOutbox(PgConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Sends waiting for their outcome to be recorded, and the task recording them.
-        self._sends: list[tuple[_Send, DeliveryRules, asyncio.Future[None]]] = []
-        self._recording: asyncio.Task[None] | None = None
+        self._send_records = Together(self._record_send_groups, SENDS_BATCH)
 
     async def claim_outbox(self, limit: int, now: float, claimer: str = "") -> list[Outgoing]:
         # SKIP LOCKED: rows another process is claiming right now are left to it. A row whose
@@ -87,33 +86,12 @@ class PgOutbox(PgConnection):
     ) -> None:
         """Record a send. Sends that end while others are being recorded are recorded
         together, in the same two statements (``_record_sends``)."""
-        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sends.append((_Send(outbox_id, message_id, now, claimer), rules, recorded))
-        if self._recording is None or self._recording.done():
-            self._recording = asyncio.create_task(self._record_arriving())
-        await recorded
+        await self._send_records(_Send(outbox_id, message_id, now, claimer, rules))
 
-    async def _record_arriving(self) -> None:
-        while self._sends:
-            rules = self._sends[0][1]  # one sender's rules, in practice all of them
-            batch: list[tuple[_Send, DeliveryRules, asyncio.Future[None]]] = []
-            rest: list[tuple[_Send, DeliveryRules, asyncio.Future[None]]] = []
-            for waiting in self._sends:
-                (batch if len(batch) < SENDS_BATCH and waiting[1] is rules else rest).append(
-                    waiting)
-            self._sends = rest
-            try:
-                await self._record_sends([send for send, _, _ in batch], rules)
-            except BaseException as exc:
-                for _, _, recorded in batch:
-                    if not recorded.done():
-                        recorded.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for _, _, recorded in batch:
-                if not recorded.done():
-                    recorded.set_result(None)
+    async def _record_send_groups(self, sends: list[_Send]) -> list[None]:
+        for rules in {id(s.rules): s.rules for s in sends}.values():  # one, in practice
+            await self._record_sends([s for s in sends if s.rules is rules], rules)
+        return [None] * len(sends)
 
     async def _record_sends(self, sends: list[_Send], rules: DeliveryRules) -> None:
         """Mark ``sends`` sent, move the timers of the questions among them that went late,

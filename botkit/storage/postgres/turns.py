@@ -25,6 +25,7 @@ from botkit.storage.postgres.connection import (
     _gone,
     _Held,
 )
+from botkit.storage.postgres.together import Together
 from botkit.storage.rows import (
     INBOUND_COLUMNS,
     OPEN,
@@ -87,9 +88,7 @@ class PgTurns(PgConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Callbacks waiting for their row to be stored, and the task storing them.
-        self._arriving: list[tuple[InboundReply, float, asyncio.Future[int | None]]] = []
-        self._storing: asyncio.Task[None] | None = None
+        self._inbound = Together(self._insert_inbound, INBOUND_BATCH)
         self._started = 0  # conversations started by start_many here (``_analyze``)
         self._analyzed_at = 0
 
@@ -101,27 +100,7 @@ class PgTurns(PgConnection):
         a round trip and of a commit, and alone it waits for nothing. Each returns only
         once its row has committed, or raises what the insert raised.
         """
-        stored: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._arriving.append((reply, now, stored))
-        if self._storing is None or self._storing.done():
-            self._storing = asyncio.create_task(self._store_arriving())
-        return await stored
-
-    async def _store_arriving(self) -> None:
-        while self._arriving:
-            batch, self._arriving = self._arriving[:INBOUND_BATCH], self._arriving[INBOUND_BATCH:]
-            try:
-                ids = await self._insert_inbound([(r, now) for r, now, _ in batch])
-            except BaseException as exc:
-                for _, _, stored in batch:
-                    if not stored.done():
-                        stored.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, _, stored), inbound_id in zip(batch, ids, strict=True):
-                if not stored.done():  # its callback was not cancelled meanwhile
-                    stored.set_result(inbound_id)
+        return await self._inbound((reply, now))
 
     async def _insert_inbound(self, rows: list[tuple[InboundReply, float]]) -> list[int | None]:
         """Insert ``rows`` in their order in one statement: each one's id, None for a token
