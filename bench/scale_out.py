@@ -82,6 +82,18 @@ class Schema:
 
         asyncio.run(run())
 
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        async def run() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(self.url)
+            try:
+                return [tuple(r) for r in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
     def __enter__(self) -> Schema:
         self._sql(f"CREATE SCHEMA {self.name}")
         return self
@@ -220,15 +232,15 @@ def run_campaign(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             outs = [p.communicate(timeout=3600) for p in (first, second)]
             seconds = time.perf_counter() - started
             got = provider.received(times=True)
+            # The senders' side: when each sent message was claimed, at most LOOKAHEAD
+            # (50 ms) before its start with a rate set.
+            claimed = [t for (t,) in db.rows("SELECT claimed_at FROM outbound"
+                                              " WHERE status = 'sent'")]
         finally:
             provider.stop()
     times = sorted(got.pop("times"))
-    most, j, busiest_at = 0, 0, 0.0
-    for i, t in enumerate(times):  # the most messages received in any one-second window
-        while times[j] <= t - 1.0:
-            j += 1
-        if i - j + 1 > most:
-            most, busiest_at = i - j + 1, times[j] - times[0]
+    most, busiest_at = busiest_second(times)
+    most_claimed, _ = busiest_second(sorted(claimed))
     # The provider's own stalls: its longest pause between two receipts (it shares the two
     # cores), after which what waited in its socket is received at once.
     gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
@@ -236,8 +248,20 @@ def run_campaign(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {"phones": args.campaign, "rate_set": args.campaign_rate, "seconds": seconds,
             "rate_reached": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0,
             "most_in_any_second": most, "busiest_second_at": busiest_at,
+            "most_claimed_in_any_second": most_claimed,
             "longest_pause_at_provider": gap, "sent_by_each": sent,
             "exits": [first.returncode, second.returncode], **got}
+
+
+def busiest_second(times: list[float]) -> tuple[int, float]:
+    """The most of ``times`` (sorted) in any one-second window, and when it began."""
+    most, j, at = 0, 0, 0.0
+    for i, t in enumerate(times):
+        while times[j] <= t - 1.0:
+            j += 1
+        if i - j + 1 > most:
+            most, at = i - j + 1, times[j] - times[0]
+    return most, at
 
 
 def _sent(summary: str) -> int:
@@ -294,7 +318,9 @@ def main() -> int:
               f" {campaign['rate_reached']:.0f}/s reached, at most"
               f" {campaign['most_in_any_second']} in any second (the one"
               f" {campaign['busiest_second_at']:.1f} s in; the provider's longest pause"
-              f" between two receipts {campaign['longest_pause_at_provider'] * 1000:.0f} ms);"
+              f" between two receipts {campaign['longest_pause_at_provider'] * 1000:.0f} ms;"
+              f" the senders claimed at most {campaign['most_claimed_in_any_second']} in any"
+              " second);"
               f" the provider got"
               f" {campaign['messages']:,} messages for {campaign['phones']:,} phones"
               f" ({campaign['doubled']} doubled); sent by each: {campaign['sent_by_each']}")

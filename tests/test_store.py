@@ -186,6 +186,21 @@ async def test_a_question_sent_late_moves_its_timers_and_expiry_to_the_send(back
         (asked[0].conversation_id, 1000.0 + by), (asked[1].conversation_id, 1000.0)]
 
 
+async def test_a_timer_that_closes_its_conversation_is_fired_and_the_others_cancelled(backend):
+    store = await backend.opened()
+    started = await store.commit(Commit(inbound_id=None, conversation=conversation("3"), timers=(
+        TimerSpec(kind="timeout", flow="f", step="q", due_at=5.0),
+        TimerSpec(kind="expire", flow="f", step="q", due_at=50.0))), 1.0)
+    [timeout] = await store.due_timers(6.0, 10)
+    closed = ConversationChange(phone="3", flow="f", step="q", status=Status.TIMED_OUT,
+                                state={}, retries=0, expires_at=9e9,
+                                id=started.conversation_id, expected_version=0)
+    await store.commit(Commit(inbound_id=None, conversation=closed, fire=timeout), 6.0)
+    await store.close()
+    assert await backend.rows("SELECT kind, status FROM timers ORDER BY kind") == [
+        ("expire", "cancelled"), ("timeout", "fired")]
+
+
 async def test_the_sms_fallback_s_final_status_stays(backend):
     store = await backend.opened()
     [outbox_id] = (await store.commit(Commit(inbound_id=None, outbox=(item("1", 0),)), 1.0)).outbox_ids

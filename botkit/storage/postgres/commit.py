@@ -138,9 +138,16 @@ def _closes(q: _Statement, change: Commit, now: float) -> str:
         q.expect_one(closed, f"conversation {conv.id} changed during the turn")
         q.part(f"closed{n}_timers", (
             f"UPDATE timers SET status = 'cancelled', done_at = {q.arg(now)}"
-            f" WHERE conversation_id = {q.arg(conv.id)} AND status = 'pending'"))
+            f" WHERE conversation_id = {q.arg(conv.id)} AND status = 'pending'"
+            f"{_not_fired(q, change)}"))
         done.append(closed)
     return " AND ".join(f"(SELECT count(*) FROM {d}) >= 0" for d in done) or "true"
+
+
+def _not_fired(q: _Statement, change: Commit) -> str:
+    """A cancel's condition that leaves out the timer the turn fires: two writes of one row
+    in one statement would leave only one of them, and not a predictable one."""
+    return "" if change.fire is None else f" AND id <> {q.arg(change.fire.id, 'bigint')}"
 
 
 def _conversation(q: _Statement, change: Commit, now: float, after: str) -> str:
@@ -159,7 +166,7 @@ def _conversation(q: _Statement, change: Commit, now: float, after: str) -> str:
         if change.reset_timers or conv.status is not Status.ACTIVE:
             q.part("cancelled", (
                 f"UPDATE timers SET status = 'cancelled', done_at = {q.arg(now)}"
-                f" WHERE conversation_id = {conv_id} AND status = 'pending'"))
+                f" WHERE conversation_id = {conv_id} AND status = 'pending'{_not_fired(q, change)}"))
     else:
         columns = ["phone", *values, "created_at", "version"]
         casts = {"retries": "int", "expires_at": "float8", "updated_at": "float8"}
