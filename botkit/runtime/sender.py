@@ -40,6 +40,7 @@ SHARED_MARGIN = 0.9  # a rate shared by processes is planned at this share of it
 # its message claimed again with a new one: started late, it would bunch with the other
 # processes' starts into more than the rate in one second. Under (1 - SHARED_MARGIN) s.
 SHARED_SLOT_GRACE = 0.05
+MISSED_STARTS = 3  # starts a message may miss so; then it goes, late
 _LIVE: set[str] = set()  # the senders running in this process (their claim names)
 
 
@@ -115,6 +116,7 @@ class Sender:
         self._reserved = 0  # slots promised to commits in progress (reserve/deliver)
         self._backlog = True  # the queue may hold rows this sender can claim now
         self._behind: Counter[str] = Counter()  # rows queued behind a phone's send in flight
+        self._missed: Counter[int] = Counter()  # starts given up, by outbox row
         self._retiring: set[asyncio.Task[None]] = set()  # old names let go (``_rename``)
         # Recorded on its claims. "/hold": if this process dies mid-send, its rows in flight
         # are marked uncertain instead of sent again (a campaign never sends twice).
@@ -347,11 +349,14 @@ class Sender:
             delay = start_at - loop.time()
             if delay > 0:  # the rate limit's turn of this message
                 await asyncio.sleep(delay)
-            if self._shared_rate and loop.time() - start_at > SHARED_SLOT_GRACE:
+            if (self._shared_rate and loop.time() - start_at > SHARED_SLOT_GRACE
+                    and self._missed[row.id] < MISSED_STARTS):
+                self._missed[row.id] += 1  # a loop that keeps lagging still sends it, late
                 await self._record(self.store.requeue, [row.id], "its start was missed",
                                    tried=False, claimer=self.name)
                 self._backlog = True  # claimed again at once, with a start of its own
                 return
+            self._missed.pop(row.id, None)
             if self.rate > 0:
                 await self._window()
             # Checked against every provider limit when the turn made it (runtime.composer).
