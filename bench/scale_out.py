@@ -215,7 +215,7 @@ def run_campaign(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Two ``run.py start`` processes at once on the same phones, on one database."""
     phones = tmp / "phones.csv"
     phones.write_text("phone\n" + "".join(f"38050{n:07d}\n" for n in range(args.campaign)))
-    provider = Provider()
+    provider = Provider(first=True)  # it stands for another machine: see Provider
     with Schema() as db:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
         env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider.url, BOTKIT_DB=db.url,
