@@ -143,7 +143,7 @@ async def test_sigkills_lose_nothing_keep_order_fire_timers_once_and_hold_the_ra
                       for i, start in enumerate(times))
         print(f"scale-out, {kills} SIGKILLs:", report.summary(),
               f"timers: {len(nudged)} conversations, {len(nudged) - len(reminded)} reminders"
-              f" superseded, their messages doubled {doubled}"
+              f" superseded or cancelled, their messages doubled {doubled}"
               f" (resent {resent}), at most {busiest} sends in any second (rate {rate})")
         assert kills >= 3, "the conversations ended before the kills began: raise the count"
         assert report.problems == []
@@ -151,10 +151,11 @@ async def test_sigkills_lose_nothing_keep_order_fire_timers_once_and_hold_the_ra
         assert report.doubled <= report.resent_after_crash
         # Each timer fired once, or not at all when a later one of its conversation was due
         # by the time a process swept it (a reminder whose sweeper was killed, taken over
-        # after the lease when the timeout was due too: superseded, as after any outage).
+        # after the lease when the timeout was due too: superseded, as after any outage; or
+        # cancelled, when the timeout fired first and closed the conversation).
         # Its message reached the user once, in order, but for a send in flight at a kill
         # (counted in the row's attempts).
-        assert all(status == "fired" or detail == "superseded by a later timer"
+        assert all(status in ("fired", "cancelled") or detail == "superseded by a later timer"
                    for _, kind, status, detail in timers if kind == "remind"), [
             t for t in timers if t[1] == "remind" and t[2] != "fired"]
         for phone, got in texts.items():
