@@ -277,12 +277,6 @@ class PgConnection:
         return conversation_from_row(dict(row)) if row else None
 
     @staticmethod
-    async def _cancel_timers(conn: asyncpg.Connection, conv_id: int, now: float) -> None:
-        await conn.execute(
-            "UPDATE timers SET status = 'cancelled', done_at = $1"
-            " WHERE conversation_id = $2 AND status = 'pending'", now, conv_id)
-
-    @staticmethod
     async def _add_timers(
         conn: asyncpg.Connection, conv_id: int, phone: str, timers: Iterable[TimerSpec],
         now: float,

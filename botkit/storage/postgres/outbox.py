@@ -126,27 +126,23 @@ class PgOutbox(PgConnection):
                 conversation_id=r["conversation_id"], flow=r["flow"], step=r["step"],
                 question=r["role"] == "question", created_at=r["created_at"]),
                 r["sent_at"])) is not None]
-            kinds = sorted({tuple(shift.kinds) for shift in shifts})
-            message_ids = [r["message_id"] for r in sent]
-            # The late questions' timers and expiry count from their send; shifts of other
-            # kinds of timers, if a rule ever made them, go one statement per kind.
-            early: set[int] = set()
-            for n, of_kinds in enumerate(kinds or [()]):
-                these = [shift for shift in shifts if tuple(shift.kinds) == of_kinds]
-                early |= {r[0] for r in await conn.fetch(
-                    "WITH x AS (SELECT * FROM unnest($2::float8[], $3::bigint[], $4::text[],"
-                    "  $5::text[]) AS x(by, conv, flow, step)),"
-                    " timers_shifted AS (UPDATE timers AS t SET due_at = t.due_at + x.by"
-                    "  FROM x WHERE t.conversation_id = x.conv AND t.flow = x.flow"
-                    "  AND t.step = x.step AND t.status = 'pending' AND t.kind = ANY($6::text[])),"
-                    " expiry_shifted AS (UPDATE conversations AS c"
-                    "  SET expires_at = c.expires_at + x.by FROM x WHERE c.id = x.conv"
-                    "  AND c.flow = x.flow AND c.step = x.step AND c.status = 'active')"
-                    " SELECT m FROM unnest($1::bigint[]) AS m WHERE EXISTS"
-                    "  (SELECT 1 FROM status_events WHERE message_id = m)",
-                    message_ids if n == 0 else [], [x.by for x in these],
-                    [x.conversation_id for x in these], [x.flow for x in these],
-                    [x.step for x in these], list(of_kinds))}
+            # The late questions' timers (of each shift's kinds) and expiry count from their
+            # send, in the statement that looks for early statuses.
+            early = {r[0] for r in await conn.fetch(
+                "WITH x AS (SELECT * FROM unnest($2::float8[], $3::bigint[], $4::text[],"
+                "  $5::text[], $6::text[]) AS x(by, conv, flow, step, kinds)),"
+                " timers_shifted AS (UPDATE timers AS t SET due_at = t.due_at + x.by"
+                "  FROM x WHERE t.conversation_id = x.conv AND t.flow = x.flow"
+                "  AND t.step = x.step AND t.status = 'pending'"
+                "  AND t.kind = ANY(string_to_array(x.kinds, ','))),"
+                " expiry_shifted AS (UPDATE conversations AS c"
+                "  SET expires_at = c.expires_at + x.by FROM x WHERE c.id = x.conv"
+                "  AND c.flow = x.flow AND c.step = x.step AND c.status = 'active')"
+                " SELECT m FROM unnest($1::bigint[]) AS m WHERE EXISTS"
+                "  (SELECT 1 FROM status_events WHERE message_id = m)",
+                [r["message_id"] for r in sent], [x.by for x in shifts],
+                [x.conversation_id for x in shifts], [x.flow for x in shifts],
+                [x.step for x in shifts], [",".join(x.kinds) for x in shifts])}
         for r in sent:
             if r["message_id"] in early:
                 await self._early_statuses(r["id"], r["message_id"], r["sent_at"], rules)
