@@ -43,6 +43,7 @@ _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
 CONNECT_TIMEOUT = 5.0  # seconds to get a connection before the callback answers 503
 # Seconds a statement may take: a link that went silent (no reset) fails within this.
 COMMAND_TIMEOUT = 10.0
+TURN_SPARE = 3  # connections of the pool that turns leave to everything else
 FORGET_AFTER = 86400.0  # seconds after its last beat a process's row is deleted
 _NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, the same for all
 # The server's side of each connection gives up on a machine that vanished (no reset) within
@@ -98,9 +99,11 @@ class PgConnection:
         self.lease = lease  # seconds a process has to fire the due timers it read
         self._pool: asyncpg.Pool | None = None
         self.jobs = 0  # transactions run, for /healthz
-        # A turn keeps its connection while its handler runs: at most half the pool does,
-        # so that callbacks always find one to store their message with.
-        self._turns = asyncio.Semaphore(max(1, pool_size // 2))
+        # A turn keeps its connection while its handler runs. Turns may hold all but three
+        # (TURN_SPARE): what else runs takes one at a time each (the callbacks' batched
+        # insert, the sender's batches, the housekeeping), and more turns at once carried
+        # more callbacks (docs/PERFORMANCE.md, "Issue 16").
+        self._turns = asyncio.Semaphore(max(1, pool_size - TURN_SPARE))
         self._locking: set[asyncpg.Connection] = set()  # holding (or taking) a phone's lock
 
     # -- plumbing ---------------------------------------------------------------------------

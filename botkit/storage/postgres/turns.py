@@ -166,8 +166,8 @@ class PgTurns(PgConnection):
         """Hold ``phone``'s lock, on a connection every store call of this task then uses.
 
         An advisory lock on the phone's 64-bit hash: held by one process at a time; released
-        when the turn ends or, should the process die, when its connection does. At most
-        half the pool's connections are held by turns at once (``pool_size // 2``). The
+        when the turn ends or, should the process die, when its connection does. Turns hold at
+        most all but ``TURN_SPARE`` (3) of the pool's connections at once. The
         statement that takes the lock also reads the phone's pending messages
         (``pending_of``) and the routing of a message answering ``tracking_id``
         (``routing_context``).
