@@ -58,6 +58,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                               " gone and another takes its work over (>= 1)"),
     "loop": ("BOTKIT_LOOP", "auto, uvloop or asyncio: the event loop `serve` runs on"),
     "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
+    "console": ("BOTKIT_CONSOLE", "on (the operator console at /console on the bot's own"
+                                  " address), off, or HOST:PORT (an address of its own)"),
     "phone_region": ("BOTKIT_PHONE_REGION",
                      "the country of phone numbers typed without their country code, as a"
                      " two-letter code such as UA"),
@@ -93,6 +95,26 @@ class Settings(BaseModel):
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     crash_at: str | None = None
     phone_region: str | None = None
+    console: str = "on"
+
+    @field_validator("console")
+    @classmethod
+    def _console(cls, value: str) -> str:
+        value = value.strip().lower() if value.strip().lower() in ("on", "off") else value.strip()
+        if value in ("on", "off"):
+            return value
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is neither on, off nor HOST:PORT")
+        return value
+
+    @property
+    def console_address(self) -> tuple[str, int] | None:
+        """Where the console listens when it has an address of its own (else None)."""
+        if self.console in ("on", "off"):
+            return None
+        host, _, port = self.console.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @field_validator("db")
     @classmethod

@@ -11,6 +11,7 @@
     ├── ConcurrentUpdateError    a conversation changed under a turn (the turn is re-run)
     │   └── TimerTakenError      another process fired, skipped or cancelled the timer
     ├── DuplicateMessageError    a user message was already handled (its turn is dropped)
+    ├── UserExistsError          a console user of that name exists already
     └── ProviderError            the provider refused or failed a request
         ├── RateLimitedError         429 (code 0 alone too)   (retryable)
         ├── ProviderUnavailableError 5xx, code 2, timeouts    (retryable)
@@ -67,6 +68,10 @@ class TimerTakenError(ConcurrentUpdateError):
 
 class DuplicateMessageError(BotkitError):
     """The message (by ``message_token``) was handled before: this turn is rolled back."""
+
+
+class UserExistsError(BotkitError):
+    """A console user of that name exists already."""
 
 
 class ReplyLimitError(BotkitError):

@@ -145,6 +145,7 @@ class Harness:
             "public_url": f"http://127.0.0.1:{self._port}",
             "db": self.db_path,
             "port": self._port,
+            "console": "off",  # a bot's tests need no operator console (settings= turns it on)
         }
         values.update(self.extra_settings)
         return Settings(**values)

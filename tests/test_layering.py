@@ -10,6 +10,7 @@ floors below it, never above:
                                   the PostgreSQL engine (asyncpg)
     3 runtime  botkit.runtime.*   engine, composer, renderer (Jinja), sender, timers, assembly
     4 sandbox  botkit.sandbox.*   the fake provider and the web chat (aiohttp)
+      console  botkit.console.*   the operator console's pages (aiohttp, aiohttp-session)
     5 web      botkit.web.*       the server, the provider's HTTP client, the guard (aiohttp)
     6 top      botkit.cli.*, botkit.testing
     7 face     botkit (__init__): the public names, loaded lazily; botkit.flows, where bots
@@ -32,8 +33,8 @@ import botkit
 PACKAGE = Path(botkit.__file__).parent
 FLOORS = {
     "errors": 0, "statuses": 0, "models": 0, "config": 0, "sms": 0, "phones": 0, "process": 0,
-    "core": 1, "storage": 2, "runtime": 3, "sandbox": 4, "web": 5, "cli": 6, "testing": 6,
-    "__init__": 7, "flows": 7,
+    "core": 1, "storage": 2, "runtime": 3, "sandbox": 4, "console": 4, "web": 5, "cli": 6,
+    "testing": 6, "__init__": 7, "flows": 7,
 }
 # Third-party libraries a floor must not import (and so neither may any floor below it).
 FORBIDDEN = {

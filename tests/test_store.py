@@ -498,3 +498,67 @@ async def test_a_batch_of_new_conversations_that_fails_leaves_nothing_behind(bac
     for table in ("conversations", "outbound", "timers"):
         assert await backend.rows(f"SELECT count(*) FROM {table}") == [(0,)], table
     await store.close()
+
+
+# -- the console's users and inbox -----------------------------------------------------------
+
+
+async def test_users_are_added_once_listed_by_name_changed_and_removed(backend):
+    from botkit.core.records import User
+    from botkit.errors import UserExistsError
+
+    store = await backend.opened()
+    try:
+        await store.add_user(User(name="olga", role="agent", password_hash="h1", created_at=1.0))
+        await store.add_user(User(name="ada", role="admin", password_hash="h2", created_at=2.0))
+        with pytest.raises(UserExistsError, match="olga"):
+            await store.add_user(User(name="olga", role="admin", password_hash="x",
+                                      created_at=3.0))
+        assert [(u.name, u.role) for u in await store.users()] == [("ada", "admin"),
+                                                                   ("olga", "agent")]
+        assert await store.set_password("olga", "h3") is True
+        assert (await store.user("olga")).password_hash == "h3"
+        assert await store.set_password("nobody", "h") is False
+        assert await store.remove_user("olga") is True
+        assert await store.remove_user("olga") is False
+        assert await store.user("olga") is None
+    finally:
+        await store.close()
+
+
+async def test_each_secret_key_is_its_own_and_shared_by_the_stores(backend):
+    first, second = await backend.opened(), await backend.opened()
+    try:
+        callback = await first.secret(lambda: "callback-1")
+        console = await first.secret(lambda: "console-1", key="console_key")
+        assert (callback, console) == ("callback-1", "console-1")
+        assert await second.secret(lambda: "other", key="console_key") == "console-1"
+        assert await second.secret(lambda: "other") == "callback-1"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_the_inbox_lists_conversations_with_a_human_quiet_longest_first(backend):
+    store = await backend.opened()
+    try:
+        ids = {}
+        for phone, now in (("380500000001", 30.0), ("380500000002", 10.0),
+                           ("380500000003", 20.0)):
+            done = await store.commit(Commit(inbound_id=None, route="start",
+                                             conversation=conversation(phone)), now)
+            ids[phone] = done.conversation_id
+        for phone, now in (("380500000001", 31.0), ("380500000002", 12.0)):
+            conv = await store.conversation(ids[phone])
+            change = ConversationChange(phone=phone, flow="f", step="q", status=Status.HUMAN,
+                                        state={}, retries=0, expires_at=9e9, id=conv.id,
+                                        expected_version=conv.version)
+            await store.commit(Commit(inbound_id=None, route="handoff", conversation=change),
+                               now)
+        waiting = await store.human_conversations()
+        assert [c.phone for c in waiting] == ["380500000002", "380500000001"]
+        assert [c.phone for c in await store.human_conversations(limit=1)] == ["380500000002"]
+        await store.release("380500000002", 40.0)
+        assert [c.phone for c in await store.human_conversations()] == ["380500000001"]
+    finally:
+        await store.close()

@@ -23,6 +23,7 @@ __all__ = [
     "TimerShift",
     "Timer",
     "TimerSpec",
+    "User",
 ]
 
 
@@ -200,3 +201,14 @@ class TimerShift:
     step: str
     kinds: tuple[str, ...]
     by: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class User:
+    """Someone who may log in to the operator console: ``role`` is "agent" or "admin"; the
+    password is kept only as its argon2 hash."""
+
+    name: str
+    role: str
+    password_hash: str
+    created_at: float

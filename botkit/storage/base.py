@@ -1,7 +1,8 @@
-"""The store's interfaces: everything botkit keeps, in six roles, behind one small async API.
+"""The store's interfaces: everything botkit keeps, in seven roles, behind one small async API.
 
-``Admin``, ``TurnStore``, ``OutboxStore``, ``TimerStore``, ``StatusStore`` and
-``ReportStore`` each hold one concern; ``Store`` is all of them. The runtime only sees these
+``Admin``, ``TurnStore``, ``OutboxStore``, ``TimerStore``, ``StatusStore``,
+``ReportStore`` and ``UserStore`` (the console's users) each hold one concern; ``Store`` is
+all of them. The runtime only sees these
 ABCs and the records of ``core.records``. ``storage.sqlite.SQLiteStore`` and
 ``storage.postgres.PostgresStore`` implement them, a module per role, reusing
 ``storage.rows`` for what every engine writes the same way; ``storage.engines.store_for``
@@ -44,12 +45,13 @@ from botkit.core.records import (
     RoutingContext,
     StatusChange,
     Timer,
+    User,
 )
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply, StatusUpdate
 
 __all__ = ["Admin", "OutboxStore", "ReportStore", "StatusStore", "Store", "TimerStore",
-           "TurnStore"]
+           "TurnStore", "UserStore"]
 
 
 class Admin(ABC):
@@ -64,8 +66,9 @@ class Admin(ABC):
         """Release connections and threads."""
 
     @abstractmethod
-    async def secret(self, generate: Callable[[], str]) -> str:
-        """The stored callback secret, storing ``generate()`` the first time."""
+    async def secret(self, generate: Callable[[], str], key: str = "callback_secret") -> str:
+        """The secret stored under ``key`` (the callback secret by default), storing
+        ``generate()`` the first time; every process of one database gets the same one."""
 
     @abstractmethod
     async def meta(self, key: str) -> str | None:
@@ -312,8 +315,37 @@ class ReportStore(ABC):
     async def release(self, phone: str, now: float) -> Conversation | None:
         """Close the phone's conversation with a human agent; returns it, or None."""
 
+    @abstractmethod
+    async def human_conversations(self, limit: int = 200) -> list[Conversation]:
+        """Conversations with a human agent, the one quiet the longest first (the console's
+        inbox)."""
 
-class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore):
+
+class UserStore(ABC):
+    """The operator console's users."""
+
+    @abstractmethod
+    async def add_user(self, user: User) -> None:
+        """Add ``user``; UserExistsError when the name is taken."""
+
+    @abstractmethod
+    async def user(self, name: str) -> User | None:
+        """The user called ``name``, or None."""
+
+    @abstractmethod
+    async def users(self) -> list[User]:
+        """Every user, by name."""
+
+    @abstractmethod
+    async def remove_user(self, name: str) -> bool:
+        """Remove the user called ``name``; False when there is none."""
+
+    @abstractmethod
+    async def set_password(self, name: str, password_hash: str) -> bool:
+        """Store a new password hash for ``name``; False when there is no such user."""
+
+
+class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore, UserStore):
     """Everything botkit keeps: all the roles, as one engine (``SQLiteStore``) implements them.
 
     A part of the runtime asks for the role it uses (the sender an ``OutboxStore``, the

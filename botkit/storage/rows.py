@@ -9,14 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
-from botkit.core.records import Commit, Committed, ConversationChange, Inbound, OutboxItem
+from botkit.core.records import Commit, Committed, ConversationChange, Inbound, OutboxItem, User
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ATTENTION", "FUNNEL_COUNTS", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+__all__ = ["ATTENTION", "FUNNEL_COUNTS", "HUMAN", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
-           "status_body"]
+           "status_body", "user_from_row"]
 
 # Conditions that name the rows of a partial index, shared by every engine's schema and
 # queries: a query repeats its index's condition word for word, or the planner may scan.
@@ -25,6 +25,8 @@ ATTENTION = "status IN ('failed', 'uncertain')"  # outbound_attention
 # outbound_unconfirmed: sent, and no final status yet, whatever the number (an undocumented
 # one is polled again).
 UNCONFIRMED = "status = 'sent' AND (delivery_status IS NULL OR delivery_status NOT IN (1, 2, 3, 4))"
+# Conversations with a human agent (conversations_human): the console's inbox.
+HUMAN = "status = 'human'"
 # The statuses of an open conversation (index conversations_open).
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # What applying a delivery status needs to know of the message.
@@ -136,3 +138,9 @@ def history_detail(row: dict[str, Any]) -> str:
         parts.append(f"asks {row['step']}")
     text = ", ".join(parts)
     return f"{text}: {row['error']}" if row["error"] else text
+
+
+def user_from_row(row: Mapping[str, Any]) -> User:
+    """A console user from its ``users`` row."""
+    return User(name=row["name"], role=row["role"], password_hash=row["password_hash"],
+                created_at=row["created_at"])

@@ -10,7 +10,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from botkit.errors import SchemaTooNewError
-from botkit.storage.rows import UNCONFIRMED
+from botkit.storage.rows import HUMAN, UNCONFIRMED
 
 __all__ = ["MIGRATIONS", "UNCONFIRMED", "check_and_migrate"]
 
@@ -224,3 +224,15 @@ def m007_presence(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE processes (name TEXT PRIMARY KEY, started_at REAL NOT NULL,"
                " seen_at REAL NOT NULL)")
     db.execute("CREATE TABLE send_rate (id INTEGER PRIMARY KEY, next_at REAL NOT NULL)")
+
+
+@MIGRATIONS(name="m008_console")
+def m008_console(db: sqlite_utils.Database) -> None:
+    """The operator console: its users, and its inbox of conversations with a human.
+
+    ``conversations_human`` holds only the conversations with a human, on their ids: a turn
+    of any other conversation writes nothing to it.
+    """
+    db.execute("CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL,"
+               " password_hash TEXT NOT NULL, created_at REAL NOT NULL)")
+    db.execute(f"CREATE INDEX conversations_human ON conversations (id) WHERE {HUMAN}")

@@ -35,10 +35,12 @@ class SlowClientGuard:
     def __init__(self, deadline: float = 10.0) -> None:
         self.deadline = deadline
         self.closed = 0
-        # Keyed by id(): aiohttp's RequestHandler has __slots__ and no weak references;
+        # Keyed by id(): aiohttp's RequestHandler has __slots__ and no weak references. Each
+        # entry keeps its connection too, because a new connection may get the id of one
+        # that closed since watch() last looked: it must not inherit that one's idle time.
         # watch() drops the entries of connections that are gone.
         self._busy: set[int] = set()
-        self._since: dict[int, float] = {}
+        self._since: dict[int, tuple[object, float]] = {}
         self._served: set[int] = set()  # connections that finished at least one request
 
     @web.middleware
@@ -55,7 +57,7 @@ class SlowClientGuard:
         finally:
             self._busy.discard(key)
             self._served.add(key)
-            self._since[key] = asyncio.get_running_loop().time()
+            self._since[key] = (request.protocol, asyncio.get_running_loop().time())
 
     async def watch(self, server: web.Server, interval: float = 1.0) -> None:
         """Every ``interval`` seconds, close connections idle for longer than the deadline."""
@@ -64,13 +66,13 @@ class SlowClientGuard:
             await asyncio.sleep(interval)
             now = loop.time()
             connections = {id(c): c for c in server.connections}
-            for key in self._since.keys() - connections.keys():
-                del self._since[key]
+            for key in [k for k, (c, _) in self._since.items() if connections.get(k) is not c]:
+                del self._since[key]  # gone, or its id now names another connection
                 self._served.discard(key)
             for key, connection in connections.items():
                 if key in self._busy:
                     continue
-                since = self._since.setdefault(key, now)
+                since = self._since.setdefault(key, (connection, now))[1]
                 if now - since > self.deadline:
                     connection.force_close()
                     self.closed += 1

@@ -35,7 +35,7 @@ from botkit.storage.engines import store_for
 from botkit.web.client import ProviderClient, RetryPolicy
 from botkit.web.guard import GUARD, SlowClientGuard
 
-__all__ = ["MAX_BODY", "RUNTIME", "Running", "callback_secret", "callback_url", "create_app",
+__all__ = ["CONSOLE", "MAX_BODY", "RUNTIME", "Running", "callback_secret", "callback_url", "create_app",
            "provider_client", "provider_url", "renderer_for"]
 
 log = logging.getLogger("botkit.server")
@@ -85,6 +85,9 @@ class Running:
 
 SETUP = web.AppKey("botkit_setup", _Setup)
 RUNTIME = web.AppKey("botkit_runtime", Running)
+# The operator console's app (unless BOTKIT_CONSOLE=off): mounted at /console, or served
+# by web.serving on an address of its own (BOTKIT_CONSOLE=HOST:PORT).
+CONSOLE = web.AppKey("botkit_console", web.Application)
 
 
 def create_app(
@@ -135,7 +138,15 @@ def create_app(
     if provider is not None:
         app.add_subapp(SANDBOX_PREFIX, create_provider_app(provider))
         add_chat_routes(app, provider, lambda: running.bot)
-    app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(_lifecycle)  # before the console's start: it reads the store
+    if settings.console != "off":
+        from botkit.console import PREFIX, create_console
+
+        console = app[CONSOLE] = create_console(
+            lambda: running.bot, secure=settings.public_base.startswith("https://"))
+        if settings.console_address is None:
+            app.add_subapp(PREFIX, console)
+        # else web.serving serves it beside the bot, on an address of its own
     return app
 
 

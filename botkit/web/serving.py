@@ -21,7 +21,8 @@ from aiohttp import web
 from botkit.errors import ConfigError
 from botkit.runtime.assembly import Bot
 from botkit.web.guard import GUARD
-from botkit.web.server import RUNTIME
+from botkit.console.app import ANNOUNCE, PREFIX, standalone
+from botkit.web.server import CONSOLE, RUNTIME
 
 __all__ = ["listen", "serve"]
 
@@ -84,15 +85,21 @@ async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout: fl
     # No access log: the engine logs one line per message with what happened to it.
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     await runner.setup()
-    watch = None
+    watch, console = None, None
     try:
         await web.SockSite(runner, sock).start()
         assert runner.server is not None
         watch = asyncio.create_task(app[GUARD].watch(runner.server), name="botkit-guard")
-        # Printed once for the operator (not logged): the URL to give the provider.
-        print(f"provider callbacks go to {app[RUNTIME].bot.callback_url}", flush=True)
-        await stop.wait()
         rt = app[RUNTIME].bot
+        # Printed once for the operator (not logged): the URL to give the provider.
+        print(f"provider callbacks go to {rt.callback_url}", flush=True)
+        console, console_url = await _start_console(app, sock)
+        if console_url is not None:
+            print(f"operator console at {console_url}/", flush=True)
+            for path in app[CONSOLE][ANNOUNCE]:
+                print(f"log in to the console as the sandbox's admin (once): "
+                      f"{console_url.rsplit(PREFIX, 1)[0]}{path}", flush=True)
+        await stop.wait()
         log.info("stopping: %s (Ctrl+C again to stop at once)", _in_progress(rt) or "nothing"
                  " in progress")
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal: stop now
@@ -101,7 +108,36 @@ async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout: fl
         if watch is not None:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
+        if console is not None:
+            await console.cleanup()
         await runner.cleanup()
+
+
+async def _start_console(
+    app: web.Application, sock: socket.socket
+) -> tuple[web.AppRunner | None, str | None]:
+    """Start the console where ``BOTKIT_CONSOLE`` puts it; its runner (when it has an
+    address of its own) and its URL (None when it is off)."""
+    settings = app[RUNTIME].bot.settings
+    if settings.console == "off":
+        return None, None
+    address = settings.console_address
+    if address is None:
+        host, port = sock.getsockname()[:2]
+        return None, f"http://{_shown(host)}:{port}{PREFIX}"
+    console_sock = listen(*address)
+    runner = web.AppRunner(standalone(app[CONSOLE]), access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, console_sock).start()
+    host, port = console_sock.getsockname()[:2]
+    return runner, f"http://{_shown(host)}:{port}{PREFIX}"
+
+
+def _shown(host: str) -> str:
+    """An address as a browser on this machine reaches it."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _in_progress(rt: Bot) -> str:

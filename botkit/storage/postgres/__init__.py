@@ -7,11 +7,12 @@ from botkit.storage.postgres.outbox import PgOutbox
 from botkit.storage.postgres.reports import PgReports
 from botkit.storage.postgres.statuses import PgStatuses
 from botkit.storage.postgres.turns import PgTurns
+from botkit.storage.postgres.users import PgUsers
 
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(PgTurns, PgOutbox, PgStatuses, PgReports, Store):
+class PostgresStore(PgTurns, PgOutbox, PgStatuses, PgReports, PgUsers, Store):
     """The Store on a PostgreSQL database, made of one part per role of ``storage.base``.
 
     >>> store = PostgresStore("postgresql://botkit@db.internal/botkit", pool_size=10)

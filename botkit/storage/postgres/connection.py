@@ -235,13 +235,12 @@ class PgConnection:
 
     # -- settings shared by every process ---------------------------------------------------
 
-    async def secret(self, generate: Callable[[], str]) -> str:
+    async def secret(self, generate: Callable[[], str], key: str = "callback_secret") -> str:
         async with self._tx() as conn:
             await conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('callback_secret', $1)"
-                " ON CONFLICT (key) DO NOTHING", generate())
-            return str(await conn.fetchval(
-                "SELECT value FROM meta WHERE key = 'callback_secret'"))
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                key, generate())
+            return str(await conn.fetchval("SELECT value FROM meta WHERE key = $1", key))
 
     async def meta(self, key: str) -> str | None:
         row = await self._one("SELECT value FROM meta WHERE key = $1", key)

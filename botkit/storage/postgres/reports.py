@@ -10,6 +10,7 @@ from botkit.storage.postgres.connection import PgConnection
 from botkit.storage.rows import (
     ATTENTION,
     FUNNEL_COUNTS,
+    HUMAN,
     QUEUE,
     conversation_from_row,
     history_detail,
@@ -28,6 +29,11 @@ class PgReports(PgConnection):
             "SELECT * FROM conversations WHERE ($1::text IS NULL OR phone = $1)"
             " AND ($2::text IS NULL OR flow = $2) ORDER BY updated_at DESC, id DESC LIMIT $3",
             phone, flow, limit)
+        return [conversation_from_row(r) for r in rows]
+
+    async def human_conversations(self, limit: int = 200) -> list[Conversation]:
+        rows = await self._rows(f"SELECT * FROM conversations WHERE {HUMAN}"
+                                " ORDER BY updated_at, id LIMIT $1", limit)
         return [conversation_from_row(r) for r in rows]
 
     async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:

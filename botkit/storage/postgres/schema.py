@@ -17,7 +17,7 @@ import asyncpg
 
 from botkit.errors import SchemaTooNewError
 from botkit.storage.postgres.commit import REFUSE_FUNCTION
-from botkit.storage.rows import ATTENTION, QUEUE, UNCONFIRMED
+from botkit.storage.rows import ATTENTION, HUMAN, QUEUE, UNCONFIRMED
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "migrate"]
 
@@ -153,9 +153,22 @@ CREATE TABLE processes (
 CREATE TABLE send_rate (id INTEGER PRIMARY KEY, next_at DOUBLE PRECISION NOT NULL);
 """
 
+# The operator console: its users, and its inbox of conversations with a human (on their
+# ids, which never change, so the index keeps every other conversation's updates HOT).
+P003_CONSOLE = f"""
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX conversations_human ON conversations (id) WHERE {HUMAN};
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", P001_INITIAL),
     ("p002_refuse", REFUSE_FUNCTION),  # a turn's commit in one statement (postgres.commit)
+    ("p003_console", P003_CONSOLE),
 ]
 
 

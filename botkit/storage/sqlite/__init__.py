@@ -7,11 +7,12 @@ from botkit.storage.sqlite.outbox import Outbox
 from botkit.storage.sqlite.reports import Reports
 from botkit.storage.sqlite.statuses import Statuses
 from botkit.storage.sqlite.turns import Turns
+from botkit.storage.sqlite.users import Users
 
 __all__ = ["SQLiteStore"]
 
 
-class SQLiteStore(Turns, Outbox, Statuses, Reports, Store):
+class SQLiteStore(Turns, Outbox, Statuses, Reports, Users, Store):
     """The Store on a SQLite file, made of one part per role of ``storage.base``.
 
     >>> store = SQLiteStore("botkit.db")

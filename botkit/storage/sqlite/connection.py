@@ -170,16 +170,16 @@ class Connection:
                      self.path, thread.jobs, thread.groups, thread.jobs / thread.groups)
 
 
-    async def secret(self, generate: Callable[[], str]) -> str:
-        return await self._run(self._secret, generate)
+    async def secret(self, generate: Callable[[], str], key: str = "callback_secret") -> str:
+        return await self._run(self._secret, generate, key)
 
-    def _secret(self, generate: Callable[[], str]) -> str:
+    def _secret(self, generate: Callable[[], str], key: str) -> str:
         with self._write() as db:
-            row = self._one("SELECT value FROM meta WHERE key = 'callback_secret'")
+            row = self._one("SELECT value FROM meta WHERE key = ?", [key])
             if row:
                 return str(row["value"])
             value = generate()
-            db.execute("INSERT INTO meta (key, value) VALUES ('callback_secret', ?)", [value])
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [key, value])
             return value
 
     async def meta(self, key: str) -> str | None:

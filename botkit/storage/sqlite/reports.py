@@ -8,7 +8,7 @@ from botkit.core.conversation import Conversation
 from botkit.core.records import (
     LogEntry,
 )
-from botkit.storage.rows import FUNNEL_COUNTS, conversation_from_row, history_detail
+from botkit.storage.rows import FUNNEL_COUNTS, HUMAN, conversation_from_row, history_detail
 from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, Connection
 
 __all__ = ["Reports"]
@@ -33,6 +33,11 @@ class Reports(Connection):
             " ORDER BY updated_at DESC, id DESC LIMIT ?",
             [*params, limit],
         )
+        return [conversation_from_row(r) for r in rows]
+
+    async def human_conversations(self, limit: int = 200) -> list[Conversation]:
+        rows = await self._run(self._rows, f"SELECT * FROM conversations WHERE {HUMAN}"
+                               " ORDER BY updated_at, id LIMIT ?", [limit])
         return [conversation_from_row(r) for r in rows]
 
     async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:

@@ -1,0 +1,266 @@
+"""The console's pages: log in and out, the inbox of conversations with a human, a
+conversation's transcript, an agent's reply, closing a conversation, and the users.
+
+Every page is rendered from ``console/templates`` with autoescaping on, so what a user wrote
+(and flow names, and agents' replies) is shown as text. Every change is a form POST carrying
+the session's CSRF token and is answered with a redirect (a reload never posts again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from aiohttp import web
+from aiohttp_session import get_session
+
+from botkit.console.access import (
+    ADMIN,
+    AGENT,
+    Routes,
+    VIEWER,
+    Throttle,
+    csrf_token,
+    log_in,
+    refuse,
+    viewer,
+)
+from botkit.console.links import LoginLinks
+from botkit.console.passwords import check_password
+from botkit.core.conversation import Conversation, Status
+from botkit.errors import BotkitError
+from botkit.runtime.assembly import Bot
+
+__all__ = ["BOT", "LINKS", "THROTTLE", "BotRef", "add_pages"]
+
+log = logging.getLogger("botkit.console")
+
+MAX_REPLY = 1000  # characters: the provider's limit on a message's text
+TRANSCRIPT = 200  # messages shown of a phone's history
+INBOX = 200  # conversations shown in the inbox
+
+
+class BotRef:
+    """The running bot, once the server has started (``BOT``)."""
+
+    def __init__(self, get: Any) -> None:
+        self.get = get
+
+    def __call__(self) -> Bot:
+        bot: Bot = self.get()
+        return bot
+
+
+BOT = web.AppKey("botkit.console.bot", BotRef)
+THROTTLE = web.AppKey("botkit.console.throttle", Throttle)
+LINKS = web.AppKey("botkit.console.links", LoginLinks)
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("botkit.console", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+# Pages are strict: a script of their own only (console.js), no inline code, no framing.
+HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none';"
+                                      " form-action 'self'; base-uri 'none'",
+           "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+           "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
+
+
+def add_pages(routes: Routes) -> None:
+    """Add the console's pages to ``routes``, each with the role it needs."""
+    routes.add("GET", "/login", _login_page, None, name="login")
+    routes.add("POST", "/login", _login, None)
+    routes.add("GET", "/login/once/{token}", _login_once, None)
+    routes.add("POST", "/logout", _logout, AGENT, name="logout")
+    routes.add("GET", "/", _inbox, AGENT, name="inbox")
+    routes.add("GET", "/api/inbox", _inbox_json, AGENT, name="inbox_feed")
+    routes.add("GET", "/conversations/{id:\\d+}", _conversation, AGENT, name="conversation")
+    routes.add("POST", "/conversations/{id:\\d+}/reply", _reply, AGENT, name="reply")
+    routes.add("POST", "/conversations/{id:\\d+}/close", _close, AGENT, name="close")
+    routes.add("GET", "/users", _users, ADMIN, name="users")
+
+
+async def _render(request: web.Request, template: str, status: int = 200,
+                  **values: Any) -> web.Response:
+    session = await get_session(request)
+    me = request.get(VIEWER)
+    html = _templates.get_template(template).render(
+        csrf=csrf_token(session), me=me, url=lambda name, **parts: _url(request, name, **parts),
+        **values)
+    return web.Response(text=html, content_type="text/html", status=status, headers=HEADERS)
+
+
+def _url(request: web.Request, name: str, **parts: Any) -> str:
+    return str(request.app.router[name].url_for(**{k: str(v) for k, v in parts.items()}))
+
+
+def _back(request: web.Request, name: str, **parts: Any) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(location=_url(request, name, **parts))
+
+
+# -- logging in and out ----------------------------------------------------------------------
+
+
+async def _login_page(request: web.Request) -> web.Response:
+    return await _render(request, "login.html", next=_next(request.query.get("next")),
+                         error=None, name="")
+
+
+async def _login(request: web.Request) -> web.Response:
+    form = await request.post()
+    name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
+    nxt = _next(str(form.get("next", "")))
+    throttle = request.app[THROTTLE]
+    address = request.remote or "?"
+    wait = throttle.retry_after(name, address)
+    if wait > 0:
+        log.warning("console login for %r from %s refused: too many failed attempts",
+                    name, request.remote)
+        response = await _render(
+            request, "login.html", status=429, next=nxt, name=name,
+            error=f"Too many failed attempts: try again in {int(wait) + 1} seconds.")
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    user = await request.app[BOT]().store.user(name) if name else None
+    if not await check_password(user.password_hash if user else None, password) or user is None:
+        throttle.failed(name, address)
+        log.warning("failed console login for %r from %s", name, request.remote)
+        return await _render(request, "login.html", status=401, next=nxt, name=name,
+                             error="Wrong name or password.")
+    throttle.succeeded(name, address)
+    await log_in(request, user.name, user.role, user.password_hash)
+    log.info("%s logged in to the console (%s) from %s", user.name, user.role, request.remote)
+    raise web.HTTPSeeOther(location=nxt or _url(request, "inbox"))
+
+
+async def _login_once(request: web.Request) -> web.Response:
+    name = request.app[LINKS].take(request.match_info["token"])
+    user = await request.app[BOT]().store.user(name) if name else None
+    if user is None:
+        return await _render(request, "login.html", status=410, next="", name="",
+                             error="That login link was used already, or has expired: log in,"
+                                   " or restart python run.py for a new one.")
+    await log_in(request, user.name, user.role, user.password_hash)
+    log.info("%s logged in to the console by a one-time link from %s", user.name,
+             request.remote)
+    raise _back(request, "inbox")
+
+
+async def _logout(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    log.info("%s logged out of the console", viewer(request).name)
+    session.invalidate()
+    raise _back(request, "login")
+
+
+def _next(value: str | None) -> str:
+    """Where to go after the login: a path of the console only (never another site)."""
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/console/") or "\\" in value:
+        return ""
+    return value
+
+
+# -- the inbox and a conversation ------------------------------------------------------------
+
+
+async def _waiting(request: web.Request) -> list[dict[str, Any]]:
+    bot = request.app[BOT]()
+    now = bot.clock()
+    return [{"id": c.id, "phone": c.phone, "flow": c.flow, "step": c.step,
+             "quiet_for": max(0.0, now - c.updated_at), "since": c.updated_at,
+             "url": _url(request, "conversation", id=c.id)}
+            for c in await bot.store.human_conversations(INBOX)]
+
+
+async def _inbox(request: web.Request) -> web.Response:
+    return await _render(request, "inbox.html", waiting=await _waiting(request), ago=_ago,
+                         clock=_clock)
+
+
+async def _inbox_json(request: web.Request) -> web.Response:
+    return web.json_response({"waiting": await _waiting(request)})
+
+
+async def _conversation(request: web.Request) -> web.Response:
+    bot = request.app[BOT]()
+    conv = await _find(request)
+    history = await bot.store.history(conv.phone, TRANSCRIPT)
+    return await _render(request, "conversation.html", conv=conv, history=history,
+                         human=conv.status is Status.HUMAN, max_reply=MAX_REPLY,
+                         notice=request.query.get("notice"), ago=_ago, now=bot.clock(),
+                         clock=_clock)
+
+
+async def _reply(request: web.Request) -> web.Response:
+    bot, me = request.app[BOT](), viewer(request)
+    conv = await _find(request)
+    text = str((await request.post()).get("text", "")).strip()
+    if not text:
+        return refuse(request, 400, "text: write the reply first")
+    if len(text) > MAX_REPLY:
+        return refuse(request, 400, f"text: at most {MAX_REPLY} characters (this is"
+                                    f" {len(text)})")
+    if conv.status is not Status.HUMAN:
+        return refuse(request, 409, f"conversation {conv.id} is not with a human"
+                                    f" ({conv.status.value}): the bot answers this user")
+    try:
+        sent = await bot.engine.say_as_agent(conv.phone, text)
+    except BotkitError as exc:  # the text breaks a provider limit
+        return refuse(request, 400, f"text: {exc}")
+    if sent is None or sent.id != conv.id:
+        return refuse(request, 409, f"conversation {conv.id} is no longer with a human")
+    log.info("%s replied in conversation %d (%s)", me.name, conv.id, conv.phone)
+    raise _back(request, "conversation", id=conv.id)
+
+
+async def _close(request: web.Request) -> web.Response:
+    bot, me = request.app[BOT](), viewer(request)
+    conv = await _find(request)
+    if conv.status is not Status.HUMAN:
+        return refuse(request, 409, f"conversation {conv.id} is not with a human"
+                                    f" ({conv.status.value})")
+    closed = await bot.store.release(conv.phone, bot.clock())
+    if closed is None or closed.id != conv.id:
+        return refuse(request, 409, f"conversation {conv.id} is no longer with a human")
+    log.info("%s closed conversation %d (%s): the bot answers again", me.name, conv.id,
+             conv.phone)
+    raise _back(request, "inbox")
+
+
+async def _find(request: web.Request) -> Conversation:
+    conv_id = int(request.match_info["id"])
+    conv = await request.app[BOT]().store.conversation(conv_id)
+    if conv is None:
+        raise web.HTTPNotFound(reason=f"conversation {conv_id} does not exist")
+    return conv
+
+
+# -- users (admins) --------------------------------------------------------------------------
+
+
+async def _users(request: web.Request) -> web.Response:
+    users = await request.app[BOT]().store.users()
+    return await _render(request, "users.html", users=users, clock=_clock)
+
+
+def _ago(seconds: float) -> str:
+    """``seconds`` as people say it: 45 s, 12 min, 3 h 5 min, 2 d 4 h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
