@@ -497,3 +497,74 @@ def test_the_throttle_counts_a_name_per_address_and_an_address_for_every_name():
     throttle.succeeded("olga", "10.0.0.2")
     throttle.failed("olga", "10.0.0.2")
     assert throttle.retry_after("olga", "10.0.0.2") == 0  # a success starts the count again
+
+
+# -- one agent at a time, and giving a conversation back ----------------------------------
+
+
+async def _post(client: ClientSession, path: str, page: str, **data: str):
+    data["csrf"] = await csrf(client, page)
+    response = await client.post(path, data=data, allow_redirects=False)
+    body = await response.text()
+    response.release()
+    return response.status, body
+
+
+async def test_one_agent_at_a_time_and_a_take_over_is_explicit_and_recorded(console):
+    conv_id = await console.handed_over()
+    page = f"/console/conversations/{conv_id}"
+    olga, ada = await console.logged_in("olga"), await console.logged_in("ada")
+    assert (await _post(olga, f"{page}/take", page))[0] == 303
+    async with ada.get("/console/api/inbox") as response:
+        assert (await response.json())["waiting"][0]["agent"] == "olga"
+    async with ada.get(page, headers=HTML) as response:
+        html = await response.text()
+    assert "olga has this conversation" in html and "Take it over from olga" in html
+    assert 'name="text"' not in html  # no reply box for ada
+    before = len(await console.sent_to(PHONE, 2))
+
+    status, body = await _post(ada, f"{page}/reply", page, text="Ada here")
+    assert status == 409 and "olga has conversation" in body
+    status, body = await _post(ada, f"{page}/take", page)  # a take without over: refused
+    assert status == 409
+    status, _ = await _post(ada, f"{page}/close", page)
+    assert status == 409
+    await asyncio.sleep(0.3)
+    assert len(console.provider.messages_to(PHONE)) == before  # nothing went out
+
+    assert (await _post(ada, f"{page}/take", page, over="1"))[0] == 303
+    status, body = await _post(olga, f"{page}/reply", page, text="Olga again")
+    assert status == 409 and "ada has conversation" in body
+    assert (await _post(ada, f"{page}/reply", page, text="Ada here"))[0] == 303
+    await console.sent_to(PHONE, before + 1)
+    actions = [(a.agent, a.action, a.detail)
+               for a in await console.bot.store.actions(conv_id)]
+    assert actions == [("olga", "took", None), ("ada", "took_over", "olga"),
+                       ("ada", "replied", None)]
+    async with olga.get(page, headers=HTML) as response:
+        assert "ada took over from olga" in await response.text()
+
+
+async def test_an_agent_gives_the_user_back_to_the_bot_at_a_step(console):
+    conv_id = await console.handed_over()
+    page = f"/console/conversations/{conv_id}"
+    olga = await console.logged_in("olga")
+    before = len(await console.sent_to(PHONE, 2))
+    async with olga.get(page, headers=HTML) as response:
+        html = await response.text()
+    assert "<option>order_number</option>" in html  # the flow's steps to give it back at
+    status, body = await _post(olga, f"{page}/resume", page, step="nowhere")
+    assert status == 400 and "no step 'nowhere'" in body
+    assert (await _post(olga, f"{page}/resume", page, step="order_number"))[0] == 303
+
+    asked = (await console.sent_to(PHONE, before + 1))[-1]
+    assert "order number" in asked.request.text.lower()  # the step's prompt
+    conv = await console.bot.store.conversation(conv_id)
+    assert (conv.status.value, conv.step) == ("active", "order_number")
+    assert await console.bot.store.holders([conv_id]) == {}
+    assert [a.action for a in await console.bot.store.actions(conv_id)] == ["took", "resumed"]
+    await console.user_says("100200")  # the bot answers the next message, at that step
+    answer = (await console.sent_to(PHONE, before + 2))[-1]
+    assert "shipped on Monday" in answer.request.text
+    async with olga.get("/console/api/inbox") as response:
+        assert (await response.json())["waiting"] == []

@@ -50,7 +50,8 @@ async def copy(source: str | Path, target: str | Path) -> subprocess.CompletedPr
 async def filled(tmp_path: Path) -> Path:
     """A SQLite file a bot ran on: a survey finished after a re-ask, one left open with its
     reminder pending, a hand-over to a human, delivery statuses, the callback secret, the
-    server's heartbeat, the account's send rate and a console user: a row in every table."""
+    server's heartbeat, the account's send rate, a console user who took the hand-over: a row
+    in every table."""
     db = tmp_path / "bot.db"
     async with Harness(flows=[survey, support], db=db, templates=ROOT / "templates") as bot:
         ana = bot.chat(ANA)
@@ -68,6 +69,8 @@ async def filled(tmp_path: Path) -> Path:
     await store.beat(0.0)  # a process that is running (the bot's left at its clean stop)
     await store.add_user(User(name="olga", role="agent", password_hash="$argon2id$stand-in",
                               created_at=1.0))
+    [with_human] = await store.human_conversations()
+    await store.take(with_human.id, "olga", 2.0)  # an assignment, and an agent's action
     await store.close()
     empty = [table for table, (_, rows) in (await dump(db)).items() if not rows]
     assert not empty, f"the bot left {empty} empty: the test would not copy them"

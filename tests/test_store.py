@@ -562,3 +562,45 @@ async def test_the_inbox_lists_conversations_with_a_human_quiet_longest_first(ba
         assert [c.phone for c in await store.human_conversations()] == ["380500000001"]
     finally:
         await store.close()
+
+
+async def test_a_conversation_is_taken_by_one_agent_and_taken_over_only_explicitly(backend):
+    from botkit.core.records import AgentAction
+
+    first, second = await backend.opened(), await backend.opened()
+    try:
+        assert await first.holders([7, 8]) == {}
+        assert await first.take(7, "olga", 10.0) is None
+        assert await second.take(7, "olga", 11.0) is None  # hers already: nothing recorded
+        assert await second.take(7, "ada", 12.0) == "olga"  # left to her
+        assert await second.holders([7, 8]) == {7: "olga"}
+        assert await second.take(7, "ada", 13.0, over=True) is None
+        assert await first.holders([7]) == {7: "ada"}
+        assert await first.take(7, "olga", 14.0) == "ada"
+        await first.record_action(AgentAction(conversation_id=7, agent="ada",
+                                              action="replied", at=15.0))
+        await first.record_action(AgentAction(conversation_id=7, agent="ada", action="resumed",
+                                              detail="menu", at=16.0), drop=True)
+        assert await first.holders([7]) == {}
+        assert [(a.agent, a.action, a.detail, a.at) for a in await second.actions(7)] == [
+            ("olga", "took", None, 10.0), ("ada", "took_over", "olga", 13.0),
+            ("ada", "replied", None, 15.0), ("ada", "resumed", "menu", 16.0)]
+        assert await second.actions(8) == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_two_agents_taking_at_once_leave_it_to_one(backend):
+    stores = [await backend.opened() for _ in range(2)]
+    try:
+        results = await asyncio.gather(*(s.take(9, name, 1.0)
+                                         for s, name in zip(stores, ("olga", "ada"))))
+        assert results.count(None) == 1
+        winner = ("olga", "ada")[results.index(None)]
+        assert winner in results  # the other was told who has it
+        assert await stores[0].holders([9]) == {9: winner}
+        assert [a.action for a in await stores[0].actions(9)] == ["took"]
+    finally:
+        for s in stores:
+            await s.close()

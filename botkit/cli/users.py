@@ -74,9 +74,7 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     async def job(store: Any) -> int:
         if not await store.remove_user(args.name):
-            print(f"error: there is no user {args.name!r} (see: python run.py user list)",
-                  file=sys.stderr)
-            return 1
+            return _no_user(args.name)
         print(f"removed {args.name}: their sessions end at their next request")
         return 0
 
@@ -88,13 +86,16 @@ def _passwd(args: argparse.Namespace) -> int:
 
     async def job(store: Any) -> int:
         if not await store.set_password(args.name, password_hash):
-            print(f"error: there is no user {args.name!r} (see: python run.py user list)",
-                  file=sys.stderr)
-            return 1
+            return _no_user(args.name)
         print(f"changed the password of {args.name}: their other sessions end")
         return 0
 
     return with_store(args, job)
+
+
+def _no_user(name: str) -> int:
+    print(f"error: there is no user {name!r} (see: python run.py user list)", file=sys.stderr)
+    return 1
 
 
 def _name(name: str) -> str:

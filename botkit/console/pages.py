@@ -31,7 +31,8 @@ from botkit.console.access import (
 from botkit.console.links import LoginLinks
 from botkit.console.passwords import check_password
 from botkit.core.conversation import Conversation, Status
-from botkit.errors import BotkitError
+from botkit.core.records import AgentAction
+from botkit.errors import BotkitError, ConcurrentUpdateError, UnknownStepError
 from botkit.runtime.assembly import Bot
 
 __all__ = ["BOT", "LINKS", "THROTTLE", "BotRef", "add_pages"]
@@ -81,6 +82,8 @@ def add_pages(routes: Routes) -> None:
     routes.add("GET", "/conversations/{id:\\d+}", _conversation, AGENT, name="conversation")
     routes.add("POST", "/conversations/{id:\\d+}/reply", _reply, AGENT, name="reply")
     routes.add("POST", "/conversations/{id:\\d+}/close", _close, AGENT, name="close")
+    routes.add("POST", "/conversations/{id:\\d+}/take", _take, AGENT, name="take")
+    routes.add("POST", "/conversations/{id:\\d+}/resume", _resume, AGENT, name="resume")
     routes.add("GET", "/users", _users, ADMIN, name="users")
 
 
@@ -173,10 +176,12 @@ def _next(value: str | None) -> str:
 async def _waiting(request: web.Request) -> list[dict[str, Any]]:
     bot = request.app[BOT]()
     now = bot.clock()
+    waiting = await bot.store.human_conversations(INBOX)
+    holders = await bot.store.holders([c.id for c in waiting])
     return [{"id": c.id, "phone": c.phone, "flow": c.flow, "step": c.step,
              "quiet_for": max(0.0, now - c.updated_at), "since": c.updated_at,
-             "url": _url(request, "conversation", id=c.id)}
-            for c in await bot.store.human_conversations(INBOX)]
+             "agent": holders.get(c.id), "url": _url(request, "conversation", id=c.id)}
+            for c in waiting]
 
 
 async def _inbox(request: web.Request) -> web.Response:
@@ -192,10 +197,13 @@ async def _conversation(request: web.Request) -> web.Response:
     bot = request.app[BOT]()
     conv = await _find(request)
     history = await bot.store.history(conv.phone, TRANSCRIPT)
+    holder = (await bot.store.holders([conv.id])).get(conv.id)
+    flow = bot.flows.get(conv.flow)
+    steps = [s.name for s in flow.steps.values() if s.prompt] if flow is not None else []
     return await _render(request, "conversation.html", conv=conv, history=history,
                          human=conv.status is Status.HUMAN, max_reply=MAX_REPLY,
-                         notice=request.query.get("notice"), ago=_ago, now=bot.clock(),
-                         clock=_clock)
+                         holder=holder, mine=holder == viewer(request).name, steps=steps,
+                         actions=await bot.store.actions(conv.id), clock=_clock)
 
 
 async def _reply(request: web.Request) -> web.Response:
@@ -207,15 +215,17 @@ async def _reply(request: web.Request) -> web.Response:
     if len(text) > MAX_REPLY:
         return refuse(request, 400, f"text: at most {MAX_REPLY} characters (this is"
                                     f" {len(text)})")
-    if conv.status is not Status.HUMAN:
-        return refuse(request, 409, f"conversation {conv.id} is not with a human"
-                                    f" ({conv.status.value}): the bot answers this user")
+    refused = await _hold(request, conv)
+    if refused is not None:
+        return refused
     try:
         sent = await bot.engine.say_as_agent(conv.phone, text)
     except BotkitError as exc:  # the text breaks a provider limit
         return refuse(request, 400, f"text: {exc}")
     if sent is None or sent.id != conv.id:
         return refuse(request, 409, f"conversation {conv.id} is no longer with a human")
+    await bot.store.record_action(AgentAction(conversation_id=conv.id, agent=me.name,
+                                              action="replied", at=bot.clock()))
     log.info("%s replied in conversation %d (%s)", me.name, conv.id, conv.phone)
     raise _back(request, "conversation", id=conv.id)
 
@@ -223,15 +233,74 @@ async def _reply(request: web.Request) -> web.Response:
 async def _close(request: web.Request) -> web.Response:
     bot, me = request.app[BOT](), viewer(request)
     conv = await _find(request)
-    if conv.status is not Status.HUMAN:
-        return refuse(request, 409, f"conversation {conv.id} is not with a human"
-                                    f" ({conv.status.value})")
+    refused = await _hold(request, conv)
+    if refused is not None:
+        return refused
     closed = await bot.store.release(conv.phone, bot.clock())
     if closed is None or closed.id != conv.id:
         return refuse(request, 409, f"conversation {conv.id} is no longer with a human")
+    await bot.store.record_action(AgentAction(conversation_id=conv.id, agent=me.name,
+                                              action="closed", at=bot.clock()), drop=True)
     log.info("%s closed conversation %d (%s): the bot answers again", me.name, conv.id,
              conv.phone)
     raise _back(request, "inbox")
+
+
+async def _take(request: web.Request) -> web.Response:
+    """Take a conversation nobody has, or (``over=1``) one another agent has."""
+    bot, me = request.app[BOT](), viewer(request)
+    conv = await _find(request)
+    if conv.status is not Status.HUMAN:
+        return _not_human(request, conv)
+    over = (await request.post()).get("over") == "1"
+    holder = await bot.store.take(conv.id, me.name, bot.clock(), over=over)
+    if holder is not None:
+        return refuse(request, 409, f"{holder} has conversation {conv.id}; take it over to"
+                                    " answer in it")
+    log.info("%s %s conversation %d (%s)", me.name, "took over" if over else "took", conv.id,
+             conv.phone)
+    raise _back(request, "conversation", id=conv.id)
+
+
+async def _resume(request: web.Request) -> web.Response:
+    """Give the conversation back to the bot at a step of its flow (its prompt is sent)."""
+    bot, me = request.app[BOT](), viewer(request)
+    conv = await _find(request)
+    step = str((await request.post()).get("step", ""))
+    refused = await _hold(request, conv)
+    if refused is not None:
+        return refused
+    try:
+        resumed = await bot.engine.resume_at(conv.id, step)
+    except UnknownStepError as exc:
+        return refuse(request, 400, f"step: {exc}")
+    except ConcurrentUpdateError:
+        return refuse(request, 409, "the user wrote meanwhile: read it, then try again")
+    if resumed is None:
+        return _not_human(request, conv)
+    await bot.store.record_action(AgentAction(conversation_id=conv.id, agent=me.name,
+                                              action="resumed", detail=step, at=bot.clock()),
+                                  drop=True)
+    log.info("%s gave conversation %d (%s) back to the bot at %s.%s", me.name, conv.id,
+             conv.phone, conv.flow, step)
+    raise _back(request, "inbox")
+
+
+async def _hold(request: web.Request, conv: Conversation) -> web.Response | None:
+    """None when the viewer has the conversation (taking it when nobody has), else why not."""
+    bot = request.app[BOT]()
+    if conv.status is not Status.HUMAN:
+        return _not_human(request, conv)
+    holder = await bot.store.take(conv.id, viewer(request).name, bot.clock())
+    if holder is not None:
+        return refuse(request, 409, f"{holder} has conversation {conv.id}; take it over"
+                                    " first to answer in it")
+    return None
+
+
+def _not_human(request: web.Request, conv: Conversation) -> web.Response:
+    return refuse(request, 409, f"conversation {conv.id} is not with a human"
+                                f" ({conv.status.value}): the bot answers this user")
 
 
 async def _find(request: web.Request) -> Conversation:

@@ -10,6 +10,7 @@ from typing import Any, Literal, NamedTuple
 from botkit.core.conversation import Conversation, SentRef, Status
 
 __all__ = [
+    "AgentAction",
     "Commit",
     "Committed",
     "ConversationChange",
@@ -212,3 +213,16 @@ class User:
     role: str
     password_hash: str
     created_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentAction:
+    """What an agent did in the console to a conversation: ``took`` it, ``took_over`` from
+    the agent named in ``detail``, ``replied``, ``closed`` it, or ``resumed`` it at the step
+    named in ``detail``."""
+
+    conversation_id: int
+    agent: str
+    action: str
+    detail: str | None = None
+    at: float

@@ -16,6 +16,7 @@ from botkit.core.records import (
 from botkit.core.turn import Reply
 from botkit.errors import (
     ConcurrentUpdateError,
+    UnknownStepError,
 )
 from botkit.models import normalize_phone
 from botkit.runtime import crashpoints
@@ -139,6 +140,35 @@ class Proactive(EngineBase):
         outbox = self.composer.compose([(reply, self.flows.get(conv.flow))], phone,
                                        (conv.flow, conv.step), conv.state)
         await self._commit(Commit(inbound_id=None, route="agent", outbox=outbox, link=conv.id))
+        return conv
+
+    async def resume_at(self, conversation_id: int, step_name: str) -> Conversation | None:
+        """Give a conversation with a human back to the bot at ``step_name`` of its flow.
+
+        The step's prompt is sent and its timers start, as when the flow asks it; the state
+        is kept. Returns the conversation as it was, or None when it is not with a human.
+        UnknownStepError when the flow has no such step; ConcurrentUpdateError when the
+        conversation changed meanwhile (a message of the user: try again).
+
+        >>> await engine.resume_at(12, "order_number")
+        """
+        conv = await self.store.conversation(conversation_id)
+        if conv is None or conv.status is not Status.HUMAN:
+            return None
+        flow = self.flows[conv.flow]
+        step = flow.steps.get(step_name)
+        if step is None:
+            raise UnknownStepError(f"flow {flow.name!r} has no step {step_name!r}; its steps:"
+                                   f" {', '.join(flow.steps)}")
+        now = self.clock()
+        change = replace(self._new(conv.phone, flow, step.name, conv.state, now), id=conv.id,
+                         expected_version=conv.version)
+        reply = Reply(template=self._prompt_of(step))
+        await self._commit(Commit(
+            inbound_id=None, route="resume", conversation=change, reset_timers=True,
+            outbox=self.composer.compose([(reply, flow)], conv.phone, (flow.name, step.name),
+                                         change.state, question=True),
+            timers=plan_timers(flow, step, now)))
         return conv
 
     def _plan_start(

@@ -1,9 +1,8 @@
 """The store's interfaces: everything botkit keeps, in seven roles, behind one small async API.
 
 ``Admin``, ``TurnStore``, ``OutboxStore``, ``TimerStore``, ``StatusStore``,
-``ReportStore`` and ``UserStore`` (the console's users) each hold one concern; ``Store`` is
-all of them. The runtime only sees these
-ABCs and the records of ``core.records``. ``storage.sqlite.SQLiteStore`` and
+``ReportStore`` and ``ConsoleStore`` (the operator console's) each hold one concern;
+``Store`` is all of them. The runtime only sees these ABCs and the records of ``core.records``. ``storage.sqlite.SQLiteStore`` and
 ``storage.postgres.PostgresStore`` implement them, a module per role, reusing
 ``storage.rows`` for what every engine writes the same way; ``storage.engines.store_for``
 picks one from ``BOTKIT_DB``.
@@ -37,6 +36,7 @@ from typing import Any, ClassVar
 from botkit.core.conversation import Conversation
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import (
+    AgentAction,
     Commit,
     Committed,
     Inbound,
@@ -50,8 +50,8 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply, StatusUpdate
 
-__all__ = ["Admin", "OutboxStore", "ReportStore", "StatusStore", "Store", "TimerStore",
-           "TurnStore", "UserStore"]
+__all__ = ["Admin", "ConsoleStore", "OutboxStore", "ReportStore", "StatusStore", "Store",
+           "TimerStore", "TurnStore"]
 
 
 class Admin(ABC):
@@ -321,8 +321,8 @@ class ReportStore(ABC):
         inbox)."""
 
 
-class UserStore(ABC):
-    """The operator console's users."""
+class ConsoleStore(ABC):
+    """The operator console's: its users, who has which conversation, what agents did."""
 
     @abstractmethod
     async def add_user(self, user: User) -> None:
@@ -344,8 +344,27 @@ class UserStore(ABC):
     async def set_password(self, name: str, password_hash: str) -> bool:
         """Store a new password hash for ``name``; False when there is no such user."""
 
+    @abstractmethod
+    async def take(self, conversation_id: int, agent: str, now: float, *,
+                   over: bool = False) -> str | None:
+        """Give the conversation to ``agent``: None when it is theirs now, else the name of
+        the agent who has it (it stays theirs unless ``over``). A take is recorded as an
+        action (``took``, or ``took_over`` naming whom it was taken from)."""
 
-class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore, UserStore):
+    @abstractmethod
+    async def holders(self, conversation_ids: Collection[int]) -> dict[int, str]:
+        """Who has each of the conversations that someone has."""
+
+    @abstractmethod
+    async def record_action(self, action: AgentAction, *, drop: bool = False) -> None:
+        """Record what an agent did; ``drop``: the conversation is nobody's any more."""
+
+    @abstractmethod
+    async def actions(self, conversation_id: int) -> list[AgentAction]:
+        """What agents did to the conversation, in order."""
+
+
+class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore, ConsoleStore):
     """Everything botkit keeps: all the roles, as one engine (``SQLiteStore``) implements them.
 
     A part of the runtime asks for the role it uses (the sender an ``OutboxStore``, the

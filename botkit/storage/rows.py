@@ -9,14 +9,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
-from botkit.core.records import Commit, Committed, ConversationChange, Inbound, OutboxItem, User
+from botkit.core.records import (
+    AgentAction,
+    Commit,
+    Committed,
+    ConversationChange,
+    Inbound,
+    OutboxItem,
+    User,
+)
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
 __all__ = ["ATTENTION", "FUNNEL_COUNTS", "HUMAN", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
-           "status_body", "user_from_row"]
+           "status_body", "user_from_row", "action_from_row"]
 
 # Conditions that name the rows of a partial index, shared by every engine's schema and
 # queries: a query repeats its index's condition word for word, or the planner may scan.
@@ -144,3 +152,9 @@ def user_from_row(row: Mapping[str, Any]) -> User:
     """A console user from its ``users`` row."""
     return User(name=row["name"], role=row["role"], password_hash=row["password_hash"],
                 created_at=row["created_at"])
+
+
+def action_from_row(row: Mapping[str, Any]) -> AgentAction:
+    """An agent's action from its ``agent_actions`` row."""
+    return AgentAction(conversation_id=row["conversation_id"], agent=row["agent"],
+                       action=row["action"], detail=row["detail"], at=row["at"])

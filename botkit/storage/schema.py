@@ -236,3 +236,14 @@ def m008_console(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL,"
                " password_hash TEXT NOT NULL, created_at REAL NOT NULL)")
     db.execute(f"CREATE INDEX conversations_human ON conversations (id) WHERE {HUMAN}")
+
+
+@MIGRATIONS(name="m009_agents")
+def m009_agents(db: sqlite_utils.Database) -> None:
+    """The console's agents: who has which conversation with a human, and what they did."""
+    db.execute("CREATE TABLE assignments (conversation_id INTEGER PRIMARY KEY,"
+               " agent TEXT NOT NULL, taken_at REAL NOT NULL)")
+    db.execute("CREATE TABLE agent_actions (id INTEGER PRIMARY KEY,"
+               " conversation_id INTEGER NOT NULL, agent TEXT NOT NULL, action TEXT NOT NULL,"
+               " detail TEXT, at REAL NOT NULL)")
+    db.execute("CREATE INDEX agent_actions_conversation ON agent_actions (conversation_id, id)")

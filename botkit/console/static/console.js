@@ -27,6 +27,7 @@ function draw(table, waiting) {
     link.textContent = c.phone;
     cell(row, link);
     cell(row, c.flow + " · " + c.step);
+    cell(row, c.agent || "nobody yet");
     cell(row, ago(c.quiet_for));
     cell(row, new Date(c.since * 1000).toLocaleString());
     body.appendChild(row);

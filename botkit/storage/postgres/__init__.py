@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from botkit.storage.base import Store
+from botkit.storage.postgres.console import PgConsole
 from botkit.storage.postgres.outbox import PgOutbox
 from botkit.storage.postgres.reports import PgReports
 from botkit.storage.postgres.statuses import PgStatuses
 from botkit.storage.postgres.turns import PgTurns
-from botkit.storage.postgres.users import PgUsers
 
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(PgTurns, PgOutbox, PgStatuses, PgReports, PgUsers, Store):
+class PostgresStore(PgTurns, PgOutbox, PgStatuses, PgReports, PgConsole, Store):
     """The Store on a PostgreSQL database, made of one part per role of ``storage.base``.
 
     >>> store = PostgresStore("postgresql://botkit@db.internal/botkit", pool_size=10)

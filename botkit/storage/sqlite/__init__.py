@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from botkit.storage.base import Store
+from botkit.storage.sqlite.console import Console
 from botkit.storage.sqlite.outbox import Outbox
 from botkit.storage.sqlite.reports import Reports
 from botkit.storage.sqlite.statuses import Statuses
 from botkit.storage.sqlite.turns import Turns
-from botkit.storage.sqlite.users import Users
 
 __all__ = ["SQLiteStore"]
 
 
-class SQLiteStore(Turns, Outbox, Statuses, Reports, Users, Store):
+class SQLiteStore(Turns, Outbox, Statuses, Reports, Console, Store):
     """The Store on a SQLite file, made of one part per role of ``storage.base``.
 
     >>> store = SQLiteStore("botkit.db")
