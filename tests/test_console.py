@@ -12,7 +12,9 @@ from aiohttp import ClientSession, CookieJar
 from aiohttp.test_utils import TestServer, unused_port
 
 from botkit import Settings, create_app
+from botkit.console.app import ANNOUNCE
 from botkit.console.links import SANDBOX_ADMIN
+from botkit.console.pages import FEED
 from botkit.console.passwords import hash_password
 from botkit.core.records import User
 from botkit.sandbox.chat import CHAT_PROVIDER
@@ -327,8 +329,6 @@ async def test_user_text_and_agent_replies_are_shown_as_text(console):
         assert response.content_type == "application/json"
 
 
-from botkit.console.app import ANNOUNCE  # noqa: E402
-
 
 # -- where the console is served ---------------------------------------------------------------
 
@@ -568,3 +568,41 @@ async def test_an_agent_gives_the_user_back_to_the_bot_at_a_step(console):
     assert "shipped on Monday" in answer.request.text
     async with olga.get("/console/api/inbox") as response:
         assert (await response.json())["waiting"] == []
+
+
+# -- live pages ------------------------------------------------------------------------------
+
+
+async def _next_change(stream, timeout: float) -> None:
+    while await asyncio.wait_for(stream.content.readline(), timeout) != b"data: changed\n":
+        pass
+
+
+async def test_a_users_new_message_reaches_an_open_page_as_an_event(console):
+    conv_id = await console.handed_over()
+    agent = await console.logged_in("olga")
+    feed = console.app[CONSOLE][FEED]
+    assert feed.reads == 0  # nobody watched yet: the database was not read for it
+    async with agent.get("/console/api/events") as stream:
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        assert await stream.content.readline() == b"retry: 1000\n"
+        await asyncio.sleep(1.2)  # the feed has read what is there now
+        await console.user_says("Are you there?")
+        await _next_change(stream, 5)  # it reads every 0.5 s (console.live.INTERVAL)
+        async with agent.get(f"/console/api/conversations/{conv_id}") as response:
+            conversation = await response.json()
+        assert conversation["history"][-1] == {
+            "direction": "in", "at": conversation["history"][-1]["at"],
+            "text": "Are you there?", "detail": "handled (human)"}
+        other = await console.logged_in("ada")  # another agent acts: the page hears it
+        await _post(other, f"/console/conversations/{conv_id}/take",
+                    f"/console/conversations/{conv_id}")
+        await _next_change(stream, 5)
+    reads = feed.reads
+    await asyncio.sleep(1.2)
+    assert feed.reads <= reads + 1  # the page closed: the feed stops reading
+
+
+async def test_the_event_stream_needs_a_session(console):
+    async with console.client().get("/console/api/events") as response:
+        assert response.status == 401

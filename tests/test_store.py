@@ -604,3 +604,32 @@ async def test_two_agents_taking_at_once_leave_it_to_one(backend):
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_the_activity_mark_moves_with_messages_statuses_actions_and_handovers(backend):
+    from botkit.core.records import AgentAction
+
+    store = await backend.opened()
+    try:
+        marks = [await store.activity_mark()]
+        assert await store.activity_mark() == marks[0]  # nothing happened: the same
+        await store.record_inbound(reply("t1", "380500000009"), 1.0)
+        marks.append(await store.activity_mark())
+        done = await store.commit(Commit(inbound_id=None, route="start",
+                                         conversation=conversation("380500000009"),
+                                         outbox=(item("380500000009", 1),)), 2.0)
+        marks.append(await store.activity_mark())
+        await store.record_status(StatusUpdate(message_id=555, status=1), 3.0, RULES)
+        marks.append(await store.activity_mark())
+        await store.record_action(AgentAction(conversation_id=done.conversation_id,
+                                              agent="olga", action="replied", at=4.0))
+        marks.append(await store.activity_mark())
+        conv = await store.conversation(done.conversation_id)
+        change = ConversationChange(phone=conv.phone, flow="f", step="q", status=Status.HUMAN,
+                                    state={}, retries=0, expires_at=9e9, id=conv.id,
+                                    expected_version=conv.version)
+        await store.commit(Commit(inbound_id=None, route="handoff", conversation=change), 5.0)
+        marks.append(await store.activity_mark())
+        assert len(set(marks)) == len(marks), marks  # each step moved it
+    finally:
+        await store.close()

@@ -30,7 +30,8 @@ from botkit.console.access import (
     errors_middleware,
 )
 from botkit.console.links import SANDBOX_ADMIN, LoginLinks
-from botkit.console.pages import BOT, LINKS, THROTTLE, BotRef, add_pages
+from botkit.console.live import Feed
+from botkit.console.pages import BOT, FEED, LINKS, THROTTLE, BotRef, add_pages
 from botkit.console.passwords import unusable_hash
 from botkit.core.records import User
 from botkit.errors import UserExistsError
@@ -79,6 +80,12 @@ def create_console(bot: Callable[[], Bot], *, secure: bool,
     app[BOT] = BotRef(bot)
     app[THROTTLE] = throttle or Throttle()
     app[LINKS] = LoginLinks()
+    feed = app[FEED] = Feed(lambda: bot().store)
+
+    async def stop_feed(_: web.Application) -> None:
+        await feed.close()
+
+    app.on_shutdown.append(stop_feed)
     add_pages(routes)
     for route in app.router.add_static("/static", HERE / "static", name="static"):
         routes.roles[route] = None  # the stylesheet and the script: public

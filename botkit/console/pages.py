@@ -8,6 +8,7 @@ the session's CSRF token and is answered with a redirect (a reload never posts a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -29,13 +30,14 @@ from botkit.console.access import (
     viewer,
 )
 from botkit.console.links import LoginLinks
+from botkit.console.live import Feed
 from botkit.console.passwords import check_password
 from botkit.core.conversation import Conversation, Status
 from botkit.core.records import AgentAction
 from botkit.errors import BotkitError, ConcurrentUpdateError, UnknownStepError
 from botkit.runtime.assembly import Bot
 
-__all__ = ["BOT", "LINKS", "THROTTLE", "BotRef", "add_pages"]
+__all__ = ["BOT", "FEED", "LINKS", "THROTTLE", "BotRef", "add_pages"]
 
 log = logging.getLogger("botkit.console")
 
@@ -58,6 +60,8 @@ class BotRef:
 BOT = web.AppKey("botkit.console.bot", BotRef)
 THROTTLE = web.AppKey("botkit.console.throttle", Throttle)
 LINKS = web.AppKey("botkit.console.links", LoginLinks)
+FEED = web.AppKey("botkit.console.feed", Feed)
+HEARTBEAT = 15.0  # seconds between comments on an idle event stream
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("botkit.console", "templates"),
@@ -79,6 +83,9 @@ def add_pages(routes: Routes) -> None:
     routes.add("POST", "/logout", _logout, AGENT, name="logout")
     routes.add("GET", "/", _inbox, AGENT, name="inbox")
     routes.add("GET", "/api/inbox", _inbox_json, AGENT, name="inbox_feed")
+    routes.add("GET", "/api/events", _events, AGENT, name="events")
+    routes.add("GET", "/api/conversations/{id:\\d+}", _conversation_json, AGENT,
+               name="conversation_feed")
     routes.add("GET", "/conversations/{id:\\d+}", _conversation, AGENT, name="conversation")
     routes.add("POST", "/conversations/{id:\\d+}/reply", _reply, AGENT, name="reply")
     routes.add("POST", "/conversations/{id:\\d+}/close", _close, AGENT, name="close")
@@ -204,6 +211,39 @@ async def _conversation(request: web.Request) -> web.Response:
                          human=conv.status is Status.HUMAN, max_reply=MAX_REPLY,
                          holder=holder, mine=holder == viewer(request).name, steps=steps,
                          actions=await bot.store.actions(conv.id), clock=_clock)
+
+
+async def _conversation_json(request: web.Request) -> web.Response:
+    bot = request.app[BOT]()
+    conv = await _find(request)
+    holder = (await bot.store.holders([conv.id])).get(conv.id)
+    return web.json_response({
+        "id": conv.id, "status": conv.status.value, "flow": conv.flow, "step": conv.step,
+        "agent": holder,
+        "history": [{"direction": m.direction, "at": m.at, "text": m.text, "detail": m.detail}
+                    for m in await bot.store.history(conv.phone, TRANSCRIPT)],
+        "actions": [{"agent": a.agent, "action": a.action, "detail": a.detail, "at": a.at}
+                    for a in await bot.store.actions(conv.id)]})
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: ``changed`` whenever the database has something new to show."""
+    feed = request.app[FEED]
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    await response.write(b"retry: 1000\n\n")  # after a restart, back within a second
+    with feed.subscribe() as changes:
+        while not feed.closed:
+            try:
+                await asyncio.wait_for(changes.get(), HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": still here\n\n")  # proxies keep the stream open
+                continue
+            if not feed.closed:
+                await response.write(b"data: changed\n\n")
+    return response
 
 
 async def _reply(request: web.Request) -> web.Response:

@@ -316,6 +316,13 @@ class ReportStore(ABC):
         """Close the phone's conversation with a human agent; returns it, or None."""
 
     @abstractmethod
+    async def activity_mark(self) -> tuple[Any, ...]:
+        """A value that changes when a message comes in or goes out, a status arrives, an
+        agent acts or a conversation is handed to a human or back (the console's live
+        pages): the newest ids of those tables and the count of conversations with a
+        human, each read from an index."""
+
+    @abstractmethod
     async def human_conversations(self, limit: int = 200) -> list[Conversation]:
         """Conversations with a human agent, the one quiet the longest first (the console's
         inbox)."""

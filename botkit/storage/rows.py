@@ -21,7 +21,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ATTENTION", "FUNNEL_COUNTS", "HUMAN", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "FUNNEL_COUNTS", "HUMAN", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
            "status_body", "user_from_row", "action_from_row"]
@@ -35,6 +35,11 @@ ATTENTION = "status IN ('failed', 'uncertain')"  # outbound_attention
 UNCONFIRMED = "status = 'sent' AND (delivery_status IS NULL OR delivery_status NOT IN (1, 2, 3, 4))"
 # Conversations with a human agent (conversations_human): the console's inbox.
 HUMAN = "status = 'human'"
+# What changes when the console's pages have something new to show (activity_mark).
+ACTIVITY_MARK = ("SELECT (SELECT max(id) FROM inbound) AS i, (SELECT max(id) FROM outbound) AS o,"
+                 " (SELECT max(id) FROM status_events) AS s,"
+                 " (SELECT max(id) FROM agent_actions) AS a,"
+                 f" (SELECT count(*) FROM conversations WHERE {HUMAN}) AS h")
 # The statuses of an open conversation (index conversations_open).
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # What applying a delivery status needs to know of the message.

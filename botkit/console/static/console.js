@@ -1,5 +1,6 @@
-// The inbox refreshes itself: every 2 seconds it reads /console/api/inbox and redraws the
-// table and the tab's title. Text from users goes in with textContent, never as HTML.
+// The console's live pages. The server sends an event (/console/api/events) whenever the
+// database has something new; the inbox then reads /console/api/inbox and a conversation
+// its own JSON, and redraws. Text from users goes in with textContent, never as HTML.
 "use strict";
 
 function ago(seconds) {
@@ -10,26 +11,34 @@ function ago(seconds) {
   return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
 }
 
-function cell(row, content) {
-  const td = document.createElement("td");
-  if (content instanceof Node) td.appendChild(content); else td.textContent = content;
-  row.appendChild(td);
+function clock(at) {
+  const d = new Date(at * 1000), two = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate()) + " " +
+    two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
 }
 
-function draw(table, waiting) {
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function drawInbox(table, waiting) {
   const body = table.tBodies[0];
   body.replaceChildren();
   for (const c of waiting) {
     const row = document.createElement("tr");
     row.dataset.id = c.id;
-    const link = document.createElement("a");
+    const link = element("a", c.phone);
     link.href = c.url;
-    link.textContent = c.phone;
-    cell(row, link);
-    cell(row, c.flow + " · " + c.step);
-    cell(row, c.agent || "nobody yet");
-    cell(row, ago(c.quiet_for));
-    cell(row, new Date(c.since * 1000).toLocaleString());
+    const first = document.createElement("td");
+    first.appendChild(link);
+    row.appendChild(first);
+    for (const text of [c.flow + " · " + c.step, c.agent || "nobody yet", ago(c.quiet_for),
+                        clock(c.since)]) {
+      row.appendChild(element("td", text));
+    }
     body.appendChild(row);
   }
   document.getElementById("count").textContent = waiting.length;
@@ -38,15 +47,43 @@ function draw(table, waiting) {
   document.title = (waiting.length ? "(" + waiting.length + ") " : "") + title;
 }
 
-async function refresh(table) {
+function drawTranscript(list, conversation) {
+  list.replaceChildren();
+  for (const m of conversation.history) {
+    const item = element("li", undefined, m.direction);
+    item.appendChild(element("p", m.text, "text"));
+    item.appendChild(element("p", clock(m.at) + " · " + m.detail, "meta"));
+    list.appendChild(item);
+  }
+  if (!conversation.history.length) list.appendChild(element("li", "No messages yet.", "none"));
+  const holder = document.getElementById("holder");
+  if (holder) holder.textContent = conversation.agent || "nobody yet";
+}
+
+async function read(url) {
+  const answer = await fetch(url, {headers: {"Accept": "application/json"}});
+  if (answer.status === 401) { window.location.reload(); return null; }
+  return answer.ok ? answer.json() : null;
+}
+
+async function refresh() {
   try {
-    const answer = await fetch(table.dataset.feed, {headers: {"Accept": "application/json"}});
-    if (answer.status === 401) { window.location.reload(); return; }
-    if (answer.ok) draw(table, (await answer.json()).waiting);
-  } catch (e) { /* the server restarts: try again at the next tick */ }
+    const table = document.getElementById("inbox");
+    if (table) {
+      const inbox = await read(table.dataset.feed);
+      if (inbox) drawInbox(table, inbox.waiting);
+    }
+    const list = document.getElementById("transcript");
+    if (list) {
+      const conversation = await read(list.dataset.feed);
+      if (conversation) drawTranscript(list, conversation);
+    }
+  } catch (e) { /* the server restarts: the next event or tick tries again */ }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const table = document.getElementById("inbox");
-  if (table) setInterval(() => refresh(table), 2000);
+  const events = document.body.dataset.events;
+  if (!events) return;  // the login page
+  new EventSource(events).onmessage = refresh;
+  setInterval(refresh, 30000);  // the times shown ("quiet for") move on meanwhile
 });

@@ -8,6 +8,7 @@ from botkit.core.conversation import Conversation
 from botkit.core.records import LogEntry
 from botkit.storage.postgres.connection import PgConnection
 from botkit.storage.rows import (
+    ACTIVITY_MARK,
     ATTENTION,
     FUNNEL_COUNTS,
     HUMAN,
@@ -30,6 +31,11 @@ class PgReports(PgConnection):
             " AND ($2::text IS NULL OR flow = $2) ORDER BY updated_at DESC, id DESC LIMIT $3",
             phone, flow, limit)
         return [conversation_from_row(r) for r in rows]
+
+    async def activity_mark(self) -> tuple[Any, ...]:
+        row = await self._one(ACTIVITY_MARK)
+        assert row is not None
+        return tuple(row.values())
 
     async def human_conversations(self, limit: int = 200) -> list[Conversation]:
         rows = await self._rows(f"SELECT * FROM conversations WHERE {HUMAN}"

@@ -8,7 +8,13 @@ from botkit.core.conversation import Conversation
 from botkit.core.records import (
     LogEntry,
 )
-from botkit.storage.rows import FUNNEL_COUNTS, HUMAN, conversation_from_row, history_detail
+from botkit.storage.rows import (
+    ACTIVITY_MARK,
+    FUNNEL_COUNTS,
+    HUMAN,
+    conversation_from_row,
+    history_detail,
+)
 from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, Connection
 
 __all__ = ["Reports"]
@@ -34,6 +40,11 @@ class Reports(Connection):
             [*params, limit],
         )
         return [conversation_from_row(r) for r in rows]
+
+    async def activity_mark(self) -> tuple[Any, ...]:
+        row = await self._run(self._one, ACTIVITY_MARK)
+        assert row is not None
+        return tuple(row.values())
 
     async def human_conversations(self, limit: int = 200) -> list[Conversation]:
         rows = await self._run(self._rows, f"SELECT * FROM conversations WHERE {HUMAN}"
