@@ -266,3 +266,85 @@ def test_the_chat_page_explains_itself(sandbox_server, tmp_path):
         expect(user.locator(".text")).to_have_text("Ana by curl")
         expect(user.locator(".via")).to_have_text("posted to the callback")
         expect(page.locator(".bubble.bot").nth(1)).to_contain_text("Thanks, Ana by curl!")
+
+
+def test_an_agent_takes_a_hand_over_in_the_console_and_gives_it_back(sandbox_server, tmp_path):
+    """The console end to end: a user in the sandbox chat asks for a human; an agent logged
+    in to the console sees it arrive live, takes it and answers; the user sees the answer
+    and replies; the agent sees that live and gives the user back to the bot, which answers
+    the next message. A second agent cannot answer meanwhile."""
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    url, db = sandbox_server
+    phone = "380509876548"
+    for name in ("olga", "ada"):
+        added = subprocess.run([sys.executable, "run.py", "user", "add", name,
+                                "--password-stdin", "--db", str(db)], cwd=ROOT,
+                               input="correct horse battery\n", capture_output=True,
+                               text=True, timeout=30, check=False)
+        assert added.returncode == 0, added.stderr
+    shots = ROOT / "docs" / "img" if os.environ.get("UPDATE_SCREENSHOT") else tmp_path
+
+    def log_in(page: Any, name: str) -> None:
+        page.goto(f"{url}/console/")
+        expect(page).to_have_url(re.compile(r"/console/login\?next="))
+        page.locator("input[name=name]").fill(name)
+        page.locator("input[name=password]").fill("correct horse battery")
+        page.get_by_role("button", name="Log in").click()
+        expect(page).to_have_url(re.compile(r"/console/$"))
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            agent = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
+            log_in(agent, "olga")
+            expect(agent.locator("#empty")).to_be_visible()
+
+            user = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+            user.goto(f"{url}/?phone={phone}")
+            bots = user.locator(".bubble.bot")
+
+            def say(text: str) -> None:
+                user.locator("#text").fill(text)
+                user.locator("#send").click()
+
+            say("support")
+            expect(bots.nth(0)).to_contain_text("Hi, this is Acme Support")
+            say("agent")
+            expect(bots.nth(1)).to_contain_text("a person from our team will answer you")
+
+            row = agent.locator("#inbox tbody tr", has_text=phone)  # live: no reload
+            expect(row).to_be_visible(timeout=5000)
+            expect(agent).to_have_title(re.compile(r"^\(1\) Inbox"))
+            expect(row).to_contain_text("nobody yet")
+            agent.screenshot(path=str(shots / "console-inbox.png"))
+            row.get_by_role("link", name=phone).click()
+            agent.get_by_role("button", name="Take this conversation").click()
+            expect(agent.locator("#holder")).to_have_text("olga")
+            agent.locator("textarea[name=text]").fill("Hi, Olga here. <b>Which</b> order?")
+            agent.get_by_role("button", name="Send").click()
+            expect(bots.nth(2)).to_contain_text("Hi, Olga here. <b>Which</b> order?")
+
+            other = browser.new_context().new_page()  # a second agent, meanwhile
+            log_in(other, "ada")
+            other.goto(agent.url)
+            expect(other.locator(".take")).to_contain_text("olga has this conversation")
+            expect(other.locator("textarea[name=text]")).to_have_count(0)
+
+            say("It is <script>alert(1)</script> 100200")
+            transcript = agent.locator("#transcript li.in")
+            expect(transcript.last).to_have_text(
+                re.compile(re.escape("It is <script>alert(1)</script> 100200")))  # live, as text
+            agent.screenshot(path=str(shots / "console-conversation.png"), full_page=True)
+            assert agent.locator("#transcript script").count() == 0
+
+            agent.locator("select[name=step]").select_option("menu")
+            agent.get_by_role("button", name="Give back").click()
+            expect(agent).to_have_url(re.compile(r"/console/$"))
+            expect(agent.locator("#empty")).to_be_visible()
+            expect(bots.nth(3)).to_contain_text("Hi, this is Acme Support")  # the step's prompt
+            say("1")
+            expect(bots.nth(4)).to_contain_text("open")  # the bot answers the next message
+        finally:
+            browser.close()
