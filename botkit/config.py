@@ -58,6 +58,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                               " gone and another takes its work over (>= 1)"),
     "loop": ("BOTKIT_LOOP", "auto, uvloop or asyncio: the event loop `serve` runs on"),
     "crash_at": ("BOTKIT_CRASH_AT", "POINT:N, a crash point for reliability tests"),
+    "log_format": ("BOTKIT_LOG_FORMAT", "text (lines for people) or json (one JSON object"
+                                        " a line)"),
     "console": ("BOTKIT_CONSOLE", "on (the operator console at /console on the bot's own"
                                   " address), off, or HOST:PORT (an address of its own)"),
     "phone_region": ("BOTKIT_PHONE_REGION",
@@ -96,13 +98,14 @@ class Settings(BaseModel):
     crash_at: str | None = None
     phone_region: str | None = None
     console: str = "on"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("console")
     @classmethod
     def _console(cls, value: str) -> str:
-        value = value.strip().lower() if value.strip().lower() in ("on", "off") else value.strip()
-        if value in ("on", "off"):
-            return value
+        value = value.strip()
+        if value.lower() in ("on", "off"):
+            return value.lower()
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is neither on, off nor HOST:PORT")

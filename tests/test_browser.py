@@ -322,6 +322,9 @@ def test_an_agent_takes_a_hand_over_in_the_console_and_gives_it_back(sandbox_ser
             row.get_by_role("link", name=phone).click()
             agent.get_by_role("button", name="Take this conversation").click()
             expect(agent.locator("#holder")).to_have_text("olga")
+            agent.locator("#canned").select_option("greeting.txt")  # a canned reply, to edit
+            expect(agent.locator("textarea[name=text]")).to_have_value(
+                "Hi, this is olga from Acme Support. How can I help?")
             agent.locator("textarea[name=text]").fill("Hi, Olga here. <b>Which</b> order?")
             agent.get_by_role("button", name="Send").click()
             expect(bots.nth(2)).to_contain_text("Hi, Olga here. <b>Which</b> order?")

@@ -383,6 +383,8 @@ def test_the_console_can_listen_on_an_address_of_its_own(tmp_path):
         assert _status(f"http://127.0.0.1:{console_port}/console/login") == 200
         assert _status(f"http://127.0.0.1:{port}/console/login") == 404
         assert _status(f"http://127.0.0.1:{port}/healthz") == 200
+        assert _status(f"http://127.0.0.1:{port}/metrics") == 404  # inside, beside the console
+        assert _status(f"http://127.0.0.1:{console_port}/metrics") == 200
         printed = log.read_text()
         assert f"operator console at http://127.0.0.1:{console_port}/console/" in printed
         link = re.search(r"\(once\): (\S+)", printed).group(1)
@@ -606,3 +608,56 @@ async def test_a_users_new_message_reaches_an_open_page_as_an_event(console):
 async def test_the_event_stream_needs_a_session(console):
     async with console.client().get("/console/api/events") as response:
         assert response.status == 401
+
+
+def test_the_server_logs_json_lines_when_asked(tmp_path):
+    import json
+
+    proc, port, log = _serve(tmp_path, BOTKIT_CONSOLE="off", BOTKIT_LOG_FORMAT="json")
+    try:
+        assert _status(f"http://127.0.0.1:{port}/metrics") == 200  # console off: on the bot's
+    finally:
+        _stop(proc)
+    entries = [json.loads(line) for line in log.read_text().splitlines()
+               if line.startswith("{")]
+    assert {"botkit.store", "botkit.server"} <= {e["logger"] for e in entries}
+    assert any("serving flows" in e["message"] for e in entries)
+
+
+async def test_canned_replies_are_rendered_for_the_conversation_and_the_agent(console):
+    conv_id = await console.handed_over()
+    agent = await console.logged_in("olga")
+    async with agent.get(f"/console/conversations/{conv_id}", headers=HTML) as response:
+        html = await response.text()
+    options = dict(re.findall(r'<option data-text="([^"]*)"[^>]*>([^<]+)</option>', html))
+    names = {name: text for text, name in options.items()}
+    assert set(names) >= {"greeting.txt", "order_delay.txt", "goodbye.txt"}
+    assert names["greeting.txt"] == "Hi, this is olga from Acme Support. How can I help?"
+    assert names["order_delay.txt"].startswith("Sorry for the wait! Your order is delayed")
+
+
+async def test_a_canned_reply_that_cannot_be_rendered_says_why_and_cannot_be_picked(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    templates = tmp_path / "templates"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "templates", templates)
+    (templates / "agent" / "broken.txt").write_text("Your order {{ state.order }} is late.")
+    port = unused_port()
+    app = create_app(Settings(db=tmp_path / "console.db", port=port), [survey, support],
+                     templates=str(templates))
+    server = TestServer(app, port=port)
+    await server.start_server()
+    made = Console(server)
+    try:
+        conv_id = await made.handed_over()
+        agent = await made.logged_in("olga")
+        async with agent.get(f"/console/conversations/{conv_id}", headers=HTML) as response:
+            html = await response.text()
+        [broken] = re.findall(r'<option data-text="" disabled title="([^"]+)">broken.txt', html)
+        assert "order" in broken  # what the state lacks
+        assert "(cannot be used here)" in html and "greeting.txt" in html
+    finally:
+        for client in made.clients:
+            await client.close()
+        await server.close()

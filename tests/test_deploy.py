@@ -317,6 +317,9 @@ async def run_scenario(cluster: Cluster) -> None:
         health = await until("/healthz through nginx", lambda: healthz(session, cluster),
                              cluster, "nginx")
         assert health["database"] == "ok" and health["sandbox"] is False
+        for inside in ("/console/login", "/metrics"):  # not through nginx
+            async with session.get(cluster.public_url + inside) as response:
+                assert response.status == 404, inside
 
         # Both instances print the callback URL: nginx's, with one secret, generated once.
         urls = [await until(f"botkit{i}'s callback URL", lambda i=i: printed_url(cluster, i),

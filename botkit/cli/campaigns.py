@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from botkit.cli.common import count, flows_of, in_range, settings_of, unreachable, with_store
+from botkit.cli.logs import configure_logging
 from botkit.core.flows import FlowSet
 from botkit.errors import BotkitError
 
@@ -91,11 +92,10 @@ def _campaign(
     ``--resend-uncertain`` queues again (``flow=`` or ``template=``)."""
     from botkit.web.server import callback_secret, callback_url, renderer_for
 
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from botkit.cli.phone_lists import PhoneList
 
     settings = settings_of(args)
+    configure_logging(logging.WARNING, settings.log_format)
     listed = PhoneList.read(args.phones, Path(args.phones_file) if args.phones_file else None,
                             settings.phone_region)
     phones, bad = listed.phones, listed.rejected

@@ -19,6 +19,7 @@ from botkit.cli.common import (
     warn_if_empty,
     with_store,
 )
+from botkit.cli.logs import configure_logging
 from botkit.errors import BotkitError
 
 __all__ = ['check', 'fake_provider', 'release', 'resume', 'serve', 'status']
@@ -30,9 +31,8 @@ def serve(args: argparse.Namespace) -> int:
     from botkit.web.server import create_app
     from botkit.web.serving import listen, serve
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_of(args)
+    configure_logging(logging.INFO, settings.log_format)
     flows = flows_of(args)
     warn_if_empty(flows, args.bots)
     app = create_app(settings, flows.values(), templates=args.templates)

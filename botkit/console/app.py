@@ -23,6 +23,7 @@ from cryptography.fernet import Fernet
 
 from botkit.console.access import (
     ADMIN,
+    Handler,
     SESSION_SECONDS,
     Routes,
     Throttle,
@@ -120,10 +121,13 @@ def _new_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
-def standalone(console: web.Application) -> web.Application:
+def standalone(console: web.Application, metrics: Handler | None = None) -> web.Application:
     """An app of its own around ``console`` (``BOTKIT_CONSOLE=HOST:PORT``): the console at
-    ``PREFIX``, and ``/`` leading to it."""
+    ``PREFIX``, ``/`` leading to it, and ``metrics`` at ``/metrics`` (an internal address is
+    where Prometheus should scrape)."""
     root = web.Application()
+    if metrics is not None:
+        root.router.add_get("/metrics", metrics)
 
     async def home(_: web.Request) -> web.Response:
         raise web.HTTPFound(PREFIX + "/")

@@ -44,6 +44,7 @@ log = logging.getLogger("botkit.console")
 MAX_REPLY = 1000  # characters: the provider's limit on a message's text
 TRANSCRIPT = 200  # messages shown of a phone's history
 INBOX = 200  # conversations shown in the inbox
+CANNED = "agent/"  # the templates folder's canned replies
 
 
 class BotRef:
@@ -210,7 +211,8 @@ async def _conversation(request: web.Request) -> web.Response:
     return await _render(request, "conversation.html", conv=conv, history=history,
                          human=conv.status is Status.HUMAN, max_reply=MAX_REPLY,
                          holder=holder, mine=holder == viewer(request).name, steps=steps,
-                         actions=await bot.store.actions(conv.id), clock=_clock)
+                         actions=await bot.store.actions(conv.id), clock=_clock,
+                         canned=_canned(bot, conv, viewer(request).name))
 
 
 async def _conversation_json(request: web.Request) -> web.Response:
@@ -341,6 +343,24 @@ async def _hold(request: web.Request, conv: Conversation) -> web.Response | None
 def _not_human(request: web.Request, conv: Conversation) -> web.Response:
     return refuse(request, 409, f"conversation {conv.id} is not with a human"
                                 f" ({conv.status.value}): the bot answers this user")
+
+
+def _canned(bot: Bot, conv: Conversation, agent: str) -> list[dict[str, str]]:
+    """The canned replies (``templates/agent/*.txt``), rendered for this conversation: its
+    ``state``, ``phone``, and the ``agent``'s name. One that cannot be rendered for it says
+    why instead of a text."""
+    names = bot.renderer.env.list_templates(
+        filter_func=lambda name: name.startswith(CANNED) and name.endswith(".txt"))
+    replies = []
+    for name in sorted(names):
+        try:
+            text = bot.renderer.render(name, {"state": conv.state, "phone": conv.phone,
+                                              "agent": agent}).text
+        except BotkitError as exc:
+            replies.append({"name": name.removeprefix(CANNED), "text": "", "problem": str(exc)})
+            continue
+        replies.append({"name": name.removeprefix(CANNED), "text": text, "problem": ""})
+    return replies
 
 
 async def _find(request: web.Request) -> Conversation:

@@ -19,6 +19,7 @@ from botkit.runtime.activity import Activity
 from botkit.runtime.api import ProviderAPI
 from botkit.runtime.dispatch import Dispatcher
 from botkit.runtime.engine import Engine
+from botkit.runtime.metrics import Metrics
 from botkit.runtime.poller import StatusPoller
 from botkit.runtime.presence import Presence
 from botkit.runtime.sender import Sender
@@ -52,6 +53,7 @@ class Bot:
     poller: StatusPoller
     presence: Presence
     activity: Activity
+    metrics: Metrics
 
 
 def assemble(
@@ -79,15 +81,17 @@ def assemble(
     and whose presence only beats (it takes over no other process's work).
     """
     rules = DeliveryRules(flows, clock)
+    metrics = Metrics()
     sender = Sender(
         store, client, rules=rules, clock=clock,
         rate=settings.send_rate if rate is None else rate,
         concurrency=settings.send_concurrency if concurrency is None else concurrency,
-        hold_abandoned=hold_abandoned, lease=settings.lease,
+        hold_abandoned=hold_abandoned, lease=settings.lease, metrics=metrics,
     )
     engine = Engine(
         store, flows, renderer, sender=settings.sender, callback_url=callback_url,
         clock=clock, outlet=sender if send else None, raise_errors=raise_errors, rules=rules,
+        metrics=metrics,
     )
     dispatcher = Dispatcher(engine.handle)
     activity = Activity(lambda: engine.counts + Counter(sent=sender.sent,
@@ -96,10 +100,10 @@ def assemble(
         settings=settings, flows=flows, store=store, client=client, renderer=renderer,
         clock=clock, secret=secret, callback_url=callback_url, rules=rules, sender=sender,
         engine=engine, dispatcher=dispatcher,
-        sweeper=Sweeper(store, dispatcher, clock=clock),
+        sweeper=Sweeper(store, dispatcher, clock=clock, metrics=metrics),
         poller=StatusPoller(store, client, engine, clock=clock,
                             after=settings.status_poll_after),
         presence=Presence(store, dispatcher, sender, clock=clock, lease=settings.lease,
                           take_over=not hold_abandoned),
-        activity=activity,
+        activity=activity, metrics=metrics,
     )

@@ -11,6 +11,7 @@ become turns too (``events``); flows started for many phones and notices are ``p
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 from botkit.core.conversation import Conversation
@@ -63,11 +64,14 @@ class Engine(Proactive, Events):
                 await self._once(inbound)
 
     async def _once(self, inbound: Inbound) -> None:
+        started = time.perf_counter()
         try:
             await self._handle(inbound)
         except DuplicateMessageError as exc:  # another process handled it first
             log.info("message %s from %s: %s; its turn is dropped", inbound.id, inbound.phone,
                      exc)
+            return
+        self.metrics.turn_seconds.observe(time.perf_counter() - started)
 
     async def _handle(self, inbound: Inbound) -> None:
         message = Message(
@@ -98,6 +102,7 @@ class Engine(Proactive, Events):
             except Exception as exc:  # a bot's fault: logged, rolled back, answered
                 failure = exc
                 self.counts["handler errors"] += 1
+                self.metrics.handler_errors.inc()
                 conv = decided.conversation
                 log.exception("handler failed: conversation %s (%s), message %s from %s",
                               conv.id if conv else None, _where(decided), inbound.id,
@@ -155,6 +160,7 @@ class Engine(Proactive, Events):
             await step.handler(turn)
             out = outcome_of(self.flows, turn, conv, step, now)
         self.counts[f"route:{kind.value}"] += 1
+        self.metrics.messages.labels(kind.value).inc()
         log.debug("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
                  _where(decided), decided.reason, len(out.replies))
         asked = (out.change.flow, out.step) if out.change and out.step else None

@@ -25,6 +25,7 @@ from botkit.errors import (
 )
 from botkit.runtime import crashpoints
 from botkit.runtime.composer import Composer
+from botkit.runtime.metrics import Metrics
 from botkit.runtime.templates import Renderer
 from botkit.storage.base import Store
 
@@ -87,8 +88,10 @@ class EngineBase:
         max_attempts: int = 3,
         raise_errors: bool = False,
         rules: DeliveryRules | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.flows = flows
         self.composer = Composer(renderer, flows, sender=sender, callback_url=callback_url)
         self.clock = clock
@@ -104,8 +107,10 @@ class EngineBase:
         claimer = self.outlet.reserve() if commit.outbox else None
         if claimer is not None:
             commit = replace(commit, claim_for=claimer)
+        started = time.perf_counter()
         try:
             result = await self.store.commit(commit, self.clock())
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except StoreUnavailableError:
             if claimer is not None:  # the commit may have reached the database, claimed
                 self.outlet.deliver([], reserved=True, unknown=True)

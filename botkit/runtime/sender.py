@@ -27,6 +27,7 @@ from botkit.errors import BalanceError, ProviderError, StoreUnavailableError, Un
 from botkit.process import HOST, gone, on_this_host, process_name
 from botkit.runtime import crashpoints
 from botkit.runtime.api import ProviderAPI
+from botkit.runtime.metrics import Metrics
 from botkit.storage.base import Store
 
 __all__ = ["HOST", "LEASE", "Sender", "abandoned"]
@@ -88,8 +89,10 @@ class Sender:
         rate: float = 0.0,
         hold_abandoned: bool = False,
         lease: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.client = client
         self.clock = clock
         self.concurrency = concurrency
@@ -363,17 +366,22 @@ class Sender:
             async with asyncio.timeout(self.send_deadline):
                 result = await self.client.send_checked(row.payload)
         except TimeoutError:  # its tries outlasted the claim's safe time: another process
+            self.metrics.sends.labels("retried").inc()
             reason = f"no answer within {self.send_deadline:.0f}s, retries included"
             await self._record(self.store.requeue, [row.id], reason,  # may take it over
                                self.clock() + self.round_delay, claimer=self.name)
             return
         except (UnauthorizedError, BalanceError) as exc:
+            self.metrics.provider_errors.labels(type(exc).__name__).inc()
+            self.metrics.sends.labels("paused").inc()
             await self._record(self.store.requeue, [row.id], exc.reason, tried=False,
                                claimer=self.name)
             self._pause(exc)
             return
         except ProviderError as exc:
+            self.metrics.provider_errors.labels(type(exc).__name__).inc()
             if exc.retryable and row.attempts <= self.retry_rounds:
+                self.metrics.sends.labels("retried").inc()
                 delay = min(self.round_delay * 2 ** (row.attempts - 1), 3600.0)
                 log.warning("outbox %d to %s: %s; trying again in %.0fs (round %d of %d)",
                             row.id, row.phone, exc.reason, delay, row.attempts,
@@ -388,6 +396,7 @@ class Sender:
                            self.rules, claimer=self.name)
         crashpoints.hit("after_send_recorded")
         self.sent += 1
+        self.metrics.sends.labels("sent").inc()
         log.debug("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
         if self.paused:
             log.warning("provider accepts messages again; sending resumed")
@@ -395,6 +404,7 @@ class Sender:
 
     async def _fail(self, row: Outgoing, reason: str) -> None:
         self.failed += 1
+        self.metrics.sends.labels("failed").inc()
         log.error("outbox %d to %s failed: %s", row.id, row.phone, reason)
         await self._record(self.store.mark_failed, row.id, reason, self.clock(),
                            claimer=self.name)

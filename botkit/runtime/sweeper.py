@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from botkit.core.lifecycle import latest_per_conversation
 from botkit.runtime.dispatch import Dispatcher
+from botkit.runtime.metrics import Metrics
 from botkit.runtime.periodic import Periodic
 from botkit.storage.base import TimerStore
 
@@ -39,8 +40,10 @@ class Sweeper(Periodic):
         clock: Callable[[], float] = time.time,
         interval: float = 1.0,
         batch: int = 500,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
+        self.metrics = metrics or Metrics()
         self.what, self.log = "timer sweep", log
         self.store = store
         self.dispatcher = dispatcher
@@ -60,6 +63,8 @@ class Sweeper(Periodic):
                 log.info("timer %s (%s of %s.%s) skipped: a later timer of the conversation"
                          " is due too", timer.id, timer.kind, timer.flow, timer.step)
         for timer in fire:
+            self.metrics.timers_fired.labels(timer.kind).inc()
+            self.metrics.timer_lateness.observe(max(0.0, now - timer.due_at))
             self._inflight.add(timer.id)
             self.dispatcher.submit(timer, functools.partial(self._inflight.discard, timer.id))
         return len(fire)

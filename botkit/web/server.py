@@ -34,9 +34,10 @@ from botkit.storage.base import Store
 from botkit.storage.engines import store_for
 from botkit.web.client import ProviderClient, RetryPolicy
 from botkit.web.guard import GUARD, SlowClientGuard
+from botkit.web.metrics import metrics_handler
 
-__all__ = ["CONSOLE", "MAX_BODY", "RUNTIME", "Running", "callback_secret", "callback_url", "create_app",
-           "provider_client", "provider_url", "renderer_for"]
+__all__ = ["CONSOLE", "MAX_BODY", "RUNTIME", "Running", "callback_secret", "callback_url",
+           "create_app", "provider_client", "provider_url", "renderer_for"]
 
 log = logging.getLogger("botkit.server")
 
@@ -65,6 +66,11 @@ class Running:
 
     def __init__(self) -> None:
         self._bot: Bot | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether the bot runs now."""
+        return self._bot is not None
 
     def start(self, bot: Bot) -> None:
         """The app started with ``bot``."""
@@ -131,8 +137,10 @@ def create_app(
         on_inbound=provider.observe_reply if provider is not None else None,
     )
     running = app[RUNTIME] = Running()
-    app.router.add_post("/viber/callback/{secret}", _callback)
+    app.router.add_post("/viber/callback/{secret}", _counted_callback)
     app.router.add_get("/healthz", _healthz)
+    if settings.console_address is None:  # else on the console's address (web.serving)
+        app.router.add_get("/metrics", metrics_handler(lambda: running.bot))
     if static is not None and Path(static).is_dir():
         app.router.add_static("/static", static)  # images and pages that 208s link to
     if provider is not None:
@@ -233,6 +241,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         running.stop()
 
 
+async def _counted_callback(request: web.Request) -> web.Response:
+    """``_callback``, and a count of the callbacks it refused (botkit_callbacks)."""
+    response = await _callback(request)
+    if 400 <= response.status < 500:  # a 503 is counted where it is answered
+        request.app[RUNTIME].bot.metrics.callbacks.labels("invalid").inc()
+    return response
+
+
 async def _callback(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME].bot
     given = request.match_info["secret"].encode()
@@ -282,7 +298,9 @@ async def _reply(
     crashpoints.hit("after_inbound_stored")
     if inbound_id is None:
         log.info("duplicate callback %s from %s ignored", reply.message_token, reply.phone_number)
+        rt.metrics.callbacks.labels("duplicate").inc()
         return web.json_response({"ok": True, "duplicate": True})
+    rt.metrics.callbacks.labels("reply").inc()
     if context is not None and not rt.dispatcher.idle(phone):
         context = None  # something of the phone came first: its turn reads afresh
     if on_inbound is not None:
@@ -300,6 +318,7 @@ async def _status(rt: Bot, data: dict[str, Any]) -> web.Response:
     except ValidationError as exc:
         return _invalid(exc)
     change = await rt.engine.on_status(update)
+    rt.metrics.callbacks.labels("status").inc()
     if change is None:
         log.info("status %d for message %d kept until the message is known",
                  update.status, update.message_id)
@@ -346,6 +365,9 @@ async def _json_errors(
         return _error(exc.status, exc.reason)
     except StoreUnavailableError as exc:  # nothing was stored: the provider sends it again
         log.warning("%s %s answered 503: %s", request.method, request.path, exc)
+        running = request.app[RUNTIME]
+        if request.path.startswith("/viber/callback/") and running.started:
+            running.bot.metrics.callbacks.labels("unavailable").inc()
         response = _error(503, f"the database is unavailable, try again later: {exc}")
         response.headers["Retry-After"] = "5"
         return response

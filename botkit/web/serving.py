@@ -18,10 +18,11 @@ import socket
 
 from aiohttp import web
 
+from botkit.console.app import ANNOUNCE, PREFIX, standalone
 from botkit.errors import ConfigError
 from botkit.runtime.assembly import Bot
 from botkit.web.guard import GUARD
-from botkit.console.app import ANNOUNCE, PREFIX, standalone
+from botkit.web.metrics import metrics_handler
 from botkit.web.server import CONSOLE, RUNTIME
 
 __all__ = ["listen", "serve"]
@@ -126,7 +127,8 @@ async def _start_console(
         host, port = sock.getsockname()[:2]
         return None, f"http://{_shown(host)}:{port}{PREFIX}"
     console_sock = listen(*address)
-    runner = web.AppRunner(standalone(app[CONSOLE]), access_log=None)
+    metrics = metrics_handler(lambda: app[RUNTIME].bot)
+    runner = web.AppRunner(standalone(app[CONSOLE], metrics), access_log=None)
     await runner.setup()
     await web.SockSite(runner, console_sock).start()
     host, port = console_sock.getsockname()[:2]

@@ -82,6 +82,17 @@ async function refresh() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const canned = document.getElementById("canned");
+  if (canned) {  // a canned reply goes into the box, to edit before sending
+    canned.addEventListener("change", () => {
+      const chosen = canned.selectedOptions[0];
+      if (chosen && chosen.dataset.text) {
+        const box = document.querySelector("textarea[name=text]");
+        box.value = chosen.dataset.text;
+        box.focus();
+      }
+    });
+  }
   const events = document.body.dataset.events;
   if (!events) return;  // the login page
   new EventSource(events).onmessage = refresh;
