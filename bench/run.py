@@ -18,6 +18,11 @@ The servers take turns: bare-full, bare-normal, botkit, ... (``--rounds``, 3 by 
 shared machine's speed drifts by tens of percent over minutes, so each botkit run is
 compared with the bare runs of its own round, and the table shows the median of those
 ratios and their range.
+
+``--servers botkit,botkit-watched`` measures what the operator console costs: the same botkit
+with ``--pages`` (5) console pages open on live views (bench/watchers.py: each holds the
+event stream and reads the inbox again at each event), against botkit without, round by
+round.
 """
 
 from __future__ import annotations
@@ -109,6 +114,7 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         print(f"copying {args.scale} ...", flush=True)
         shutil.copyfile(args.scale, db)
     if kind.startswith("botkit"):
+        env.update(BOTKIT_CONSOLE="on")
         env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider, BOTKIT_DB=str(db),
                    BOTKIT_PORT=str(port), BOTKIT_PUBLIC_URL=server_url,
                    BOTKIT_CALLBACK_SECRET=SECRET, BOTKIT_LOOP=args.loop)
@@ -140,6 +146,13 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     writes: dict[str, dict[str, int]] = {}
     result: dict[str, Any] = {}
     spy: subprocess.Popen[bytes] | None = None
+    # Console pages open on live views (bench/watchers.py), beside the load on CPU 1: they
+    # log in as soon as the server answers, before the load's warm-up ends.
+    watchers = subprocess.Popen(pinned(1, [
+        sys.executable, str(BENCH / "watchers.py"), "--server", server_url, "--db", str(db),
+        "--pages", str(args.pages)]), cwd=ROOT, stdout=subprocess.PIPE,
+        text=True) if kind == "botkit-watched" else None
+    saturation_at = 0.0
     try:
         assert load.stdout is not None
         for line in load.stdout:
@@ -147,10 +160,12 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 result["startup_s"] = time.monotonic() - started
             elif line.startswith("PHASE"):
                 _, name, edge = line.split()
+                if (name, edge) == ("saturation", "start"):
+                    saturation_at = time.monotonic()
                 marks[f"{name}_{edge}"] = cpu_seconds(server.pid)
                 threads[f"{name}_{edge}"] = thread_cpu_seconds(server.pid)
                 switches[f"{name}_{edge}"] = context_switches(server.pid)
-                if kind == "botkit":
+                if kind in ("botkit", "botkit-watched"):
                     writes[f"{name}_{edge}"] = botkit_writes(server_url)
                 if (name, edge) == ("saturation", "start") and args.py_spy and (
                         kind == "botkit"):
@@ -159,9 +174,19 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 result.update(json.loads(line))
         load.wait(60)
         result["rss_peak_mb"] = peak_rss_mb(server.pid)
+        if watchers is not None:
+            watchers.terminate()
+            out, _ = watchers.communicate(timeout=30)
+            lines = out.strip().splitlines()
+            watching_at = float(lines[0].split()[1]) if lines[0].startswith("WATCHING") else 0
+            result["watchers"] = json.loads(lines[-1])
+            # Watching from before the saturation phase, or the run does not count.
+            result["watchers"]["in_time"] = 0 < watching_at < saturation_at
         if spy is not None:
             spy.wait(60)
     finally:
+        if watchers is not None and watchers.poll() is None:
+            watchers.kill()
         server.terminate()
         server.wait(30)
         if load.poll() is None:
@@ -185,6 +210,32 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                        if callbacks else float("nan"))
     result["db_bytes"] = db.stat().st_size if db.exists() else 0
     return result
+
+
+def watched_table(plain: list[dict[str, Any]], watched: list[dict[str, Any]]) -> str:
+    """botkit with console pages open against botkit without, round by round."""
+    rows = ["| round | callbacks/s without / with pages | ratio | CPU ms/callback without /"
+            " with | ratio | e2e p99 ms at fixed rate without / with | peak RSS MB without /"
+            " with | events to the pages, their reads |",
+            "|---|---|---|---|---|---|---|---|"]
+    ratios: dict[str, list[float]] = {"tput": [], "cpu": []}
+    for n, (a, b) in enumerate(zip(plain, watched, strict=True), 1):
+        ta, tb = a["saturation"]["callbacks_per_s"], b["saturation"]["callbacks_per_s"]
+        ca, cb = a["cpu_ms_per_callback"], b["cpu_ms_per_callback"]
+        ratios["tput"].append(tb / ta)
+        ratios["cpu"].append(cb / ca)
+        w = b.get("watchers", {})
+        late = "" if w.get("in_time") else " (opened late: INVALID)"
+        rows.append(f"| {n} | {ta:.0f} / {tb:.0f} | {tb / ta:.2f} | {ca:.3f} / {cb:.3f} |"
+                    f" {cb / ca:.2f} | {a['rate']['e2e_p99_ms']:.1f} /"
+                    f" {b['rate']['e2e_p99_ms']:.1f} | {a['rss_peak_mb']:.0f} /"
+                    f" {b['rss_peak_mb']:.0f} | {w.get('events', 0)},"
+                    f" {w.get('reads', 0)}{late} |")
+    rows.append(f"| median | | {statistics.median(ratios['tput']):.2f} (range"
+                f" {min(ratios['tput']):.2f}-{max(ratios['tput']):.2f}) | |"
+                f" {statistics.median(ratios['cpu']):.2f} (range {min(ratios['cpu']):.2f}-"
+                f"{max(ratios['cpu']):.2f}) | | | |")
+    return "\n".join(rows)
 
 
 def py_spy(pid: int, seconds: float, out: Path, native: bool) -> subprocess.Popen[bytes]:
@@ -324,6 +375,8 @@ def main() -> int:
                              " (collapsed stacks; bench/profile_table.py reads it)")
     parser.add_argument("--native", action="store_true",
                         help="with --py-spy: C frames too (the event loop's and SQLite's)")
+    parser.add_argument("--pages", type=int, default=5,
+                        help="console pages open in botkit-watched runs (default 5)")
     parser.add_argument("--scale", type=Path, metavar="SEEDED.db",
                         help="also run botkit on a copy of this database (bench/seed.py)")
     args = parser.parse_args()
@@ -331,10 +384,10 @@ def main() -> int:
         args.users, args.seconds, args.warmup, args.rate, args.rounds = 20, 1.0, 0.5, 20.0, 1
         args.think_seconds = 1.0
     kinds = tuple(args.servers.split(","))
-    unknown = set(kinds) - {"bare-full", "bare-normal", "botkit"}
+    unknown = set(kinds) - {"bare-full", "bare-normal", "botkit", "botkit-watched"}
     if unknown:
         parser.error(f"--servers: unknown {', '.join(sorted(unknown))}; choose from bare-full,"
-                     " bare-normal, botkit")
+                     " bare-normal, botkit, botkit-watched")
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -363,6 +416,10 @@ def main() -> int:
             results["botkit-scale"] = [run_one("botkit-scale", args, Path(tmp) / "scale")]
     if {"bare-full", "bare-normal", "botkit"} <= set(kinds):
         print(table({k: results[k] for k in ("bare-full", "bare-normal")}, results["botkit"]))
+    if {"botkit", "botkit-watched"} <= set(kinds):
+        print(f"botkit with {args.pages} console pages open on live views, against botkit"
+              " without, in the same round:")
+        print(watched_table(results["botkit"], results["botkit-watched"]))
     for line in invalid(results):
         print(line)
     if args.scale:
