@@ -73,7 +73,7 @@ class Console:
         await self.user_says("support", phone)
         await self.user_says("agent", phone)
         for _ in range(100):
-            waiting = await self.bot.store.human_conversations()
+            waiting = [c for c, _ in await self.bot.store.human_conversations()]
             if any(c.phone == phone for c in waiting):
                 return next(c.id for c in waiting if c.phone == phone)
             await asyncio.sleep(0.05)

@@ -69,7 +69,7 @@ async def filled(tmp_path: Path) -> Path:
     await store.beat(0.0)  # a process that is running (the bot's left at its clean stop)
     await store.add_user(User(name="olga", role="agent", password_hash="$argon2id$stand-in",
                               created_at=1.0))
-    [with_human] = await store.human_conversations()
+    [(with_human, _)] = await store.human_conversations()
     await store.take(with_human.id, "olga", 2.0)  # an assignment, and an agent's action
     await store.close()
     empty = [table for table, (_, rows) in (await dump(db)).items() if not rows]

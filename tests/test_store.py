@@ -539,27 +539,35 @@ async def test_each_secret_key_is_its_own_and_shared_by_the_stores(backend):
         await second.close()
 
 
-async def test_the_inbox_lists_conversations_with_a_human_quiet_longest_first(backend):
+async def test_the_inbox_lists_conversations_with_a_human_waiting_longest_first(backend):
     store = await backend.opened()
+    B, A, C, D = "380500000002", "380500000001", "380500000003", "380500000004"
     try:
-        ids = {}
-        for phone, now in (("380500000001", 30.0), ("380500000002", 10.0),
-                           ("380500000003", 20.0)):
+        convs = {}
+        for phone in (A, B, C, D):
             done = await store.commit(Commit(inbound_id=None, route="start",
-                                             conversation=conversation(phone)), now)
-            ids[phone] = done.conversation_id
-        for phone, now in (("380500000001", 31.0), ("380500000002", 12.0)):
-            conv = await store.conversation(ids[phone])
-            change = ConversationChange(phone=phone, flow="f", step="q", status=Status.HUMAN,
+                                             conversation=conversation(phone)), 1.0)
+            convs[phone] = done.conversation_id
+
+        async def to(phone: str, status: Status, now: float, token: str | None = None,
+                     did: str = "handoff") -> None:
+            conv = await store.conversation(convs[phone])
+            change = ConversationChange(phone=phone, flow="f", step="q", status=status,
                                         state={}, retries=0, expires_at=9e9, id=conv.id,
                                         expected_version=conv.version)
-            await store.commit(Commit(inbound_id=None, route="handoff", conversation=change),
-                               now)
+            inbound = await store.record_inbound(reply(token, phone), now) if token else None
+            await store.commit(Commit(inbound_id=inbound, route="step", conversation=change,
+                                      handled_by=("f", "q"), did=did), now + 1)
+
+        await to(B, Status.HUMAN, 3.0, "b1")  # handed over by B's message at 3
+        await to(A, Status.HUMAN, 5.0, "a1")
+        await to(C, Status.HUMAN, 7.0)  # by a timer: no message; since the change at 8
+        await to(B, Status.HUMAN, 20.0, "b2", did="stay")  # B writes again: still since 3
         waiting = await store.human_conversations()
-        assert [c.phone for c in waiting] == ["380500000002", "380500000001"]
-        assert [c.phone for c in await store.human_conversations(limit=1)] == ["380500000002"]
-        await store.release("380500000002", 40.0)
-        assert [c.phone for c in await store.human_conversations()] == ["380500000001"]
+        assert [(c.phone, since) for c, since in waiting] == [(B, 3.0), (A, 5.0), (C, 8.0)]
+        assert [c.phone for c, _ in await store.human_conversations(limit=1)] == [B]
+        await store.release(B, 40.0)
+        assert [c.phone for c, _ in await store.human_conversations()] == [A, C]
     finally:
         await store.close()
 

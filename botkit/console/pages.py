@@ -185,11 +185,11 @@ async def _waiting(request: web.Request) -> list[dict[str, Any]]:
     bot = request.app[BOT]()
     now = bot.clock()
     waiting = await bot.store.human_conversations(INBOX)
-    holders = await bot.store.holders([c.id for c in waiting])
+    holders = await bot.store.holders([c.id for c, _ in waiting])
     return [{"id": c.id, "phone": c.phone, "flow": c.flow, "step": c.step,
-             "quiet_for": max(0.0, now - c.updated_at), "since": c.updated_at,
+             "waited": max(0.0, now - since), "since": since,
              "agent": holders.get(c.id), "url": _url(request, "conversation", id=c.id)}
-            for c in waiting]
+            for c, since in waiting]
 
 
 async def _inbox(request: web.Request) -> web.Response:

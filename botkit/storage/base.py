@@ -323,8 +323,9 @@ class ReportStore(ABC):
         human, each read from an index."""
 
     @abstractmethod
-    async def human_conversations(self, limit: int = 200) -> list[Conversation]:
-        """Conversations with a human agent, the one quiet the longest first (the console's
+    async def human_conversations(self, limit: int = 200) -> list[tuple[Conversation, float]]:
+        """Conversations with a human agent and since when each waits (the time of the
+        message its flow handed it over at), the longest waiting first (the console's
         inbox)."""
 
 

@@ -21,7 +21,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "FUNNEL_COUNTS", "HUMAN", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "FUNNEL_COUNTS", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
            "status_body", "user_from_row", "action_from_row"]
@@ -40,6 +40,16 @@ ACTIVITY_MARK = ("SELECT (SELECT max(id) FROM inbound) AS i, (SELECT max(id) FRO
                  " (SELECT max(id) FROM status_events) AS s,"
                  " (SELECT max(id) FROM agent_actions) AS a,"
                  f" (SELECT count(*) FROM conversations WHERE {HUMAN}) AS h")
+# A hand-over's turn (inbound_handoffs): the message a flow answered with turn.handoff().
+HANDOFF = "outcome = 'handoff'"
+# The console's inbox: conversations with a human, waiting since their hand-over's message
+# (the conversation's last change when a timer handed it over), the longest first; LIMIT
+# is the engine's placeholder.
+HUMAN_WAITING = (
+    "SELECT conversations.*, coalesce((SELECT max(received_at) FROM inbound"
+    f" WHERE inbound.conversation_id = conversations.id AND {HANDOFF}),"
+    " conversations.updated_at) AS waiting_since"
+    f" FROM conversations WHERE {HUMAN} ORDER BY waiting_since, id LIMIT {{limit}}")
 # The statuses of an open conversation (index conversations_open).
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # What applying a delivery status needs to know of the message.

@@ -10,7 +10,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from botkit.errors import SchemaTooNewError
-from botkit.storage.rows import HUMAN, UNCONFIRMED
+from botkit.storage.rows import HANDOFF, HUMAN, UNCONFIRMED
 
 __all__ = ["MIGRATIONS", "UNCONFIRMED", "check_and_migrate"]
 
@@ -247,3 +247,11 @@ def m009_agents(db: sqlite_utils.Database) -> None:
                " conversation_id INTEGER NOT NULL, agent TEXT NOT NULL, action TEXT NOT NULL,"
                " detail TEXT, at REAL NOT NULL)")
     db.execute("CREATE INDEX agent_actions_conversation ON agent_actions (conversation_id, id)")
+
+
+@MIGRATIONS(name="m010_handoffs")
+def m010_handoffs(db: sqlite_utils.Database) -> None:
+    """The messages that handed a conversation to a human, by conversation: since when it
+    waits, for the console's inbox. Only those messages are in it, so other turns write
+    nothing to it."""
+    db.execute(f"CREATE INDEX inbound_handoffs ON inbound (conversation_id) WHERE {HANDOFF}")

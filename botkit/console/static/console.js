@@ -35,7 +35,7 @@ function drawInbox(table, waiting) {
     const first = document.createElement("td");
     first.appendChild(link);
     row.appendChild(first);
-    for (const text of [c.flow + " · " + c.step, c.agent || "nobody yet", ago(c.quiet_for),
+    for (const text of [c.flow + " · " + c.step, c.agent || "nobody yet", ago(c.waited),
                         clock(c.since)]) {
       row.appendChild(element("td", text));
     }

@@ -11,7 +11,7 @@ from botkit.storage.rows import (
     ACTIVITY_MARK,
     ATTENTION,
     FUNNEL_COUNTS,
-    HUMAN,
+    HUMAN_WAITING,
     QUEUE,
     conversation_from_row,
     history_detail,
@@ -37,10 +37,9 @@ class PgReports(PgConnection):
         assert row is not None
         return tuple(row.values())
 
-    async def human_conversations(self, limit: int = 200) -> list[Conversation]:
-        rows = await self._rows(f"SELECT * FROM conversations WHERE {HUMAN}"
-                                " ORDER BY updated_at, id LIMIT $1", limit)
-        return [conversation_from_row(r) for r in rows]
+    async def human_conversations(self, limit: int = 200) -> list[tuple[Conversation, float]]:
+        rows = await self._rows(HUMAN_WAITING.format(limit="$1"), limit)
+        return [(conversation_from_row(r), float(r["waiting_since"])) for r in rows]
 
     async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:
         rows = await self._rows(

@@ -17,7 +17,7 @@ import asyncpg
 
 from botkit.errors import SchemaTooNewError
 from botkit.storage.postgres.commit import REFUSE_FUNCTION
-from botkit.storage.rows import ATTENTION, HUMAN, QUEUE, UNCONFIRMED
+from botkit.storage.rows import ATTENTION, HANDOFF, HUMAN, QUEUE, UNCONFIRMED
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "migrate"]
 
@@ -183,11 +183,16 @@ CREATE TABLE agent_actions (
 CREATE INDEX agent_actions_conversation ON agent_actions (conversation_id, id);
 """
 
+# The messages that handed a conversation to a human, by conversation (the inbox's waiting
+# time); only those messages are in it.
+P005_HANDOFFS = f"CREATE INDEX inbound_handoffs ON inbound (conversation_id) WHERE {HANDOFF};"
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", P001_INITIAL),
     ("p002_refuse", REFUSE_FUNCTION),  # a turn's commit in one statement (postgres.commit)
     ("p003_console", P003_CONSOLE),
     ("p004_agents", P004_AGENTS),
+    ("p005_handoffs", P005_HANDOFFS),
 ]
 
 

@@ -11,7 +11,7 @@ from botkit.core.records import (
 from botkit.storage.rows import (
     ACTIVITY_MARK,
     FUNNEL_COUNTS,
-    HUMAN,
+    HUMAN_WAITING,
     conversation_from_row,
     history_detail,
 )
@@ -46,10 +46,9 @@ class Reports(Connection):
         assert row is not None
         return tuple(row.values())
 
-    async def human_conversations(self, limit: int = 200) -> list[Conversation]:
-        rows = await self._run(self._rows, f"SELECT * FROM conversations WHERE {HUMAN}"
-                               " ORDER BY updated_at, id LIMIT ?", [limit])
-        return [conversation_from_row(r) for r in rows]
+    async def human_conversations(self, limit: int = 200) -> list[tuple[Conversation, float]]:
+        rows = await self._run(self._rows, HUMAN_WAITING.format(limit="?"), [limit])
+        return [(conversation_from_row(r), float(r["waiting_since"])) for r in rows]
 
     async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:
         return await self._run(self._history, phone, limit)
