@@ -114,8 +114,6 @@ async def console(tmp_path):
 
 
 async def test_every_console_route_is_refused_without_a_session(console):
-    from botkit.console.access import Routes  # noqa: F401  (what gives routes their roles)
-
     client = console.client()
     checked = 0
     for resource in console.app[CONSOLE].router.resources():

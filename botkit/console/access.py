@@ -48,7 +48,6 @@ class Viewer:
 
     name: str
     role: str
-    csrf: str
 
     def may(self, role: str) -> bool:
         """Whether this user's role includes ``role`` (an admin may do what an agent may)."""
@@ -170,7 +169,7 @@ def access_middleware(routes: Routes, store: Callable[[], Store]) -> Callable[..
             return refuse(request, 401, "log in first")
         if not _RANK[user.role] >= _RANK[role]:
             return refuse(request, 403, f"this needs the {role} role; you are {user.role}")
-        request[VIEWER] = Viewer(user.name, user.role, str(session["csrf"]))
+        request[VIEWER] = Viewer(user.name, user.role)
         return await handler(request)
 
     return access
@@ -218,10 +217,6 @@ def refuse(request: web.Request, status: int, message: str) -> web.Response:
         raise web.HTTPSeeOther(location=str(login))
     if wants_page:
         return web.Response(status=status, content_type="text/html",
-                            text=f"<!doctype html><title>{status}</title><p>{_html(message)}</p>"
+                            text=f"<!doctype html><title>{status}</title><p>{html.escape(message)}</p>"
                                  '<p><a href="/console/">Back to the console</a></p>')
     return web.json_response({"error": message}, status=status)
-
-
-def _html(text: str) -> str:
-    return html.escape(text)

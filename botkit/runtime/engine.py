@@ -160,7 +160,7 @@ class Engine(Proactive, Events):
             await step.handler(turn)
             out = outcome_of(self.flows, turn, conv, step, now)
         self.counts[f"route:{kind.value}"] += 1
-        self.metrics.messages.labels(kind.value).inc()
+        self.metrics.route[kind.value].inc()
         log.debug("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
                  _where(decided), decided.reason, len(out.replies))
         asked = (out.change.flow, out.step) if out.change and out.step else None

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics"]
+from botkit.core.routing import RouteKind
+
+__all__ = ["CALLBACK_KINDS", "SEND_OUTCOMES", "Metrics"]
+
+CALLBACK_KINDS = ("reply", "duplicate", "status", "invalid", "unavailable")
+SEND_OUTCOMES = ("sent", "retried", "failed", "paused")
 
 # A turn takes milliseconds; a handler that awaits a slow service, seconds.
 _TURN_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -58,3 +63,8 @@ class Metrics:
             registry=r)
         self.inbound_pending = Gauge(
             "botkit_inbound_pending", "User messages stored and not handled yet", registry=r)
+        # Each series of a fixed label bound once: the hot path does no label lookup, and
+        # every series is exported from the start (at 0), so rate() has a first sample.
+        self.callback = {k: self.callbacks.labels(k) for k in CALLBACK_KINDS}
+        self.route = {k.value: self.messages.labels(k.value) for k in RouteKind}
+        self.send = {k: self.sends.labels(k) for k in SEND_OUTCOMES}

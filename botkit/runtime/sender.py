@@ -366,14 +366,14 @@ class Sender:
             async with asyncio.timeout(self.send_deadline):
                 result = await self.client.send_checked(row.payload)
         except TimeoutError:  # its tries outlasted the claim's safe time: another process
-            self.metrics.sends.labels("retried").inc()
+            self.metrics.send["retried"].inc()
             reason = f"no answer within {self.send_deadline:.0f}s, retries included"
             await self._record(self.store.requeue, [row.id], reason,  # may take it over
                                self.clock() + self.round_delay, claimer=self.name)
             return
         except (UnauthorizedError, BalanceError) as exc:
             self.metrics.provider_errors.labels(type(exc).__name__).inc()
-            self.metrics.sends.labels("paused").inc()
+            self.metrics.send["paused"].inc()
             await self._record(self.store.requeue, [row.id], exc.reason, tried=False,
                                claimer=self.name)
             self._pause(exc)
@@ -381,7 +381,7 @@ class Sender:
         except ProviderError as exc:
             self.metrics.provider_errors.labels(type(exc).__name__).inc()
             if exc.retryable and row.attempts <= self.retry_rounds:
-                self.metrics.sends.labels("retried").inc()
+                self.metrics.send["retried"].inc()
                 delay = min(self.round_delay * 2 ** (row.attempts - 1), 3600.0)
                 log.warning("outbox %d to %s: %s; trying again in %.0fs (round %d of %d)",
                             row.id, row.phone, exc.reason, delay, row.attempts,
@@ -396,7 +396,7 @@ class Sender:
                            self.rules, claimer=self.name)
         crashpoints.hit("after_send_recorded")
         self.sent += 1
-        self.metrics.sends.labels("sent").inc()
+        self.metrics.send["sent"].inc()
         log.debug("sent outbox %d to %s: message_id %d", row.id, row.phone, result.message_id)
         if self.paused:
             log.warning("provider accepts messages again; sending resumed")
@@ -404,7 +404,7 @@ class Sender:
 
     async def _fail(self, row: Outgoing, reason: str) -> None:
         self.failed += 1
-        self.metrics.sends.labels("failed").inc()
+        self.metrics.send["failed"].inc()
         log.error("outbox %d to %s failed: %s", row.id, row.phone, reason)
         await self._record(self.store.mark_failed, row.id, reason, self.clock(),
                            claimer=self.name)

@@ -245,7 +245,7 @@ async def _counted_callback(request: web.Request) -> web.Response:
     """``_callback``, and a count of the callbacks it refused (botkit_callbacks)."""
     response = await _callback(request)
     if 400 <= response.status < 500:  # a 503 is counted where it is answered
-        request.app[RUNTIME].bot.metrics.callbacks.labels("invalid").inc()
+        request.app[RUNTIME].bot.metrics.callback["invalid"].inc()
     return response
 
 
@@ -298,9 +298,9 @@ async def _reply(
     crashpoints.hit("after_inbound_stored")
     if inbound_id is None:
         log.info("duplicate callback %s from %s ignored", reply.message_token, reply.phone_number)
-        rt.metrics.callbacks.labels("duplicate").inc()
+        rt.metrics.callback["duplicate"].inc()
         return web.json_response({"ok": True, "duplicate": True})
-    rt.metrics.callbacks.labels("reply").inc()
+    rt.metrics.callback["reply"].inc()
     if context is not None and not rt.dispatcher.idle(phone):
         context = None  # something of the phone came first: its turn reads afresh
     if on_inbound is not None:
@@ -318,7 +318,7 @@ async def _status(rt: Bot, data: dict[str, Any]) -> web.Response:
     except ValidationError as exc:
         return _invalid(exc)
     change = await rt.engine.on_status(update)
-    rt.metrics.callbacks.labels("status").inc()
+    rt.metrics.callback["status"].inc()
     if change is None:
         log.info("status %d for message %d kept until the message is known",
                  update.status, update.message_id)
@@ -367,7 +367,7 @@ async def _json_errors(
         log.warning("%s %s answered 503: %s", request.method, request.path, exc)
         running = request.app[RUNTIME]
         if request.path.startswith("/viber/callback/") and running.started:
-            running.bot.metrics.callbacks.labels("unavailable").inc()
+            running.bot.metrics.callback["unavailable"].inc()
         response = _error(503, f"the database is unavailable, try again later: {exc}")
         response.headers["Retry-After"] = "5"
         return response

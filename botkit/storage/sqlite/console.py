@@ -18,15 +18,10 @@ class Console(Connection):
     """``ConsoleStore`` on SQLite."""
 
     async def add_user(self, user: User) -> None:
-        await self._run(self._add_user, user)
-
-    def _add_user(self, user: User) -> None:
-        with self._write() as db:
-            if self._one("SELECT 1 FROM users WHERE name = ?", [user.name]):
-                raise UserExistsError(f"user {user.name!r} exists already")
-            db.execute("INSERT INTO users (name, role, password_hash, created_at)"
-                       " VALUES (?, ?, ?, ?)",
-                       [user.name, user.role, user.password_hash, user.created_at])
+        if not await self._run(self._change, "INSERT INTO users (name, role, password_hash,"
+                               " created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                               [user.name, user.role, user.password_hash, user.created_at]):
+            raise UserExistsError(f"user {user.name!r} exists already")
 
     async def user(self, name: str) -> User | None:
         row = await self._run(self._one, "SELECT * FROM users WHERE name = ?", [name])
