@@ -1,6 +1,7 @@
 """Every statement the server runs while it works is an index lookup, never a table scan.
 
-Routing, claiming, timers, statuses, polling, start-up and /healthz must cost the same with
+Routing, claiming, timers, statuses, polling, start-up, /healthz and the console's live
+reads (a phone's transcript, the inbox) must cost the same with
 a million stored conversations as with ten. The test records every statement the
 store runs through a realistic session and asks SQLite how it would run each one.
 """
@@ -51,6 +52,11 @@ async def test_statements_of_a_working_server_use_indexes(bot):
     await store.pending_inbound()          # what a start-up runs
     await store.reset_sending(abandoned)
     await store.claim_outbox(8, 0.0, "test")  # the sender's poll round
+    # What the console's live pages read at every change: a transcript, the inbox, the mark.
+    assert {e.direction for e in await store.history(PHONE, 200)} == {"in", "out"}
+    await store.human_conversations(200)
+    await store.activity_mark()
+    await store.conversations(phone=PHONE)  # a phone's page
     await store.thread.run(store.db.conn.set_trace_callback, None, alone=True)
 
     conn = sqlite3.connect(bot.db_path)

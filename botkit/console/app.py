@@ -32,6 +32,7 @@ from botkit.console.access import (
 )
 from botkit.console.links import SANDBOX_ADMIN, LoginLinks
 from botkit.console.live import Feed
+from botkit.console.history import add_history_pages
 from botkit.console.pages import BOT, FEED, LINKS, THROTTLE, BotRef, add_pages
 from botkit.console.passwords import unusable_hash
 from botkit.core.records import User
@@ -88,6 +89,7 @@ def create_console(bot: Callable[[], Bot], *, secure: bool,
 
     app.on_shutdown.append(stop_feed)
     add_pages(routes)
+    add_history_pages(routes)
     for route in app.router.add_static("/static", HERE / "static", name="static"):
         routes.roles[route] = None  # the stylesheet and the script: public
 

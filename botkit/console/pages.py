@@ -37,7 +37,8 @@ from botkit.core.records import AgentAction
 from botkit.errors import BotkitError, ConcurrentUpdateError, UnknownStepError
 from botkit.runtime.assembly import Bot
 
-__all__ = ["BOT", "FEED", "LINKS", "THROTTLE", "BotRef", "add_pages"]
+__all__ = ["BOT", "FEED", "LINKS", "THROTTLE", "BotRef", "add_pages", "clock", "find", "render",
+           "url"]
 
 log = logging.getLogger("botkit.console")
 
@@ -95,29 +96,30 @@ def add_pages(routes: Routes) -> None:
     routes.add("GET", "/users", _users, ADMIN, name="users")
 
 
-async def _render(request: web.Request, template: str, status: int = 200,
+async def render(request: web.Request, template: str, status: int = 200,
                   **values: Any) -> web.Response:
     session = await get_session(request)
     me = request.get(VIEWER)
     html = _templates.get_template(template).render(
-        csrf=csrf_token(session), me=me, url=lambda name, **parts: _url(request, name, **parts),
+        csrf=csrf_token(session), me=me, url=lambda name, **parts: url(request, name, **parts),
+        clock=clock,
         **values)
     return web.Response(text=html, content_type="text/html", status=status, headers=HEADERS)
 
 
-def _url(request: web.Request, name: str, **parts: Any) -> str:
+def url(request: web.Request, name: str, **parts: Any) -> str:
     return str(request.app.router[name].url_for(**{k: str(v) for k, v in parts.items()}))
 
 
 def _back(request: web.Request, name: str, **parts: Any) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(location=_url(request, name, **parts))
+    return web.HTTPSeeOther(location=url(request, name, **parts))
 
 
 # -- logging in and out ----------------------------------------------------------------------
 
 
 async def _login_page(request: web.Request) -> web.Response:
-    return await _render(request, "login.html", next=_next(request.query.get("next")),
+    return await render(request, "login.html", next=_next(request.query.get("next")),
                          error=None, name="")
 
 
@@ -131,7 +133,7 @@ async def _login(request: web.Request) -> web.Response:
     if wait > 0:
         log.warning("console login for %r from %s refused: too many failed attempts",
                     name, request.remote)
-        response = await _render(
+        response = await render(
             request, "login.html", status=429, next=nxt, name=name,
             error=f"Too many failed attempts: try again in {int(wait) + 1} seconds.")
         response.headers["Retry-After"] = str(int(wait) + 1)
@@ -140,19 +142,19 @@ async def _login(request: web.Request) -> web.Response:
     if not await check_password(user.password_hash if user else None, password) or user is None:
         throttle.failed(name, address)
         log.warning("failed console login for %r from %s", name, request.remote)
-        return await _render(request, "login.html", status=401, next=nxt, name=name,
+        return await render(request, "login.html", status=401, next=nxt, name=name,
                              error="Wrong name or password.")
     throttle.succeeded(name, address)
     await log_in(request, user.name, user.role, user.password_hash)
     log.info("%s logged in to the console (%s) from %s", user.name, user.role, request.remote)
-    raise web.HTTPSeeOther(location=nxt or _url(request, "inbox"))
+    raise web.HTTPSeeOther(location=nxt or url(request, "inbox"))
 
 
 async def _login_once(request: web.Request) -> web.Response:
     name = request.app[LINKS].take(request.match_info["token"])
     user = await request.app[BOT]().store.user(name) if name else None
     if user is None:
-        return await _render(request, "login.html", status=410, next="", name="",
+        return await render(request, "login.html", status=410, next="", name="",
                              error="That login link was used already, or has expired: log in,"
                                    " or restart python run.py for a new one.")
     await log_in(request, user.name, user.role, user.password_hash)
@@ -188,13 +190,12 @@ async def _waiting(request: web.Request) -> list[dict[str, Any]]:
     holders = await bot.store.holders([c.id for c, _ in waiting])
     return [{"id": c.id, "phone": c.phone, "flow": c.flow, "step": c.step,
              "waited": max(0.0, now - since), "since": since,
-             "agent": holders.get(c.id), "url": _url(request, "conversation", id=c.id)}
+             "agent": holders.get(c.id), "url": url(request, "conversation", id=c.id)}
             for c, since in waiting]
 
 
 async def _inbox(request: web.Request) -> web.Response:
-    return await _render(request, "inbox.html", waiting=await _waiting(request), ago=_ago,
-                         clock=_clock)
+    return await render(request, "inbox.html", waiting=await _waiting(request), ago=_ago)
 
 
 async def _inbox_json(request: web.Request) -> web.Response:
@@ -203,21 +204,21 @@ async def _inbox_json(request: web.Request) -> web.Response:
 
 async def _conversation(request: web.Request) -> web.Response:
     bot = request.app[BOT]()
-    conv = await _find(request)
+    conv = await find(request)
     history = await bot.store.history(conv.phone, TRANSCRIPT)
     holder = (await bot.store.holders([conv.id])).get(conv.id)
     flow = bot.flows.get(conv.flow)
     steps = [s.name for s in flow.steps.values() if s.prompt] if flow is not None else []
-    return await _render(request, "conversation.html", conv=conv, history=history,
+    return await render(request, "conversation.html", conv=conv, history=history,
                          human=conv.status is Status.HUMAN, max_reply=MAX_REPLY,
                          holder=holder, mine=holder == viewer(request).name, steps=steps,
-                         actions=await bot.store.actions(conv.id), clock=_clock,
+                         actions=await bot.store.actions(conv.id),
                          canned=_canned(bot, conv, viewer(request).name))
 
 
 async def _conversation_json(request: web.Request) -> web.Response:
     bot = request.app[BOT]()
-    conv = await _find(request)
+    conv = await find(request)
     holder = (await bot.store.holders([conv.id])).get(conv.id)
     return web.json_response({
         "id": conv.id, "status": conv.status.value, "flow": conv.flow, "step": conv.step,
@@ -250,7 +251,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 async def _reply(request: web.Request) -> web.Response:
     bot, me = request.app[BOT](), viewer(request)
-    conv = await _find(request)
+    conv = await find(request)
     text = str((await request.post()).get("text", "")).strip()
     if not text:
         return refuse(request, 400, "text: write the reply first")
@@ -274,7 +275,7 @@ async def _reply(request: web.Request) -> web.Response:
 
 async def _close(request: web.Request) -> web.Response:
     bot, me = request.app[BOT](), viewer(request)
-    conv = await _find(request)
+    conv = await find(request)
     refused = await _hold(request, conv)
     if refused is not None:
         return refused
@@ -291,7 +292,7 @@ async def _close(request: web.Request) -> web.Response:
 async def _take(request: web.Request) -> web.Response:
     """Take a conversation nobody has, or (``over=1``) one another agent has."""
     bot, me = request.app[BOT](), viewer(request)
-    conv = await _find(request)
+    conv = await find(request)
     if conv.status is not Status.HUMAN:
         return _not_human(request, conv)
     over = (await request.post()).get("over") == "1"
@@ -307,7 +308,7 @@ async def _take(request: web.Request) -> web.Response:
 async def _resume(request: web.Request) -> web.Response:
     """Give the conversation back to the bot at a step of its flow (its prompt is sent)."""
     bot, me = request.app[BOT](), viewer(request)
-    conv = await _find(request)
+    conv = await find(request)
     step = str((await request.post()).get("step", ""))
     refused = await _hold(request, conv)
     if refused is not None:
@@ -363,7 +364,7 @@ def _canned(bot: Bot, conv: Conversation, agent: str) -> list[dict[str, str]]:
     return replies
 
 
-async def _find(request: web.Request) -> Conversation:
+async def find(request: web.Request) -> Conversation:
     conv_id = int(request.match_info["id"])
     conv = await request.app[BOT]().store.conversation(conv_id)
     if conv is None:
@@ -376,7 +377,7 @@ async def _find(request: web.Request) -> Conversation:
 
 async def _users(request: web.Request) -> web.Response:
     users = await request.app[BOT]().store.users()
-    return await _render(request, "users.html", users=users, clock=_clock)
+    return await render(request, "users.html", users=users)
 
 
 def _ago(seconds: float) -> str:
@@ -391,5 +392,5 @@ def _ago(seconds: float) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
-def _clock(at: float) -> str:
+def clock(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))

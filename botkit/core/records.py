@@ -178,6 +178,7 @@ class LogEntry:
     at: float
     text: str
     detail: str
+    conversation_id: int | None = None  # None: a message outside any conversation
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -294,8 +294,11 @@ class ReportStore(ABC):
         """Conversations per flow and flow version: ``flow``, ``version``, ``open``, ``total``."""
 
     @abstractmethod
-    async def funnel(self, flow: str) -> dict[str, Any]:
-        """Raw counts behind ``run.py stats FLOW`` (see storage.sqlite.reports for the shape)."""
+    async def funnel(self, flow: str, since: float | None = None,
+                     until: float | None = None) -> dict[str, Any]:
+        """The counts behind ``run.py stats FLOW`` and the console's funnel: of the
+        conversations started in ``[since, until)`` (all when not given), and of their
+        messages and timers (the shape: ``storage.rows.funnel_report``)."""
 
     @abstractmethod
     async def health(self) -> dict[str, Any]:
@@ -303,13 +306,17 @@ class ReportStore(ABC):
 
     @abstractmethod
     async def conversations(
-        self, *, phone: str | None = None, flow: str | None = None, limit: int = 100
+        self, *, phone: str | None = None, flow: str | None = None, status: str | None = None,
+        since: float | None = None, until: float | None = None, limit: int = 100,
     ) -> list[Conversation]:
-        """Conversations, most recently active first."""
+        """Conversations, most recently active first: of ``phone``, of ``flow``, in
+        ``status``, active in ``[since, until)`` (changed since ``since``, started before
+        ``until``), each filter when given."""
 
     @abstractmethod
     async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:
-        """The phone's last messages in and out, oldest first."""
+        """The phone's last messages in and out across its conversations, oldest first (read
+        from the ``inbound_phone`` and ``outbound_phone`` indexes)."""
 
     @abstractmethod
     async def release(self, phone: str, now: float) -> Conversation | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
@@ -21,7 +21,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "FUNNEL_COUNTS", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "FUNNEL_COUNTS", "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
            "status_body", "user_from_row", "action_from_row"]
@@ -98,15 +98,76 @@ def status_body(update: StatusUpdate) -> str:
         return json.dumps({"message_id": update.message_id, "status": update.status})
 
 
-# The funnel's counts per step: (its key in the report, the table, which rows).
+# The funnel's counts per step: (its key in the report, the table, what is counted, which
+# rows).
 FUNNEL_COUNTS = (
-    ("sent", "outbound", "status = 'sent'"),
-    ("delivered", "outbound", "delivery_status = 1"),
-    ("answered", "inbound", "route = 'step'"),
-    ("reasked", "inbound", "outcome = 'retry'"),
-    ("timed_out", "timers", "kind = 'timeout' AND status = 'fired'"),
-    ("dropped", "conversations", "status NOT IN ('active', 'human', 'done')"),
+    ("reached", "outbound", "count(DISTINCT conversation_id)", "1 = 1"),
+    ("sent", "outbound", "count(*)", "status = 'sent'"),
+    ("delivered", "outbound", "count(*)", "delivery_status = 1"),
+    ("answered", "inbound", "count(*)", "route = 'step'"),
+    ("reasked", "inbound", "count(*)", "outcome = 'retry'"),
+    ("timed_out", "timers", "count(*)", "kind = 'timeout' AND status = 'fired'"),
+    ("dropped", "conversations", "count(*)", "status NOT IN ('active', 'human', 'done')"),
 )
+
+
+def funnel_statements(flow: str, since: str | None, until: str | None) -> dict[str, str]:
+    """The funnel's statements, keyed by what each reads. ``flow``, ``since`` and ``until``
+    are the engine's placeholders; with ``since`` and ``until`` only the conversations
+    started in that range count (a cohort), and only their messages and timers.
+
+    ``steps``: (step, key, n) per FUNNEL_COUNTS row; ``ended``: how conversations ended, by
+    the step they ended at; ``delivery``: the delivery statuses of each step's messages;
+    ``delays``: from the send of a question to the arrival of its answer; ``totals``: the
+    conversations started and finished."""
+    started = "1 = 1" if since is None else f"created_at >= {since} AND created_at < {until}"
+    mine = ("1 = 1" if since is None else
+            f"conversation_id IN (SELECT id FROM conversations WHERE flow = {flow} AND {started})")
+    steps = " UNION ALL ".join(
+        f"SELECT step, '{key}' AS key, {measure} AS n FROM {table} WHERE flow = {flow}"
+        f" AND {where} AND {started if table == 'conversations' else mine} GROUP BY step"
+        for key, table, measure, where in FUNNEL_COUNTS)
+    return {
+        "steps": steps,
+        "ended": f"SELECT step, status, count(*) AS n FROM conversations WHERE flow = {flow}"
+                 f" AND status NOT IN ('active', 'human', 'done') AND {started}"
+                 " GROUP BY step, status",
+        "delivery": f"SELECT step, delivery_status, count(*) AS n FROM outbound"
+                    f" WHERE flow = {flow} AND step IS NOT NULL AND {mine}"
+                    " GROUP BY step, delivery_status",
+        "delays": "SELECT i.step, i.received_at - o.sent_at AS delay FROM inbound AS i"
+                  " JOIN outbound AS o ON o.phone = i.phone AND o.message_id = {message_id}"
+                  f" WHERE i.flow = {flow} AND i.route = 'step' AND {{tracked}}"
+                  f" AND o.sent_at IS NOT NULL AND o.step = i.step"
+                  f" AND {mine.replace('conversation_id', 'i.conversation_id')}",
+        "totals": "SELECT count(*) AS started, coalesce(sum(CASE WHEN status = 'done' THEN 1"
+                  f" ELSE 0 END), 0) AS done FROM conversations WHERE flow = {flow} AND {started}",
+    }
+
+
+def funnel_report(steps: Iterable[Mapping[str, Any]], ended: Iterable[Mapping[str, Any]],
+                  delivery: Iterable[Mapping[str, Any]], delays: Iterable[Mapping[str, Any]],
+                  totals: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The funnel from its statements' rows (``funnel_statements``), the same on every engine:
+    ``started``, ``completed``, ``ended`` (by status, all steps), and per step the
+    FUNNEL_COUNTS keys, ``ended`` (by status), ``delivery`` (by status label) and
+    ``delays`` (seconds)."""
+    report: dict[str, Any] = {}
+    for r in steps:
+        if r["step"] is not None:
+            report.setdefault(r["step"], {})[r["key"]] = r["n"]
+    ends: dict[str, int] = {}
+    for r in ended:
+        report.setdefault(r["step"], {}).setdefault("ended", {})[r["status"]] = r["n"]
+        ends[r["status"]] = ends.get(r["status"], 0) + r["n"]
+    for r in delivery:
+        label = "not yet" if r["delivery_status"] is None else status_label(r["delivery_status"])
+        report.setdefault(r["step"], {}).setdefault("delivery", {})[label] = r["n"]
+    for r in delays:
+        report.setdefault(r["step"], {}).setdefault("delays", []).append(r["delay"])
+    totals = totals or {}
+    return {"steps": report, "started": totals.get("started") or 0,
+            "completed": totals.get("done") or 0, "ended": ends}
 
 
 def started_results(

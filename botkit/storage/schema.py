@@ -255,3 +255,13 @@ def m010_handoffs(db: sqlite_utils.Database) -> None:
     waits, for the console's inbox. Only those messages are in it, so other turns write
     nothing to it."""
     db.execute(f"CREATE INDEX inbound_handoffs ON inbound (conversation_id) WHERE {HANDOFF}")
+
+
+@MIGRATIONS(name="m011_phone_history")
+def m011_phone_history(db: sqlite_utils.Database) -> None:
+    """A phone's messages in and out, by phone: its history across conversations and the
+    console's transcript, read from an index instead of a scan of every message (which
+    grows with every message, and would hold the database thread at each live refresh).
+    Every callback writes one entry into each (measured: docs/PERFORMANCE.md, "Issue 17")."""
+    db.execute("CREATE INDEX inbound_phone ON inbound (phone, id)")
+    db.execute("CREATE INDEX outbound_phone ON outbound (phone, id)")

@@ -10,7 +10,8 @@ from botkit.storage.postgres.connection import PgConnection
 from botkit.storage.rows import (
     ACTIVITY_MARK,
     ATTENTION,
-    FUNNEL_COUNTS,
+    funnel_report,
+    funnel_statements,
     HUMAN_WAITING,
     QUEUE,
     conversation_from_row,
@@ -24,12 +25,16 @@ class PgReports(PgConnection):
     """``ReportStore`` on PostgreSQL."""
 
     async def conversations(
-        self, *, phone: str | None = None, flow: str | None = None, limit: int = 100
+        self, *, phone: str | None = None, flow: str | None = None, status: str | None = None,
+        since: float | None = None, until: float | None = None, limit: int = 100,
     ) -> list[Conversation]:
         rows = await self._rows(
             "SELECT * FROM conversations WHERE ($1::text IS NULL OR phone = $1)"
-            " AND ($2::text IS NULL OR flow = $2) ORDER BY updated_at DESC, id DESC LIMIT $3",
-            phone, flow, limit)
+            " AND ($2::text IS NULL OR flow = $2) AND ($3::text IS NULL OR status = $3)"
+            " AND ($4::float8 IS NULL OR updated_at >= $4)"
+            " AND ($5::float8 IS NULL OR created_at < $5)"
+            " ORDER BY updated_at DESC, id DESC LIMIT $6",
+            phone, flow, status, since, until, limit)
         return [conversation_from_row(r) for r in rows]
 
     async def activity_mark(self) -> tuple[Any, ...]:
@@ -44,19 +49,20 @@ class PgReports(PgConnection):
     async def history(self, phone: str, limit: int = 50) -> list[LogEntry]:
         rows = await self._rows(
             "SELECT * FROM ("
-            "  SELECT 'in' AS direction, received_at AS at, text, id,"
+            "  SELECT 'in' AS direction, received_at AS at, text, id, conversation_id,"
             "    status || coalesce(' (' || route || ')', '') AS detail,"
             "    NULL::bigint AS message_id, NULL::int AS message_type,"
             "    NULL::int AS delivery_status, NULL::bigint AS sms_message_id,"
             "    NULL::int AS sms_message_status, NULL::text AS step, NULL::text AS error"
             "  FROM inbound WHERE phone = $1"
             "  UNION ALL"
-            "  SELECT 'out', created_at, text, id, status, message_id, message_type,"
+            "  SELECT 'out', created_at, text, id, conversation_id, status, message_id, message_type,"
             "    delivery_status, sms_message_id, sms_message_status, step, error"
             "  FROM outbound WHERE phone = $1"
             "  ORDER BY at DESC, id DESC LIMIT $2"
             ") AS recent ORDER BY at, id", phone, limit)
-        return [LogEntry(r["direction"], r["at"], r["text"], history_detail(r)) for r in rows]
+        return [LogEntry(r["direction"], r["at"], r["text"], history_detail(r), r["conversation_id"])
+                for r in rows]
 
     async def versions(self) -> list[dict[str, Any]]:
         return await self._rows(
@@ -64,28 +70,19 @@ class PgReports(PgConnection):
             " count(*) FILTER (WHERE status IN ('active', 'human')) AS open, count(*) AS total"
             " FROM conversations GROUP BY flow, flow_version ORDER BY flow, open DESC")
 
-    async def funnel(self, flow: str) -> dict[str, Any]:
-        """Per step: sent, delivered, answered, re-asked, timed out, dropped, answer delays
-        (the shape of ``storage.sqlite.reports``)."""
-        steps: dict[str, dict[str, Any]] = {}
-        for key, table, where in FUNNEL_COUNTS:
-            for r in await self._rows(f"SELECT step, count(*) AS n FROM {table}"
-                                      f" WHERE flow = $1 AND {where} GROUP BY step", flow):
-                if r["step"] is not None:
-                    steps.setdefault(r["step"], {})[key] = r["n"]
-        for r in await self._rows(
-            "SELECT i.step, i.received_at - o.sent_at AS delay FROM inbound AS i"
-            " JOIN outbound AS o ON o.phone = i.phone"
-            " AND o.message_id = CAST(substr(i.tracking_data, 13) AS BIGINT)"
-            " WHERE i.flow = $1 AND i.route = 'step' AND i.tracking_data ~ '^tracking_id:[0-9]+$'"
-            " AND o.sent_at IS NOT NULL AND o.step = i.step", flow,
-        ):
-            steps.setdefault(r["step"], {}).setdefault("delays", []).append(r["delay"])
-        totals = await self._one(
-            "SELECT count(*) AS started, count(*) FILTER (WHERE status = 'done') AS done"
-            " FROM conversations WHERE flow = $1", flow) or {}
-        return {"steps": steps, "started": totals.get("started") or 0,
-                "completed": totals.get("done") or 0}
+    async def funnel(self, flow: str, since: float | None = None,
+                     until: float | None = None) -> dict[str, Any]:
+        ranged = since is not None or until is not None
+        sql = funnel_statements("$1", "$2" if ranged else None, "$3")
+        params = (flow, since if since is not None else float("-inf"),
+                  until if until is not None else float("inf")) if ranged else (flow,)
+        return funnel_report(
+            await self._rows(sql["steps"], *params), await self._rows(sql["ended"], *params),
+            await self._rows(sql["delivery"], *params),
+            await self._rows(sql["delays"].format(
+                message_id="CAST(substr(i.tracking_data, 13) AS BIGINT)",
+                tracked="i.tracking_data ~ '^tracking_id:[0-9]+$'"), *params),
+            await self._one(sql["totals"], *params))
 
     async def health(self) -> dict[str, Any]:
         outbox = dict.fromkeys(("queued", "sending", "failed", "uncertain"), 0)

@@ -187,12 +187,20 @@ CREATE INDEX agent_actions_conversation ON agent_actions (conversation_id, id);
 # time); only those messages are in it.
 P005_HANDOFFS = f"CREATE INDEX inbound_handoffs ON inbound (conversation_id) WHERE {HANDOFF};"
 
+# A phone's messages in and out, by phone: its history across conversations and the console's
+# transcript, from an index instead of a scan of every message.
+P006_PHONE_HISTORY = """
+CREATE INDEX inbound_phone ON inbound (phone, id);
+CREATE INDEX outbound_phone ON outbound (phone, id);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", P001_INITIAL),
     ("p002_refuse", REFUSE_FUNCTION),  # a turn's commit in one statement (postgres.commit)
     ("p003_console", P003_CONSOLE),
     ("p004_agents", P004_AGENTS),
     ("p005_handoffs", P005_HANDOFFS),
+    ("p006_phone_history", P006_PHONE_HISTORY),
 ]
 
 

@@ -10,7 +10,8 @@ from botkit.core.records import (
 )
 from botkit.storage.rows import (
     ACTIVITY_MARK,
-    FUNNEL_COUNTS,
+    funnel_report,
+    funnel_statements,
     HUMAN_WAITING,
     conversation_from_row,
     history_detail,
@@ -24,15 +25,20 @@ class Reports(Connection):
     """``ReportStore`` on SQLite."""
 
     async def conversations(
-        self, *, phone: str | None = None, flow: str | None = None, limit: int = 100
+        self, *, phone: str | None = None, flow: str | None = None, status: str | None = None,
+        since: float | None = None, until: float | None = None, limit: int = 100,
     ) -> list[Conversation]:
-        return await self._run(self._conversations, phone, flow, limit)
+        return await self._run(self._conversations, phone, flow, status, since, until, limit)
 
-    def _conversations(self, phone: str | None, flow: str | None, limit: int) -> list[Conversation]:
+    def _conversations(self, phone: str | None, flow: str | None, status: str | None,
+                       since: float | None, until: float | None,
+                       limit: int) -> list[Conversation]:
         where, params = ["1 = 1"], []
-        for column, value in (("phone", phone), ("flow", flow)):
+        for condition, value in (("phone = ?", phone), ("flow = ?", flow),
+                                 ("status = ?", status), ("updated_at >= ?", since),
+                                 ("created_at < ?", until)):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(condition)
                 params.append(value)
         rows = self._rows(
             f"SELECT * FROM conversations WHERE {' AND '.join(where)}"
@@ -56,20 +62,21 @@ class Reports(Connection):
     def _history(self, phone: str, limit: int) -> list[LogEntry]:
         rows = self._rows(
             "SELECT * FROM ("
-            "  SELECT 'in' AS direction, received_at AS at, text, id,"
+            "  SELECT 'in' AS direction, received_at AS at, text, id, conversation_id,"
             "    status || coalesce(' (' || route || ')', '') AS detail, NULL AS message_id,"
             "    NULL AS message_type, NULL AS delivery_status, NULL AS sms_message_id,"
             "    NULL AS sms_message_status, NULL AS step, NULL AS error"
             "  FROM inbound WHERE phone = :phone"
             "  UNION ALL"
-            "  SELECT 'out', created_at, text, id, status, message_id, message_type,"
+            "  SELECT 'out', created_at, text, id, conversation_id, status, message_id, message_type,"
             "    delivery_status, sms_message_id, sms_message_status, step, error"
             "  FROM outbound WHERE phone = :phone"
             "  ORDER BY at DESC, id DESC LIMIT :limit"
             ") ORDER BY at, id",
             {"phone": phone, "limit": limit},
         )
-        return [LogEntry(r["direction"], r["at"], r["text"], history_detail(r)) for r in rows]
+        return [LogEntry(r["direction"], r["at"], r["text"], history_detail(r), r["conversation_id"])
+                for r in rows]
 
 
     async def versions(self) -> list[dict[str, Any]]:
@@ -82,34 +89,22 @@ class Reports(Connection):
             " FROM conversations GROUP BY flow, flow_version ORDER BY flow, open DESC"
         ))
 
-    async def funnel(self, flow: str) -> dict[str, Any]:
-        return await self._run(self._funnel, flow)
+    async def funnel(self, flow: str, since: float | None = None,
+                     until: float | None = None) -> dict[str, Any]:
+        return await self._run(self._funnel, flow, since, until)
 
-    def _funnel(self, flow: str) -> dict[str, Any]:
-        """Per step: sent, delivered, answered, re-asked, timed out, dropped, answer delays."""
-        steps: dict[str, dict[str, Any]] = {}
-
-        for key, table, where in FUNNEL_COUNTS:
-            for r in self._rows(f"SELECT step, count(*) AS n FROM {table}"
-                                f" WHERE flow = ? AND {where} GROUP BY step", [flow]):
-                if r["step"] is not None:
-                    steps.setdefault(r["step"], {})[key] = r["n"]
-        # Time to answer: from the send of the question answered to the answer's arrival.
-        for r in self._rows(
-            "SELECT i.step, i.received_at - o.sent_at AS delay FROM inbound AS i"
-            " JOIN outbound AS o ON o.message_id = CAST(substr(i.tracking_data, 13) AS INTEGER)"
-            " AND o.phone = i.phone"
-            " WHERE i.flow = ? AND i.route = 'step' AND i.tracking_data LIKE 'tracking_id:%'"
-            " AND o.sent_at IS NOT NULL AND o.step = i.step",
-            [flow],
-        ):
-            steps.setdefault(r["step"], {}).setdefault("delays", []).append(r["delay"])
-        totals = self._one(
-            "SELECT count(*) AS started, sum(status = 'done') AS done FROM conversations"
-            " WHERE flow = ?", [flow],
-        ) or {}
-        return {"steps": steps, "started": totals.get("started") or 0,
-                "completed": totals.get("done") or 0}
+    def _funnel(self, flow: str, since: float | None, until: float | None) -> dict[str, Any]:
+        ranged = since is not None or until is not None
+        sql = funnel_statements(":flow", ":since" if ranged else None, ":until")
+        params = {"flow": flow, "since": since if since is not None else float("-inf"),
+                  "until": until if until is not None else float("inf")}
+        return funnel_report(
+            self._rows(sql["steps"], params), self._rows(sql["ended"], params),
+            self._rows(sql["delivery"], params),
+            self._rows(sql["delays"].format(
+                message_id="CAST(substr(i.tracking_data, 13) AS INTEGER)",
+                tracked="i.tracking_data LIKE 'tracking_id:%'"), params),
+            self._one(sql["totals"], params))
 
     async def health(self) -> dict[str, Any]:
         return await self._run(self._health)
