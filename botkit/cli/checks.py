@@ -7,14 +7,12 @@ the templates, with the file and line of the call.
 
 from __future__ import annotations
 
-import ast
-import inspect
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 from botkit.cli.template_checks import relative, template_problems
 from botkit.core.flows import Flow, FlowSet, Step
+from botkit.core.graph import calls
 from botkit.errors import DefinitionError
 from botkit.runtime.templates import Renderer
 
@@ -81,19 +79,9 @@ def _try_template(renderer: _Once, name: str, where: str) -> list[str]:
 
 
 def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: _Once) -> Iterator[str]:
-    try:
-        source = textwrap.dedent(inspect.getsource(step.handler))
-        _, first_line = inspect.getsourcelines(step.handler)
-    except (OSError, TypeError):
-        return
-    filename = relative(inspect.getsourcefile(step.handler) or "?")
-    for node in ast.walk(ast.parse(source)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        verb = node.func.attr
-        where = f"{filename}:{first_line + node.lineno - 1}"
-        literal = _literal(node.args[0]) if node.args else None
-        keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+    for call in calls(step):
+        verb, literal, keywords = call.verb, call.literal, call.keywords
+        where = f"{relative(call.filename)}:{call.line}"
         if verb == "ask" and literal is not None:
             if literal not in flow.steps:
                 yield f"{where}: turn.ask({literal!r}): {_unknown(flow, literal)}"
@@ -107,10 +95,6 @@ def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: _Once) -> Ite
             yield from _try_template(renderer, str(keywords["template"]), f"{where}: turn.{verb}()")
         if verb == "notify" and keywords.get("sms"):
             yield from _try_template(renderer, str(keywords["sms"]), f"{where}: turn.notify(sms=)")
-
-
-def _literal(node: ast.expr) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
 def _unknown(flow: Flow, name: str) -> str:

@@ -32,6 +32,8 @@ from botkit.console.access import (
 )
 from botkit.console.links import SANDBOX_ADMIN, LoginLinks
 from botkit.console.live import Feed
+from botkit.console.dashboards import add_dashboards
+from botkit.console.export import add_export
 from botkit.console.history import add_history_pages
 from botkit.console.pages import BOT, FEED, LINKS, THROTTLE, BotRef, add_pages
 from botkit.console.passwords import unusable_hash
@@ -90,6 +92,8 @@ def create_console(bot: Callable[[], Bot], *, secure: bool,
     app.on_shutdown.append(stop_feed)
     add_pages(routes)
     add_history_pages(routes)
+    add_dashboards(routes)
+    add_export(routes)
     for route in app.router.add_static("/static", HERE / "static", name="static"):
         routes.roles[route] = None  # the stylesheet and the script: public
 

@@ -3,12 +3,12 @@ page: its conversations and its whole history across them."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from aiohttp import web
 
 from botkit.console.access import AGENT, Routes, refuse
+from botkit.console.fields import FieldError, day_range
 from botkit.console.pages import BOT, render
 from botkit.core.conversation import Status
 from botkit.core.records import LogEntry
@@ -27,18 +27,13 @@ def add_history_pages(routes: Routes) -> None:
     routes.add("GET", "/phones/{phone:\\d+}", _phone, AGENT, name="phone")
 
 
-class _Refused(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
-
 async def _search(request: web.Request) -> web.Response:
     bot = request.app[BOT]()
     query = {k: request.query.get(k, "").strip() for k in ("phone", "flow", "status", "from",
                                                              "to")}
     try:
         filters = _filters(query, bot.settings.phone_region, set(bot.flows))
-    except _Refused as exc:
+    except FieldError as exc:
         return refuse(request, 400, str(exc))
     asked = any(query.values())
     found = await bot.store.conversations(limit=FOUND, **filters) if asked else []
@@ -48,35 +43,26 @@ async def _search(request: web.Request) -> web.Response:
 
 
 def _filters(query: dict[str, str], region: str | None, flows: set[str]) -> dict[str, Any]:
-    """The store's filters from the search form, or _Refused naming the field to fix."""
+    """The store's filters from the search form, or FieldError naming the field to fix."""
     filters: dict[str, Any] = {}
     if query["phone"]:
         try:
             filters["phone"] = read_phone(query["phone"], region)
         except PhoneError as exc:
-            raise _Refused(f"phone: {query['phone']!r} is not a phone number: {exc}") from None
+            raise FieldError(f"phone: {query['phone']!r} is not a phone number: {exc}") from None
     if query["flow"]:
         filters["flow"] = query["flow"]  # a flow no longer loaded still has its conversations
     if query["status"]:
         if query["status"] not in {s.value for s in Status}:
-            raise _Refused(f"status: {query['status']!r} is not one of "
+            raise FieldError(f"status: {query['status']!r} is not one of "
                            + ", ".join(s.value for s in Status))
         filters["status"] = query["status"]
-    if query["from"]:
-        filters["since"] = _day(query["from"], "from").timestamp()
-    if query["to"]:
-        filters["until"] = (_day(query["to"], "to") + dt.timedelta(days=1)).timestamp()
-    if "since" in filters and "until" in filters and filters["until"] <= filters["since"]:
-        raise _Refused("to: the last day comes before the first")
+    since, until = day_range(query["from"], query["to"])
+    if since is not None:
+        filters["since"] = since
+    if until is not None:
+        filters["until"] = until
     return filters
-
-
-def _day(text: str, field: str) -> dt.datetime:
-    """Midnight (the server's local time) of a ``YYYY-MM-DD`` day."""
-    try:
-        return dt.datetime.combine(dt.date.fromisoformat(text), dt.time()).astimezone()
-    except ValueError:
-        raise _Refused(f"{field}: {text!r} is not a date (YYYY-MM-DD)") from None
 
 
 async def _phone(request: web.Request) -> web.Response:

@@ -37,7 +37,7 @@ from botkit.core.records import AgentAction
 from botkit.errors import BotkitError, ConcurrentUpdateError, UnknownStepError
 from botkit.runtime.assembly import Bot
 
-__all__ = ["BOT", "FEED", "LINKS", "THROTTLE", "BotRef", "add_pages", "clock", "find", "render",
+__all__ = ["BOT", "FEED", "LINKS", "THROTTLE", "BotRef", "add_pages", "ago", "clock", "find", "render",
            "url"]
 
 log = logging.getLogger("botkit.console")
@@ -102,7 +102,7 @@ async def render(request: web.Request, template: str, status: int = 200,
     me = request.get(VIEWER)
     html = _templates.get_template(template).render(
         csrf=csrf_token(session), me=me, url=lambda name, **parts: url(request, name, **parts),
-        clock=clock,
+        clock=clock, ago=ago,
         **values)
     return web.Response(text=html, content_type="text/html", status=status, headers=HEADERS)
 
@@ -195,7 +195,7 @@ async def _waiting(request: web.Request) -> list[dict[str, Any]]:
 
 
 async def _inbox(request: web.Request) -> web.Response:
-    return await render(request, "inbox.html", waiting=await _waiting(request), ago=_ago)
+    return await render(request, "inbox.html", waiting=await _waiting(request))
 
 
 async def _inbox_json(request: web.Request) -> web.Response:
@@ -380,7 +380,7 @@ async def _users(request: web.Request) -> web.Response:
     return await render(request, "users.html", users=users)
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float) -> str:
     """``seconds`` as people say it: 45 s, 12 min, 3 h 5 min, 2 d 4 h."""
     s = int(seconds)
     if s < 60:

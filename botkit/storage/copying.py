@@ -15,6 +15,7 @@ store inserts gets a new id.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -27,7 +28,7 @@ from botkit.errors import BotkitError
 from botkit.storage.engines import is_postgres, store_for
 
 __all__ = ["BATCH", "TABLES", "TableCopy", "TableCount", "copy_database", "count_rows",
-           "prepare", "shown"]
+           "prepare", "read_table", "shown"]
 
 # Every table botkit keeps rows in; the migration records stay each engine's own.
 TABLES = ("conversations", "inbound", "outbound", "status_events", "timers", "meta",
@@ -118,6 +119,20 @@ async def copy_database(
                 f"copying to {shown(target)} failed: {exc}. Nothing was committed, so it is"
                 " still empty: fix the cause and run copy-db again") from exc
     return plans
+
+
+async def read_table(db: str | Path, table: str,
+                     size: int = BATCH) -> AsyncIterator[tuple[list[str], list[Row]]]:
+    """``table``'s columns and its rows, ``size`` at a time (by id where there is one), read
+    in one snapshot on a connection of its own; the first batch has no rows, so the columns
+    come even for an empty table (the console's CSV export)."""
+    if table not in TABLES:
+        raise BotkitError(f"botkit keeps no table {table!r}: {', '.join(TABLES)}")
+    async with _opened(db) as side, side.reading():
+        columns = await side.columns(table)
+        yield columns, []
+        async for rows in side.batches(table, columns, size):
+            yield columns, rows
 
 
 async def count_rows(target: str | Path, copied: Iterable[TableCopy]) -> list[TableCount]:
@@ -223,12 +238,14 @@ def _select(table: str, columns: Sequence[str]) -> str:
 
 
 class _SQLiteSide(_Side):
-    """A SQLite file through sqlite3, on this thread: the command does nothing else meanwhile."""
+    """A SQLite file through sqlite3. Rows are read in a worker thread, so a server that reads
+    a table (the console's export) goes on answering meanwhile; one job at a time."""
 
     errors = _driver_errors(postgres=False)
 
     def __init__(self, path: str | Path) -> None:
-        self.conn = sqlite3.connect(str(path), timeout=10, isolation_level=None)
+        self.conn = sqlite3.connect(str(path), timeout=10, isolation_level=None,
+                                    check_same_thread=False)
 
     async def columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')]
@@ -239,8 +256,8 @@ class _SQLiteSide(_Side):
     async def batches(
         self, table: str, columns: Sequence[str], size: int
     ) -> AsyncIterator[list[Row]]:
-        cursor = self.conn.execute(_select(table, columns))
-        while rows := cursor.fetchmany(size):
+        cursor = await asyncio.to_thread(self.conn.execute, _select(table, columns))
+        while rows := await asyncio.to_thread(cursor.fetchmany, size):
             yield rows
 
     async def insert(self, table: str, columns: Sequence[str], rows: list[Row]) -> None:

@@ -105,6 +105,7 @@ FUNNEL_COUNTS = (
     ("sent", "outbound", "count(*)", "status = 'sent'"),
     ("delivered", "outbound", "count(*)", "delivery_status = 1"),
     ("answered", "inbound", "count(*)", "route = 'step'"),
+    ("answered_by", "inbound", "count(DISTINCT conversation_id)", "route = 'step'"),
     ("reasked", "inbound", "count(*)", "outcome = 'retry'"),
     ("timed_out", "timers", "count(*)", "kind = 'timeout' AND status = 'fired'"),
     ("dropped", "conversations", "count(*)", "status NOT IN ('active', 'human', 'done')"),
