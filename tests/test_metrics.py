@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import ClientSession
@@ -104,3 +105,26 @@ def test_json_logs_are_one_object_a_line_with_the_usual_fields():
         record.exc_info = sys.exc_info()
     line = formatter.format(record)
     assert "\n" not in line and "ValueError: broken handler" in json.loads(line)["exception"]
+
+
+async def test_the_outbox_oldest_age_and_the_timers_due_not_fired(bot_harness):
+    clock = Clock()
+    bot = await bot_harness(flows=[survey], clock=clock)
+    bot.provider.faults.script(*[Fault.status(503)] * 20)  # tried again later: it waits
+    await bot.runtime.engine.start("survey", PHONE)
+    for _ in range(100):
+        if (await bot.runtime.store.queue_size(clock()))[1]:  # queued for a later try
+            break
+        await asyncio.sleep(0.05)
+    clock.advance(seconds=40)
+    samples = await scrape(bot)
+    assert value(samples, "botkit_outbox_oldest_age_seconds") == 40.0  # since it was queued
+    assert value(samples, "botkit_timers_due") == 0
+    bot.provider.faults.clear()
+    await bot.settle()  # sent at last
+    clock.advance(hours=2, seconds=30)  # the reminder is due; no sweep has run
+    samples = await scrape(bot)
+    assert value(samples, "botkit_outbox_oldest_age_seconds") == 0
+    assert value(samples, "botkit_timers_due") == 1
+    await bot.sweep()
+    assert value(await scrape(bot), "botkit_timers_due") == 0

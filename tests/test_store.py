@@ -5,6 +5,7 @@ test_sqlite_store.py and test_postgres_store.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -432,8 +433,9 @@ async def test_unconfirmed_messages_are_polled_least_recently_first(backend):
 async def test_reports_read_what_was_committed(backend):
     store = await backend.opened()
     inbound_id = await store.record_inbound(reply("h1", "12", "hello"), 1.0)
+    question = dataclasses.replace(item("12", 0), flow="f", step="q", in_conversation=True)
     committed = await store.commit(Commit(inbound_id=inbound_id, conversation=conversation("12"),
-                                          outbox=(item("12", 0),), route="start",
+                                          outbox=(question,), route="start",
                                           handled_by=("f", "q")), 2.0)
     await store.claim_outbox(1, 3.0)
     await store.mark_sent(committed.outbox_ids[0], 4242, 3.0, RULES)
@@ -441,11 +443,19 @@ async def test_reports_read_what_was_committed(backend):
     assert [(e.direction, e.text) for e in lines] == [("in", "hello"), ("out", "m0")]
     assert "message 4242" in lines[1].detail
     assert await store.versions() == [{"flow": "f", "version": "?", "open": 1, "total": 1}]
+    assert [e.conversation_id for e in lines] == [committed.conversation_id] * 2
     funnel = await store.funnel("f")
     assert funnel["started"] == 1 and funnel["completed"] == 0
+    assert funnel["steps"]["q"]["reached"] == 1 and funnel["steps"]["q"]["delivery"]
+    assert (await store.funnel("f", 0.0, 2.0))["started"] == 0  # it started at 2.0
+    assert (await store.funnel("f", 2.0, 3.0))["steps"]["q"]["reached"] == 1
     health = await store.health()
     assert health["inbound_pending"] == 0 and health["outbox"]["queued"] == 0
     assert [c.phone for c in await store.conversations(flow="f")] == ["12"]
+    assert await store.conversations(flow="f", status="done") == []
+    assert len(await store.conversations(since=2.0, until=2.5)) == 1
+    assert await store.conversations(since=3.0) == [] and await store.conversations(until=2.0) == []
+    assert await store.backlog(10.0) == {"outbox_oldest": 0.0, "timers_due": 0.0}
     await store.close()
 
 

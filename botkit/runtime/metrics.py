@@ -61,6 +61,12 @@ class Metrics:
             "botkit_outbox_messages", "Outbox messages by status: due (queued, may go now),"
             " later (queued for a later try), sending, failed, uncertain", ["status"],
             registry=r)
+        self.outbox_oldest_age = Gauge(
+            "botkit_outbox_oldest_age_seconds", "How long the oldest message still queued or"
+            " being sent has waited (0 when none waits)", registry=r)
+        self.timers_due = Gauge(
+            "botkit_timers_due", "Timers due and not fired yet (a sweeper behind, or stopped)",
+            registry=r)
         self.inbound_pending = Gauge(
             "botkit_inbound_pending", "User messages stored and not handled yet", registry=r)
         # Each series of a fixed label bound once: the hot path does no label lookup, and

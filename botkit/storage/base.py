@@ -305,6 +305,12 @@ class ReportStore(ABC):
         """Counts for ``/healthz``: queued and failed outbox rows, pending inbound rows."""
 
     @abstractmethod
+    async def backlog(self, now: float) -> dict[str, float]:
+        """What waits longer than it should, for ``/metrics``, each from an index:
+        ``outbox_oldest`` (when the oldest message still queued or being sent was queued;
+        0 when none is) and ``timers_due`` (timers due by ``now`` and not fired yet)."""
+
+    @abstractmethod
     async def conversations(
         self, *, phone: str | None = None, flow: str | None = None, status: str | None = None,
         since: float | None = None, until: float | None = None, limit: int = 100,

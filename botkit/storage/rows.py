@@ -21,7 +21,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "FUNNEL_COUNTS", "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "FUNNEL_COUNTS", "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
            "status_body", "user_from_row", "action_from_row"]
@@ -40,6 +40,11 @@ ACTIVITY_MARK = ("SELECT (SELECT max(id) FROM inbound) AS i, (SELECT max(id) FRO
                  " (SELECT max(id) FROM status_events) AS s,"
                  " (SELECT max(id) FROM agent_actions) AS a,"
                  f" (SELECT count(*) FROM conversations WHERE {HUMAN}) AS h")
+# What waits longer than it should (backlog): the oldest queued message, on outbound_queue
+# (ids grow with time), and the timers due, on timers_due; the engine's placeholder is NOW.
+BACKLOG = (f"SELECT coalesce((SELECT created_at FROM outbound WHERE {QUEUE} ORDER BY id LIMIT 1),"
+           " 0) AS outbox_oldest, (SELECT count(*) FROM timers WHERE status = 'pending'"
+           " AND due_at <= {now}) AS timers_due")
 # A hand-over's turn (inbound_handoffs): the message a flow answered with turn.handoff().
 HANDOFF = "outcome = 'handoff'"
 # The console's inbox: conversations with a human, waiting since their hand-over's message

@@ -1,7 +1,8 @@
 """``GET /metrics``: the bot's metrics in Prometheus' text format (``runtime.metrics``).
 
-The gauges of what waits (the outbox by status, the messages not handled yet) are read from
-the store when Prometheus asks, from the same partial indexes ``/healthz`` reads, so a
+The gauges of what waits (the outbox by status and its oldest message's age, the timers due,
+the messages not handled yet) are read from the store when Prometheus asks, from the same
+partial indexes ``/healthz`` and the sweeper read, so a
 scrape costs a few index reads whatever the database's size. Serve it only inside: on the
 console's own address, or behind a proxy that does not forward it (docs/console.md).
 """
@@ -28,8 +29,10 @@ def metrics_handler(bot: Callable[[], Bot]) -> Callable[[web.Request], Awaitable
         running = bot()
         m = running.metrics
         try:
+            now = running.clock()
             health = await running.store.health()
-            due, later = await running.store.queue_size(running.clock())
+            due, later = await running.store.queue_size(now)
+            backlog = await running.store.backlog(now)
         except Exception as exc:  # the counters still say what happened; /healthz says why
             log.warning("/metrics could not read the outbox's size: %s", exc)
         else:
@@ -38,6 +41,9 @@ def metrics_handler(bot: Callable[[], Bot]) -> Callable[[web.Request], Awaitable
                               ("failed", outbox["failed"]), ("uncertain", outbox["uncertain"])):
                 m.outbox.labels(status).set(n)
             m.inbound_pending.set(health["inbound_pending"])
+            oldest = backlog["outbox_oldest"]
+            m.outbox_oldest_age.set(max(0.0, now - oldest) if oldest else 0.0)
+            m.timers_due.set(backlog["timers_due"])
         body = generate_latest(m.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -9,6 +9,7 @@ from botkit.core.records import LogEntry
 from botkit.storage.postgres.connection import PgConnection
 from botkit.storage.rows import (
     ACTIVITY_MARK,
+    BACKLOG,
     ATTENTION,
     funnel_report,
     funnel_statements,
@@ -36,6 +37,12 @@ class PgReports(PgConnection):
             " ORDER BY updated_at DESC, id DESC LIMIT $6",
             phone, flow, status, since, until, limit)
         return [conversation_from_row(r) for r in rows]
+
+    async def backlog(self, now: float) -> dict[str, float]:
+        row = await self._one(BACKLOG.format(now="$1"), now)
+        assert row is not None
+        return {"outbox_oldest": float(row["outbox_oldest"]),
+                "timers_due": float(row["timers_due"])}
 
     async def activity_mark(self) -> tuple[Any, ...]:
         row = await self._one(ACTIVITY_MARK)

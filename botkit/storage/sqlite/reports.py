@@ -10,6 +10,7 @@ from botkit.core.records import (
 )
 from botkit.storage.rows import (
     ACTIVITY_MARK,
+    BACKLOG,
     funnel_report,
     funnel_statements,
     HUMAN_WAITING,
@@ -46,6 +47,12 @@ class Reports(Connection):
             [*params, limit],
         )
         return [conversation_from_row(r) for r in rows]
+
+    async def backlog(self, now: float) -> dict[str, float]:
+        row = await self._run(self._one, BACKLOG.format(now="?"), [now])
+        assert row is not None
+        return {"outbox_oldest": float(row["outbox_oldest"]),
+                "timers_due": float(row["timers_due"])}
 
     async def activity_mark(self) -> tuple[Any, ...]:
         row = await self._run(self._one, ACTIVITY_MARK)
