@@ -278,8 +278,8 @@ def test_an_agent_takes_a_hand_over_in_the_console_and_gives_it_back(sandbox_ser
 
     url, db = sandbox_server
     phone = "380509876548"
-    for name in ("olga", "ada"):
-        added = subprocess.run([sys.executable, "run.py", "user", "add", name,
+    for name, role in (("olga", "agent"), ("ada", "admin")):
+        added = subprocess.run([sys.executable, "run.py", "user", "add", name, "--role", role,
                                 "--password-stdin", "--db", str(db)], cwd=ROOT,
                                input="correct horse battery\n", capture_output=True,
                                text=True, timeout=30, check=False)
@@ -347,7 +347,25 @@ def test_an_agent_takes_a_hand_over_in_the_console_and_gives_it_back(sandbox_ser
             expect(agent).to_have_url(re.compile(r"/console/$"))
             expect(agent.locator("#empty")).to_be_visible()
             expect(bots.nth(3)).to_contain_text("Hi, this is Acme Support")  # the step's prompt
+            # What agents did, live on the second agent's page too.
+            expect(other.locator("#actions")).to_contain_text("olga resumed at menu")
             say("1")
             expect(bots.nth(4)).to_contain_text("open")  # the bot answers the next message
+
+            # The admin's funnel of a survey that one user finished and one left at rating.
+            for n, answers in enumerate((["survey", "Ada", "5", "Quick, thanks"],
+                                         ["survey", "Bob", "nine"])):
+                surveyed = browser.new_context().new_page()
+                surveyed.goto(f"{url}/?phone=38050987650{n}")
+                for i, text in enumerate(answers):
+                    surveyed.locator("#text").fill(text)
+                    surveyed.locator("#send").click()
+                    expect(surveyed.locator(".bubble.bot")).to_have_count(i + 1)
+            other.get_by_role("link", name="Flows").click()
+            other.get_by_role("link", name="survey").click()
+            expect(other.locator("#summary")).to_contain_text("2 conversations started: 1 finished")
+            expect(other.locator("svg.graph")).to_be_visible()
+            other.set_viewport_size({"width": 1100, "height": 900})
+            other.screenshot(path=str(shots / "console-funnel.png"), full_page=True)
         finally:
             browser.close()

@@ -24,7 +24,7 @@ __all__ = ["add_dashboards", "funnel_of"]
 
 ENDINGS = ("gave_up", "timed_out", "expired", "unreachable", "released", "replaced", "orphaned")
 # The graph's geometry, in SVG units.
-NODE_W, NODE_H, GAP, LEFT, TOP = 250, 48, 34, 16, 12
+NODE_W, NODE_H, GAP, LEFT, TOP = 290, 48, 34, 16, 12
 
 
 def add_dashboards(routes: Routes) -> None:

@@ -58,6 +58,21 @@ function drawTranscript(list, conversation) {
   if (!conversation.history.length) list.appendChild(element("li", "No messages yet.", "none"));
   const holder = document.getElementById("holder");
   if (holder) holder.textContent = conversation.agent || "nobody yet";
+  drawActions(conversation.actions);
+}
+
+const LINKED = {took_over: "from ", resumed: "at "};  // what an action's detail names
+
+function drawActions(actions) {
+  const list = document.getElementById("actions");
+  if (!list) return;
+  list.replaceChildren();
+  for (const a of actions) {
+    const detail = a.detail ? " " + (LINKED[a.action] || "") + a.detail : "";
+    list.appendChild(element("li", clock(a.at) + " · " + a.agent + " " +
+                                   a.action.replace(/_/g, " ") + detail));
+  }
+  document.getElementById("actions-title").hidden = actions.length === 0;
 }
 
 async function read(url) {
