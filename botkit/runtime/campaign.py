@@ -141,6 +141,7 @@ class Campaign:
         reporting = asyncio.create_task(self._report_every(), name="campaign-progress")
         try:
             await self._start_all()
+            await self._record()  # every phone begun or skipped: the record says so now
             if sending is not None:
                 await self._drain()
             outcome = "done"

@@ -30,7 +30,6 @@ from botkit.storage.rows import (
     CAMPAIGN_COLUMNS,
     INBOUND_COLUMNS,
     OPEN,
-    OUTBOUND_COLUMNS,
     batch_of_starts,
     conversation_from_row,
     inbound_of,
