@@ -76,10 +76,18 @@ def test_a_campaign_sends_every_first_message_once_and_shows_progress(
     assert len(sent) == 300 and set(sent.values()) == {1}
     assert rows(db, "SELECT status, count(*) AS n FROM outbound GROUP BY status") == [
         {"status": "sent", "n": 300}]
+    [run] = rows(db, "SELECT * FROM campaigns")  # the run recorded itself
+    assert (run["kind"], run["name"], run["total"], run["begun"], run["skipped"],
+            run["outcome"]) == ("start", "survey", 300, 300, 0, "done")
+    assert run["started_at"] <= run["finished_at"] <= time.time()
+    assert rows(db, "SELECT campaign_id, count(*) AS n FROM outbound GROUP BY 1") == [
+        {"campaign_id": run["id"], "n": 300}]  # each of its messages carries its id
     again = run_cli("start", "survey", "--phones", str(phones_file(tmp_path, 300)),
                     db=db, env=env_for(fake_provider), timeout=60)
     assert "started 0 conversations, skipped 300; sent 0 messages" in again.stdout
     assert len(received(fake_provider[0])) == 300
+    assert [(r["id"] > run["id"], r["begun"], r["skipped"], r["outcome"]) for r in rows(
+        db, "SELECT * FROM campaigns WHERE id <> ?", [run["id"]])] == [(True, 0, 300, "done")]
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
@@ -91,11 +99,15 @@ def test_a_stopped_or_killed_campaign_goes_on_and_sends_nothing_twice(
     wait_sent(db, 100, first)
     first.send_signal(how)
     _, err = first.communicate(timeout=30)
+    [run] = rows(db, "SELECT * FROM campaigns")
     if how == signal.SIGTERM:
         assert first.returncode == 130, err
         assert "run the same command again to go on (nothing is sent twice)" in err
         assert rows(db, "SELECT count(*) AS n FROM outbound WHERE status = 'sending'") == [
             {"n": 0}]  # the sends in flight finished and were recorded
+        assert run["outcome"] == "stopped" and run["finished_at"] is not None
+    else:  # killed: its record stays unfinished
+        assert run["outcome"] is None and run["finished_at"] is None
 
     second = run_cli("start", "survey", "--phones", str(phones), db=db,
                      env=env_for(fake_provider), timeout=60)
@@ -108,6 +120,14 @@ def test_a_stopped_or_killed_campaign_goes_on_and_sends_nothing_twice(
     uncertain = statuses.get("uncertain", 0)
     assert statuses.get("sent", 0) + uncertain == 400 and len(rows(
         db, "SELECT id FROM conversations")) == 400
+    [(again, done)] = [(r["id"], r["outcome"]) for r in rows(db, "SELECT * FROM campaigns")
+                       if r["id"] != run["id"]]  # the re-run is a record of its own
+    assert done == "done"
+    by_run = {r["campaign_id"]: r["n"] for r in rows(
+        db, "SELECT campaign_id, count(*) AS n FROM outbound GROUP BY 1")}
+    # A message belongs to the run that queued it (the re-run sent what the first queued).
+    assert set(by_run) <= {run["id"], again} and sum(by_run.values()) == 400
+    assert by_run[run["id"]] >= 100
     if how == signal.SIGTERM:
         assert uncertain == 0 and len(sent) == 400
     else:  # what was in flight at the kill may or may not have reached the provider
@@ -215,6 +235,10 @@ def test_notify_sends_one_way_notices_with_their_sms_fallback(
                 " GROUP BY 1, 2, 3, 4") == [{"message_type": 106, "status": "sent",
                                              "step": None, "conversation_id": None}]
     assert rows(db, "SELECT count(*) AS n FROM conversations") == [{"n": 0}]
+    [run] = rows(db, "SELECT * FROM campaigns")
+    assert (run["kind"], run["name"], run["total"], run["begun"], run["outcome"]) == (
+        "notify", "support/order_shipped.txt", 3, 3, "done")
+    assert rows(db, "SELECT DISTINCT campaign_id FROM outbound") == [{"campaign_id": run["id"]}]
 
 
 def test_notify_once_under_a_key_sends_nothing_twice(

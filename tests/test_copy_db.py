@@ -71,6 +71,12 @@ async def filled(tmp_path: Path) -> Path:
                               created_at=1.0))
     [(with_human, _)] = await store.human_conversations()
     await store.take(with_human.id, "olga", 2.0)  # an assignment, and an agent's action
+    # A campaign run, and its notice (the one outbox row with a campaign_id).
+    run = await store.begin_campaign("notify", "support/hours.txt", 1, 3.0)
+    await store.commit(Commit(inbound_id=None, campaign_id=run, outbox=(OutboxItem(
+        phone="380501112277", flow=None, step=None, template="support/hours.txt", text="We are open",
+        message_type=106, payload={"text": "We are open"}, in_conversation=False),)), 3.0)
+    await store.end_campaign(run, "done", 4.0, begun=1, skipped=0)
     await store.close()
     empty = [table for table, (_, rows) in (await dump(db)).items() if not rows]
     assert not empty, f"the bot left {empty} empty: the test would not copy them"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from dataclasses import replace
 
 import pytest
 
@@ -651,3 +652,60 @@ async def test_the_activity_mark_moves_with_messages_statuses_actions_and_handov
         assert len(set(marks)) == len(marks), marks  # each step moved it
     finally:
         await store.close()
+
+
+# -- the record of campaign runs ------------------------------------------------------------
+
+
+async def test_a_campaign_run_is_recorded_from_its_beginning_to_its_end(backend):
+    store = await backend.opened()
+    first = await store.begin_campaign("start", "survey", 3, 10.0)
+    second = await store.begin_campaign("notify", "support/hours.txt", 5, 11.0)  # a re-run too
+    await store.campaign_seen(first, 2, 1, 12.5)
+    [newest, older] = await store.campaigns()
+    assert (newest.id, newest.kind, newest.name, newest.total) == (
+        second, "notify", "support/hours.txt", 5)
+    assert (older.id, older.begun, older.skipped, older.seen_at, older.finished_at,
+            older.outcome) == (first, 2, 1, 12.5, None, None)
+    assert older.started_at == 10.0 and older.process and "/" in older.process
+    await store.end_campaign(first, "stopped", 13.0, begun=2, skipped=1)
+    [ended] = [c for c in await store.campaigns() if c.id == first]
+    assert (ended.finished_at, ended.outcome, ended.seen_at) == (13.0, "stopped", 13.0)
+    assert [c.id for c in await store.campaigns(limit=1)] == [second]
+    await store.close()
+
+
+async def test_a_campaign_s_messages_are_counted_by_status_and_no_others(backend):
+    store = await backend.opened()
+    run = await store.begin_campaign("start", "f", 6, 1.0)
+    other = await store.begin_campaign("notify", "t", 1, 1.0)
+    phones = [f"38050{n:07d}" for n in range(6)]
+    # A batch of starts (the campaign's path), a notice of another run, and a turn of no
+    # campaign (a reply): only the campaigns' rows carry an id.
+    done = await store.commit_many([replace(start(p), campaign_id=run) for p in phones], 1.0)
+    await store.commit(Commit(inbound_id=None, outbox=(item("380509999999", 0),),
+                              campaign_id=other), 1.0)
+    await store.commit(Commit(inbound_id=None, outbox=(item("380508888888", 1),)), 1.0)
+    assert set(await backend.rows(
+        "SELECT campaign_id, count(*) FROM outbound GROUP BY campaign_id")) == {
+        (run, 6), (other, 1), (None, 1)}
+    ids = [d.outbox_ids[0] for d in done]
+    claimed = {o.id: o for o in await store.claim_outbox(10, 2.0)}
+    assert set(ids) <= set(claimed)
+    for n, outbox_id in enumerate(ids[:3]):  # sent at 2, 3 and 4
+        await store.mark_sent(outbox_id, 500 + n, 2.0 + n, RULES)
+    await store.record_status(StatusUpdate(message_id=500, status=1), 5.0, RULES)  # delivered
+    await store.mark_failed(ids[3], "refused", 5.0)
+    await store.requeue([ids[4]], "later", due_at=99.0)
+    # ids[5] is still sending; the notice's run has one sending too.
+
+    progress = await store.campaign_progress([run, other, 12345], since=3.0)
+    assert set(progress) == {run, other}
+    counts = progress[run]
+    assert (counts.queued, counts.sending, counts.sent, counts.delivered, counts.failed,
+            counts.uncertain, counts.recent) == (1, 1, 3, 1, 1, 0, 2)
+    assert (counts.first_sent_at, counts.last_sent_at) == (2.0, 4.0)
+    assert (progress[other].sending, progress[other].sent, progress[other].first_sent_at) == (
+        1, 0, None)
+    assert await store.campaign_progress([], since=0.0) == {}
+    await store.close()

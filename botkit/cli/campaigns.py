@@ -65,10 +65,10 @@ def notify(args: argparse.Namespace) -> int:
         delivery = Delivery(sender=args.sender, source_type=1 if args.promotional else None)
 
     def begin(engine: Any) -> Any:
-        async def notify(phones: list[str]) -> Any:
+        async def notify(phones: list[str], campaign_id: int | None = None) -> Any:
             return await engine.notify_many(phones, args.template, sms=args.sms,
                                             variables=variables, delivery=delivery,
-                                            key=args.once)
+                                            key=args.once, campaign_id=campaign_id)
         return notify
 
     return _campaign(args, flows, begin, label=args.template,
@@ -135,7 +135,8 @@ def _campaign(
                   end="" if tty else "\n", flush=True)
 
         campaign = Campaign(store, bot.engine, bot.sender, begin(bot.engine), phones,
-                            report=report, send=problem is None, done_as=done_as)
+                            report=report, send=problem is None, done_as=done_as,
+                            kind=args.command, name=label)  # its record (the console's)
         # Ctrl-C or SIGTERM: the sends in flight finish and are recorded, then it stops.
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         assert task is not None

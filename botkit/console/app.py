@@ -30,6 +30,7 @@ from botkit.console.access import (
     access_middleware,
     errors_middleware,
 )
+from botkit.console.campaigns import add_campaign_pages
 from botkit.console.links import SANDBOX_ADMIN, LoginLinks
 from botkit.console.live import Feed
 from botkit.console.dashboards import add_dashboards
@@ -94,6 +95,7 @@ def create_console(bot: Callable[[], Bot], *, secure: bool,
     add_history_pages(routes)
     add_dashboards(routes)
     add_export(routes)
+    add_campaign_pages(routes)
     for route in app.router.add_static("/static", HERE / "static", name="static"):
         routes.roles[route] = None  # the stylesheet and the script: public
 

@@ -11,6 +11,8 @@ from botkit.core.conversation import Conversation, SentRef, Status
 
 __all__ = [
     "AgentAction",
+    "CampaignCounts",
+    "CampaignRun",
     "Commit",
     "Committed",
     "ConversationChange",
@@ -148,6 +150,9 @@ class Commit:
     # A sender with a free slot: the first new message is inserted already claimed by it
     # (when no earlier message of its phone waits), which saves the sender a claim.
     claim_for: str | None = None
+    # The campaign run (``CampaignRun.id``) whose messages these are: kept on each outbox
+    # row (``outbound.campaign_id``); None for every other turn.
+    campaign_id: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,3 +232,43 @@ class AgentAction:
     action: str
     detail: str | None = None
     at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class CampaignRun:
+    """One run of ``run.py start`` (``kind`` "start", ``name`` the flow) or ``run.py
+    notify`` ("notify", the template). ``begun`` and ``skipped`` count its phones so far
+    (started or queued, and skipped), ``seen_at`` is when its process last said so (about
+    once a second), ``process`` which process runs it; ``finished_at`` and ``outcome``
+    ("done", "stopped" or "failed") stay None until it ends (for ever, if its process was
+    killed)."""
+
+    id: int
+    kind: str
+    name: str
+    total: int
+    started_at: float
+    finished_at: float | None = None
+    outcome: str | None = None
+    begun: int = 0
+    skipped: int = 0
+    seen_at: float | None = None
+    process: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CampaignCounts:
+    """A campaign's messages by where they are: ``queued`` and ``sending`` (not sent yet),
+    ``sent`` (accepted by the provider; ``delivered`` those with delivery status 1),
+    ``failed``, ``uncertain``; ``recent`` were sent since the time asked about, and
+    ``first_sent_at`` and ``last_sent_at`` bound every send (None before the first)."""
+
+    queued: int = 0
+    sending: int = 0
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    uncertain: int = 0
+    recent: int = 0
+    first_sent_at: float | None = None
+    last_sent_at: float | None = None

@@ -8,11 +8,17 @@ second when a rate is set. It is safe to re-run: a phone already in the flow is 
 a re-run after a stop (or a kill) starts only the phones that were not started and sends
 only the messages that were not sent. Messages in flight when the process was killed are
 never sent twice: they are marked ``uncertain`` (``--resend-uncertain`` sends them).
+
+A campaign given a ``kind`` records itself (``CampaignStore``): a row when it begins, its
+phones begun and skipped about once a second, and how it ended ("done", "stopped" when it
+was stopped, "failed" when it raised). Its messages carry its id, so the console counts
+them. A re-run is a new record; a killed run's record stays unfinished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +28,8 @@ from botkit.runtime.sender import Sender
 from botkit.storage.base import Store
 
 __all__ = ["Campaign", "Progress"]
+
+log = logging.getLogger("botkit.campaign")
 
 
 @dataclass
@@ -63,7 +71,8 @@ class Progress:
         return text
 
 
-Begin = Callable[[list[str]], Awaitable[list[StartResult]]]
+# A batch of phones begun; with a record, also given ``campaign_id=`` (a keyword).
+Begin = Callable[..., Awaitable[list[StartResult]]]
 
 
 class Campaign:
@@ -73,12 +82,16 @@ class Campaign:
     (``functools.partial(engine.start_many, "survey")``) or a notice (``engine.notify_many``).
 
     >>> progress = await Campaign(store, engine, sender, partial(engine.start_many, "survey"),
-    ...                           phones).run()
+    ...                           phones, kind="start", name="survey").run()
 
     Args:
         report: called about once a second (and at the end) with the progress.
         batch: phones begun together (one read and one commit for them).
         done_as: what the progress line calls the phones begun.
+        kind, name: record the run in the store as ``kind`` ("start" or "notify") of
+            ``name`` (the flow or the template); ``begin`` is then also given
+            ``campaign_id=`` (as ``start_many`` and ``notify_many`` take it). None: no
+            record.
     """
 
     def __init__(
@@ -94,6 +107,8 @@ class Campaign:
         interval: float = 1.0,
         send: bool = True,
         done_as: str = "phones started or skipped",
+        kind: str | None = None,
+        name: str = "",
     ) -> None:
         self.store = store
         self.engine = engine
@@ -105,12 +120,18 @@ class Campaign:
         self.interval = interval
         self.send = send  # False: only start (a running server sends the messages)
         self.progress = Progress(total=len(self.phones), done_as=done_as)
+        self.kind, self.name = kind, name
+        self.campaign_id: int | None = None  # its record's, once it runs (with a kind)
 
     async def run(self) -> Progress:
         """Start every phone, then wait until what can be sent now is sent.
 
         Messages that failed and wait for a later try are left to the server (or a re-run).
         """
+        if self.kind is not None:
+            self.campaign_id = await self.store.begin_campaign(
+                self.kind, self.name, self.progress.total, self.engine.clock())
+        outcome = "failed"
         sending = None
         if self.send:
             # The engine tells the sender of each batch committed (it is the engine's outlet,
@@ -120,8 +141,13 @@ class Campaign:
         reporting = asyncio.create_task(self._report_every(), name="campaign-progress")
         try:
             await self._start_all()
+            await self._record()  # every phone begun or skipped: the record says so now
             if sending is not None:
                 await self._drain()
+            outcome = "done"
+        except asyncio.CancelledError:
+            outcome = "stopped"  # Ctrl-C or SIGTERM: the sends in flight finish first
+            raise
         finally:
             reporting.cancel()
             await asyncio.gather(reporting, return_exceptions=True)
@@ -131,15 +157,34 @@ class Campaign:
             self._count()
             outbox = (await self.store.health())["outbox"]
             self.progress.waiting, self.progress.uncertain = outbox["queued"], outbox["uncertain"]
+            await self._record(outcome)
             self.report(self.progress)
         return self.progress
+
+    async def _record(self, outcome: str | None = None) -> None:
+        """Keep the run's record up to date (``outcome``: it ended); a store that fails here
+        is logged, and the campaign goes on (or ends as it was ending)."""
+        if self.campaign_id is None:
+            return
+        progress, now = self.progress, self.engine.clock()
+        try:
+            if outcome is None:
+                await self.store.campaign_seen(self.campaign_id, progress.started,
+                                               progress.skipped, now)
+            else:
+                await self.store.end_campaign(self.campaign_id, outcome, now,
+                                              begun=progress.started, skipped=progress.skipped)
+        except Exception as exc:
+            log.warning("campaign %d: its record was not updated: %s", self.campaign_id, exc)
 
     async def _start_all(self) -> None:
         progress, size = self.progress, self.batch
 
         async def worker(chunks: list[list[str]]) -> None:
             for chunk in chunks:
-                for result in await self.begin(chunk):
+                begun = (self.begin(chunk) if self.campaign_id is None
+                         else self.begin(chunk, campaign_id=self.campaign_id))
+                for result in await begun:
                     if result.outcome == "skipped":
                         progress.skipped += 1
                     else:
@@ -167,6 +212,7 @@ class Campaign:
         while True:
             await asyncio.sleep(self.interval)
             self._count()
+            await self._record()
             self.report(self.progress)
 
     def _count(self) -> None:

@@ -52,13 +52,15 @@ class Proactive(EngineBase):
         return result
 
     async def start_many(
-        self, flow_name: str, phones: list[str], state: dict[str, Any] | None = None
+        self, flow_name: str, phones: list[str], state: dict[str, Any] | None = None, *,
+        campaign_id: int | None = None,
     ) -> list[StartResult]:
         """``start`` for many phones at once: one read and one commit for all of them.
 
         Each phone's conversation still commits atomically on its own (a phone that got a
         conversation meanwhile is skipped, the others start). Returns one result per
-        distinct phone, in the order given.
+        distinct phone, in the order given. ``campaign_id``: the campaign run whose
+        messages these are (``CampaignStore.begin_campaign``), kept on each outbox row.
         """
         flow = self.flows[flow_name]
         now = self.clock()
@@ -71,7 +73,10 @@ class Proactive(EngineBase):
             if isinstance(plan, StartResult):
                 results[phone] = plan
             else:
-                planned.append((phone, *plan))
+                commit, outcome, detail = plan
+                if campaign_id is not None:
+                    commit = replace(commit, campaign_id=campaign_id)
+                planned.append((phone, commit, outcome, detail))
         outcomes = await self.store.commit_many([commit for _, commit, _, _ in planned], now)
         crashpoints.hit("after_turn_commit")
         for (phone, commit, outcome, detail), done in zip(planned, outcomes, strict=True):
@@ -92,6 +97,7 @@ class Proactive(EngineBase):
         variables: dict[str, Any] | None = None,
         delivery: Delivery | None = None,
         key: str | None = None,
+        campaign_id: int | None = None,
     ) -> list[StartResult]:
         """Queue a one-way notice (``Turn.notify``) to each phone, outside any conversation.
 
@@ -99,7 +105,7 @@ class Proactive(EngineBase):
         A phone's notice is committed atomically on its own; a template that breaks a
         provider limit (an SMS fallback too long) raises before anything is committed. With
         ``key``, a phone that already has a notice under that key is skipped, so a re-run
-        sends nothing twice.
+        sends nothing twice. ``campaign_id``: as in ``start_many``.
 
         >>> await engine.notify_many(["380501112233"], "support/order_shipped.txt",
         ...                          variables={"order": 42})
@@ -107,9 +113,9 @@ class Proactive(EngineBase):
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
         reply = Reply(template=template, variables=dict(variables or {}), delivery=delivery,
                       one_way=True, sms=sms)
-        commits = [Commit(inbound_id=None, route="notice", outbox=tuple(
-            replace(item, notice_key=key)
-            for item in self.composer.compose([(reply, None)], phone, None)))
+        commits = [Commit(inbound_id=None, route="notice", campaign_id=campaign_id,
+                          outbox=tuple(replace(item, notice_key=key) for item
+                                       in self.composer.compose([(reply, None)], phone, None)))
             for phone in phones]
         outcomes = await self.store.commit_many(commits, self.clock())
         crashpoints.hit("after_turn_commit")

@@ -1,7 +1,8 @@
-"""The store's interfaces: everything botkit keeps, in seven roles, behind one small async API.
+"""The store's interfaces: everything botkit keeps, in eight roles, behind one small async API.
 
 ``Admin``, ``TurnStore``, ``OutboxStore``, ``TimerStore``, ``StatusStore``,
-``ReportStore`` and ``ConsoleStore`` (the operator console's) each hold one concern;
+``ReportStore``, ``ConsoleStore`` (the operator console's) and ``CampaignStore`` (the
+record of campaign runs) each hold one concern;
 ``Store`` is all of them. The runtime only sees these ABCs and the records of ``core.records``. ``storage.sqlite.SQLiteStore`` and
 ``storage.postgres.PostgresStore`` implement them, a module per role, reusing
 ``storage.rows`` for what every engine writes the same way; ``storage.engines.store_for``
@@ -37,6 +38,8 @@ from botkit.core.conversation import Conversation
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import (
     AgentAction,
+    CampaignCounts,
+    CampaignRun,
     Commit,
     Committed,
     Inbound,
@@ -50,7 +53,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply, StatusUpdate
 
-__all__ = ["Admin", "ConsoleStore", "OutboxStore", "ReportStore", "StatusStore", "Store",
+__all__ = ["Admin", "CampaignStore", "ConsoleStore", "OutboxStore", "ReportStore", "StatusStore", "Store",
            "TimerStore", "TurnStore"]
 
 
@@ -385,7 +388,41 @@ class ConsoleStore(ABC):
         """What agents did to the conversation, in order."""
 
 
-class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore, ConsoleStore):
+class CampaignStore(ABC):
+    """The record of campaign runs (``run.py start``, ``run.py notify``) and how far each
+    got: its messages are the outbox rows committed with its id (``Commit.campaign_id``)."""
+
+    @abstractmethod
+    async def begin_campaign(self, kind: str, name: str, total: int, now: float) -> int:
+        """Record that a run of ``kind`` ("start" or "notify") of ``name`` (the flow or the
+        template) for ``total`` phones begins in this process; its id. A re-run is a new
+        record."""
+
+    @abstractmethod
+    async def campaign_seen(self, campaign_id: int, begun: int, skipped: int,
+                            now: float) -> None:
+        """Record how many phones the run has begun and skipped so far, and that its process
+        was alive at ``now``."""
+
+    @abstractmethod
+    async def end_campaign(self, campaign_id: int, outcome: str, now: float, *,
+                           begun: int, skipped: int) -> None:
+        """Record that the run ended at ``now``, and how: "done", "stopped" or "failed"."""
+
+    @abstractmethod
+    async def campaigns(self, limit: int = 50) -> list[CampaignRun]:
+        """The latest runs, the newest first."""
+
+    @abstractmethod
+    async def campaign_progress(self, campaign_ids: Collection[int],
+                                since: float) -> dict[int, CampaignCounts]:
+        """The messages of each run by status (runs with none yet are left out); ``recent``
+        counts those sent at ``since`` or later. Read from the index of campaigns' messages
+        alone."""
+
+
+class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore, ConsoleStore,
+            CampaignStore):
     """Everything botkit keeps: all the roles, as one engine (``SQLiteStore``) implements them.
 
     A part of the runtime asks for the role it uses (the sender an ``OutboxStore``, the

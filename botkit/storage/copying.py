@@ -32,7 +32,7 @@ __all__ = ["BATCH", "TABLES", "TableCopy", "TableCount", "copy_database", "count
 
 # Every table botkit keeps rows in; the migration records stay each engine's own.
 TABLES = ("conversations", "inbound", "outbound", "status_events", "timers", "meta",
-          "processes", "send_rate", "users", "assignments", "agent_actions")
+          "processes", "send_rate", "users", "assignments", "agent_actions", "campaigns")
 BATCH = 5_000  # rows read, held and written at a time
 
 Row = tuple[Any, ...]

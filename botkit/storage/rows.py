@@ -11,6 +11,8 @@ from typing import Any
 from botkit.core.conversation import Conversation, Status
 from botkit.core.records import (
     AgentAction,
+    CampaignCounts,
+    CampaignRun,
     Commit,
     Committed,
     ConversationChange,
@@ -21,7 +23,10 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "FUNNEL_COUNTS", "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN", "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CAMPAIGN", "CAMPAIGN_COLUMNS",
+           "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
+           "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN",
+           "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
            "status_body", "user_from_row", "action_from_row"]
@@ -55,6 +60,22 @@ HUMAN_WAITING = (
     f" WHERE inbound.conversation_id = conversations.id AND {HANDOFF}),"
     " conversations.updated_at) AS waiting_since"
     f" FROM conversations WHERE {HUMAN} ORDER BY waiting_since, id LIMIT {{limit}}")
+# A campaign's messages (outbound_campaign): only the rows a campaign inserted are in it, so
+# every other message writes nothing to it.
+CAMPAIGN = "campaign_id IS NOT NULL"
+# A campaign's messages counted by where they are (``CampaignCounts``), read from
+# outbound_campaign alone; {since} is the engine's placeholder for the start of "recent",
+# {ids} the condition that picks the campaigns.
+CAMPAIGN_PROGRESS = (
+    "SELECT campaign_id, sum(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS queued,"
+    " sum(CASE WHEN status = 'sending' THEN 1 ELSE 0 END) AS sending,"
+    " sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END) AS sent,"
+    " sum(CASE WHEN status = 'sent' AND delivery_status = 1 THEN 1 ELSE 0 END) AS delivered,"
+    " sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,"
+    " sum(CASE WHEN status = 'uncertain' THEN 1 ELSE 0 END) AS uncertain,"
+    " sum(CASE WHEN status = 'sent' AND sent_at >= {since} THEN 1 ELSE 0 END) AS recent,"
+    " min(sent_at) AS first_sent_at, max(sent_at) AS last_sent_at"
+    f" FROM outbound WHERE {CAMPAIGN} AND {{ids}} GROUP BY campaign_id")
 # The statuses of an open conversation (index conversations_open).
 OPEN = (Status.ACTIVE.value, Status.HUMAN.value)
 # What applying a delivery status needs to know of the message.
@@ -65,6 +86,10 @@ OUTBOUND_COLUMNS = (
     "message_type", "payload", "ttl", "role", "inbound_id", "created_at", "status", "attempts",
     "claimed_by", "claimed_at", "notice_key",
 )
+
+# A campaign's outbox rows carry one column more (the hot path's inserts stay as they were).
+CAMPAIGN_COLUMNS = (*OUTBOUND_COLUMNS, "campaign_id")
+
 
 def outbound_row(
     item: OutboxItem, conv_id: int | None, inbound_id: int | None, now: float,
@@ -240,3 +265,18 @@ def action_from_row(row: Mapping[str, Any]) -> AgentAction:
     """An agent's action from its ``agent_actions`` row."""
     return AgentAction(conversation_id=row["conversation_id"], agent=row["agent"],
                        action=row["action"], detail=row["detail"], at=row["at"])
+
+
+def campaign_from_row(row: Mapping[str, Any]) -> CampaignRun:
+    """A campaign run from its ``campaigns`` row."""
+    return CampaignRun(id=row["id"], kind=row["kind"], name=row["name"], total=row["total"],
+                       started_at=row["started_at"], finished_at=row["finished_at"],
+                       outcome=row["outcome"], begun=row["begun"], skipped=row["skipped"],
+                       seen_at=row["seen_at"], process=row["process"])
+
+
+def counts_from_row(row: Mapping[str, Any]) -> CampaignCounts:
+    """A campaign's counts from its row of ``CAMPAIGN_PROGRESS``."""
+    return CampaignCounts(**{k: int(row[k] or 0) for k in (
+        "queued", "sending", "sent", "delivered", "failed", "uncertain", "recent")},
+        first_sent_at=row["first_sent_at"], last_sent_at=row["last_sent_at"])

@@ -10,7 +10,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from botkit.errors import SchemaTooNewError
-from botkit.storage.rows import HANDOFF, HUMAN, UNCONFIRMED
+from botkit.storage.rows import CAMPAIGN, HANDOFF, HUMAN, UNCONFIRMED
 
 __all__ = ["MIGRATIONS", "UNCONFIRMED", "check_and_migrate"]
 
@@ -265,3 +265,22 @@ def m011_phone_history(db: sqlite_utils.Database) -> None:
     Every callback writes one entry into each (measured: docs/PERFORMANCE.md, "Issue 17")."""
     db.execute("CREATE INDEX inbound_phone ON inbound (phone, id)")
     db.execute("CREATE INDEX outbound_phone ON outbound (phone, id)")
+
+
+@MIGRATIONS(name="m012_campaigns")
+def m012_campaigns(db: sqlite_utils.Database) -> None:
+    """A record of each campaign run (``run.py start``, ``run.py notify``), and which
+    messages each one queued, for the console's campaigns page.
+
+    A run is a row of ``campaigns`` (a re-run is a new one). ``outbound.campaign_id`` is set
+    only on the rows a campaign inserts, and ``outbound_campaign`` holds only those rows:
+    every other message (a reply to a callback) writes nothing to it. It covers what the
+    page counts (status, delivery status, sent_at), so the counts read no table rows.
+    """
+    db.execute("CREATE TABLE campaigns (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+               " name TEXT NOT NULL, total INTEGER NOT NULL, started_at REAL NOT NULL,"
+               " finished_at REAL, outcome TEXT, begun INTEGER NOT NULL DEFAULT 0,"
+               " skipped INTEGER NOT NULL DEFAULT 0, seen_at REAL, process TEXT)")
+    db.execute("ALTER TABLE outbound ADD COLUMN campaign_id INTEGER")
+    db.execute("CREATE INDEX outbound_campaign ON outbound"
+               f" (campaign_id, status, delivery_status, sent_at) WHERE {CAMPAIGN}")

@@ -1,6 +1,7 @@
 // The console's live pages. The server sends an event (/console/api/events) whenever the
-// database has something new; the inbox then reads /console/api/inbox and a conversation
-// its own JSON, and redraws. Text from users goes in with textContent, never as HTML.
+// database has something new; the inbox then reads /console/api/inbox, a conversation
+// its own JSON and the campaigns page /console/api/campaigns (also every few seconds while
+// a campaign runs), and redraws. Text from users goes in with textContent, never as HTML.
 "use strict";
 
 function ago(seconds) {
@@ -75,6 +76,54 @@ function drawActions(actions) {
   document.getElementById("actions-title").hidden = actions.length === 0;
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+const CAMPAIGN_TICK = 2000;  // ms between reads while a campaign runs (a send moves no event)
+let campaignTick = null;
+
+function bar(parts) {  // SVG attributes, no style: the page's CSP allows no inline style
+  const svg = document.createElementNS(SVG, "svg");
+  for (const [name, value] of [["class", "bar"], ["viewBox", "0 0 100 8"],
+                               ["preserveAspectRatio", "none"], ["role", "img"],
+                               ["aria-label", "progress"]]) svg.setAttribute(name, value);
+  const rect = (className, x, width) => {
+    const r = document.createElementNS(SVG, "rect");
+    for (const [name, value] of [["class", className], ["x", x], ["y", 0], ["width", width],
+                                 ["height", 8]]) r.setAttribute(name, String(value));
+    svg.appendChild(r);
+  };
+  rect("whole", 0, 100);
+  for (const p of parts) rect("part " + p.part, p.x, p.width);
+  return svg;
+}
+
+function drawCampaigns(table, data) {
+  const body = table.tBodies[0];
+  body.replaceChildren();
+  for (const c of data.campaigns) {
+    const row = document.createElement("tr");
+    row.dataset.id = c.id;
+    const run = document.createElement("td");
+    run.append(element("span", c.kind, "kind"), " ", element("span", c.name, "name"));
+    row.appendChild(run);
+    row.appendChild(element("td", c.total + (c.skipped ? " (" + c.skipped + " skipped)" : "")));
+    row.appendChild(element("td", clock(c.started_at)));
+    const progress = element("td", undefined, "progress");
+    progress.append(bar(c.bar), element("span", "queued " + c.queued + " · sent " + c.sent +
+      " · delivered " + c.delivered + " · failed " + c.failed + " · uncertain " + c.uncertain,
+      "counts"));
+    row.appendChild(progress);
+    row.appendChild(element("td", c.rate === null ? "–" : c.rate.toFixed(1) + "/s"));
+    row.appendChild(element("td", c.remaining === null ? "–" : "about " + ago(c.remaining)));
+    row.appendChild(element("td", c.state + (c.finished_at === null ? "" : " " +
+      clock(c.finished_at)), "state" + (c.running ? " running" : "")));
+    body.appendChild(row);
+  }
+  document.getElementById("no-campaigns").hidden = data.campaigns.length > 0;
+  if (data.running && campaignTick === null) {
+    campaignTick = setTimeout(() => { campaignTick = null; refresh(); }, CAMPAIGN_TICK);
+  }
+}
+
 async function read(url) {
   const answer = await fetch(url, {headers: {"Accept": "application/json"}});
   if (answer.status === 401) { window.location.reload(); return null; }
@@ -87,6 +136,11 @@ async function refresh() {
     if (table) {
       const inbox = await read(table.dataset.feed);
       if (inbox) drawInbox(table, inbox.waiting);
+    }
+    const campaigns = document.getElementById("campaigns");
+    if (campaigns) {
+      const data = await read(campaigns.dataset.feed);
+      if (data) drawCampaigns(campaigns, data);
     }
     const list = document.getElementById("transcript");
     if (list) {
@@ -111,5 +165,6 @@ document.addEventListener("DOMContentLoaded", () => {
   const events = document.body.dataset.events;
   if (!events) return;  // the login page
   new EventSource(events).onmessage = refresh;
+  if (document.getElementById("campaigns")) refresh();  // a running one: its tick starts
   setInterval(refresh, 30000);  // the times shown ("quiet for") move on meanwhile
 });

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from botkit.storage.base import Store
+from botkit.storage.postgres.campaigns import PgCampaigns
 from botkit.storage.postgres.console import PgConsole
 from botkit.storage.postgres.outbox import PgOutbox
 from botkit.storage.postgres.reports import PgReports
@@ -12,7 +13,7 @@ from botkit.storage.postgres.turns import PgTurns
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(PgTurns, PgOutbox, PgStatuses, PgReports, PgConsole, Store):
+class PostgresStore(PgTurns, PgOutbox, PgStatuses, PgReports, PgConsole, PgCampaigns, Store):
     """The Store on a PostgreSQL database, made of one part per role of ``storage.base``.
 
     >>> store = PostgresStore("postgresql://botkit@db.internal/botkit", pool_size=10)

@@ -20,7 +20,13 @@ import asyncpg
 from botkit.core.conversation import Status
 from botkit.core.records import Commit, Committed, OutboxItem, Outgoing
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
-from botkit.storage.rows import OUTBOUND_COLUMNS, QUEUE, conversation_values, outbound_row
+from botkit.storage.rows import (
+    CAMPAIGN_COLUMNS,
+    OUTBOUND_COLUMNS,
+    QUEUE,
+    conversation_values,
+    outbound_row,
+)
 
 __all__ = ["REFUSE_FUNCTION", "run_commit"]
 
@@ -40,7 +46,7 @@ _UNCLAIMED = {"status": "'queued'", "attempts": "0", "claimed_by": "NULL", "clai
 # INSERT ... SELECT infers no parameter's type from its column: each is named.
 _CASTS = {"conversation_id": "bigint", "message_type": "int", "ttl": "bigint",
           "inbound_id": "bigint", "created_at": "float8", "attempts": "int",
-          "claimed_at": "float8"}
+          "claimed_at": "float8", "campaign_id": "bigint"}
 
 
 class _Statement:
@@ -196,10 +202,14 @@ def _outbox(
     """The outbox rows, the first claimed for its sender unless an earlier message of its
     phone still waits; each item with where its id and whether it was claimed are read."""
     rows = []
+    # A campaign's rows carry its id; every other turn's insert stays as it was.
+    columns = OUTBOUND_COLUMNS if change.campaign_id is None else CAMPAIGN_COLUMNS
     for n, item in enumerate(change.outbox):
         claim = change.claim_for if n == 0 else None
-        values = dict(zip(OUTBOUND_COLUMNS, outbound_row(
-            item, None, change.inbound_id, now, claim), strict=True))
+        row = outbound_row(item, None, change.inbound_id, now, claim)
+        if change.campaign_id is not None:
+            row.append(change.campaign_id)
+        values = dict(zip(columns, row, strict=True))
         exprs = {c: q.arg(v, _CASTS.get(c, "text")) for c, v in values.items()
                  if c != "conversation_id"}
         exprs["conversation_id"] = conv_id if item.in_conversation else "NULL::bigint"
@@ -213,8 +223,8 @@ def _outbox(
         else:
             source = ""
         name = q.part(f"out{n}", (
-            f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)})"
-            f" SELECT {', '.join(exprs[c] for c in OUTBOUND_COLUMNS)}{source}"
+            f"INSERT INTO outbound ({', '.join(columns)})"
+            f" SELECT {', '.join(exprs[c] for c in columns)}{source}"
             " RETURNING id, status = 'sending' AS claimed"))
         rows.append((item, (q.read(f"(SELECT id FROM {name})"),
                             q.read(f"(SELECT claimed FROM {name})"))))

@@ -27,9 +27,9 @@ from botkit.storage.postgres.connection import (
 )
 from botkit.storage.postgres.together import Together
 from botkit.storage.rows import (
+    CAMPAIGN_COLUMNS,
     INBOUND_COLUMNS,
     OPEN,
-    OUTBOUND_COLUMNS,
     batch_of_starts,
     conversation_from_row,
     inbound_of,
@@ -44,9 +44,10 @@ log = logging.getLogger("botkit.store")
 INBOUND_BATCH = 200  # callbacks stored by one statement at most
 ANALYZE_AFTER = 10_000  # conversations started in bulk before the statistics are refreshed
 
+# A batch of starts (a campaign's): each row with its id, taken first, and its campaign's.
 _OUTBOUND_INSERT_WITH_ID = (
-    f"INSERT INTO outbound (id, {', '.join(OUTBOUND_COLUMNS)}) VALUES ("
-    + ", ".join(f"${n}" for n in range(1, len(OUTBOUND_COLUMNS) + 2)) + ")")
+    f"INSERT INTO outbound (id, {', '.join(CAMPAIGN_COLUMNS)}) VALUES ("
+    + ", ".join(f"${n}" for n in range(1, len(CAMPAIGN_COLUMNS) + 2)) + ")")
 
 
 # A message's routing (``RoutingContext``), as a LATERAL join ($1 the phone, $2 the tracking
@@ -303,7 +304,7 @@ class PgTurns(PgConnection):
                     " message_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     [(conv_id, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now)
                      for conv_id, phone, t in timers])
-            items = [(conv_id, item) for _, change, _, conv_id in started
+            items = [(conv_id, item, change.campaign_id) for _, change, _, conv_id in started
                      for item in change.outbox]
             # Ids taken first, in order, so each change knows its rows' ids.
             outbox_ids = [r[0] for r in await conn.fetch(
@@ -311,8 +312,9 @@ class PgTurns(PgConnection):
                 " FROM generate_series(1, $1)", len(items))] if items else []
             if items:
                 await conn.executemany(_OUTBOUND_INSERT_WITH_ID, [
-                    (outbox_id, *outbound_row(item, conv_id, None, now, None))
-                    for outbox_id, (conv_id, item) in zip(outbox_ids, items, strict=True)])
+                    (outbox_id, *outbound_row(item, conv_id, None, now, None), campaign_id)
+                    for outbox_id, (conv_id, item, campaign_id)
+                    in zip(outbox_ids, items, strict=True)])
         self._started += len(started)
         if self._started >= max(ANALYZE_AFTER, self._analyzed_at):
             await self._analyze()

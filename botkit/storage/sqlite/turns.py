@@ -19,6 +19,7 @@ from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply, parse_tracking_id
 from botkit.process import process_name
 from botkit.storage.rows import (
+    CAMPAIGN_COLUMNS,
     INBOUND_COLUMNS,
     OPEN,
     OUTBOUND_COLUMNS,
@@ -36,6 +37,9 @@ __all__ = ["Turns"]
 T = TypeVar("T")
 _OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(OUTBOUND_COLUMNS)) + ")"
+# A campaign's rows: the same, and the campaign's id.
+_CAMPAIGN_INSERT = f"INSERT INTO outbound ({', '.join(CAMPAIGN_COLUMNS)}) VALUES "
+_CAMPAIGN_VALUES = "(" + ", ".join(["?"] * len(CAMPAIGN_COLUMNS)) + ")"
 
 
 class Turns(Connection):
@@ -199,16 +203,17 @@ class Turns(Connection):
                     [value for conv_id, phone, t in few_timers for value in (
                         conv_id, phone, t.kind, t.flow, t.step, t.due_at, t.message_id, now)],
                 )
-            items = [(conv_id, item) for _, change, _, conv_id in started
+            items = [(conv_id, item, change.campaign_id) for _, change, _, conv_id in started
                      for item in change.outbox]
             outbox_ids: list[int] = []
-            for few_items in _parts(items, len(OUTBOUND_COLUMNS)):
+            for few_items in _parts(items, len(CAMPAIGN_COLUMNS)):
                 # One statement's rows get ascending ids in the order of its VALUES.
                 outbox_ids += sorted(row[0] for row in db.execute(
-                    _OUTBOUND_INSERT + ", ".join([_OUTBOUND_VALUES] * len(few_items))
+                    _CAMPAIGN_INSERT + ", ".join([_CAMPAIGN_VALUES] * len(few_items))
                     + " RETURNING id",
-                    [value for conv_id, item in few_items
-                     for value in outbound_row(item, conv_id, None, now, None)],
+                    [value for conv_id, item, campaign_id in few_items
+                     for value in [*outbound_row(item, conv_id, None, now, None),
+                                   campaign_id]],
                 ))
         return started_results(convs, started, outbox_ids)
 
@@ -241,10 +246,12 @@ class Turns(Connection):
                 claim = change.claim_for if n == 0 and change.claim_for and self._one(
                     f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ? LIMIT 1",
                     [item.phone]) is None else None
-                cursor = db.execute(
-                    _OUTBOUND_INSERT + _OUTBOUND_VALUES,
-                    outbound_row(item, row_conv, change.inbound_id, now, claim),
-                )
+                values = outbound_row(item, row_conv, change.inbound_id, now, claim)
+                if change.campaign_id is None:  # every turn but a campaign's
+                    cursor = db.execute(_OUTBOUND_INSERT + _OUTBOUND_VALUES, values)
+                else:
+                    cursor = db.execute(_CAMPAIGN_INSERT + _CAMPAIGN_VALUES,
+                                        [*values, change.campaign_id])
                 outbox_ids.append(int(cursor.lastrowid or 0))
                 if claim:
                     claimed.append(Outgoing(id=outbox_ids[-1], phone=item.phone,
