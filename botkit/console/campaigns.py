@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from botkit.console.access import ADMIN, Routes
-from botkit.console.pages import BOT, _ago, _clock, _render
+from botkit.console.pages import BOT, render
 from botkit.core.records import CampaignCounts, CampaignRun
 
 __all__ = ["CAMPAIGNS", "QUIET", "WINDOW", "add_campaign_pages", "campaign_view"]
@@ -88,8 +88,7 @@ async def _runs(request: web.Request) -> list[dict[str, Any]]:
 
 
 async def _page(request: web.Request) -> web.Response:
-    return await _render(request, "campaigns.html", campaigns=await _runs(request), ago=_ago,
-                         clock=_clock)
+    return await render(request, "campaigns.html", campaigns=await _runs(request))
 
 
 async def _json(request: web.Request) -> web.Response:
