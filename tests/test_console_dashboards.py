@@ -75,7 +75,8 @@ async def test_a_flows_page_draws_its_funnel_and_its_graph(console):
     funnel = page[page.index('<svg class="funnel"'):page.index("</svg>")]
     bars = re.findall(r'<title>([\w ]+): (\d+)</title>', funnel)
     assert bars == [("started", "3"), ("name", "3"), ("rating", "2"), ("comment", "1"),
-                    ("finished", "1")]
+                    ("finished", "1"), ("gave up", "1")]  # and how the others ended
+    assert funnel.count('class="bar end"') == 2 and funnel.count('class="bar lost"') == 1
     graph = page[page.index('<svg class="graph"'):]
     names = re.findall(r'<text [^>]*class="name">([^<]+)</text>', graph)
     assert names == ["name", "rating", "comment", "finished"]

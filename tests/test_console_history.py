@@ -76,3 +76,18 @@ async def test_a_phones_page_shows_every_conversation_and_message_as_text(consol
 
     async with agent.get("/console/phones/380999999999") as response:
         assert response.status == 404
+
+
+async def test_what_a_search_was_asked_is_shown_as_text(console):
+    agent = await console.logged_in("olga")
+    async with agent.get("/console/search", params={"flow": "<script>alert(1)</script>"},
+                         headers=HTML) as response:
+        page = await response.text()
+    assert response.status == 200 and "<script>alert" not in page
+    assert "<option selected>&lt;script&gt;alert(1)&lt;/script&gt;</option>" in page
+    async with agent.get("/console/search", params={"phone": "<b>1</b>"}) as response:
+        assert response.status == 400 and "<b>1</b>" in (await response.json())["error"]
+    async with agent.get("/console/search", params={"phone": "<b>1</b>"},
+                         headers=HTML) as response:
+        page = await response.text()
+    assert response.status == 400 and "<b>" not in page and "&lt;b&gt;" in page
