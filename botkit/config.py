@@ -26,10 +26,14 @@ from pydantic import (
 
 from botkit.errors import ConfigError
 
-__all__ = ["DEFAULT_API_URL", "POSTGRES_SCHEMES", "Settings"]
+__all__ = ["DEFAULT_API_URL", "OPT_IN_KEYWORDS", "OPT_OUT_KEYWORDS", "POSTGRES_SCHEMES",
+           "Settings"]
 
 DEFAULT_API_URL = "https://web.it-decision.com/v1/api"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # a BOTKIT_DB that is not a SQLite file
+# The suppression list's keywords by default (docs/consent.md): English, Ukrainian, Russian.
+OPT_OUT_KEYWORDS = ("stop", "unsubscribe", "стоп", "відписатися", "отписаться")
+OPT_IN_KEYWORDS = ("start",)
 
 log = logging.getLogger("botkit.config")
 
@@ -62,6 +66,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                                         " a line)"),
     "console": ("BOTKIT_CONSOLE", "on (the operator console at /console on the bot's own"
                                   " address), off, or HOST:PORT (an address of its own)"),
+    "opt_out_keywords": ("BOTKIT_OPT_OUT_KEYWORDS",
+                         "words that put a phone on the suppression list, comma-separated"
+                         " (empty: none; docs/consent.md)"),
+    "opt_in_keywords": ("BOTKIT_OPT_IN_KEYWORDS",
+                        "words that take a phone off the suppression list, comma-separated"),
+    "opt_in_by_flow_keyword": ("BOTKIT_OPT_IN_BY_FLOW_KEYWORD",
+                               "true: a flow's keyword from a phone that opted out starts the"
+                               " flow and takes the phone off the list (default false)"),
     "phone_region": ("BOTKIT_PHONE_REGION",
                      "the country of phone numbers typed without their country code, as a"
                      " two-letter code such as UA"),
@@ -99,6 +111,16 @@ class Settings(BaseModel):
     phone_region: str | None = None
     console: str = "on"
     log_format: Literal["text", "json"] = "text"
+    opt_out_keywords: tuple[str, ...] = OPT_OUT_KEYWORDS
+    opt_in_keywords: tuple[str, ...] = OPT_IN_KEYWORDS
+    opt_in_by_flow_keyword: bool = False
+
+    @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")
+    @classmethod
+    def _words(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return tuple(w.strip() for w in value.split(",") if w.strip())
+        return value
 
     @field_validator("console")
     @classmethod

@@ -21,7 +21,14 @@ from engines import Backend
 
 from botkit.cli.copy_db import Meter
 from botkit.core.conversation import Status
-from botkit.core.records import Commit, Committed, ConversationChange, OutboxItem, User
+from botkit.core.records import (
+    Commit,
+    Committed,
+    ConsentChange,
+    ConversationChange,
+    OutboxItem,
+    User,
+)
 from botkit.storage.copying import TABLES
 from botkit.storage.engines import is_postgres, store_for
 from botkit.testing import Harness
@@ -50,8 +57,8 @@ async def copy(source: str | Path, target: str | Path) -> subprocess.CompletedPr
 async def filled(tmp_path: Path) -> Path:
     """A SQLite file a bot ran on: a survey finished after a re-ask, one left open with its
     reminder pending, a hand-over to a human, delivery statuses, the callback secret, the
-    server's heartbeat, the account's send rate, a console user who took the hand-over: a row
-    in every table."""
+    server's heartbeat, the account's send rate, a console user who took the hand-over, a
+    campaign, a phone on the suppression list: a row in every table."""
     db = tmp_path / "bot.db"
     async with Harness(flows=[survey, support], db=db, templates=ROOT / "templates") as bot:
         ana = bot.chat(ANA)
@@ -77,6 +84,9 @@ async def filled(tmp_path: Path) -> Path:
         phone="380501112277", flow=None, step=None, template="support/hours.txt", text="We are open",
         message_type=106, payload={"text": "We are open"}, in_conversation=False),)), 3.0)
     await store.end_campaign(run, "done", 4.0, begun=1, skipped=0)
+    # On the suppression list after her survey: her sent messages copy as they are.
+    await store.set_consent(ConsentChange(phone=ANA, kind="opt_out", keyword="stop",
+                                          source="cli"), 5.0)
     await store.close()
     empty = [table for table, (_, rows) in (await dump(db)).items() if not rows]
     assert not empty, f"the bot left {empty} empty: the test would not copy them"

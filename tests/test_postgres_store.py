@@ -161,8 +161,8 @@ async def test_a_turn_reads_its_routing_with_its_lock_and_afresh_after_a_commit(
     await store.mark_sent(asked.outbox_ids[0], 900, 1.0, RULES)
     outside = await store.routing_context("9", 900)
     async with store.phone_turns("9", 900):
-        sent, tracked, active = await store.routing_context("9", 900)  # read with the lock
-        assert (sent, tracked, active) == outside
+        sent, tracked, active, suppressed = await store.routing_context("9", 900)  # locked
+        assert (sent, tracked, active, suppressed) == outside
         assert sent is not None and sent.message_id == 900
         assert tracked is not None and tracked.id == active.id == asked.conversation_id
         await store.commit(Commit(inbound_id=None, closes=((active, Status.DONE),)), 2.0)

@@ -19,7 +19,9 @@ from botkit.testing import Clock
 
 PHONE = "380500000031"
 # "SCAN outbound" reads every row; "SCAN o USING INDEX outbound_queue" reads a partial index.
-FULL_SCAN = re.compile(r"^SCAN (\w+)$")
+# A derived table named "one" is one row of parameters ("(SELECT ? AS phone) AS one"): its
+# scan reads that row.
+FULL_SCAN = re.compile(r"^SCAN (?!one$)(\w+)$")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from botkit.core.conversation import Status
 from botkit.core.flows import FlowSet
 from botkit.core.lifecycle import DeliveryRules
-from botkit.core.records import Commit, ConversationChange, OutboxItem, TimerSpec
+from botkit.core.records import Commit, ConsentChange, ConversationChange, OutboxItem, TimerSpec
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply, StatusUpdate
 
@@ -323,7 +323,7 @@ async def test_record_and_route_stores_once(backend):
     assert inbound_id is not None
     if context is not None:  # read with the insert (one process); else under the turn's lock
         assert context == await store.routing_context("380502", None)
-    sent, tracked, active = await store.routing_context("380502", None)
+    sent, tracked, active, _ = await store.routing_context("380502", None)
     assert sent is None and tracked is None and active is not None and active.step == "q"
     assert await store.record_and_route(reply("r1", "380502"), 3.0) == (None, None)
     await store.close()
@@ -337,13 +337,13 @@ async def test_a_reply_s_tracked_conversation_is_the_open_one_or_the_one_it_answ
     first = await store.commit(Commit(inbound_id=None, conversation=change, outbox=(question,)), 1.0)
     await store.mark_sent(first.outbox_ids[0], 777, 1.5, RULES)
 
-    sent, tracked, active = await store.routing_context("380504", 777)
+    sent, tracked, active, _ = await store.routing_context("380504", 777)
     assert sent is not None and sent.message_id == 777
     assert active is not None and active.id == first.conversation_id
     assert tracked == active  # it answers the open conversation
 
     await store.commit(Commit(inbound_id=None, conversation=change, closes=((active, Status.DONE),)), 2.0)
-    sent, tracked, active = await store.routing_context("380504", 777)
+    sent, tracked, active, _ = await store.routing_context("380504", 777)
     assert sent is not None and active is not None and active.id != first.conversation_id
     assert tracked is not None and tracked.id == first.conversation_id  # the closed one
     assert tracked.status is Status.DONE
@@ -708,4 +708,43 @@ async def test_a_campaign_s_messages_are_counted_by_status_and_no_others(backend
     assert (progress[other].sending, progress[other].sent, progress[other].first_sent_at) == (
         1, 0, None)
     assert await store.campaign_progress([], since=0.0) == {}
+    await store.close()
+
+
+async def test_the_suppression_list_refuses_every_message_for_its_phones(backend):
+    store = await backend.opened()
+    asked = await store.commit(Commit(inbound_id=None, conversation=conversation("71")), 1.0)
+    inbound_id = await store.record_inbound(reply("s1", "71", "STOP"), 2.0)
+    stop = ConsentChange(phone="71", kind="opt_out", keyword="stop", inbound_id=inbound_id)
+    confirmation = dataclasses.replace(item("71", 1), consent=True)
+    # The opt-out's turn: the list changes first, then its confirmation is let through.
+    done = await store.commit(Commit(inbound_id=inbound_id, route="opt_out", consent=stop,
+                                     outbox=(confirmation,), claim_for="s"), 2.0)
+    assert [o.id for o in done.claimed] == done.outbox_ids  # the confirmation goes out
+    await store.mark_sent(done.outbox_ids[0], 555, 2.5, RULES)
+    entry = await store.suppression("71")
+    assert entry is not None and (entry.keyword, entry.source, entry.inbound_id, entry.at) == (
+        "stop", "keyword", inbound_id, 2.0)
+    assert (await store.routing_context("71", None))[3] == entry
+    assert (await store.routing_context("72", None))[3] is None
+    assert await store.suppressed_among(["71", "72"]) == {"71"}
+    assert [s.phone for s in await store.suppressions()] == ["71"]
+
+    # Whatever queues a message for it afterwards: stored refused, never claimed.
+    later = await store.commit(Commit(inbound_id=None, link=asked.conversation_id,
+                                      outbox=(item("71", 2), item("71", 3)), claim_for="s"), 3.0)
+    assert later.claimed == []
+    assert all(o.phone != "71" for o in await store.claim_outbox(10, 4.0))
+    lines = await store.history("71")
+    assert [line.detail.split(":")[0] for line in lines[-2:]] == ["refused"] * 2
+    assert "on the suppression list" in lines[-1].detail
+
+    # Off the list: a message goes out again; the event history keeps both.
+    start = ConsentChange(phone="71", kind="opt_in", keyword=None, source="cli")
+    assert await store.set_consent(start, 5.0) is True
+    assert await store.set_consent(start, 6.0) is False  # not on the list any more
+    again = await store.commit(Commit(inbound_id=None, outbox=(item("71", 4),),
+                                      claim_for="s"), 7.0)
+    assert len(again.claimed) == 1
+    assert await store.suppression("71") is None
     await store.close()

@@ -16,6 +16,7 @@ from botkit.cli.campaigns import add_campaign_options, notify, start
 from botkit.cli.copy_db import add_copy_db_arguments, copy_db
 from botkit.cli.operations import check, fake_provider, release, resume, serve, status
 from botkit.cli.reports import conversations, export, messages, stats
+from botkit.cli.optouts import add_optout_commands
 from botkit.cli.users import add_user_commands
 from botkit.errors import BotkitError
 
@@ -132,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("user", help="who may log in to the operator console",
                        description="Who may log in to the operator console (/console/).")
     add_user_commands(p, o["db"])
+    p = sub.add_parser("optouts", parents=[o["db"]],
+                       help="the suppression list: list (count, --csv), add, remove",
+                       description="The phones that opted out: nothing is sent to them"
+                                   " (docs/consent.md).")
+    add_optout_commands(p, o["db"])
     p = command("copy-db", copy_db, "copy a database into an empty one: SQLite to PostgreSQL"
                 " or back")
     add_copy_db_arguments(p)

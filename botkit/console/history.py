@@ -70,9 +70,11 @@ async def _phone(request: web.Request) -> web.Response:
     phone = request.match_info["phone"]
     convs = await bot.store.conversations(phone=phone, limit=PHONE_CONVERSATIONS)
     history = await bot.store.history(phone, PHONE_HISTORY)
-    if not convs and not history:
+    opted_out = await bot.store.suppression(phone)
+    if not convs and not history and opted_out is None:
         raise web.HTTPNotFound(reason=f"nothing is kept about {phone}")
     return await render(request, "phone.html", phone=phone, conversations=convs,
+                        opted_out=opted_out,
                         parts=_by_conversation(history), shown=len(history),
                         limit=PHONE_HISTORY)
 

@@ -33,11 +33,12 @@ from botkit.console.links import LoginLinks
 from botkit.console.live import Feed
 from botkit.console.passwords import check_password
 from botkit.core.conversation import Conversation, Status
-from botkit.core.records import AgentAction
+from botkit.core.records import AgentAction, Suppression
 from botkit.errors import BotkitError, ConcurrentUpdateError, UnknownStepError
 from botkit.runtime.assembly import Bot
 
-__all__ = ["BOT", "FEED", "LINKS", "THROTTLE", "BotRef", "add_pages", "ago", "clock", "find", "render",
+__all__ = ["BOT", "FEED", "LINKS", "THROTTLE", "BotRef", "add_pages", "ago", "clock", "find", "opted_out_since",
+           "render",
            "url"]
 
 log = logging.getLogger("botkit.console")
@@ -102,7 +103,7 @@ async def render(request: web.Request, template: str, status: int = 200,
     me = request.get(VIEWER)
     html = _templates.get_template(template).render(
         csrf=csrf_token(session), me=me, url=lambda name, **parts: url(request, name, **parts),
-        clock=clock, ago=ago,
+        clock=clock, ago=ago, opted_out_since=opted_out_since,
         **values)
     return web.Response(text=html, content_type="text/html", status=status, headers=HEADERS)
 
@@ -210,6 +211,7 @@ async def _conversation(request: web.Request) -> web.Response:
     flow = bot.flows.get(conv.flow)
     steps = [s.name for s in flow.steps.values() if s.prompt] if flow is not None else []
     return await render(request, "conversation.html", conv=conv, history=history,
+                        opted_out=await bot.store.suppression(conv.phone),
                          human=conv.status is Status.HUMAN, max_reply=MAX_REPLY,
                          holder=holder, mine=holder == viewer(request).name, steps=steps,
                          actions=await bot.store.actions(conv.id),
@@ -261,6 +263,10 @@ async def _reply(request: web.Request) -> web.Response:
     refused = await _hold(request, conv)
     if refused is not None:
         return refused
+    opted_out = await bot.store.suppression(conv.phone)
+    if opted_out is not None:
+        return refuse(request, 409, f"{conv.phone} {opted_out_since(opted_out)}: nothing is"
+                                    " sent to them until they write an opt-in keyword")
     try:
         sent = await bot.engine.say_as_agent(conv.phone, text)
     except BotkitError as exc:  # the text breaks a provider limit
@@ -390,6 +396,12 @@ def ago(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600} h {s % 3600 // 60} min"
     return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def opted_out_since(entry: Suppression) -> str:
+    """How a phone got on the suppression list, as people say it."""
+    how = f"wrote {entry.keyword!r}" if entry.keyword else f"was added by {entry.source}"
+    return f"opted out ({how}, {clock(entry.at)})"
 
 
 def clock(at: float) -> str:

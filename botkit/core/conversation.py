@@ -29,6 +29,7 @@ class Status(str, Enum):
     RELEASED = "released"  # a human conversation released by the operator
     REPLACED = "replaced"  # another flow was started for the phone
     ORPHANED = "orphaned"  # its flow or step no longer exists after a deploy
+    OPTED_OUT = "opted_out"  # the user wrote an opt-out keyword (docs/consent.md)
 
     @property
     def is_open(self) -> bool:

@@ -14,6 +14,7 @@ __all__ = [
     "CampaignCounts",
     "CampaignRun",
     "Commit",
+    "ConsentChange",
     "Committed",
     "ConversationChange",
     "Inbound",
@@ -23,6 +24,7 @@ __all__ = [
     "RoutingContext",
     "SentQuestion",
     "StatusChange",
+    "Suppression",
     "TimerShift",
     "Timer",
     "TimerSpec",
@@ -30,9 +32,33 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Suppression:
+    """A phone on the suppression list: it said stop (or was put there), and nothing is sent
+    to it until it says start (``docs/consent.md``)."""
+
+    phone: str
+    at: float
+    keyword: str | None  # the word it wrote; None when added by run.py optouts add
+    source: str  # "keyword" (the user wrote it), "cli" or "console"
+    inbound_id: int | None = None  # the message that did it
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsentChange:
+    """A turn's change to the suppression list: the phone opts out or back in."""
+
+    phone: str
+    kind: Literal["opt_out", "opt_in"]
+    keyword: str | None
+    source: str = "keyword"
+    inbound_id: int | None = None
+
+
 # What routing needs to know: the sent message a reply names (by its tracking_data), that
-# message's conversation, and the phone's open conversation.
-RoutingContext = tuple[SentRef | None, Conversation | None, Conversation | None]
+# message's conversation, the phone's open conversation, and whether the phone opted out.
+RoutingContext = tuple[SentRef | None, Conversation | None, Conversation | None,
+                       Suppression | None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +108,9 @@ class OutboxItem:
     flow_version: str | None = None
     question: bool = False  # the message that asks its step (not a say, nudge or goodbye)
     notice_key: str | None = None  # a proactive notice sent at most once per phone and key
+    # The answer to an opt-out or opt-in keyword: the one message the suppression list lets
+    # through to a phone that opted out (outbound.role = 'consent').
+    consent: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +182,8 @@ class Commit:
     # The campaign run (``CampaignRun.id``) whose messages these are: kept on each outbox
     # row (``outbound.campaign_id``); None for every other turn.
     campaign_id: int | None = None
+    # The phone opts out (onto the suppression list) or back in, with this turn.
+    consent: ConsentChange | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

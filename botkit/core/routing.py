@@ -16,6 +16,12 @@ The rules, in order (docs/routing.md explains them with examples):
    message starts fresh: a keyword starts its flow, anything else restarts the expired
    conversation's flow from its first step (``RESTART``); the late text is not applied.
 
+Before all of these, consent (``core.consent``, docs/consent.md): an opt-out keyword closes
+the phone's open conversation as ``opted_out`` and puts the phone on the suppression list,
+whatever its state (``OPT_OUT``). From a phone on the list, an opt-in keyword takes it off
+(``OPT_IN``); anything else is only recorded (``SUPPRESSED``), unless the consent setting
+lets a flow's keyword opt the phone in (then it routes as usual, ``opts_in``).
+
 After a deploy, a conversation whose step no longer exists moves to the step its flow's
 ``migrate`` maps it to (and the message goes there); without a mapping it is closed as
 orphaned, the user is told (``botkit/restarted.txt``) and the flow starts again
@@ -28,8 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from botkit.core.consent import Consent
 from botkit.core.conversation import Conversation, SentRef, Status
 from botkit.core.flows import FlowSet, Step
+from botkit.core.records import Suppression
 from botkit.core.turn import Message
 
 __all__ = ["RESTARTED_TEMPLATE", "Route", "RouteKind", "route"]
@@ -47,6 +55,9 @@ class RouteKind(str, Enum):
     ENTRY = "entry"
     HUMAN = "human"
     FALLBACK = "fallback"
+    OPT_OUT = "opt_out"
+    OPT_IN = "opt_in"
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +72,9 @@ class Route:
     close: tuple[tuple[Conversation, Status], ...] = ()
     notice: str | None = None  # a template sent before the step's prompt (RESTART)
     answered: str | None = None  # the earlier step a STALE answer answers
+    keyword: str | None = None  # the consent keyword of OPT_OUT and OPT_IN
+    opts_in: bool = False  # the phone comes off the suppression list with this turn
+    repeated: bool = False  # an OPT_OUT from a phone already on the list: no confirmation
 
 
 def route(
@@ -71,12 +85,30 @@ def route(
     active: Conversation | None,
     flows: FlowSet,
     now: float,
+    suppressed: Suppression | None = None,
+    consent: Consent | None = None,
 ) -> Route:
     """Decide where ``message`` goes.
 
     ``sent`` is the bot's message named by the tracking data (None if unknown), ``tracked``
-    its conversation, ``active`` the phone's open conversation.
+    its conversation, ``active`` the phone's open conversation, ``suppressed`` the phone's
+    entry on the suppression list, ``consent`` the opt-out and opt-in keywords (None: none).
     """
+    asked = consent.match(message.text) if consent is not None else None
+    if asked is not None and asked[0] == "opt_out":
+        closing = tuple((c, Status.OPTED_OUT) for c in _unique(tracked, active)
+                        if c.status.is_open)
+        return Route(kind=RouteKind.OPT_OUT, reason=f"opt-out keyword {asked[1]!r}",
+                     close=closing, keyword=asked[1], repeated=suppressed is not None)
+    if suppressed is not None:
+        if asked is not None:  # an opt-in keyword
+            return Route(kind=RouteKind.OPT_IN, reason=f"opt-in keyword {asked[1]!r}",
+                         keyword=asked[1])
+        if consent is not None and consent.flow_keyword_opts_in and flows.entry(message.text):
+            return replace(route(message, sent=sent, tracked=tracked, active=active,
+                                 flows=flows, now=now), opts_in=True)
+        return Route(kind=RouteKind.SUPPRESSED, reason="the phone opted out"
+                     f" ({suppressed.keyword or suppressed.source}); only recorded")
     tracked, active = _migrated(tracked, flows), _migrated(active, flows)
     close: list[tuple[Conversation, Status]] = []
     restart: Step | None = None
@@ -94,9 +126,9 @@ def route(
 
     if sent is not None and tracked is not None and tracked.status.is_open:
         if tracked.id not in closed_ids:
-            decided = _tracked(sent, tracked, flows, now)
-            if decided is not None:
-                return _with(decided, close)
+            answer = _tracked(sent, tracked, flows, now)
+            if answer is not None:
+                return _with(answer, close)
     if active is not None and active.id not in closed_ids:
         if active.status is Status.HUMAN:
             return _with(Route(kind=RouteKind.HUMAN, reason="conversation is with a human", conversation=active), close)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from botkit.config import Settings
+from botkit.core.consent import Consent
 from botkit.core.flows import FlowSet
 from botkit.core.lifecycle import DeliveryRules
 from botkit.runtime.activity import Activity
@@ -88,10 +89,13 @@ def assemble(
         concurrency=settings.send_concurrency if concurrency is None else concurrency,
         hold_abandoned=hold_abandoned, lease=settings.lease, metrics=metrics,
     )
+    consent = Consent(settings.opt_out_keywords, settings.opt_in_keywords,
+                      settings.opt_in_by_flow_keyword)
+    consent.check(flows)
     engine = Engine(
         store, flows, renderer, sender=settings.sender, callback_url=callback_url,
         clock=clock, outlet=sender if send else None, raise_errors=raise_errors, rules=rules,
-        metrics=metrics,
+        metrics=metrics, consent=consent,
     )
     dispatcher = Dispatcher(engine.handle)
     activity = Activity(lambda: engine.counts + Counter(sent=sender.sent,

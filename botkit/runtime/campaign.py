@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from botkit.runtime.engine import Engine, StartResult
+from botkit.runtime.proactive import OPTED_OUT
 from botkit.runtime.sender import Sender
 from botkit.storage.base import Store
 
@@ -43,6 +44,7 @@ class Progress:
     failed: int = 0
     waiting: int = 0  # messages in the queue (this campaign's or other ones)
     uncertain: int = 0
+    opted_out: int = 0  # of the skipped: phones on the suppression list
     began: float = field(default_factory=time.monotonic)
     details: list[str] = field(default_factory=list)  # phones skipped or replaced, and why
     done_as: str = "phones started or skipped"  # what the first count of line() counts
@@ -65,6 +67,8 @@ class Progress:
             text += f", {self.waiting:,} waiting"
         if self.failed:
             text += f", {self.failed:,} failed"
+        if self.opted_out:
+            text += f", {self.opted_out:,} opted out (skipped)"
         left = self.total - self.skipped - self.sent - self.failed
         if self.rate > 0 and left > 0:
             text += f", about {left / self.rate:,.0f}s left"
@@ -187,6 +191,7 @@ class Campaign:
                 for result in await begun:
                     if result.outcome == "skipped":
                         progress.skipped += 1
+                        progress.opted_out += result.detail == OPTED_OUT
                     else:
                         progress.started += 1
                     if result.detail:

@@ -18,8 +18,10 @@ from botkit.core.conversation import Conversation
 from botkit.core.flows import Flow, Step
 from botkit.core.lifecycle import plan_timers
 from botkit.core.outcome import Outcome, outcome_of
+from botkit.core.consent import OPTED_IN_TEMPLATE, OPTED_OUT_TEMPLATE
 from botkit.core.records import (
     Commit,
+    ConsentChange,
     Inbound,
     OutboxItem,
     Timer,
@@ -89,13 +91,14 @@ class Engine(Proactive, Events):
         for _ in range(3):
             if context is None:
                 context = await self.store.routing_context(message.phone, message.tracking_id)
-            (sent, tracked, active), context = context, None
+            (sent, tracked, active, suppressed), context = context, None
             if message.tracking_id is not None and sent is None:
                 log.info("message %s from %s answers message %s, which this bot never sent;"
                          " treated as having no tracking data", inbound.id, inbound.phone,
                          message.tracking_id)
             decided = route(message, sent=sent, tracked=tracked, active=active,
-                            flows=self.flows, now=self.clock())
+                            flows=self.flows, now=self.clock(), suppressed=suppressed,
+                            consent=self.consent)
             failure: Exception | None = None
             try:
                 commit = await self._turn(inbound, message, decided)
@@ -124,6 +127,8 @@ class Engine(Proactive, Events):
         now = self.clock()
         conv, step = decided.conversation, decided.step
         kind = decided.kind
+        if kind in (RouteKind.OPT_OUT, RouteKind.OPT_IN, RouteKind.SUPPRESSED):
+            return self._consent_turn(inbound, message, decided)
         if kind is RouteKind.FALLBACK:
             log.info("message %s from %s: no conversation, no keyword; fallback reply. To start"
                      " a flow with it, declare Flow(..., keywords=[%r])", inbound.id,
@@ -168,9 +173,50 @@ class Engine(Proactive, Events):
                                        out.change.state if out.change else None,
                                        question=out.question)
         handled_by = (step.flow, step.name) if step else None
+        consent = ConsentChange(phone=message.phone, kind="opt_in", keyword=None,
+                                source="flow keyword", inbound_id=inbound.id) \
+            if decided.opts_in else None
+        if consent is not None:
+            log.info("message %s from %s: a flow's keyword; the phone comes off the"
+                     " suppression list (BOTKIT_OPT_IN_BY_FLOW_KEYWORD)", inbound.id,
+                     message.phone)
         return Commit(inbound_id=inbound.id, route=kind.value, conversation=out.change,
                       closes=decided.close, outbox=outbox, handled_by=handled_by, did=out.did,
-                      reset_timers=out.reset_timers, timers=out.timers)
+                      reset_timers=out.reset_timers, timers=out.timers, consent=consent)
+
+    def _consent_turn(self, inbound: Inbound, message: Message, decided: Route) -> Commit:
+        """An opt-out (the phone goes on the suppression list, its open conversation closes,
+        one confirmation), an opt-in (off the list, one confirmation), or a message from a
+        phone on the list (only recorded)."""
+        kind = decided.kind
+        self.counts[f"route:{kind.value}"] += 1
+        self.metrics.route[kind.value].inc()
+        consent = None
+        template = None
+        if kind is RouteKind.OPT_OUT:
+            consent = ConsentChange(phone=message.phone, kind="opt_out", keyword=decided.keyword,
+                                    inbound_id=inbound.id)
+            template = None if decided.repeated else OPTED_OUT_TEMPLATE
+            log.info("message %s from %s: opt-out keyword %r; on the suppression list%s%s",
+                     inbound.id, message.phone, decided.keyword,
+                     "".join(f", conversation {c.id} closed" for c, _ in decided.close),
+                     " (already was: no confirmation)" if decided.repeated else "")
+        elif kind is RouteKind.OPT_IN:
+            consent = ConsentChange(phone=message.phone, kind="opt_in", keyword=decided.keyword,
+                                    inbound_id=inbound.id)
+            template = OPTED_IN_TEMPLATE
+            log.info("message %s from %s: opt-in keyword %r; off the suppression list",
+                     inbound.id, message.phone, decided.keyword)
+        else:
+            log.info("message %s from %s: the phone opted out; recorded, not answered",
+                     inbound.id, message.phone)
+        outbox: tuple[OutboxItem, ...] = ()
+        if template is not None:
+            outbox = tuple(replace(item, consent=True, in_conversation=False)
+                           for item in self.composer.compose([(Reply(template=template), None)],
+                                                             message.phone, None))
+        return Commit(inbound_id=inbound.id, route=kind.value, closes=decided.close,
+                      outbox=outbox, consent=consent)
 
     async def _stale(
         self, message: Message, decided: Route, conv: Conversation, step: Step, now: float

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from botkit.core.consent import Consent
 from botkit.core.conversation import Conversation, Status
 from botkit.core.flows import Flow, FlowSet, Step
 from botkit.core.lifecycle import DeliveryRules
@@ -89,8 +90,10 @@ class EngineBase:
         raise_errors: bool = False,
         rules: DeliveryRules | None = None,
         metrics: Metrics | None = None,
+        consent: Consent | None = Consent(),
     ) -> None:
         self.store = store
+        self.consent = consent  # the opt-out and opt-in keywords; None: none are honoured
         self.metrics = metrics or Metrics()
         self.flows = flows
         self.composer = Composer(renderer, flows, sender=sender, callback_url=callback_url)

@@ -34,7 +34,7 @@ class Metrics:
             " status, invalid (answered 4xx), unavailable (answered 503)", ["kind"], registry=r)
         self.messages = Counter(
             "botkit_messages", "User messages handled, by route (step, start, entry, stale,"
-            " restart, human, fallback)", ["route"], registry=r)
+            " restart, human, fallback, opt_out, opt_in, suppressed)", ["route"], registry=r)
         self.handler_errors = Counter(
             "botkit_handler_errors", "Handler exceptions (the user got the error reply)",
             registry=r)

@@ -22,9 +22,13 @@ from botkit.models import normalize_phone
 from botkit.runtime import crashpoints
 from botkit.runtime.engine_base import AGENT_TEMPLATE, EngineBase
 
-__all__ = ["Proactive", "StartResult"]
+__all__ = ["OPTED_OUT", "Proactive", "StartResult"]
 
 log = logging.getLogger("botkit.engine")
+
+
+# Why a campaign skips a phone on the suppression list (docs/consent.md).
+OPTED_OUT = "opted out (on the suppression list)"
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,13 @@ class Proactive(EngineBase):
         now = self.clock()
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
         active = await self.store.open_conversations(phones)
+        suppressed = await self.store.suppressed_among(phones)
         results: dict[str, StartResult] = {}
         planned: list[tuple[str, Commit, Literal["started", "replaced"], str]] = []
         for phone in phones:
+            if phone in suppressed:
+                results[phone] = StartResult(phone, "skipped", None, OPTED_OUT)
+                continue
             plan = self._plan_start(flow, phone, active.get(phone), state, now)
             if isinstance(plan, StartResult):
                 results[phone] = plan
@@ -111,15 +119,18 @@ class Proactive(EngineBase):
         ...                          variables={"order": 42})
         """
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
+        suppressed = await self.store.suppressed_among(phones)
+        skipped = [p for p in phones if p in suppressed]
+        phones = [p for p in phones if p not in suppressed]
         reply = Reply(template=template, variables=dict(variables or {}), delivery=delivery,
                       one_way=True, sms=sms)
         commits = [Commit(inbound_id=None, route="notice", campaign_id=campaign_id,
                           outbox=tuple(replace(item, notice_key=key) for item
                                        in self.composer.compose([(reply, None)], phone, None)))
             for phone in phones]
-        outcomes = await self.store.commit_many(commits, self.clock())
+        outcomes = await self.store.commit_many(commits, self.clock()) if commits else []
         crashpoints.hit("after_turn_commit")
-        results = []
+        results = [StartResult(phone, "skipped", None, OPTED_OUT) for phone in skipped]
         for phone, commit, done in zip(phones, commits, outcomes, strict=True):
             if isinstance(done, ConcurrentUpdateError):  # the phone has this key's notice
                 results.append(StartResult(phone, "skipped", None, f"already has notice {key!r}"))

@@ -42,18 +42,20 @@ from botkit.core.records import (
     CampaignRun,
     Commit,
     Committed,
+    ConsentChange,
     Inbound,
     LogEntry,
     Outgoing,
     RoutingContext,
     StatusChange,
+    Suppression,
     Timer,
     User,
 )
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import InboundReply, StatusUpdate
 
-__all__ = ["Admin", "CampaignStore", "ConsoleStore", "OutboxStore", "ReportStore", "StatusStore", "Store",
+__all__ = ["Admin", "CampaignStore", "ConsentStore", "ConsoleStore", "OutboxStore", "ReportStore", "StatusStore", "Store",
            "TimerStore", "TurnStore"]
 
 
@@ -421,8 +423,33 @@ class CampaignStore(ABC):
         alone."""
 
 
+class ConsentStore(ABC):
+    """The suppression list (docs/consent.md): the phones that opted out, to which nothing is
+    sent (the ``outbound_opted_out`` trigger refuses their messages as they are queued), and
+    opting in and out outside a turn. A turn's own change comes with its commit
+    (``Commit.consent``)."""
+
+    @abstractmethod
+    async def suppression(self, phone: str) -> Suppression | None:
+        """The phone's entry on the list, or None."""
+
+    @abstractmethod
+    async def suppressions(self, limit: int | None = None) -> list[Suppression]:
+        """The list, the latest first (all of it without ``limit``)."""
+
+    @abstractmethod
+    async def suppressed_among(self, phones: Collection[str]) -> set[str]:
+        """Which of ``phones`` are on the list (a campaign skips them)."""
+
+    @abstractmethod
+    async def set_consent(self, change: ConsentChange, now: float) -> bool:
+        """Put the phone on the list (its open conversation closes as ``opted_out``, its
+        timers are cancelled) or take it off, recorded in ``consent_events``; False when
+        nothing changed."""
+
+
 class Store(Admin, TurnStore, OutboxStore, TimerStore, StatusStore, ReportStore, ConsoleStore,
-            CampaignStore):
+            CampaignStore, ConsentStore):
     """Everything botkit keeps: all the roles, as one engine (``SQLiteStore``) implements them.
 
     A part of the runtime asks for the role it uses (the sender an ``OutboxStore``, the

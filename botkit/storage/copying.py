@@ -30,9 +30,12 @@ from botkit.storage.engines import is_postgres, store_for
 __all__ = ["BATCH", "TABLES", "TableCopy", "TableCount", "copy_database", "count_rows",
            "prepare", "read_table", "shown"]
 
-# Every table botkit keeps rows in; the migration records stay each engine's own.
+# Every table botkit keeps rows in; the migration records stay each engine's own. The
+# suppression list comes after ``outbound``: the target's ``outbound_opted_out`` trigger finds
+# it empty while the messages are copied, so no message changes on the way.
 TABLES = ("conversations", "inbound", "outbound", "status_events", "timers", "meta",
-          "processes", "send_rate", "users", "assignments", "agent_actions", "campaigns")
+          "processes", "send_rate", "users", "assignments", "agent_actions", "campaigns",
+          "suppressions", "consent_events")
 BATCH = 5_000  # rows read, held and written at a time
 
 Row = tuple[Any, ...]

@@ -15,15 +15,19 @@ from botkit.core.records import (
     CampaignRun,
     Commit,
     Committed,
+    ConsentChange,
     ConversationChange,
     Inbound,
     OutboxItem,
+    Suppression,
     User,
 )
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CAMPAIGN", "CAMPAIGN_COLUMNS",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
+           "OPT_OUT_SQL", "REFUSED_OPTED_OUT", "consent_values",
+           "suppression_from_row", "CAMPAIGN", "CAMPAIGN_COLUMNS",
            "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
            "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN",
            "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
@@ -45,6 +49,27 @@ ACTIVITY_MARK = ("SELECT (SELECT max(id) FROM inbound) AS i, (SELECT max(id) FRO
                  " (SELECT max(id) FROM status_events) AS s,"
                  " (SELECT max(id) FROM agent_actions) AS a,"
                  f" (SELECT count(*) FROM conversations WHERE {HUMAN}) AS h")
+# The suppression list's check (outbound_opted_out, every engine's trigger): an outbox row
+# for a phone on the list is stored refused, with this reason, unless it is the answer to an
+# opt-out or opt-in keyword (role 'consent').
+REFUSED_OPTED_OUT = "opted out: the phone is on the suppression list"
+CONSENT_ROLE = "consent"
+
+# A change to the suppression list (``ConsentChange``), in the engine's placeholders p(1..5):
+# the phone, when, the keyword, the source, the message. Each changes one row or none (already
+# on the list, or not on it); the event is recorded only for a change.
+OPT_OUT_SQL = ("INSERT INTO suppressions (phone, at, keyword, source, inbound_id)"
+               " VALUES ({1}, {2}, {3}, {4}, {5}) ON CONFLICT (phone) DO NOTHING")
+OPT_IN_SQL = "DELETE FROM suppressions WHERE phone = {1}"
+CONSENT_EVENT_SQL = ("INSERT INTO consent_events (phone, kind, at, keyword, source, inbound_id)"
+                     " VALUES ({1}, {6}, {2}, {3}, {4}, {5})")
+
+
+def consent_values(change: ConsentChange, now: float) -> list[Any]:
+    """The values of OPT_OUT_SQL / OPT_IN_SQL / CONSENT_EVENT_SQL, in placeholder order."""
+    return [change.phone, now, change.keyword, change.source, change.inbound_id, change.kind]
+
+
 # What waits longer than it should (backlog): the oldest queued message, on outbound_queue
 # (ids grow with time), and the timers due, on timers_due; the engine's placeholder is NOW.
 BACKLOG = (f"SELECT coalesce((SELECT created_at FROM outbound WHERE {QUEUE} ORDER BY id LIMIT 1),"
@@ -98,7 +123,8 @@ def outbound_row(
     """An outbox row's values, in ``OUTBOUND_COLUMNS`` order; ``claim``: inserted claimed."""
     return [conv_id, item.phone, item.flow, item.flow_version, item.step, item.template,
             item.text, item.message_type, json.dumps(item.payload),
-            item.payload.get("validity_period"), "question" if item.question else None,
+            item.payload.get("validity_period"),
+            CONSENT_ROLE if item.consent else "question" if item.question else None,
             inbound_id, now, "sending" if claim else "queued", 1 if claim else 0, claim,
             time.time() if claim else None, item.notice_key]
 
@@ -253,6 +279,12 @@ def history_detail(row: dict[str, Any]) -> str:
         parts.append(f"asks {row['step']}")
     text = ", ".join(parts)
     return f"{text}: {row['error']}" if row["error"] else text
+
+
+def suppression_from_row(row: Mapping[str, Any]) -> Suppression:
+    """A phone's entry on the suppression list from its ``suppressions`` row."""
+    return Suppression(phone=row["phone"], at=row["at"], keyword=row["keyword"],
+                       source=row["source"], inbound_id=row["inbound_id"])
 
 
 def user_from_row(row: Mapping[str, Any]) -> User:

@@ -10,7 +10,14 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from botkit.errors import SchemaTooNewError
-from botkit.storage.rows import CAMPAIGN, HANDOFF, HUMAN, UNCONFIRMED
+from botkit.storage.rows import (
+    CAMPAIGN,
+    CONSENT_ROLE,
+    HANDOFF,
+    HUMAN,
+    REFUSED_OPTED_OUT,
+    UNCONFIRMED,
+)
 
 __all__ = ["MIGRATIONS", "UNCONFIRMED", "check_and_migrate"]
 
@@ -284,3 +291,29 @@ def m012_campaigns(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outbound ADD COLUMN campaign_id INTEGER")
     db.execute("CREATE INDEX outbound_campaign ON outbound"
                f" (campaign_id, status, delivery_status, sent_at) WHERE {CAMPAIGN}")
+
+
+@MIGRATIONS(name="m013_consent")
+def m013_consent(db: sqlite_utils.Database) -> None:
+    """The suppression list and its history, and the check that makes it hold.
+
+    ``suppressions`` has one row per phone that opted out (when, the keyword, the message);
+    ``consent_events`` keeps every opt-out and opt-in. The trigger ``outbound_opted_out`` is
+    the one place every message passes, whatever path queued it (a flow, a timer, a
+    campaign, an agent, a future one): a row for a phone on the list is stored ``refused``
+    with the reason, never sent, unless it answers an opt-out or opt-in keyword (role
+    ``consent``). Its check is a primary-key lookup inside SQLite, in the insert's own
+    statement: no round trip more.
+    """
+    db.execute("CREATE TABLE suppressions (phone TEXT PRIMARY KEY, at REAL NOT NULL,"
+               " keyword TEXT, source TEXT NOT NULL, inbound_id INTEGER)")
+    db.execute("CREATE TABLE consent_events (id INTEGER PRIMARY KEY, phone TEXT NOT NULL,"
+               " kind TEXT NOT NULL, at REAL NOT NULL, keyword TEXT, source TEXT NOT NULL,"
+               " inbound_id INTEGER)")
+    db.execute("CREATE INDEX consent_events_phone ON consent_events (phone, id)")
+    db.execute(
+        "CREATE TRIGGER outbound_opted_out AFTER INSERT ON outbound"
+        f" WHEN NEW.role IS NOT '{CONSENT_ROLE}'"
+        " AND EXISTS (SELECT 1 FROM suppressions WHERE phone = NEW.phone)"
+        " BEGIN UPDATE outbound SET status = 'refused', attempts = 0, claimed_by = NULL,"
+        f" claimed_at = NULL, error = '{REFUSED_OPTED_OUT}' WHERE id = NEW.id; END")

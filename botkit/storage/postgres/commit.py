@@ -18,17 +18,24 @@ from typing import Any
 import asyncpg
 
 from botkit.core.conversation import Status
-from botkit.core.records import Commit, Committed, OutboxItem, Outgoing
+from botkit.core.records import Commit, Committed, ConsentChange, OutboxItem, Outgoing
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
 from botkit.storage.rows import (
     CAMPAIGN_COLUMNS,
+    CONSENT_EVENT_SQL,
+    OPT_IN_SQL,
+    OPT_OUT_SQL,
     OUTBOUND_COLUMNS,
     QUEUE,
+    consent_values,
     conversation_values,
     outbound_row,
 )
 
-__all__ = ["REFUSE_FUNCTION", "run_commit"]
+__all__ = ["REFUSE_FUNCTION", "apply_consent", "run_commit"]
+
+# The consent statements' placeholders ({1}..{6}: storage.rows.OPT_OUT_SQL).
+_MARKS = ["", "$1", "$2", "$3", "$4", "$5", "$6"]
 
 # Installed by migration p002: raises (SQLSTATE P0001, the message naming the check) so that
 # a check in the final SELECT of a statement undoes the statement's writes.
@@ -124,6 +131,22 @@ async def run_commit(conn: asyncpg.Connection, change: Commit, now: float) -> Co
                 id=values[id_read], phone=item.phone, payload=item.payload, attempts=1,
                 conversation_id=conversation if item.in_conversation else None))
     return Committed(conversation, outbox_ids, claimed)
+
+
+async def apply_consent(conn: asyncpg.Connection, change: ConsentChange, now: float) -> bool:
+    """Put the phone on the suppression list or take it off, and record the event; False
+    when nothing changed. Run it in the transaction of what must see the list changed."""
+    phone, at, keyword, source, inbound_id, kind = consent_values(change, now)
+    if kind == "opt_out":
+        done = await conn.execute(OPT_OUT_SQL.format(*_MARKS), phone, at, keyword, source,
+                                  inbound_id)
+    else:
+        done = await conn.execute(OPT_IN_SQL.format(*_MARKS), phone)
+    if not done.endswith(" 1"):  # "INSERT 0 1", "DELETE 1"
+        return False
+    await conn.execute(CONSENT_EVENT_SQL.format(*_MARKS), phone, at, keyword, source,
+                       inbound_id, kind)
+    return True
 
 
 def _closes(q: _Statement, change: Commit, now: float) -> str:

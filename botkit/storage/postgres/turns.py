@@ -17,7 +17,7 @@ from botkit.core.records import Commit, Committed, Inbound, RoutingContext
 from botkit.errors import ConcurrentUpdateError, StoreUnavailableError
 from botkit.models import InboundReply
 from botkit.process import process_name
-from botkit.storage.postgres.commit import run_commit
+from botkit.storage.postgres.commit import apply_consent, run_commit
 from botkit.storage.postgres.connection import (
     _TURN,
     _UNREACHABLE,
@@ -34,6 +34,7 @@ from botkit.storage.rows import (
     conversation_from_row,
     inbound_of,
     outbound_row,
+    suppression_from_row,
     started_results,
 )
 
@@ -51,11 +52,13 @@ _OUTBOUND_INSERT_WITH_ID = (
 
 
 # A message's routing (``RoutingContext``), as a LATERAL join ($1 the phone, $2 the tracking
-# id, $3 the open statuses): the phone's open conversation, the message it answers, and that
-# message's conversation when it is another one.
+# id, $3 the open statuses): the phone's open conversation, the message it answers, that
+# message's conversation when it is another one, and the phone's entry on the suppression
+# list.
 _ROUTING = (
     "LATERAL (SELECT c.cv AS active, o.message_id AS s_message_id,"
-    " o.conversation_id AS s_conversation, o.flow AS s_flow, o.step AS s_step, t AS tracked"
+    " o.conversation_id AS s_conversation, o.flow AS s_flow, o.step AS s_step, t AS tracked,"
+    " sup AS suppressed"
     " FROM (SELECT 1) AS one"
     " LEFT JOIN LATERAL (SELECT cv FROM conversations AS cv WHERE cv.phone = $1"
     "  AND cv.status = ANY($3::text[]) LIMIT 1) AS c ON true"
@@ -63,7 +66,8 @@ _ROUTING = (
     "  WHERE message_id = $2 AND phone = $1 ORDER BY id DESC LIMIT 1) AS o"
     "  ON $2::bigint IS NOT NULL"
     " LEFT JOIN conversations AS t ON t.id = o.conversation_id"
-    "  AND t.id IS DISTINCT FROM (c.cv).id) AS r")
+    "  AND t.id IS DISTINCT FROM (c.cv).id"
+    " LEFT JOIN suppressions AS sup ON sup.phone = $1) AS r")
 _LOCK_AND_READ = (
     f"SELECT l.got, r.*, {', '.join('i.' + c for c in INBOUND_COLUMNS.split(', '))}"
     " FROM (SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS got) AS l"
@@ -75,13 +79,14 @@ _LOCK_AND_READ = (
 def _routing_of(row: Any) -> RoutingContext:
     """The routing read by ``_ROUTING`` (conversations come as their table's row type)."""
     active = conversation_from_row(dict(row["active"])) if row["active"] else None
+    suppressed = suppression_from_row(dict(row["suppressed"])) if row["suppressed"] else None
     if row["s_message_id"] is None:
-        return None, None, active
+        return None, None, active, suppressed
     sent = SentRef(row["s_message_id"], row["s_conversation"], row["s_flow"], row["s_step"])
     if active is not None and active.id == sent.conversation_id:
-        return sent, active, active
+        return sent, active, active, suppressed
     tracked = conversation_from_row(dict(row["tracked"])) if row["tracked"] else None
-    return sent, tracked, active
+    return sent, tracked, active, suppressed
 
 
 class PgTurns(PgConnection):
@@ -253,7 +258,13 @@ class PgTurns(PgConnection):
     async def commit(self, change: Commit, now: float) -> Committed:
         async with self._conn() as conn:  # one statement: a transaction by itself
             self.jobs += 1
-            return await run_commit(conn, change, now)
+            if change.consent is None:
+                return await run_commit(conn, change, now)
+            # An opt-out or opt-in (rare): the list changes first, in the same transaction,
+            # so that the turn's messages are checked against the list as it now is.
+            async with conn.transaction():
+                await apply_consent(conn, change.consent, now)
+                return await run_commit(conn, change, now)
 
     async def commit_many(
         self, changes: list[Commit], now: float

@@ -25,17 +25,30 @@ import sqlite_utils
 from botkit.core.conversation import Conversation
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import (
+    ConsentChange,
     StatusChange,
     TimerSpec,
 )
 from botkit.errors import ConcurrentUpdateError, TimerTakenError
 from botkit.process import process_name
 from botkit.storage.db_thread import DatabaseThread
-from botkit.storage.rows import ATTENTION, QUEUE, SENT_COLUMNS, conversation_from_row
+from botkit.storage.rows import (
+    ATTENTION,
+    CONSENT_EVENT_SQL,
+    OPT_IN_SQL,
+    OPT_OUT_SQL,
+    QUEUE,
+    SENT_COLUMNS,
+    consent_values,
+    conversation_from_row,
+)
 from botkit.storage.schema import check_and_migrate
 from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT, Checkpointer
 
 __all__ = ["Connection"]
+
+# The consent statements' placeholders ({1}..{6}: storage.rows.OPT_OUT_SQL).
+_MARKS = ["", "?", "?", "?", "?", "?", "?"]
 
 log = logging.getLogger("botkit.store")
 T = TypeVar("T")
@@ -219,6 +232,21 @@ class Connection:
         row = self._one(f"SELECT * FROM conversations WHERE {where} LIMIT 1", params)
         return conversation_from_row(row) if row else None
 
+
+    def _apply_consent(self, change: ConsentChange, now: float) -> bool:
+        """Put the phone on the suppression list or take it off, and record the event;
+        False when nothing changed (it already was, or was not, on the list)."""
+        phone, at, keyword, source, inbound_id, kind = consent_values(change, now)
+        if kind == "opt_out":
+            cursor = self.conn.execute(OPT_OUT_SQL.format(*_MARKS),
+                                       [phone, at, keyword, source, inbound_id])
+        else:
+            cursor = self.conn.execute(OPT_IN_SQL.format(*_MARKS), [phone])
+        if cursor.rowcount != 1:
+            return False
+        self.conn.execute(CONSENT_EVENT_SQL.format(*_MARKS),  # its order: 1, 6, 2, 3, 4, 5
+                          [phone, kind, at, keyword, source, inbound_id])
+        return True
 
     def _cancel_timers(self, conv_id: int, now: float) -> None:
         self.conn.execute(

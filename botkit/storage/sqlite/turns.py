@@ -14,6 +14,7 @@ from botkit.core.records import (
     Inbound,
     Outgoing,
     RoutingContext,
+    Suppression,
 )
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError
 from botkit.models import InboundReply, parse_tracking_id
@@ -35,6 +36,13 @@ from botkit.storage.sqlite.connection import _QUEUE, Connection
 __all__ = ["Turns"]
 
 T = TypeVar("T")
+# The routing's first read: the phone's open conversation (its columns, or NULLs) and its
+# entry on the suppression list (s_*), one row whatever there is.
+_OPEN_AND_SUPPRESSED = (
+    "SELECT c.*, s.at AS s_at, s.keyword AS s_keyword, s.source AS s_source,"
+    " s.inbound_id AS s_inbound_id FROM (SELECT ? AS phone) AS one"
+    " LEFT JOIN conversations AS c ON c.phone = one.phone AND c.status IN (?, ?)"
+    " LEFT JOIN suppressions AS s ON s.phone = one.phone LIMIT 1")
 _OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(OUTBOUND_COLUMNS)) + ")"
 # A campaign's rows: the same, and the campaign's id.
@@ -112,7 +120,12 @@ class Turns(Connection):
 
     def _routing_context(self, phone: str, tracking_id: int | None) -> RoutingContext:
         sent = tracked = None
-        active = self._open_conversation(phone)
+        # The open conversation and the phone's entry on the suppression list, in one read.
+        [first] = self._rows(_OPEN_AND_SUPPRESSED, [phone, *OPEN])
+        active = conversation_from_row(first) if first["id"] is not None else None
+        suppressed = Suppression(phone=phone, at=first["s_at"], keyword=first["s_keyword"],
+                                 source=first["s_source"], inbound_id=first["s_inbound_id"]) \
+            if first["s_at"] is not None else None
         if tracking_id is not None:
             row = self._one(
                 "SELECT message_id, conversation_id, flow, step FROM outbound"
@@ -126,7 +139,7 @@ class Turns(Connection):
                     tracked = active  # the usual answer: to the open conversation
                 elif sent.conversation_id is not None:
                     tracked = self._conversation("id = ?", [sent.conversation_id])
-        return sent, tracked, active
+        return sent, tracked, active, suppressed
 
     def _open_conversation(self, phone: str) -> Conversation | None:
         return self._conversation("phone = ? AND status IN (?, ?)", [phone, *OPEN])
@@ -232,6 +245,8 @@ class Turns(Connection):
                 if change.reset_timers or change.conversation.status is not Status.ACTIVE:
                     self._cancel_timers(conv_id, now)
                 self._add_timers(conv_id, change.conversation.phone, change.timers, now)
+            if change.consent is not None:  # before the outbox: its rows see the list as it is
+                self._apply_consent(change.consent, now)
             outbox_ids: list[int] = []
             claimed: list[Outgoing] = []
             for n, item in enumerate(change.outbox):
@@ -242,10 +257,13 @@ class Turns(Connection):
                         f"{item.phone} already has notice {item.notice_key!r}")
                 row_conv = conv_id if item.in_conversation else None
                 # The first message goes straight to a sender with a free slot, unless an
-                # earlier message of the phone still waits (each phone's messages in order).
+                # earlier message of the phone still waits (each phone's messages in order),
+                # or the phone is on the suppression list (outbound_opted_out refuses it).
                 claim = change.claim_for if n == 0 and change.claim_for and self._one(
-                    f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ? LIMIT 1",
-                    [item.phone]) is None else None
+                    f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ?"
+                    + ("" if item.consent else " UNION ALL SELECT 1 FROM suppressions"
+                       " WHERE phone = ?") + " LIMIT 1",
+                    [item.phone] if item.consent else [item.phone, item.phone]) is None else None
                 values = outbound_row(item, row_conv, change.inbound_id, now, claim)
                 if change.campaign_id is None:  # every turn but a campaign's
                     cursor = db.execute(_OUTBOUND_INSERT + _OUTBOUND_VALUES, values)

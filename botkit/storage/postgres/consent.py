@@ -1,0 +1,46 @@
+"""The PostgreSQL store's suppression list: who opted out, and opting in and out outside a
+turn (``run.py optouts add|remove``). A turn's own change comes with its commit."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from botkit.core.records import ConsentChange, Suppression
+from botkit.storage.postgres.commit import apply_consent
+from botkit.storage.postgres.connection import PgConnection
+from botkit.storage.rows import OPEN, suppression_from_row
+
+__all__ = ["PgConsent"]
+
+
+class PgConsent(PgConnection):
+    """``ConsentStore`` on PostgreSQL."""
+
+    async def suppression(self, phone: str) -> Suppression | None:
+        row = await self._one("SELECT * FROM suppressions WHERE phone = $1", phone)
+        return None if row is None else suppression_from_row(row)
+
+    async def suppressions(self, limit: int | None = None) -> list[Suppression]:
+        rows = await self._rows("SELECT * FROM suppressions ORDER BY at DESC, phone LIMIT $1",
+                                limit)
+        return [suppression_from_row(r) for r in rows]
+
+    async def suppressed_among(self, phones: Collection[str]) -> set[str]:
+        rows = await self._rows("SELECT phone FROM suppressions WHERE phone = ANY($1::text[])",
+                                list(phones))
+        return {r["phone"] for r in rows}
+
+    async def set_consent(self, change: ConsentChange, now: float) -> bool:
+        async with self._tx() as conn:
+            changed = await apply_consent(conn, change, now)
+            if changed and change.kind == "opt_out":  # nothing more is sent: close the open one
+                closed = await conn.fetch(
+                    "UPDATE conversations SET status = 'opted_out', updated_at = $2,"
+                    " version = version + 1 WHERE phone = $1 AND status = ANY($3::text[])"
+                    " RETURNING id", change.phone, now, list(OPEN))
+                if closed:
+                    await conn.execute(
+                        "UPDATE timers SET status = 'cancelled', done_at = $2"
+                        " WHERE conversation_id = ANY($1::bigint[]) AND status = 'pending'",
+                        [r["id"] for r in closed], now)
+            return changed

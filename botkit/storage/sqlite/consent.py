@@ -1,0 +1,50 @@
+"""The SQLite store's suppression list: who opted out, and opting in and out outside a turn
+(``run.py optouts add|remove``). A turn's own change is applied in its commit (``turns``)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from botkit.core.records import ConsentChange, Suppression
+from botkit.storage.rows import OPEN, suppression_from_row
+from botkit.storage.sqlite.connection import Connection
+
+__all__ = ["Consent"]
+
+class Consent(Connection):
+    """``ConsentStore`` on SQLite."""
+
+    async def suppression(self, phone: str) -> Suppression | None:
+        row = await self._run(self._one, "SELECT * FROM suppressions WHERE phone = ?", [phone])
+        return None if row is None else suppression_from_row(row)
+
+    async def suppressions(self, limit: int | None = None) -> list[Suppression]:
+        rows = await self._run(self._rows, "SELECT * FROM suppressions ORDER BY at DESC,"
+                               " phone LIMIT ?", [-1 if limit is None else limit])
+        return [suppression_from_row(r) for r in rows]
+
+    async def suppressed_among(self, phones: Collection[str]) -> set[str]:
+        return await self._run(self._suppressed_among, list(phones))
+
+    def _suppressed_among(self, phones: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(phones), 500):  # under SQLite's limit of bound variables
+            part = phones[i:i + 500]
+            found.update(r["phone"] for r in self._rows(
+                f"SELECT phone FROM suppressions WHERE phone IN ({','.join('?' * len(part))})",
+                part))
+        return found
+
+    async def set_consent(self, change: ConsentChange, now: float) -> bool:
+        return await self._run(self._set_consent, change, now)
+
+    def _set_consent(self, change: ConsentChange, now: float) -> bool:
+        with self._write() as db:
+            changed = self._apply_consent(change, now)
+            if changed and change.kind == "opt_out":  # nothing more is sent: close the open one
+                for row in self._rows("SELECT id FROM conversations WHERE phone = ?"
+                                      " AND status IN (?, ?)", [change.phone, *OPEN]):
+                    db.execute("UPDATE conversations SET status = 'opted_out', updated_at = ?,"
+                               " version = version + 1 WHERE id = ?", [now, row["id"]])
+                    self._cancel_timers(row["id"], now)
+            return changed
