@@ -5,7 +5,12 @@ path sends to it (a flow, a timer, a campaign, a notice, an agent, a future one)
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import json
+
 import pytest
+from test_cli import run_cli
 
 from test_console import HTML, csrf
 from test_console import PHONE as CONSOLE_PHONE
@@ -195,3 +200,56 @@ async def test_the_console_shows_an_opt_out_and_refuses_to_send(console):  # noq
         assert response.status == 409  # closed by the import
     async with agent.get(f"/console/conversations/{conv_id}", headers=HTML) as response:
         assert "was added by cli" in await response.text()
+
+
+async def test_run_py_optouts_lists_counts_exports_adds_and_removes(bot_harness, tmp_path):
+    bot = await bot_harness(flows=[survey])
+    await bot.chat(PHONE).send("stop")
+    db = bot.db_path
+    listed = await asyncio.to_thread(run_cli, "optouts", db=db)
+    assert listed.returncode == 0, listed.stderr
+    assert PHONE in listed.stdout and "wrote 'stop'" in listed.stdout
+    assert "1 phone on the suppression list" in listed.stdout
+    added = await asyncio.to_thread(run_cli, "optouts", "add", "+38 050 123 0009", "12ab",
+                                    db=db)
+    assert added.returncode == 1  # one rejected, the other added
+    assert "added 1 phone" in added.stdout and "rejected argument '12ab'" in added.stderr
+    out = tmp_path / "optouts.csv"
+    exported = await asyncio.to_thread(run_cli, "optouts", "--csv", str(out), db=db)
+    assert exported.returncode == 0, exported.stderr
+    with out.open(encoding="utf-8") as f:
+        lines = list(csv.DictReader(f))
+    assert {(r["phone"], r["keyword"], r["source"]) for r in lines} == {
+        (PHONE, "stop", "keyword"), ("380501230009", "", "cli")}
+    removed = await asyncio.to_thread(run_cli, "optouts", "remove", PHONE, db=db)
+    assert removed.returncode == 0 and "removed 1 phone" in removed.stdout
+    assert await bot.runtime.store.suppression(PHONE) is None
+    nothing = await asyncio.to_thread(run_cli, "optouts", "add", db=db)
+    assert nothing.returncode == 2 and "give PHONE arguments" in nothing.stderr
+
+
+async def test_run_py_export_phone_writes_everything_kept_about_it(bot_harness, tmp_path):
+    bot = await bot_harness(flows=[survey])
+    chat = bot.chat(PHONE)
+    await chat.start("survey")
+    await chat.send("Ada")
+    await chat.send("stop")
+    await bot.chat("380501230002").send("survey")  # another phone: not in the export
+    out, folder = tmp_path / "phone.json", tmp_path / "csv"
+    done = await asyncio.to_thread(run_cli, "export-phone", "+380 50 123 0001", "--out",
+                                   str(out), "--csv", str(folder), db=bot.db_path)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert document["phone"] == PHONE
+    tables = document["tables"]
+    assert [r["text"] for r in tables["inbound"]] == ["Ada", "stop"]
+    assert [r["step"] for r in tables["outbound"]][:2] == ["name", "rating"]
+    assert tables["conversations"][0]["state"] == {"name": "Ada"}  # JSON, not text
+    assert tables["suppressions"][0]["keyword"] == "stop"
+    assert [r["kind"] for r in tables["consent_events"]] == ["opt_out"]
+    assert tables["status_events"]  # the delivery statuses of its messages
+    assert all(r["phone"] == PHONE for t in ("inbound", "outbound", "timers")
+               for r in tables[t])
+    with (folder / "inbound.csv").open(encoding="utf-8") as f:
+        assert [r["text"] for r in csv.DictReader(f)] == ["Ada", "stop"]
+    assert "rows kept" in done.stderr

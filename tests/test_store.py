@@ -747,4 +747,11 @@ async def test_the_suppression_list_refuses_every_message_for_its_phones(backend
                                       claim_for="s"), 7.0)
     assert len(again.claimed) == 1
     assert await store.suppression("71") is None
+    # Everything kept about the phone (export-phone), and nothing about another.
+    data = await store.phone_data("71")
+    assert [r["text"] for r in data["inbound"]] == ["STOP"]
+    assert [r["status"] for r in data["outbound"]] == ["sent", "refused", "refused", "sending"]
+    assert [r["kind"] for r in data["consent_events"]] == ["opt_out", "opt_in"]
+    assert len(data["conversations"]) == 1 and data["suppressions"] == []
+    assert all(rows == [] for rows in (await store.phone_data("99")).values())
     await store.close()

@@ -17,6 +17,7 @@ from botkit.cli.copy_db import add_copy_db_arguments, copy_db
 from botkit.cli.operations import check, fake_provider, release, resume, serve, status
 from botkit.cli.reports import conversations, export, messages, stats
 from botkit.cli.optouts import add_optout_commands
+from botkit.cli.phone_data import export_phone
 from botkit.cli.users import add_user_commands
 from botkit.errors import BotkitError
 
@@ -138,6 +139,12 @@ def _parser() -> argparse.ArgumentParser:
                        description="The phones that opted out: nothing is sent to them"
                                    " (docs/consent.md).")
     add_optout_commands(p, o["db"])
+    p = command("export-phone", export_phone, "everything kept about a phone, as JSON (and"
+                " CSV): a subject-access request", "db")
+    p.add_argument("phone", help="the phone, as people write it")
+    p.add_argument("--out", metavar="FILE.json", help="write the JSON to FILE, not to"
+                   " standard output")
+    p.add_argument("--csv", metavar="DIR", help="also write one CSV file per table into DIR")
     p = command("copy-db", copy_db, "copy a database into an empty one: SQLite to PostgreSQL"
                 " or back")
     add_copy_db_arguments(p)

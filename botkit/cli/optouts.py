@@ -107,3 +107,4 @@ def _change(args: argparse.Namespace, kind: Literal["opt_out", "opt_in"]) -> int
         return 1 if listed.rejected else 0
 
     return with_store(args, job)
+

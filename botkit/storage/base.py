@@ -442,6 +442,11 @@ class ConsentStore(ABC):
         """Which of ``phones`` are on the list (a campaign skips them)."""
 
     @abstractmethod
+    async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:
+        """Every row kept about ``phone``, by table (``storage.rows.PHONE_DATA``), read in
+        one snapshot: a subject-access request's answer (``run.py export-phone``)."""
+
+    @abstractmethod
     async def set_consent(self, change: ConsentChange, now: float) -> bool:
         """Put the phone on the list (its open conversation closes as ``opted_out``, its
         timers are cancelled) or take it off, recorded in ``consent_events``; False when

@@ -25,7 +25,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "PHONE_DATA", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
            "OPT_OUT_SQL", "REFUSED_OPTED_OUT", "consent_values",
            "suppression_from_row", "CAMPAIGN", "CAMPAIGN_COLUMNS",
            "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
@@ -69,6 +69,23 @@ def consent_values(change: ConsentChange, now: float) -> list[Any]:
     """The values of OPT_OUT_SQL / OPT_IN_SQL / CONSENT_EVENT_SQL, in placeholder order."""
     return [change.phone, now, change.keyword, change.source, change.inbound_id, change.kind]
 
+
+# Everything kept about one phone (``export-phone``), table by table, oldest first; {p} is the
+# engine's placeholder of the phone (each statement has it once or twice, in order).
+PHONE_DATA = {
+    "conversations": "SELECT * FROM conversations WHERE phone = {p} ORDER BY id",
+    "inbound": "SELECT * FROM inbound WHERE phone = {p} ORDER BY id",
+    "outbound": "SELECT * FROM outbound WHERE phone = {p} ORDER BY id",
+    "status_events": "SELECT * FROM status_events WHERE message_id IN (SELECT message_id"
+                     " FROM outbound WHERE phone = {p} AND message_id IS NOT NULL) ORDER BY id",
+    "timers": "SELECT * FROM timers WHERE phone = {p} ORDER BY id",
+    "assignments": "SELECT * FROM assignments WHERE conversation_id IN (SELECT id FROM"
+                   " conversations WHERE phone = {p}) ORDER BY conversation_id",
+    "agent_actions": "SELECT * FROM agent_actions WHERE conversation_id IN (SELECT id FROM"
+                     " conversations WHERE phone = {p}) ORDER BY id",
+    "suppressions": "SELECT * FROM suppressions WHERE phone = {p}",
+    "consent_events": "SELECT * FROM consent_events WHERE phone = {p} ORDER BY id",
+}
 
 # What waits longer than it should (backlog): the oldest queued message, on outbound_queue
 # (ids grow with time), and the timers due, on timers_due; the engine's placeholder is NOW.

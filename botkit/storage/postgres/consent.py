@@ -4,11 +4,12 @@ turn (``run.py optouts add|remove``). A turn's own change comes with its commit.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from botkit.core.records import ConsentChange, Suppression
 from botkit.storage.postgres.commit import apply_consent
 from botkit.storage.postgres.connection import PgConnection
-from botkit.storage.rows import OPEN, suppression_from_row
+from botkit.storage.rows import OPEN, PHONE_DATA, suppression_from_row
 
 __all__ = ["PgConsent"]
 
@@ -29,6 +30,12 @@ class PgConsent(PgConnection):
         rows = await self._rows("SELECT phone FROM suppressions WHERE phone = ANY($1::text[])",
                                 list(phones))
         return {r["phone"] for r in rows}
+
+    async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read",
+                                                          readonly=True):
+            return {table: [dict(r) for r in await conn.fetch(sql.format(p="$1"), phone)]
+                    for table, sql in PHONE_DATA.items()}
 
     async def set_consent(self, change: ConsentChange, now: float) -> bool:
         async with self._tx() as conn:

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from botkit.core.records import ConsentChange, Suppression
-from botkit.storage.rows import OPEN, suppression_from_row
+from botkit.storage.rows import OPEN, PHONE_DATA, suppression_from_row
 from botkit.storage.sqlite.connection import Connection
 
 __all__ = ["Consent"]
@@ -34,6 +35,14 @@ class Consent(Connection):
                 f"SELECT phone FROM suppressions WHERE phone IN ({','.join('?' * len(part))})",
                 part))
         return found
+
+    async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:
+        return await self._run(self._phone_data, phone)
+
+    def _phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:
+        with self._write():  # one transaction: the tables agree with each other
+            return {table: self._rows(sql.format(p="?"), [phone])
+                    for table, sql in PHONE_DATA.items()}
 
     async def set_consent(self, change: ConsentChange, now: float) -> bool:
         return await self._run(self._set_consent, change, now)
