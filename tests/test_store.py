@@ -755,3 +755,17 @@ async def test_the_suppression_list_refuses_every_message_for_its_phones(backend
     assert len(data["conversations"]) == 1 and data["suppressions"] == []
     assert all(rows == [] for rows in (await store.phone_data("99")).values())
     await store.close()
+
+
+async def test_an_opt_out_refuses_what_was_queued_for_the_phone_and_not_sent(backend):
+    store = await backend.opened()
+    queued = await store.commit(Commit(inbound_id=None, outbox=(item("73", 0), item("73", 1),
+                                                                item("74", 0))), 1.0)
+    [first] = await store.claim_outbox(1, 1.5)  # being sent: it cannot be called back
+    assert first.phone == "73"
+    assert await store.set_consent(ConsentChange(phone="73", kind="opt_out", keyword="stop"),
+                                   2.0)
+    statuses = {row["id"]: row["status"] for row in (await store.phone_data("73"))["outbound"]}
+    assert statuses == {queued.outbox_ids[0]: "sending", queued.outbox_ids[1]: "refused"}
+    assert [o.phone for o in await store.claim_outbox(10, 3.0)] == ["74"]  # only the other
+    await store.close()

@@ -25,7 +25,7 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "PHONE_DATA", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "PHONE_DATA", "REFUSE_QUEUED_SQL", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
            "OPT_OUT_SQL", "REFUSED_OPTED_OUT", "consent_values",
            "suppression_from_row", "CAMPAIGN", "CAMPAIGN_COLUMNS",
            "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
@@ -61,6 +61,12 @@ CONSENT_ROLE = "consent"
 OPT_OUT_SQL = ("INSERT INTO suppressions (phone, at, keyword, source, inbound_id)"
                " VALUES ({1}, {2}, {3}, {4}, {5}) ON CONFLICT (phone) DO NOTHING")
 OPT_IN_SQL = "DELETE FROM suppressions WHERE phone = {1}"
+# An opt-out also refuses what was queued for the phone before it and not sent yet (a
+# campaign's message waiting for the rate, a retry); one already being sent cannot be
+# called back. {1} is the phone; it reads outbound_phone_queue.
+REFUSE_QUEUED_SQL = (f"UPDATE outbound SET status = 'refused', error = '{REFUSED_OPTED_OUT}'"
+                     f" WHERE phone = {{1}} AND {QUEUE} AND status = 'queued'"
+                     f" AND coalesce(role, '') <> '{CONSENT_ROLE}'")
 CONSENT_EVENT_SQL = ("INSERT INTO consent_events (phone, kind, at, keyword, source, inbound_id)"
                      " VALUES ({1}, {6}, {2}, {3}, {4}, {5})")
 

@@ -27,6 +27,7 @@ from botkit.storage.rows import (
     OPT_OUT_SQL,
     OUTBOUND_COLUMNS,
     QUEUE,
+    REFUSE_QUEUED_SQL,
     consent_values,
     conversation_values,
     outbound_row,
@@ -140,6 +141,7 @@ async def apply_consent(conn: asyncpg.Connection, change: ConsentChange, now: fl
     if kind == "opt_out":
         done = await conn.execute(OPT_OUT_SQL.format(*_MARKS), phone, at, keyword, source,
                                   inbound_id)
+        await conn.execute(REFUSE_QUEUED_SQL.format(*_MARKS), phone)
     else:
         done = await conn.execute(OPT_IN_SQL.format(*_MARKS), phone)
     if not done.endswith(" 1"):  # "INSERT 0 1", "DELETE 1"

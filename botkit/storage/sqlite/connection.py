@@ -38,6 +38,7 @@ from botkit.storage.rows import (
     OPT_IN_SQL,
     OPT_OUT_SQL,
     QUEUE,
+    REFUSE_QUEUED_SQL,
     SENT_COLUMNS,
     consent_values,
     conversation_from_row,
@@ -240,6 +241,7 @@ class Connection:
         if kind == "opt_out":
             cursor = self.conn.execute(OPT_OUT_SQL.format(*_MARKS),
                                        [phone, at, keyword, source, inbound_id])
+            self.conn.execute(REFUSE_QUEUED_SQL.format(*_MARKS), [phone])
         else:
             cursor = self.conn.execute(OPT_IN_SQL.format(*_MARKS), [phone])
         if cursor.rowcount != 1:
