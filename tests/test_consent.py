@@ -253,3 +253,33 @@ async def test_run_py_export_phone_writes_everything_kept_about_it(bot_harness, 
     with (folder / "inbound.csv").open(encoding="utf-8") as f:
         assert [r["text"] for r in csv.DictReader(f)] == ["Ada", "stop"]
     assert "rows kept" in done.stderr
+
+
+async def test_run_py_forget_erases_a_phone_and_a_late_duplicate_stays_a_duplicate(
+        bot_harness, tmp_path):
+    bot = await bot_harness(flows=[survey])
+    chat = bot.chat(PHONE)
+    await chat.start("survey")
+    await chat.send("Ada")
+    [answered] = list(bot.db().query("SELECT message_token, tracking_data FROM inbound"
+                                     " WHERE phone = ?", [PHONE]))
+    refused = await asyncio.to_thread(run_cli, "forget", PHONE, db=bot.db_path)
+    assert refused.returncode == 2 and "pass --yes" in refused.stderr  # no terminal to ask
+    done = await asyncio.to_thread(run_cli, "forget", "+380 50 123 0001", "--yes",
+                                   db=bot.db_path)
+    assert done.returncode == 0, done.stderr
+    assert f"forgot {PHONE}: removed" in done.stdout and "1 row of inbound" in done.stdout
+    assert all(rows == [] for rows in (await bot.runtime.store.phone_data(PHONE)).values())
+
+    await asyncio.sleep(1.1)  # the server reads the new key within a second
+    status, _ = await bot.post({"message_token": answered["message_token"],
+                                "phone_number": PHONE, "time": 1,
+                                "message": {"text": "Ada",
+                                            "tracking_data": answered["tracking_data"]}})
+    assert status == 200  # the provider's late retry: taken, and recognised
+    await bot.settle()
+    assert list(bot.db().query("SELECT id FROM inbound WHERE phone = ?", [PHONE])) == []
+    [question] = await chat.send("survey")  # a new message starts clean
+    assert question.step == "name"
+    assert len(list(bot.db().query("SELECT id FROM conversations WHERE phone = ?",
+                                   [PHONE]))) == 1

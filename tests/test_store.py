@@ -769,3 +769,32 @@ async def test_an_opt_out_refuses_what_was_queued_for_the_phone_and_not_sent(bac
     assert statuses == {queued.outbox_ids[0]: "sending", queued.outbox_ids[1]: "refused"}
     assert [o.phone for o in await store.claim_outbox(10, 3.0)] == ["74"]  # only the other
     await store.close()
+
+
+async def test_forget_erases_a_phone_and_still_knows_its_late_duplicates(backend):
+    store = await backend.opened()
+    inbound_id = await store.record_inbound(reply("f1", "75", "hello"), 1.0)
+    done = await store.commit(Commit(inbound_id=inbound_id, conversation=conversation("75"),
+                                     outbox=(dataclasses.replace(item("75", 0),
+                                                                 in_conversation=True),),
+                                     timers=(TimerSpec(kind="remind", flow="f", step="q",
+                                                       due_at=99.0),)), 1.0)
+    await store.claim_outbox(1, 2.0)
+    await store.mark_sent(done.outbox_ids[0], 7575, 2.0, RULES)
+    await store.record_status(StatusUpdate.model_validate({"message_id": 7575, "status": 1}),
+                              3.0, RULES)
+    await store.set_consent(ConsentChange(phone="75", kind="opt_out", keyword="stop",
+                                          inbound_id=inbound_id), 4.0)
+    await store.record_inbound(reply("other", "76", "hi"), 1.0)
+
+    removed = await store.forget("75", 5.0)
+    assert {t: n for t, n in removed.items() if n} == {
+        "status_events": 1, "timers": 1, "outbound": 1, "inbound": 1, "conversations": 1,
+        "consent_events": 1}
+    data = await store.phone_data("75")
+    assert [t for t, rows in data.items() if rows] == ["suppressions"]  # kept: stop holds
+    assert data["suppressions"][0]["inbound_id"] is None  # its message is gone
+    assert await store.record_inbound(reply("f1", "75", "hello"), 6.0) is None  # a duplicate
+    assert await store.record_inbound(reply("f2", "75", "new"), 6.0) is not None  # new: kept
+    assert [r["text"] for r in (await store.phone_data("76"))["inbound"]] == ["hi"]
+    await store.close()

@@ -17,7 +17,7 @@ from botkit.cli.copy_db import add_copy_db_arguments, copy_db
 from botkit.cli.operations import check, fake_provider, release, resume, serve, status
 from botkit.cli.reports import conversations, export, messages, stats
 from botkit.cli.optouts import add_optout_commands
-from botkit.cli.phone_data import export_phone
+from botkit.cli.phone_data import export_phone, forget
 from botkit.cli.users import add_user_commands
 from botkit.errors import BotkitError
 
@@ -145,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.json", help="write the JSON to FILE, not to"
                    " standard output")
     p.add_argument("--csv", metavar="DIR", help="also write one CSV file per table into DIR")
+    p = command("forget", forget, "erase what is kept about a phone (its conversations and"
+                " messages), in one transaction", "db")
+    p.add_argument("phone", help="the phone, as people write it")
+    p.add_argument("--yes", action="store_true", help="do not ask first (scripts)")
     p = command("copy-db", copy_db, "copy a database into an empty one: SQLite to PostgreSQL"
                 " or back")
     add_copy_db_arguments(p)

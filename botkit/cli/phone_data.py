@@ -1,5 +1,5 @@
 """``run.py export-phone PHONE``: everything kept about a phone, for a subject-access
-request (docs/consent.md)."""
+request; ``run.py forget PHONE``: erase it (docs/consent.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from botkit.cli.common import count, iso, phone_arg, with_store
 
-__all__ = ["export_phone"]
+__all__ = ["export_phone", "forget"]
 
 
 def export_phone(args: argparse.Namespace) -> int:
@@ -64,3 +64,31 @@ def _decoded(row: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 pass
     return out
+
+
+def forget(args: argparse.Namespace) -> int:
+    """``run.py forget PHONE``: erase what is kept about a phone, in one transaction, and say
+    what went. Asks first, unless ``--yes``."""
+    phone = phone_arg(args, args.phone)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"error: forgetting {phone} cannot be undone: pass --yes to confirm",
+                  file=sys.stderr)
+            return 2
+        answer = input(f"erase every conversation and message of {phone}? This cannot be"
+                       " undone [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing erased", file=sys.stderr)
+            return 1
+
+    async def job(store: Any) -> int:
+        removed = await store.forget(phone, time.time())
+        gone = ", ".join(f"{count(n, 'row')} of {t}" for t, n in removed.items() if n)
+        kept = await store.suppression(phone)
+        print(f"forgot {phone}: removed {gone or 'nothing (nothing was kept)'}")
+        print("kept: keyed hashes of its message tokens (a late duplicate is still"
+              " recognised)" + ("; its entry on the suppression list (nothing is sent to"
+                                " it)" if kept else ""))
+        return 0
+
+    return with_store(args, job)

@@ -14,11 +14,11 @@ import logging
 import time
 from dataclasses import replace
 
+from botkit.core.consent import OPTED_IN_TEMPLATE, OPTED_OUT_TEMPLATE
 from botkit.core.conversation import Conversation
 from botkit.core.flows import Flow, Step
 from botkit.core.lifecycle import plan_timers
 from botkit.core.outcome import Outcome, outcome_of
-from botkit.core.consent import OPTED_IN_TEMPLATE, OPTED_OUT_TEMPLATE
 from botkit.core.records import (
     Commit,
     ConsentChange,

@@ -447,6 +447,13 @@ class ConsentStore(ABC):
         one snapshot: a subject-access request's answer (``run.py export-phone``)."""
 
     @abstractmethod
+    async def forget(self, phone: str, now: float) -> dict[str, int]:
+        """Erase what is kept about ``phone`` in one transaction (``storage.rows.FORGET_SQL``):
+        its conversations, messages, their statuses, timers and the agents' records of
+        them; rows removed by table. Kept: its suppression entry, and keyed hashes of its
+        message tokens, so a late duplicate callback is still recognised."""
+
+    @abstractmethod
     async def set_consent(self, change: ConsentChange, now: float) -> bool:
         """Put the phone on the list (its open conversation closes as ``opted_out``, its
         timers are cancelled) or take it off, recorded in ``consent_events``; False when

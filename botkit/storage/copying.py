@@ -35,7 +35,7 @@ __all__ = ["BATCH", "TABLES", "TableCopy", "TableCount", "copy_database", "count
 # it empty while the messages are copied, so no message changes on the way.
 TABLES = ("conversations", "inbound", "outbound", "status_events", "timers", "meta",
           "processes", "send_rate", "users", "assignments", "agent_actions", "campaigns",
-          "suppressions", "consent_events")
+          "suppressions", "consent_events", "forgotten_tokens")
 BATCH = 5_000  # rows read, held and written at a time
 
 Row = tuple[Any, ...]

@@ -3,6 +3,8 @@ conversation from its row, a history line. No SQL dialect here."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -25,7 +27,8 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "PHONE_DATA", "REFUSE_QUEUED_SQL", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "FORGET_KEY", "FORGET_SQL", "PHONE_DATA",
+           "token_hash", "REFUSE_QUEUED_SQL", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
            "OPT_OUT_SQL", "REFUSED_OPTED_OUT", "consent_values",
            "suppression_from_row", "CAMPAIGN", "CAMPAIGN_COLUMNS",
            "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
@@ -92,6 +95,33 @@ PHONE_DATA = {
     "suppressions": "SELECT * FROM suppressions WHERE phone = {p}",
     "consent_events": "SELECT * FROM consent_events WHERE phone = {p} ORDER BY id",
 }
+
+# A phone forgotten (``run.py forget``): what goes, table by table, in this order, in one
+# transaction; {p} is the engine's placeholder of the phone. The suppression entry stays (its
+# message is gone: its inbound_id is cleared), and so do keyed hashes of the phone's message
+# tokens (``forgotten_tokens``), so that a late duplicate of a forgotten message is still
+# recognised as one and not handled as new.
+FORGET_SQL = (
+    ("status_events", "DELETE FROM status_events WHERE message_id IN (SELECT message_id FROM"
+                      " outbound WHERE phone = {p} AND message_id IS NOT NULL)"),
+    ("agent_actions", "DELETE FROM agent_actions WHERE conversation_id IN (SELECT id FROM"
+                      " conversations WHERE phone = {p})"),
+    ("assignments", "DELETE FROM assignments WHERE conversation_id IN (SELECT id FROM"
+                    " conversations WHERE phone = {p})"),
+    ("timers", "DELETE FROM timers WHERE phone = {p}"),
+    ("outbound", "DELETE FROM outbound WHERE phone = {p}"),
+    ("inbound", "DELETE FROM inbound WHERE phone = {p}"),
+    ("conversations", "DELETE FROM conversations WHERE phone = {p}"),
+    ("consent_events", "DELETE FROM consent_events WHERE phone = {p}"),
+)
+FORGET_KEY = "forget_key"  # the meta row of the key of forgotten_tokens' hashes
+
+
+def token_hash(key: str, token: str) -> str:
+    """A message token as ``forgotten_tokens`` keeps it: HMAC-SHA256 under the database's own
+    key, so the tokens (sequential numbers) cannot be recovered by trying them all."""
+    return hmac.new(key.encode(), token.encode(), hashlib.sha256).hexdigest()
+
 
 # What waits longer than it should (backlog): the oldest queued message, on outbound_queue
 # (ids grow with time), and the timers due, on timers_due; the engine's placeholder is NOW.

@@ -317,3 +317,11 @@ def m013_consent(db: sqlite_utils.Database) -> None:
         " AND EXISTS (SELECT 1 FROM suppressions WHERE phone = NEW.phone)"
         " BEGIN UPDATE outbound SET status = 'refused', attempts = 0, claimed_by = NULL,"
         f" claimed_at = NULL, error = '{REFUSED_OPTED_OUT}' WHERE id = NEW.id; END")
+
+
+@MIGRATIONS(name="m014_forget")
+def m014_forget(db: sqlite_utils.Database) -> None:
+    """What is kept of a forgotten phone's messages (``run.py forget``): a keyed hash of each
+    message token, so that a late duplicate callback is still recognised (and not handled as
+    a new message). The inbound insert checks it by primary key in its own statement."""
+    db.execute("CREATE TABLE forgotten_tokens (token_hash TEXT PRIMARY KEY, at REAL NOT NULL)")

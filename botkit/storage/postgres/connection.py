@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from botkit.core.records import Inbound, RoutingContext, StatusChange, TimerSpec
 from botkit.errors import ConcurrentUpdateError, StoreUnavailableError, TimerTakenError
 from botkit.process import process_name
 from botkit.storage.postgres.schema import migrate
-from botkit.storage.rows import conversation_from_row
+from botkit.storage.rows import FORGET_KEY, conversation_from_row
 
 __all__ = ["PgConnection", "masked"]
 
@@ -98,6 +100,7 @@ class PgConnection:
         self.pool_size = pool_size
         self.lease = lease  # seconds a process has to fire the due timers it read
         self._pool: asyncpg.Pool | None = None
+        self.forget_key, self._forget_key_at = "", 0.0  # meta.forget_key (forgetting_key)
         self.jobs = 0  # transactions run, for /healthz
         # A turn keeps its connection while its handler runs. Turns may hold all but three
         # (TURN_SPARE): what else runs takes one at a time each (the callbacks' batched
@@ -214,6 +217,7 @@ class PgConnection:
         async with self._pool.acquire() as conn:
             applied = await migrate(conn, self.where)
             version = await conn.fetchval("SHOW server_version")
+        await self.forgetting_key()
         if applied:
             log.info("database %s: applied migrations %s", self.where, ", ".join(applied))
         log.info("database %s ready (PostgreSQL %s, pool of %d)", self.where, version,
@@ -234,6 +238,18 @@ class PgConnection:
             await pool.close()
 
     # -- settings shared by every process ---------------------------------------------------
+
+    async def forgetting_key(self, make: bool = False) -> str:
+        """The key of forgotten message tokens' hashes (``meta.forget_key``), made by the
+        first ``forget`` (``make``); "" while nothing was ever forgotten, read again at most
+        once a second (another process may forget meanwhile), so that until then a callback
+        pays for no hash."""
+        if make and not self.forget_key:
+            self.forget_key = await self.secret(lambda: secrets.token_hex(32), FORGET_KEY)
+        elif not self.forget_key and time.monotonic() - self._forget_key_at > 1.0:
+            self._forget_key_at = time.monotonic()
+            self.forget_key = await self.meta(FORGET_KEY) or ""
+        return self.forget_key
 
     async def secret(self, generate: Callable[[], str], key: str = "callback_secret") -> str:
         async with self._tx() as conn:

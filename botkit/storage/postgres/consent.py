@@ -9,7 +9,13 @@ from typing import Any
 from botkit.core.records import ConsentChange, Suppression
 from botkit.storage.postgres.commit import apply_consent
 from botkit.storage.postgres.connection import PgConnection
-from botkit.storage.rows import OPEN, PHONE_DATA, suppression_from_row
+from botkit.storage.rows import (
+    FORGET_SQL,
+    OPEN,
+    PHONE_DATA,
+    suppression_from_row,
+    token_hash,
+)
 
 __all__ = ["PgConsent"]
 
@@ -36,6 +42,23 @@ class PgConsent(PgConnection):
                                                           readonly=True):
             return {table: [dict(r) for r in await conn.fetch(sql.format(p="$1"), phone)]
                     for table, sql in PHONE_DATA.items()}
+
+    async def forget(self, phone: str, now: float) -> dict[str, int]:
+        key = await self.forgetting_key(make=True)
+        async with self._tx() as conn:
+            tokens = [r["message_token"] for r in await conn.fetch(
+                "SELECT message_token FROM inbound WHERE phone = $1", phone)]
+            await conn.execute(
+                "INSERT INTO forgotten_tokens (token_hash, at) SELECT h, $2::float8"
+                " FROM unnest($1::text[]) AS h ON CONFLICT DO NOTHING",
+                [token_hash(key, t) for t in tokens], now)
+            removed = {}
+            for table, sql in FORGET_SQL:
+                done = await conn.execute(sql.format(p="$1"), phone)  # "DELETE 3"
+                removed[table] = int(done.split()[-1])
+            await conn.execute("UPDATE suppressions SET inbound_id = NULL WHERE phone = $1",
+                               phone)
+            return removed
 
     async def set_consent(self, change: ConsentChange, now: float) -> bool:
         async with self._tx() as conn:

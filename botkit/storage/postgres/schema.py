@@ -264,6 +264,12 @@ CREATE TRIGGER outbound_opted_out BEFORE INSERT ON outbound
     FOR EACH ROW EXECUTE FUNCTION botkit_opted_out();
 """
 
+# What is kept of a forgotten phone's messages: a keyed hash of each message token, so a late
+# duplicate callback is still recognised as one.
+P009_FORGET = """
+CREATE TABLE forgotten_tokens (token_hash TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", P001_INITIAL),
     ("p002_refuse", REFUSE_FUNCTION),  # a turn's commit in one statement (postgres.commit)
@@ -273,6 +279,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("p006_phone_history", P006_PHONE_HISTORY),
     ("p007_campaigns", P007_CAMPAIGNS),
     ("p008_consent", P008_CONSENT),
+    ("p009_forget", P009_FORGET),
 ]
 
 

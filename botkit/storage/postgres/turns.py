@@ -34,8 +34,9 @@ from botkit.storage.rows import (
     conversation_from_row,
     inbound_of,
     outbound_row,
-    suppression_from_row,
     started_results,
+    suppression_from_row,
+    token_hash,
 )
 
 __all__ = ["ANALYZE_AFTER", "INBOUND_BATCH", "PgTurns"]
@@ -44,6 +45,16 @@ log = logging.getLogger("botkit.store")
 
 INBOUND_BATCH = 200  # callbacks stored by one statement at most
 ANALYZE_AFTER = 10_000  # conversations started in bulk before the statistics are refreshed
+
+# A batch of callbacks, each row once and in order; {hashes}, {hash} and {unless}: the keyed
+# hashes of their tokens, to leave out those of forgotten phones (``forget``).
+_INBOUND_INSERT = (
+    "INSERT INTO inbound (message_token, phone, time, text, tracking_data, received_at,"
+    " received_by) SELECT token, phone, time, text, tracking, received, $7"
+    " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],"
+    " $6::float8[]{hashes}) WITH ORDINALITY"
+    " AS r(token, phone, time, text, tracking, received{hash}, n){unless} ORDER BY n"
+    " ON CONFLICT (message_token) DO NOTHING RETURNING id, message_token")
 
 # A batch of starts (a campaign's): each row with its id, taken first, and its campaign's.
 _OUTBOUND_INSERT_WITH_ID = (
@@ -111,19 +122,21 @@ class PgTurns(PgConnection):
     async def _insert_inbound(self, rows: list[tuple[InboundReply, float]]) -> list[int | None]:
         """Insert ``rows`` in their order in one statement: each one's id, None for a token
         stored before (or earlier in ``rows``)."""
+        # A token already stored is a duplicate, and so is one of a forgotten phone (its
+        # keyed hash is kept), once anything was forgotten.
+        key = await self.forgetting_key()
         async with self._conn() as conn:
             self.jobs += 1
             inserted = await conn.fetch(
-                "INSERT INTO inbound (message_token, phone, time, text, tracking_data,"
-                " received_at, received_by) SELECT token, phone, time, text, tracking,"
-                " received, $7 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],"
-                " $5::text[], $6::float8[]) WITH ORDINALITY"
-                " AS r(token, phone, time, text, tracking, received, n) ORDER BY n"
-                " ON CONFLICT (message_token) DO NOTHING RETURNING id, message_token",
+                _INBOUND_INSERT.format(
+                    hashes=", $8::text[]" if key else "", hash=", hash" if key else "",
+                    unless=" WHERE NOT EXISTS (SELECT 1 FROM forgotten_tokens AS f"
+                           " WHERE f.token_hash = r.hash)" if key else ""),
                 [r.message_token for r, _ in rows], [r.phone_number for r, _ in rows],
                 [r.time for r, _ in rows], [r.message.text for r, _ in rows],
                 [r.message.tracking_data for r, _ in rows], [now for _, now in rows],
-                process_name())
+                process_name(),
+                *([[token_hash(key, r.message_token) for r, _ in rows]] if key else []))
         ids = {r["message_token"]: r["id"] for r in inserted}
         return [ids.pop(r.message_token, None) for r, _ in rows]
 

@@ -35,6 +35,7 @@ from botkit.storage.db_thread import DatabaseThread
 from botkit.storage.rows import (
     ATTENTION,
     CONSENT_EVENT_SQL,
+    FORGET_KEY,
     OPT_IN_SQL,
     OPT_OUT_SQL,
     QUEUE,
@@ -67,6 +68,7 @@ class Connection:
         self.path = Path(path)
         self._db: sqlite_utils.Database | None = None
         self._conn: sqlite3.Connection | None = None
+        self._forget_key, self._forget_key_at = "", 0.0  # meta.forget_key (_forgetting_key)
         self._depth = 0  # savepoints open inside each other
         self._checkpointer: Checkpointer | None = None
         self.thread = DatabaseThread(
@@ -168,6 +170,8 @@ class Connection:
             applied = check_and_migrate(db, str(self.path))
         if applied:
             log.info("database %s: applied migrations %s", self.path, ", ".join(applied))
+        self._forget_key_at = 0.0
+        self._forgetting_key()
         log.info("database %s ready (journal_mode=wal, synchronous=full)", self.path)
 
     async def close(self) -> None:
@@ -233,6 +237,17 @@ class Connection:
         row = self._one(f"SELECT * FROM conversations WHERE {where} LIMIT 1", params)
         return conversation_from_row(row) if row else None
 
+
+    def _forgetting_key(self) -> str:
+        """The key of forgotten message tokens' hashes (``meta.forget_key``), made by the
+        first ``forget``; "" while nothing was ever forgotten, read again at most once a
+        second (another process may forget meanwhile), so that until then a callback pays
+        for no hash."""
+        if not self._forget_key and time.monotonic() - self._forget_key_at > 1.0:
+            self._forget_key_at = time.monotonic()
+            row = self._one("SELECT value FROM meta WHERE key = ?", [FORGET_KEY])
+            self._forget_key = str(row["value"]) if row else ""
+        return self._forget_key
 
     def _apply_consent(self, change: ConsentChange, now: float) -> bool:
         """Put the phone on the suppression list or take it off, and record the event;

@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection
 from typing import Any
 
 from botkit.core.records import ConsentChange, Suppression
-from botkit.storage.rows import OPEN, PHONE_DATA, suppression_from_row
+from botkit.storage.rows import (
+    FORGET_KEY,
+    FORGET_SQL,
+    OPEN,
+    PHONE_DATA,
+    suppression_from_row,
+    token_hash,
+)
 from botkit.storage.sqlite.connection import Connection
 
 __all__ = ["Consent"]
@@ -43,6 +51,24 @@ class Consent(Connection):
         with self._write():  # one transaction: the tables agree with each other
             return {table: self._rows(sql.format(p="?"), [phone])
                     for table, sql in PHONE_DATA.items()}
+
+    async def forget(self, phone: str, now: float) -> dict[str, int]:
+        return await self._run(self._forget, phone, now)
+
+    def _forget(self, phone: str, now: float) -> dict[str, int]:
+        with self._write() as db:
+            key = self._forgetting_key() or self._secret(lambda: secrets.token_hex(32),
+                                                         FORGET_KEY)
+            self._forget_key = key
+            tokens = [r["message_token"] for r in self._rows(
+                "SELECT message_token FROM inbound WHERE phone = ?", [phone])]
+            db.executemany("INSERT INTO forgotten_tokens (token_hash, at) VALUES (?, ?)"
+                           " ON CONFLICT DO NOTHING",
+                           [(token_hash(key, t), now) for t in tokens])
+            removed = {table: db.execute(sql.format(p="?"), [phone]).rowcount
+                       for table, sql in FORGET_SQL}
+            db.execute("UPDATE suppressions SET inbound_id = NULL WHERE phone = ?", [phone])
+            return removed
 
     async def set_consent(self, change: ConsentChange, now: float) -> bool:
         return await self._run(self._set_consent, change, now)

@@ -29,6 +29,7 @@ from botkit.storage.rows import (
     conversation_values,
     inbound_of,
     outbound_row,
+    token_hash,
     started_results,
 )
 from botkit.storage.sqlite.connection import _QUEUE, Connection
@@ -43,6 +44,14 @@ _OPEN_AND_SUPPRESSED = (
     " s.inbound_id AS s_inbound_id FROM (SELECT ? AS phone) AS one"
     " LEFT JOIN conversations AS c ON c.phone = one.phone AND c.status IN (?, ?)"
     " LEFT JOIN suppressions AS s ON s.phone = one.phone LIMIT 1")
+_INBOUND_INSERT = (
+    "INSERT INTO inbound (message_token, phone, time, text, tracking_data, received_at,"
+    " received_by) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_token) DO NOTHING")
+_INBOUND_INSERT_UNLESS_FORGOTTEN = (
+    "INSERT INTO inbound (message_token, phone, time, text, tracking_data, received_at,"
+    " received_by) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+    " (SELECT 1 FROM forgotten_tokens WHERE token_hash = ?)"
+    " ON CONFLICT (message_token) DO NOTHING")
 _OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(OUTBOUND_COLUMNS)) + ")"
 # A campaign's rows: the same, and the campaign's id.
@@ -71,13 +80,14 @@ class Turns(Connection):
         return inbound_id, self._routing_context(reply.phone_number, tracking_id)
 
     def _record_inbound(self, reply: InboundReply, now: float) -> int | None:
-        cursor = self._write_one(
-            "INSERT INTO inbound (message_token, phone, time, text, tracking_data,"
-            " received_at, received_by) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (message_token) DO NOTHING",
-            [reply.message_token, reply.phone_number, reply.time, reply.message.text,
-             reply.message.tracking_data, now, process_name()],
-        )
+        values = [reply.message_token, reply.phone_number, reply.time, reply.message.text,
+                  reply.message.tracking_data, now, process_name()]
+        key = self._forgetting_key()
+        if not key:  # nothing was ever forgotten: a token already stored is a duplicate
+            cursor = self._write_one(_INBOUND_INSERT, values)
+        else:  # and so is one of a forgotten phone (its keyed hash is kept)
+            cursor = self._write_one(_INBOUND_INSERT_UNLESS_FORGOTTEN,
+                                     [*values, token_hash(key, reply.message_token)])
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
 
