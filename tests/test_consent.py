@@ -86,8 +86,9 @@ async def test_no_path_sends_to_an_opted_out_phone(bot_harness):
     assert (started.outcome, started.detail) == ("skipped", OPTED_OUT)
     assert other.outcome == "started"
     assert await engine.start("survey", PHONE) == started
-    [noticed] = await engine.notify_many([PHONE], "survey/thanks.txt")
-    assert (noticed.outcome, noticed.detail) == ("skipped", OPTED_OUT)
+    queued, noticed = await engine.notify_many(["380501230003", PHONE], "survey/closed.txt")
+    assert (queued.phone, queued.outcome) == ("380501230003", "queued")  # in the order given
+    assert (noticed.phone, noticed.outcome, noticed.detail) == (PHONE, "skipped", OPTED_OUT)
     # A path that forgets to ask (any code that queues a message) is refused at the insert.
     item = OutboxItem(phone=PHONE, flow=None, step=None, template="t", text="psst",
                       message_type=206, payload={"text": "psst"}, in_conversation=False)

@@ -120,25 +120,24 @@ class Proactive(EngineBase):
         """
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
         suppressed = await self.store.suppressed_among(phones)
-        skipped = [p for p in phones if p in suppressed]
-        phones = [p for p in phones if p not in suppressed]
+        sending = [p for p in phones if p not in suppressed]
         reply = Reply(template=template, variables=dict(variables or {}), delivery=delivery,
                       one_way=True, sms=sms)
         commits = [Commit(inbound_id=None, route="notice", campaign_id=campaign_id,
                           outbox=tuple(replace(item, notice_key=key) for item
                                        in self.composer.compose([(reply, None)], phone, None)))
-            for phone in phones]
+            for phone in sending]
         outcomes = await self.store.commit_many(commits, self.clock()) if commits else []
         crashpoints.hit("after_turn_commit")
-        results = [StartResult(phone, "skipped", None, OPTED_OUT) for phone in skipped]
-        for phone, commit, done in zip(phones, commits, outcomes, strict=True):
+        results = {phone: StartResult(phone, "skipped", None, OPTED_OUT) for phone in suppressed}
+        for phone, commit, done in zip(sending, commits, outcomes, strict=True):
             if isinstance(done, ConcurrentUpdateError):  # the phone has this key's notice
-                results.append(StartResult(phone, "skipped", None, f"already has notice {key!r}"))
+                results[phone] = StartResult(phone, "skipped", None, f"already has notice {key!r}")
                 continue
-            results.append(StartResult(phone, "queued"))
+            results[phone] = StartResult(phone, "queued")
             self.outlet.deliver(done.claimed, reserved=False, phone=phone,
                                 queued=len(commit.outbox) - len(done.claimed))
-        return results
+        return [results[phone] for phone in phones]  # in the order given
 
     async def say_as_agent(self, phone: str, text: str) -> Conversation | None:
         """Send ``text`` from a human agent in the phone's conversation with a human.

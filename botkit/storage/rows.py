@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
@@ -28,8 +28,7 @@ from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
 __all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "FORGET_KEY", "FORGET_SQL", "PHONE_DATA",
-           "token_hash", "REFUSE_QUEUED_SQL", "CONSENT_EVENT_SQL", "OPT_IN_SQL",
-           "OPT_OUT_SQL", "REFUSED_OPTED_OUT", "consent_values",
+           "token_hash", "REFUSED_OPTED_OUT", "consent_statements",
            "suppression_from_row", "CAMPAIGN", "CAMPAIGN_COLUMNS",
            "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
            "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN",
@@ -58,25 +57,39 @@ ACTIVITY_MARK = ("SELECT (SELECT max(id) FROM inbound) AS i, (SELECT max(id) FRO
 REFUSED_OPTED_OUT = "opted out: the phone is on the suppression list"
 CONSENT_ROLE = "consent"
 
-# A change to the suppression list (``ConsentChange``), in the engine's placeholders p(1..5):
-# the phone, when, the keyword, the source, the message. Each changes one row or none (already
-# on the list, or not on it); the event is recorded only for a change.
-OPT_OUT_SQL = ("INSERT INTO suppressions (phone, at, keyword, source, inbound_id)"
-               " VALUES ({1}, {2}, {3}, {4}, {5}) ON CONFLICT (phone) DO NOTHING")
-OPT_IN_SQL = "DELETE FROM suppressions WHERE phone = {1}"
+# A change to the suppression list (``ConsentChange``). Each statement's ``{}`` are the
+# engine's placeholders, in the order of its values (``consent_statements``).
+_OPT_OUT_SQL = ("INSERT INTO suppressions (phone, at, keyword, source, inbound_id)"
+                " VALUES ({}, {}, {}, {}, {}) ON CONFLICT (phone) DO NOTHING")
+_OPT_IN_SQL = "DELETE FROM suppressions WHERE phone = {}"
 # An opt-out also refuses what was queued for the phone before it and not sent yet (a
 # campaign's message waiting for the rate, a retry); one already being sent cannot be
-# called back. {1} is the phone; it reads outbound_phone_queue.
-REFUSE_QUEUED_SQL = (f"UPDATE outbound SET status = 'refused', error = '{REFUSED_OPTED_OUT}'"
-                     f" WHERE phone = {{1}} AND {QUEUE} AND status = 'queued'"
-                     f" AND coalesce(role, '') <> '{CONSENT_ROLE}'")
-CONSENT_EVENT_SQL = ("INSERT INTO consent_events (phone, kind, at, keyword, source, inbound_id)"
-                     " VALUES ({1}, {6}, {2}, {3}, {4}, {5})")
+# called back. It reads outbound_phone_queue.
+_REFUSE_QUEUED_SQL = (f"UPDATE outbound SET status = 'refused', error = '{REFUSED_OPTED_OUT}'"
+                      f" WHERE phone = {{}} AND {QUEUE} AND status = 'queued'"
+                      f" AND coalesce(role, '') <> '{CONSENT_ROLE}'")
+_CONSENT_EVENT_SQL = ("INSERT INTO consent_events (phone, kind, at, keyword, source,"
+                      " inbound_id) VALUES ({}, {}, {}, {}, {}, {})")
+
+Statement = tuple[str, list[Any]]
 
 
-def consent_values(change: ConsentChange, now: float) -> list[Any]:
-    """The values of OPT_OUT_SQL / OPT_IN_SQL / CONSENT_EVENT_SQL, in placeholder order."""
-    return [change.phone, now, change.keyword, change.source, change.inbound_id, change.kind]
+def consent_statements(change: ConsentChange, now: float, marks: Callable[[int], list[str]],
+                       ) -> tuple[Statement, list[Statement]]:
+    """What a change to the suppression list runs, with ``marks(n)`` the engine's ``n``
+    placeholders: the statement that changes one row or none (the phone already is, or is
+    not, on the list), then, only when it changed one, the statements that follow it
+    (refusing what was queued, recording the event)."""
+    def sql(template: str, values: list[Any]) -> Statement:
+        return template.format(*marks(len(values))), values
+
+    event = sql(_CONSENT_EVENT_SQL, [change.phone, change.kind, now, change.keyword,
+                                     change.source, change.inbound_id])
+    if change.kind == "opt_out":
+        return (sql(_OPT_OUT_SQL, [change.phone, now, change.keyword, change.source,
+                                   change.inbound_id]),
+                [sql(_REFUSE_QUEUED_SQL, [change.phone]), event])
+    return sql(_OPT_IN_SQL, [change.phone]), [event]
 
 
 # Everything kept about one phone (``export-phone``), table by table, oldest first; {p} is the

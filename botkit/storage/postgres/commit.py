@@ -22,21 +22,14 @@ from botkit.core.records import Commit, Committed, ConsentChange, OutboxItem, Ou
 from botkit.errors import ConcurrentUpdateError, DuplicateMessageError, TimerTakenError
 from botkit.storage.rows import (
     CAMPAIGN_COLUMNS,
-    CONSENT_EVENT_SQL,
-    OPT_IN_SQL,
-    OPT_OUT_SQL,
     OUTBOUND_COLUMNS,
     QUEUE,
-    REFUSE_QUEUED_SQL,
-    consent_values,
+    consent_statements,
     conversation_values,
     outbound_row,
 )
 
 __all__ = ["REFUSE_FUNCTION", "apply_consent", "run_commit"]
-
-# The consent statements' placeholders ({1}..{6}: storage.rows.OPT_OUT_SQL).
-_MARKS = ["", "$1", "$2", "$3", "$4", "$5", "$6"]
 
 # Installed by migration p002: raises (SQLSTATE P0001, the message naming the check) so that
 # a check in the final SELECT of a statement undoes the statement's writes.
@@ -137,17 +130,12 @@ async def run_commit(conn: asyncpg.Connection, change: Commit, now: float) -> Co
 async def apply_consent(conn: asyncpg.Connection, change: ConsentChange, now: float) -> bool:
     """Put the phone on the suppression list or take it off, and record the event; False
     when nothing changed. Run it in the transaction of what must see the list changed."""
-    phone, at, keyword, source, inbound_id, kind = consent_values(change, now)
-    if kind == "opt_out":
-        done = await conn.execute(OPT_OUT_SQL.format(*_MARKS), phone, at, keyword, source,
-                                  inbound_id)
-        await conn.execute(REFUSE_QUEUED_SQL.format(*_MARKS), phone)
-    else:
-        done = await conn.execute(OPT_IN_SQL.format(*_MARKS), phone)
-    if not done.endswith(" 1"):  # "INSERT 0 1", "DELETE 1"
+    (sql, values), then = consent_statements(
+        change, now, lambda n: [f"${i}" for i in range(1, n + 1)])
+    if not (await conn.execute(sql, *values)).endswith(" 1"):  # "INSERT 0 1", "DELETE 1"
         return False
-    await conn.execute(CONSENT_EVENT_SQL.format(*_MARKS), phone, at, keyword, source,
-                       inbound_id, kind)
+    for sql, values in then:
+        await conn.execute(sql, *values)
     return True
 
 

@@ -34,14 +34,10 @@ from botkit.process import process_name
 from botkit.storage.db_thread import DatabaseThread
 from botkit.storage.rows import (
     ATTENTION,
-    CONSENT_EVENT_SQL,
     FORGET_KEY,
-    OPT_IN_SQL,
-    OPT_OUT_SQL,
     QUEUE,
-    REFUSE_QUEUED_SQL,
     SENT_COLUMNS,
-    consent_values,
+    consent_statements,
     conversation_from_row,
 )
 from botkit.storage.schema import check_and_migrate
@@ -49,8 +45,6 @@ from botkit.storage.sqlite.checkpoints import WRITER_AUTOCHECKPOINT, Checkpointe
 
 __all__ = ["Connection"]
 
-# The consent statements' placeholders ({1}..{6}: storage.rows.OPT_OUT_SQL).
-_MARKS = ["", "?", "?", "?", "?", "?", "?"]
 
 log = logging.getLogger("botkit.store")
 T = TypeVar("T")
@@ -252,17 +246,11 @@ class Connection:
     def _apply_consent(self, change: ConsentChange, now: float) -> bool:
         """Put the phone on the suppression list or take it off, and record the event;
         False when nothing changed (it already was, or was not, on the list)."""
-        phone, at, keyword, source, inbound_id, kind = consent_values(change, now)
-        if kind == "opt_out":
-            cursor = self.conn.execute(OPT_OUT_SQL.format(*_MARKS),
-                                       [phone, at, keyword, source, inbound_id])
-            self.conn.execute(REFUSE_QUEUED_SQL.format(*_MARKS), [phone])
-        else:
-            cursor = self.conn.execute(OPT_IN_SQL.format(*_MARKS), [phone])
-        if cursor.rowcount != 1:
+        (sql, values), then = consent_statements(change, now, lambda n: ["?"] * n)
+        if self.conn.execute(sql, values).rowcount != 1:
             return False
-        self.conn.execute(CONSENT_EVENT_SQL.format(*_MARKS),  # its order: 1, 6, 2, 3, 4, 5
-                          [phone, kind, at, keyword, source, inbound_id])
+        for sql, values in then:
+            self.conn.execute(sql, values)
         return True
 
     def _cancel_timers(self, conv_id: int, now: float) -> None:
