@@ -190,7 +190,8 @@ async def test_the_console_shows_an_opt_out_and_refuses_to_send(console):  # noq
         assert response.status == 409  # the conversation closed with the opt-out
     async with agent.get(f"/console/phones/{CONSOLE_PHONE}", headers=HTML) as response:
         assert 'id="opted-out"' in await response.text()
-    # Even an agent's message queued by code, past the console's check, is refused.
+    # An import (run.py optouts add) closes a conversation with a human too, and the page says
+    # how the phone got on the list.
     await console.bot.store.set_consent(ConsentChange(
         phone=CONSOLE_PHONE, kind="opt_in", keyword=None, source="cli"), 1.0)
     conv_id = await console.handed_over()

@@ -89,7 +89,7 @@ def _report(name: str, flow: Flow | None, raw: dict[str, Any],
     for step in names:
         counts = raw["steps"].get(step, {})
         reached = counts.get("reached", 0)
-        ended = {k: v for k, v in sorted(counts.get("ended", {}).items())}
+        ended = dict(sorted(counts.get("ended", {}).items()))
         delays = sorted(counts.get("delays", []))
         steps.append({
             "step": step, "reached": reached, "answered": counts.get("answered_by", 0),

@@ -57,11 +57,7 @@ def _filters(query: dict[str, str], region: str | None, flows: set[str]) -> dict
             raise FieldError(f"status: {query['status']!r} is not one of "
                            + ", ".join(s.value for s in Status))
         filters["status"] = query["status"]
-    since, until = day_range(query["from"], query["to"])
-    if since is not None:
-        filters["since"] = since
-    if until is not None:
-        filters["until"] = until
+    filters["since"], filters["until"] = day_range(query["from"], query["to"])
     return filters
 
 

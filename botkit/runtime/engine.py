@@ -164,8 +164,7 @@ class Engine(Proactive, Events):
                         late=decided.late)
             await step.handler(turn)
             out = outcome_of(self.flows, turn, conv, step, now)
-        self.counts[f"route:{kind.value}"] += 1
-        self.metrics.route[kind.value].inc()
+        self._counted(kind)
         log.debug("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
                  _where(decided), decided.reason, len(out.replies))
         asked = (out.change.flow, out.step) if out.change and out.step else None
@@ -184,13 +183,17 @@ class Engine(Proactive, Events):
                       closes=decided.close, outbox=outbox, handled_by=handled_by, did=out.did,
                       reset_timers=out.reset_timers, timers=out.timers, consent=consent)
 
+    def _counted(self, kind: RouteKind) -> None:
+        """Count a message routed as ``kind`` (the activity log, ``/metrics``)."""
+        self.counts[f"route:{kind.value}"] += 1
+        self.metrics.route[kind.value].inc()
+
     def _consent_turn(self, inbound: Inbound, message: Message, decided: Route) -> Commit:
         """An opt-out (the phone goes on the suppression list, its open conversation closes,
         one confirmation), an opt-in (off the list, one confirmation), or a message from a
         phone on the list (only recorded)."""
         kind = decided.kind
-        self.counts[f"route:{kind.value}"] += 1
-        self.metrics.route[kind.value].inc()
+        self._counted(kind)
         consent = None
         template = None
         if kind is RouteKind.OPT_OUT:

@@ -234,10 +234,13 @@ FUNNEL_COUNTS = (
 )
 
 
-def funnel_statements(flow: str, since: str | None, until: str | None) -> dict[str, str]:
+def funnel_statements(flow: str, since: str | None, until: str | None, *, message_id: str,
+                      tracked: str) -> dict[str, str]:
     """The funnel's statements, keyed by what each reads. ``flow``, ``since`` and ``until``
     are the engine's placeholders; with ``since`` and ``until`` only the conversations
     started in that range count (a cohort), and only their messages and timers.
+    ``message_id`` and ``tracked`` are the engine's SQL for the message id an answer's
+    ``tracking_data`` names, and for its being one (``tracking_id:<digits>``).
 
     ``steps``: (step, key, n) per FUNNEL_COUNTS row; ``ended``: how conversations ended, by
     the step they ended at; ``delivery``: the delivery statuses of each step's messages;
@@ -259,8 +262,8 @@ def funnel_statements(flow: str, since: str | None, until: str | None) -> dict[s
                     f" WHERE flow = {flow} AND step IS NOT NULL AND {mine}"
                     " GROUP BY step, delivery_status",
         "delays": "SELECT i.step, i.received_at - o.sent_at AS delay FROM inbound AS i"
-                  " JOIN outbound AS o ON o.phone = i.phone AND o.message_id = {message_id}"
-                  f" WHERE i.flow = {flow} AND i.route = 'step' AND {{tracked}}"
+                  f" JOIN outbound AS o ON o.phone = i.phone AND o.message_id = {message_id}"
+                  f" WHERE i.flow = {flow} AND i.route = 'step' AND {tracked}"
                   f" AND o.sent_at IS NOT NULL AND o.step = i.step"
                   f" AND {mine.replace('conversation_id', 'i.conversation_id')}",
         "totals": "SELECT count(*) AS started, coalesce(sum(CASE WHEN status = 'done' THEN 1"

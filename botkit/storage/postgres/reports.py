@@ -80,15 +80,15 @@ class PgReports(PgConnection):
     async def funnel(self, flow: str, since: float | None = None,
                      until: float | None = None) -> dict[str, Any]:
         ranged = since is not None or until is not None
-        sql = funnel_statements("$1", "$2" if ranged else None, "$3")
+        sql = funnel_statements("$1", "$2" if ranged else None, "$3",
+                                message_id="CAST(substr(i.tracking_data, 13) AS BIGINT)",
+                                tracked="i.tracking_data ~ '^tracking_id:[0-9]+$'")
         params = (flow, since if since is not None else float("-inf"),
                   until if until is not None else float("inf")) if ranged else (flow,)
         return funnel_report(
             await self._rows(sql["steps"], *params), await self._rows(sql["ended"], *params),
             await self._rows(sql["delivery"], *params),
-            await self._rows(sql["delays"].format(
-                message_id="CAST(substr(i.tracking_data, 13) AS BIGINT)",
-                tracked="i.tracking_data ~ '^tracking_id:[0-9]+$'"), *params),
+            await self._rows(sql["delays"], *params),
             await self._one(sql["totals"], *params))
 
     async def health(self) -> dict[str, Any]:

@@ -102,15 +102,16 @@ class Reports(Connection):
 
     def _funnel(self, flow: str, since: float | None, until: float | None) -> dict[str, Any]:
         ranged = since is not None or until is not None
-        sql = funnel_statements(":flow", ":since" if ranged else None, ":until")
+        sql = funnel_statements(
+            ":flow", ":since" if ranged else None, ":until",
+            message_id="CAST(substr(i.tracking_data, 13) AS INTEGER)",
+            tracked="i.tracking_data LIKE 'tracking_id:%'")
         params = {"flow": flow, "since": since if since is not None else float("-inf"),
                   "until": until if until is not None else float("inf")}
         return funnel_report(
             self._rows(sql["steps"], params), self._rows(sql["ended"], params),
             self._rows(sql["delivery"], params),
-            self._rows(sql["delays"].format(
-                message_id="CAST(substr(i.tracking_data, 13) AS INTEGER)",
-                tracked="i.tracking_data LIKE 'tracking_id:%'"), params),
+            self._rows(sql["delays"], params),
             self._one(sql["totals"], params))
 
     async def health(self) -> dict[str, Any]:

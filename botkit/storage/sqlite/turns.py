@@ -52,6 +52,11 @@ _INBOUND_INSERT_UNLESS_FORGOTTEN = (
     " received_by) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
     " (SELECT 1 FROM forgotten_tokens WHERE token_hash = ?)"
     " ON CONFLICT (message_token) DO NOTHING")
+# Whether a turn's first message must not be handed straight to a sender: an earlier message
+# of its phone still waits (outbound_phone_queue), or the phone is on the suppression list.
+_WAITING = f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ? LIMIT 1"
+_WAITING_OR_SUPPRESSED = (f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ?"
+                          " UNION ALL SELECT 1 FROM suppressions WHERE phone = ? LIMIT 1")
 _OUTBOUND_INSERT = f"INSERT INTO outbound ({', '.join(OUTBOUND_COLUMNS)}) VALUES "
 _OUTBOUND_VALUES = "(" + ", ".join(["?"] * len(OUTBOUND_COLUMNS)) + ")"
 # A campaign's rows: the same, and the campaign's id.
@@ -269,11 +274,9 @@ class Turns(Connection):
                 # The first message goes straight to a sender with a free slot, unless an
                 # earlier message of the phone still waits (each phone's messages in order),
                 # or the phone is on the suppression list (outbound_opted_out refuses it).
-                claim = change.claim_for if n == 0 and change.claim_for and self._one(
-                    f"SELECT 1 AS waiting FROM outbound WHERE {_QUEUE} AND phone = ?"
-                    + ("" if item.consent else " UNION ALL SELECT 1 FROM suppressions"
-                       " WHERE phone = ?") + " LIMIT 1",
-                    [item.phone] if item.consent else [item.phone, item.phone]) is None else None
+                claim = change.claim_for if n == 0 and change.claim_for and (self._one(
+                    _WAITING, [item.phone]) if item.consent else self._one(
+                    _WAITING_OR_SUPPRESSED, [item.phone, item.phone])) is None else None
                 values = outbound_row(item, row_conv, change.inbound_id, now, claim)
                 if change.campaign_id is None:  # every turn but a campaign's
                     cursor = db.execute(_OUTBOUND_INSERT + _OUTBOUND_VALUES, values)
