@@ -41,8 +41,7 @@ def campaign_view(run: CampaignRun, counts: CampaignCounts, now: float) -> dict[
     and its bar."""
     running = run.finished_at is None and (run.seen_at or run.started_at) >= now - QUIET
     if run.finished_at is not None:
-        state = {"done": "done", "stopped": "stopped", "failed": "failed"}.get(
-            run.outcome or "", run.outcome or "ended")
+        state = run.outcome or "ended"  # done, stopped or failed
     elif running:
         state = "running"
     else:
