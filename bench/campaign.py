@@ -181,6 +181,7 @@ def campaign_cmd(phones: Path, concurrency: int, *extra: str) -> list[str]:
 
 def campaign_env(provider: Provider, db: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    env["BOTKIT_QUIET_HOURS"] = "off"  # the figures must not depend on the hour
     env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider.url, BOTKIT_DB=str(db),
                PYTHONUNBUFFERED="1")
     return env

@@ -110,6 +110,7 @@ def run_one(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     tmp.mkdir(exist_ok=True)
     db = tmp / f"{kind}.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    env["BOTKIT_QUIET_HOURS"] = "off"  # the figures must not depend on the hour
     if kind == "botkit-scale":  # a copy of the seeded database (bench/seed.py)
         print(f"copying {args.scale} ...", flush=True)
         shutil.copyfile(args.scale, db)

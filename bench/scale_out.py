@@ -110,6 +110,7 @@ def run_setup(engine: str, servers: int, args: argparse.Namespace, tmp: Path) ->
     tmp.mkdir(parents=True, exist_ok=True)
     with (Schema() if engine == "postgres" else _NoSchema(tmp)) as db:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+        env["BOTKIT_QUIET_HOURS"] = "off"  # the figures must not depend on the hour
         env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider, BOTKIT_DB=db.url,
                    BOTKIT_CALLBACK_SECRET=SECRET, BOTKIT_DB_POOL=str(args.pool))
         load_cmd = [sys.executable, str(BENCH / "load.py"), "--provider-port",
@@ -218,6 +219,7 @@ def run_campaign(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     provider = Provider(first=True)  # it stands for another machine: see Provider
     with Schema() as db:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+        env["BOTKIT_QUIET_HOURS"] = "off"  # the figures must not depend on the hour
         env.update(BOTKIT_API_KEY=KEY, BOTKIT_API_URL=provider.url, BOTKIT_DB=db.url,
                    BOTKIT_SEND_RATE=str(args.campaign_rate), PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "run.py", "start", "bench5", "--phones", str(phones),

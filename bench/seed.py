@@ -46,8 +46,8 @@ def rows(first: int, count: int) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
                              f"survey/{step}.txt", text, 206, payload, "sent", 0, 1, None,
                              message_id, 1, at + 20 * k + 2, at + 20 * k, at + 20 * k + 1,
                              "v1", None, None, "question" if k < 2 else None, "host/1/x",
-                             at + 20 * k, None, None, None, None))  # no SMS fallback,
-            # no notice key, no campaign
+                             at + 20 * k, None, None, None, None, 0, None))  # no SMS
+            # fallback, no notice key, no campaign; not proactive, never held
         for k, (step, text) in enumerate((("name", f"User {n}"), ("rating", str(n % 5 + 1)))):
             inbound.append((2 * n + k + 1, f"seed-{n}-{k}", phone, int(at) + 20 * k + 10, text,
                             f"tracking_id:{10**9 + 3 * n + k}", at + 20 * k + 10, "handled",

@@ -10,8 +10,10 @@ import difflib
 import logging
 import os
 from collections.abc import Mapping
+from datetime import time
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -27,7 +29,7 @@ from pydantic import (
 from botkit.errors import ConfigError
 
 __all__ = ["DEFAULT_API_URL", "OPT_IN_KEYWORDS", "OPT_OUT_KEYWORDS", "POSTGRES_SCHEMES",
-           "Settings"]
+           "Settings", "parse_window"]
 
 DEFAULT_API_URL = "https://web.it-decision.com/v1/api"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # a BOTKIT_DB that is not a SQLite file
@@ -74,10 +76,44 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "opt_in_by_flow_keyword": ("BOTKIT_OPT_IN_BY_FLOW_KEYWORD",
                                "true: a flow's keyword from a phone that opted out starts the"
                                " flow and takes the phone off the list (default false)"),
+    "quiet_hours": ("BOTKIT_QUIET_HOURS",
+                    "the local night in which the bot starts no message, as 21:00-09:00"
+                    " (or off)"),
+    "phone_zones": ("BOTKIT_PHONE_ZONES",
+                    "time zones by number prefix, comma-separated, such as"
+                    " 7=Europe/Moscow,1808=Pacific/Honolulu (*=ZONE: numbers of no known"
+                    " zone)"),
+    "max_unanswered": ("BOTKIT_MAX_UNANSWERED",
+                       "the most bot messages a phone gets in a row without writing back"
+                       " (0: no limit)"),
+    "max_proactive_per_day": ("BOTKIT_MAX_PROACTIVE_PER_DAY",
+                              "the most messages the bot starts to one phone in 24 hours"
+                              " (0: no limit)"),
     "phone_region": ("BOTKIT_PHONE_REGION",
                      "the country of phone numbers typed without their country code, as a"
                      " two-letter code such as UA"),
 }
+
+
+def parse_window(text: str) -> tuple[time, time] | None:
+    """``"21:00-09:00"`` as (start, end) local times; ``"off"`` or empty: None.
+
+    >>> parse_window("21:00-09:00")
+    (datetime.time(21, 0), datetime.time(9, 0))
+    """
+    text = text.strip().lower()
+    if text in ("", "off", "none", "false", "0"):
+        return None
+    start, sep, end = text.partition("-")
+    try:
+        if not sep:
+            raise ValueError
+        window = time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a window: write it as 21:00-09:00 (or off)") from None
+    if window[0] == window[1]:
+        raise ValueError(f"{text!r} is empty: its start and end are the same (write off)")
+    return window
 
 
 class Settings(BaseModel):
@@ -114,6 +150,35 @@ class Settings(BaseModel):
     opt_out_keywords: tuple[str, ...] = OPT_OUT_KEYWORDS
     opt_in_keywords: tuple[str, ...] = OPT_IN_KEYWORDS
     opt_in_by_flow_keyword: bool = False
+    # (start, end) of the phone's local night; None: no quiet hours (docs/consent.md).
+    quiet_hours: tuple[time, time] | None = (time(21), time(9))
+    phone_zones: dict[str, str] = Field(default_factory=dict)
+    max_unanswered: int = Field(default=5, ge=0)
+    max_proactive_per_day: int = Field(default=10, ge=0)
+
+    @field_validator("quiet_hours", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> object:
+        return parse_window(value) if isinstance(value, str) else value
+
+    @field_validator("phone_zones", mode="before")
+    @classmethod
+    def _zones(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: PREFIX=ZONE, comma-separated
+            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError("write each as PREFIX=ZONE, such as 7=Europe/Moscow")
+            value = {k.strip().lstrip("+"): z.strip() for k, _, z in pairs}
+        if isinstance(value, dict):
+            for prefix, zone in value.items():
+                if prefix != "*" and not prefix.isdigit():
+                    raise ValueError(f"{prefix!r} is not a number prefix (digits, or *)")
+                try:
+                    ZoneInfo(zone)
+                except (ZoneInfoNotFoundError, ValueError):
+                    raise ValueError(f"{zone!r} is not a time zone (such as Europe/Kyiv)"
+                                     ) from None
+        return value
 
     @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")
     @classmethod

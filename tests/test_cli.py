@@ -52,7 +52,9 @@ def run_cli(
 
 def cli_env(db: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
-    env.update(BOTKIT_DB=str(db), PYTHONUNBUFFERED="1", **(extra or {}))
+    # The real clock: a command's outcome must not depend on the hour the test runs at.
+    env.update({"BOTKIT_DB": str(db), "BOTKIT_QUIET_HOURS": "off", "PYTHONUNBUFFERED": "1",
+                **(extra or {})})
     return env
 
 

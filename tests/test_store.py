@@ -104,7 +104,7 @@ async def test_a_message_queued_for_later_holds_back_its_phone(backend):
     [m0, m2] = await store.claim_outbox(10, 2.0)
     await store.requeue([m0.id], "HTTP 503", due_at=60.0)
     await store.mark_sent(m2.id, 5001, 3.0, RULES)
-    assert await store.queue_size(30.0) == (1, 1)  # m1 is due (behind m0), m0 waits
+    assert await store.queue_size(30.0) == (1, 1, 0)  # m1 is due (behind m0), m0 waits
     assert await store.claim_outbox(10, 30.0) == []  # m0 is not due; m1 must wait for it
     again = await store.claim_outbox(10, 61.0)
     assert texts(again) == ["m0"] and again[0].attempts == 2
@@ -797,4 +797,57 @@ async def test_forget_erases_a_phone_and_still_knows_its_late_duplicates(backend
     assert await store.record_inbound(reply("f1", "75", "hello"), 6.0) is None  # a duplicate
     assert await store.record_inbound(reply("f2", "75", "new"), 6.0) is not None  # new: kept
     assert [r["text"] for r in (await store.phone_data("76"))["inbound"]] == ["hi"]
+    await store.close()
+
+
+async def test_a_held_message_waits_for_its_time_and_a_message_from_the_phone_lets_it_go(
+        backend):
+    store = await backend.opened()
+    held = dataclasses.replace(item("75", 0), proactive=True, held_until=100.0)
+    done = await store.commit(Commit(inbound_id=None, outbox=(held, item("75", 1)),
+                                     claim_for="s"), 1.0)
+    assert done.claimed == []  # a held row is never handed to a sender at its insert
+    other = await store.commit(Commit(inbound_id=None, outbox=(item("76", 0),)), 1.0)
+    # Due: 76's, and 75's second (by its time; it goes after the first). Held: 75's first.
+    assert await store.queue_size(2.0) == (2, 1, 1)
+    assert [o.phone for o in await store.claim_outbox(10, 2.0)] == ["76"]  # in phone order
+    assert await store.claim_outbox(10, 99.0) == []
+    # The phone writes: its held row goes now (and the one behind it), whatever the hour.
+    await store.record_inbound(reply("h1", "75"), 50.0)
+    assert texts(await store.claim_outbox(10, 50.0)) == ["m0"]
+    assert other.outbox_ids and await store.queue_size(50.0) == (1, 0, 0)
+    await store.close()
+
+
+async def test_timers_postponed_together_and_only_while_pending(backend):
+    store = await backend.opened()
+    timers = (TimerSpec(kind="remind", flow="f", step="q", due_at=10.0),
+              TimerSpec(kind="timeout", flow="f", step="q", due_at=20.0))
+    done = await store.commit(Commit(inbound_id=None, conversation=conversation("77"),
+                                     timers=timers), 1.0)
+    [remind, _] = await store.due_timers(30.0, 10)
+    assert await store.postpone_timers(remind.id, done.conversation_id, 100.0) is True
+    assert [t.due_at for t in await store.due_timers(115.0, 10)] == [110.0]
+    assert (await store.conversation(done.conversation_id)).expires_at == 9e9 + 100.0
+    assert await store.skip_timer(remind.id, "test", 2.0)
+    assert await store.postpone_timers(remind.id, done.conversation_id, 100.0) is False
+    assert [t.due_at for t in await store.due_timers(200.0, 10)] == [120.0]  # left alone
+    await store.close()
+
+
+async def test_phone_counts_are_what_the_limits_count(backend):
+    store = await backend.opened()
+    proactive = dataclasses.replace(item("78", 0), proactive=True)
+    await store.commit(Commit(inbound_id=None, outbox=(proactive, proactive)), 1.0)
+    refused = dataclasses.replace(proactive, refused="limit: test")
+    await store.commit(Commit(inbound_id=None, outbox=(refused,)), 2.0)  # counts in neither
+    inbound_id = await store.record_inbound(reply("c1", "78"), 3.0)
+    await store.commit(Commit(inbound_id=inbound_id, outbox=(item("78", 1),)), 3.0)
+    await store.commit(Commit(inbound_id=None, outbox=(proactive,)), 4.0)
+    counts = await store.phone_counts(["78", "79"], 5.0, 5, 10)
+    assert counts == {"78": (2, 3), "79": (0, 0)}  # since the reply; proactive in 24 hours
+    assert (await store.phone_counts(["78"], 5.0, 1, 2))["78"] == (1, 2)  # up to the limits
+    assert (await store.phone_counts(["78"], 86_401.5, 5, 10))["78"] == (2, 1)  # a day on
+    [row] = [r for r in (await store.phone_data("78"))["outbound"] if r["status"] == "refused"]
+    assert row["error"] == "limit: test"
     await store.close()

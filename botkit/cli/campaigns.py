@@ -34,6 +34,9 @@ def add_campaign_options(p: argparse.ArgumentParser) -> None:
                         " BOTKIT_SEND_CONCURRENCY, 100)")
     p.add_argument("--rate", type=in_range(float, 0, math.inf), metavar="N",
                    help="at most N messages a second (default BOTKIT_SEND_RATE, 0 = no limit)")
+    p.add_argument("--ignore-quiet-hours", action="store_true",
+                   help="send now even to phones in their local night (BOTKIT_QUIET_HOURS):"
+                        " for urgent transactional messages only; it is logged")
 
 
 def start(args: argparse.Namespace) -> int:
@@ -41,7 +44,8 @@ def start(args: argparse.Namespace) -> int:
     flows[args.flow]  # noqa: B018 - fails early, with a suggestion, for a wrong flow name
 
     def begin(engine: Any) -> Any:
-        return functools.partial(engine.start_many, args.flow)
+        return functools.partial(engine.start_many, args.flow,
+                                 quiet_hours=not args.ignore_quiet_hours)
 
     return _campaign(args, flows, begin, label=args.flow, done_as="phones started or skipped",
                      uncertain={"flow": args.flow})
@@ -68,7 +72,8 @@ def notify(args: argparse.Namespace) -> int:
         async def notify(phones: list[str], campaign_id: int | None = None) -> Any:
             return await engine.notify_many(phones, args.template, sms=args.sms,
                                             variables=variables, delivery=delivery,
-                                            key=args.once, campaign_id=campaign_id)
+                                            key=args.once, campaign_id=campaign_id,
+                                            quiet_hours=not args.ignore_quiet_hours)
         return notify
 
     return _campaign(args, flows, begin, label=args.template,
@@ -106,6 +111,11 @@ def _campaign(
         print(f"error: no phone numbers to use{some}: give PHONE arguments or --phones"
               " FILE.csv", file=sys.stderr)
         return 2
+
+    if args.ignore_quiet_hours and settings.quiet_hours:
+        log.warning("%s %s: --ignore-quiet-hours: %d phones get it now, even in their local"
+                    " night (BOTKIT_QUIET_HOURS=%s-%s)", args.command, label, len(phones),
+                    *(t.strftime("%H:%M") for t in settings.quiet_hours))
 
     async def job(store: Any) -> int:
         from botkit.runtime.assembly import assemble
@@ -175,9 +185,16 @@ def _campaign(
         print(f"{label}: {begun}, skipped {progress.skipped}{given}; sent"
               f" {count(progress.sent, 'message')} in {progress.seconds:.1f}s"
               f" ({progress.rate:.0f}/s), {progress.failed} failed")
+        if progress.held:
+            print(f"{count(progress.held, 'phone')} in the night (BOTKIT_QUIET_HOURS, by each"
+                  " phone's time zone): the running server sends their messages when it ends"
+                  " (--ignore-quiet-hours sends now)")
+        if progress.limited:
+            print(f"{count(progress.limited, 'phone')} skipped at a per-phone limit"
+                  " (BOTKIT_MAX_UNANSWERED, BOTKIT_MAX_PROACTIVE_PER_DAY)")
         if progress.waiting:
-            print(f"{progress.waiting} messages wait in the queue (for a later try, or for"
-                  " the server to send them)")
+            print(f"{progress.waiting} messages wait in the queue (for a later try, for quiet"
+                  " hours to end, or for the server to send them)")
         if progress.uncertain:
             print(f"{progress.uncertain} messages are uncertain (a killed run was sending"
                   f" them); `run.py {args.command} {label} --resend-uncertain` sends them again")

@@ -147,8 +147,11 @@ class DeliveryRules:
     @staticmethod
     def late_shift(sent: SentQuestion, now: float) -> TimerShift | None:
         """A question sent more than ``LATE_SEND`` seconds after its turn asked it (a rate
-        limit, an outage): its step's ``ASKED`` timers and the expiry count from the send."""
-        late = now - sent.created_at
+        limit, an outage): its step's ``ASKED`` timers and the expiry count from the send.
+
+        A question that waited for quiet hours to end had its timers planned from then: it
+        is late only by what it took after that."""
+        late = now - max(sent.created_at, sent.held_until or 0.0)
         if not sent.question or sent.conversation_id is None or late <= LATE_SEND:
             return None
         if sent.flow is None or sent.step is None:

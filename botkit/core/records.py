@@ -111,6 +111,30 @@ class OutboxItem:
     # The answer to an opt-out or opt-in keyword: the one message the suppression list lets
     # through to a phone that opted out (outbound.role = 'consent').
     consent: bool = False
+    # A message the bot started (a campaign's, a timer's, a notice): the per-phone limits
+    # count it, and quiet hours hold it (``held_until``: when the phone's night ends).
+    proactive: bool = False
+    held_until: float | None = None
+    # Why it is stored refused and never sent (a per-phone limit), or None.
+    refused: str | None = None
+
+
+class QueueSize(NamedTuple):
+    """Queued messages: due now, and waiting for a later time (a retry's, or the end of the
+    phone's quiet hours: ``held``, of the later ones)."""
+
+    due: int
+    later: int
+    held: int = 0
+
+
+class PhoneCounts(NamedTuple):
+    """What the per-phone limits count (``core.limits``): the bot's messages since the
+    phone last wrote, and the messages the bot started to it in the last 24 hours. Refused
+    messages and the answers to opt-out and opt-in keywords count in neither."""
+
+    unanswered: int
+    proactive: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +251,7 @@ class SentQuestion:
     step: str | None
     question: bool
     created_at: float
+    held_until: float | None = None  # when quiet hours let it go, if it waited for them
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -76,7 +76,8 @@ class Turn:
     A turn started by the conversation's life cycle rather than a user message has
     ``turn.event`` set ("remind", "timeout", "unanswered", "undelivered", "expire", or "stale"
     for an answer to an earlier question, whose step is ``turn.answered``) and, except for
-    "stale", an empty ``turn.text``.
+    "stale", an empty ``turn.text``. Such a turn speaks first, so the per-phone limits apply
+    to it: ``turn.refused`` then says why what it says will not be sent (None: it will).
 
     >>> async def name(turn: Turn) -> None:
     ...     turn.state["name"] = turn.text.strip()
@@ -95,6 +96,7 @@ class Turn:
         late: bool = False,
         event: str | None = None,
         answered: str | None = None,
+        refused: str | None = None,
     ) -> None:
         self.flows = flows
         self.step = step
@@ -105,6 +107,7 @@ class Turn:
         self.late = late
         self.event = event
         self.answered = answered
+        self.refused = refused
         self.replies: list[Reply] = []
         self.transition: Transition | None = None
 

@@ -16,6 +16,8 @@ from botkit.config import Settings
 from botkit.core.consent import Consent
 from botkit.core.flows import FlowSet
 from botkit.core.lifecycle import DeliveryRules
+from botkit.core.limits import Limits
+from botkit.core.quiet import QuietHours
 from botkit.runtime.activity import Activity
 from botkit.runtime.api import ProviderAPI
 from botkit.runtime.dispatch import Dispatcher
@@ -96,6 +98,9 @@ def assemble(
         store, flows, renderer, sender=settings.sender, callback_url=callback_url,
         clock=clock, outlet=sender if send else None, raise_errors=raise_errors, rules=rules,
         metrics=metrics, consent=consent,
+        quiet=QuietHours(*settings.quiet_hours, zones=settings.phone_zones)
+        if settings.quiet_hours else None,
+        limits=Limits(settings.max_unanswered, settings.max_proactive_per_day),
     )
     dispatcher = Dispatcher(engine.handle)
     activity = Activity(lambda: engine.counts + Counter(sent=sender.sent,

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from botkit.core.limits import LIMIT
 from botkit.runtime.engine import Engine, StartResult
 from botkit.runtime.proactive import OPTED_OUT
 from botkit.runtime.sender import Sender
@@ -45,6 +46,8 @@ class Progress:
     waiting: int = 0  # messages in the queue (this campaign's or other ones)
     uncertain: int = 0
     opted_out: int = 0  # of the skipped: phones on the suppression list
+    limited: int = 0  # of the skipped: phones at a per-phone limit
+    held: int = 0  # of the begun: phones whose messages wait for their quiet hours to end
     began: float = field(default_factory=time.monotonic)
     details: list[str] = field(default_factory=list)  # phones skipped or replaced, and why
     done_as: str = "phones started or skipped"  # what the first count of line() counts
@@ -67,8 +70,12 @@ class Progress:
             text += f", {self.waiting:,} waiting"
         if self.failed:
             text += f", {self.failed:,} failed"
+        if self.held:
+            text += f", {self.held:,} in the night (held)"
         if self.opted_out:
             text += f", {self.opted_out:,} opted out (skipped)"
+        if self.limited:
+            text += f", {self.limited:,} at a per-phone limit (skipped)"
         left = self.total - self.skipped - self.sent - self.failed
         if self.rate > 0 and left > 0:
             text += f", about {left / self.rate:,.0f}s left"
@@ -192,8 +199,10 @@ class Campaign:
                     if result.outcome == "skipped":
                         progress.skipped += 1
                         progress.opted_out += result.detail == OPTED_OUT
+                        progress.limited += result.detail.startswith(LIMIT)
                     else:
                         progress.started += 1
+                        progress.held += result.held_until is not None
                     if result.detail:
                         progress.details.append(
                             f"{result.outcome} {result.phone}: {result.detail}")
@@ -206,7 +215,7 @@ class Campaign:
     async def _drain(self) -> None:
         """Wait until no message is due and this process has no send in flight."""
         while True:
-            due, later = await self.store.queue_size(time.time())
+            due, later, _ = await self.store.queue_size(time.time())
             self.progress.waiting = due + later
             if not due and not self.sender.status()["in_flight"]:
                 return

@@ -14,11 +14,14 @@ from botkit.core.consent import Consent
 from botkit.core.conversation import Conversation, Status
 from botkit.core.flows import Flow, FlowSet, Step
 from botkit.core.lifecycle import DeliveryRules
+from botkit.core.limits import Limits
+from botkit.core.quiet import QuietHours
 from botkit.core.records import (
     Commit,
     Committed,
     ConversationChange,
     Outgoing,
+    PhoneCounts,
 )
 from botkit.errors import (
     DefinitionError,
@@ -91,9 +94,13 @@ class EngineBase:
         rules: DeliveryRules | None = None,
         metrics: Metrics | None = None,
         consent: Consent | None = Consent(),
+        quiet: QuietHours | None = QuietHours(),
+        limits: Limits = Limits(),
     ) -> None:
         self.store = store
         self.consent = consent  # the opt-out and opt-in keywords; None: none are honoured
+        self.quiet = quiet  # when proactive messages wait (None: never)
+        self.limits = limits  # how many proactive messages a phone may get
         self.metrics = metrics or Metrics()
         self.flows = flows
         self.composer = Composer(renderer, flows, sender=sender, callback_url=callback_url)
@@ -128,6 +135,17 @@ class EngineBase:
                                 phone=commit.outbox[0].phone,
                                 queued=len(commit.outbox) - len(result.claimed))
         return result
+
+    async def _counts(self, phones: list[str], now: float) -> dict[str, PhoneCounts]:
+        """What the per-phone limits count for ``phones`` (no read when both are off)."""
+        unanswered, per_day = self.limits.counted
+        if not phones or not (unanswered or per_day):
+            return {phone: PhoneCounts(0, 0) for phone in phones}
+        return await self.store.phone_counts(phones, now, unanswered, per_day)
+
+    def _opens_at(self, phone: str, now: float) -> float | None:
+        """When the phone's quiet hours end, if a proactive message must wait for that."""
+        return self.quiet.opens_at(phone, now) if self.quiet is not None else None
 
     def _new(
         self, phone: str, flow: Flow, step: str, state: dict[str, Any], now: float

@@ -59,7 +59,8 @@ class Metrics:
             buckets=_LATE_BUCKETS, registry=r)
         self.outbox = Gauge(
             "botkit_outbox_messages", "Outbox messages by status: due (queued, may go now),"
-            " later (queued for a later try), sending, failed, uncertain", ["status"],
+            " later (queued for a later try), held (waiting for the phone's quiet hours to"
+            " end), sending, failed, uncertain", ["status"],
             registry=r)
         self.outbox_oldest_age = Gauge(
             "botkit_outbox_oldest_age_seconds", "How long the oldest message still queued or"

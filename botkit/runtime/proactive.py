@@ -12,6 +12,7 @@ from botkit.core.flows import Delivery, Flow
 from botkit.core.lifecycle import plan_timers
 from botkit.core.records import (
     Commit,
+    PhoneCounts,
 )
 from botkit.core.turn import Reply
 from botkit.errors import (
@@ -39,25 +40,29 @@ class StartResult:
     outcome: Literal["started", "skipped", "replaced", "queued"]
     conversation_id: int | None = None
     detail: str = ""
+    # When its messages go: the end of the phone's quiet hours; None: now.
+    held_until: float | None = None
 
 
 class Proactive(EngineBase):
     """The engine's proactive side (``Engine`` has it)."""
 
     async def start(
-        self, flow_name: str, phone: str, state: dict[str, Any] | None = None
+        self, flow_name: str, phone: str, state: dict[str, Any] | None = None, *,
+        quiet_hours: bool = True,
     ) -> StartResult:
         """Begin a conversation proactively by asking the flow's first step.
 
         Skipped for a phone already in an open conversation of this flow, or with a human
         agent; an expired conversation is closed as expired, one in another flow as replaced.
+        Quiet hours and the per-phone limits apply as in ``start_many``.
         """
-        [result] = await self.start_many(flow_name, [phone], state)
+        [result] = await self.start_many(flow_name, [phone], state, quiet_hours=quiet_hours)
         return result
 
     async def start_many(
         self, flow_name: str, phones: list[str], state: dict[str, Any] | None = None, *,
-        campaign_id: int | None = None,
+        campaign_id: int | None = None, quiet_hours: bool = True,
     ) -> list[StartResult]:
         """``start`` for many phones at once: one read and one commit for all of them.
 
@@ -65,23 +70,33 @@ class Proactive(EngineBase):
         conversation meanwhile is skipped, the others start). Returns one result per
         distinct phone, in the order given. ``campaign_id``: the campaign run whose
         messages these are (``CampaignStore.begin_campaign``), kept on each outbox row.
+
+        A phone in its quiet hours starts now, its question held until they end (its
+        timers count from then; ``quiet_hours=False``: sent now, for an urgent campaign);
+        one on the suppression list or at a per-phone limit is skipped.
         """
         flow = self.flows[flow_name]
         now = self.clock()
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
         active = await self.store.open_conversations(phones)
         suppressed = await self.store.suppressed_among(phones)
+        counts = await self._counts([p for p in phones if p not in suppressed], now)
         results: dict[str, StartResult] = {}
         planned: list[tuple[str, Commit, Literal["started", "replaced"], str]] = []
         for phone in phones:
             if phone in suppressed:
                 results[phone] = StartResult(phone, "skipped", None, OPTED_OUT)
                 continue
+            allowed, limit = self.limits.allowance(counts[phone])
+            if allowed == 0:
+                results[phone] = StartResult(phone, "skipped", None, limit or "")
+                continue
             plan = self._plan_start(flow, phone, active.get(phone), state, now)
             if isinstance(plan, StartResult):
                 results[phone] = plan
             else:
                 commit, outcome, detail = plan
+                commit = self._paced(commit, phone, counts[phone], now, quiet_hours)
                 if campaign_id is not None:
                     commit = replace(commit, campaign_id=campaign_id)
                 planned.append((phone, commit, outcome, detail))
@@ -91,7 +106,8 @@ class Proactive(EngineBase):
             if isinstance(done, ConcurrentUpdateError):
                 results[phone] = StartResult(phone, "skipped", None, str(done))
             else:
-                results[phone] = StartResult(phone, outcome, done.conversation_id, detail)
+                results[phone] = StartResult(phone, outcome, done.conversation_id, detail,
+                                             commit.outbox[0].held_until)
                 self.outlet.deliver(done.claimed, reserved=False, phone=phone,
                                     queued=len(commit.outbox) - len(done.claimed))
         return [results[phone] for phone in phones]
@@ -106,6 +122,7 @@ class Proactive(EngineBase):
         delivery: Delivery | None = None,
         key: str | None = None,
         campaign_id: int | None = None,
+        quiet_hours: bool = True,
     ) -> list[StartResult]:
         """Queue a one-way notice (``Turn.notify``) to each phone, outside any conversation.
 
@@ -113,28 +130,36 @@ class Proactive(EngineBase):
         A phone's notice is committed atomically on its own; a template that breaks a
         provider limit (an SMS fallback too long) raises before anything is committed. With
         ``key``, a phone that already has a notice under that key is skipped, so a re-run
-        sends nothing twice. ``campaign_id``: as in ``start_many``.
+        sends nothing twice. ``campaign_id``, ``quiet_hours`` and the per-phone limits: as
+        in ``start_many``.
 
         >>> await engine.notify_many(["380501112233"], "support/order_shipped.txt",
         ...                          variables={"order": 42})
         """
+        now = self.clock()
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
         suppressed = await self.store.suppressed_among(phones)
-        sending = [p for p in phones if p not in suppressed]
+        results = {phone: StartResult(phone, "skipped", None, OPTED_OUT) for phone in suppressed}
+        counts = await self._counts([p for p in phones if p not in suppressed], now)
+        for phone, count in counts.items():
+            allowed, limit = self.limits.allowance(count)
+            if allowed == 0:
+                results[phone] = StartResult(phone, "skipped", None, limit or "")
+        sending = [p for p in phones if p not in results]
         reply = Reply(template=template, variables=dict(variables or {}), delivery=delivery,
                       one_way=True, sms=sms)
-        commits = [Commit(inbound_id=None, route="notice", campaign_id=campaign_id,
-                          outbox=tuple(replace(item, notice_key=key) for item
-                                       in self.composer.compose([(reply, None)], phone, None)))
-            for phone in sending]
-        outcomes = await self.store.commit_many(commits, self.clock()) if commits else []
+        commits = [self._paced(
+            Commit(inbound_id=None, route="notice", campaign_id=campaign_id,
+                   outbox=tuple(replace(item, notice_key=key) for item
+                                in self.composer.compose([(reply, None)], phone, None))),
+            phone, counts[phone], now, quiet_hours) for phone in sending]
+        outcomes = await self.store.commit_many(commits, now) if commits else []
         crashpoints.hit("after_turn_commit")
-        results = {phone: StartResult(phone, "skipped", None, OPTED_OUT) for phone in suppressed}
         for phone, commit, done in zip(sending, commits, outcomes, strict=True):
             if isinstance(done, ConcurrentUpdateError):  # the phone has this key's notice
                 results[phone] = StartResult(phone, "skipped", None, f"already has notice {key!r}")
                 continue
-            results[phone] = StartResult(phone, "queued")
+            results[phone] = StartResult(phone, "queued", held_until=commit.outbox[0].held_until)
             self.outlet.deliver(done.claimed, reserved=False, phone=phone,
                                 queued=len(commit.outbox) - len(done.claimed))
         return [results[phone] for phone in phones]  # in the order given
@@ -186,6 +211,23 @@ class Proactive(EngineBase):
                                          change.state, question=True),
             timers=plan_timers(flow, step, now)))
         return conv
+
+    def _paced(
+        self, commit: Commit, phone: str, counts: PhoneCounts, now: float, quiet_hours: bool
+    ) -> Commit:
+        """A proactive commit as the per-phone limits and quiet hours let it go: messages
+        beyond the allowance refused, and the rest held until the phone's night ends, with
+        the timers and expiry of its new conversation counting from then."""
+        outbox, _ = self.limits.apply(commit.outbox, counts)
+        opens = self._opens_at(phone, now) if quiet_hours else None
+        if opens is None:
+            return replace(commit, outbox=outbox)
+        by = opens - now
+        change = commit.conversation
+        return replace(
+            commit, outbox=tuple(replace(item, held_until=opens) for item in outbox),
+            timers=tuple(replace(t, due_at=t.due_at + by) for t in commit.timers),
+            conversation=replace(change, expires_at=change.expires_at + by) if change else None)
 
     def _plan_start(
         self, flow: Flow, phone: str, active: Conversation | None,

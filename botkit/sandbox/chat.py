@@ -176,7 +176,8 @@ async def _start(request: web.Request) -> web.Response:
     if body.flow not in rt.flows:
         return web.json_response({"error": f"no flow is named {body.flow!r}", "field": "flow"},
                                  status=400)
-    result = await rt.engine.start(body.flow, body.phone)  # wakes the sender itself
+    # The developer at the chat is the user, and awake: quiet hours are not for this start.
+    result = await rt.engine.start(body.flow, body.phone, quiet_hours=False)
     return web.json_response({"outcome": result.outcome, "detail": result.detail})
 
 

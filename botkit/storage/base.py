@@ -46,6 +46,8 @@ from botkit.core.records import (
     Inbound,
     LogEntry,
     Outgoing,
+    PhoneCounts,
+    QueueSize,
     RoutingContext,
     StatusChange,
     Suppression,
@@ -233,8 +235,9 @@ class OutboxStore(ABC):
         """
 
     @abstractmethod
-    async def queue_size(self, now: float) -> tuple[int, int]:
-        """Queued messages: (due by ``now``, waiting for a later try)."""
+    async def queue_size(self, now: float) -> QueueSize:
+        """Queued messages: due by ``now``, waiting for a later try, and of those the ones
+        waiting for the end of their phone's quiet hours."""
 
     @abstractmethod
     async def send_slots(self, count: int, rate: float) -> float:
@@ -260,6 +263,12 @@ class TimerStore(ABC):
     @abstractmethod
     async def skip_timer(self, timer_id: int, reason: str, now: float) -> bool:
         """Mark a pending timer skipped (it no longer applies); False if it was not pending."""
+
+    @abstractmethod
+    async def postpone_timers(self, timer_id: int, conversation_id: int, by: float) -> bool:
+        """Move every pending timer of the conversation, and its expiry, ``by`` seconds later,
+        in one transaction (a timer that would speak in the phone's quiet hours: the
+        conversation's clock stops for the night); False if ``timer_id`` was not pending."""
 
 
 class StatusStore(ABC):
@@ -440,6 +449,13 @@ class ConsentStore(ABC):
     @abstractmethod
     async def suppressed_among(self, phones: Collection[str]) -> set[str]:
         """Which of ``phones`` are on the list (a campaign skips them)."""
+
+    @abstractmethod
+    async def phone_counts(
+        self, phones: Collection[str], now: float, unanswered: int, proactive: int
+    ) -> dict[str, PhoneCounts]:
+        """What the per-phone limits count for each of ``phones`` (``PhoneCounts``), each
+        count read up to its limit only (0: not read)."""
 
     @abstractmethod
     async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:

@@ -27,12 +27,12 @@ from botkit.core.records import (
 from botkit.errors import ConcurrentUpdateError
 from botkit.models import MessageType, StatusUpdate, sms_status_label, status_label
 
-__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "FORGET_KEY", "FORGET_SQL", "PHONE_DATA",
+__all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "DAY", "PHONE_COUNTS", "RELEASE_HELD", "FORGET_KEY", "FORGET_SQL", "PHONE_DATA",
            "token_hash", "REFUSED_OPTED_OUT", "consent_statements",
            "suppression_from_row", "CAMPAIGN", "CAMPAIGN_COLUMNS",
            "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
            "funnel_report", "funnel_statements", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN",
-           "OUTBOUND_COLUMNS", "QUEUE", "SENT_COLUMNS",
+           "OUTBOUND_COLUMNS", "QUEUE", "claimable", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
            "history_detail", "INBOUND_COLUMNS", "inbound_of", "outbound_row", "started_results",
            "status_body", "user_from_row", "action_from_row"]
@@ -56,6 +56,10 @@ ACTIVITY_MARK = ("SELECT (SELECT max(id) FROM inbound) AS i, (SELECT max(id) FRO
 # opt-out or opt-in keyword (role 'consent').
 REFUSED_OPTED_OUT = "opted out: the phone is on the suppression list"
 CONSENT_ROLE = "consent"
+# The body of the trigger ``inbound_releases_held`` (both engines): the phone's rows that wait
+# for its quiet hours to end go now. The QUEUE term picks the index outbound_phone_queue.
+RELEASE_HELD = (f"UPDATE outbound SET due_at = 0 WHERE {QUEUE} AND phone = NEW.phone"
+                " AND status = 'queued' AND held_until IS NOT NULL AND due_at > 0")
 
 # A change to the suppression list (``ConsentChange``). Each statement's ``{}`` are the
 # engine's placeholders, in the order of its values (``consent_statements``).
@@ -175,24 +179,51 @@ SENT_COLUMNS = "id, phone, flow, step, conversation_id, delivery_status, message
 OUTBOUND_COLUMNS = (
     "conversation_id", "phone", "flow", "flow_version", "step", "template", "text",
     "message_type", "payload", "ttl", "role", "inbound_id", "created_at", "status", "attempts",
-    "claimed_by", "claimed_at", "notice_key",
+    "claimed_by", "claimed_at", "notice_key", "proactive", "due_at", "held_until", "error",
 )
 
 # A campaign's outbox rows carry one column more (the hot path's inserts stay as they were).
 CAMPAIGN_COLUMNS = (*OUTBOUND_COLUMNS, "campaign_id")
 
 
+DAY = 86_400.0  # seconds: the per-phone limit of proactive messages counts this far back
+
+# What the per-phone limits count (``PhoneCounts``), for the phone {phone}: the bot's last
+# {unanswered} messages that came after the phone's last message, and its last {proactive}
+# proactive ones of the 24 hours since {since}. Each reads at most its limit of rows, by the
+# index outbound_phone (phone, id) (``latest``, the derived table, is read whole: those rows).
+PHONE_COUNTS = (
+    "SELECT (SELECT count(*) FROM (SELECT created_at FROM outbound WHERE phone = {phone}"
+    "   AND status <> 'refused' AND coalesce(role, '') <> '" + CONSENT_ROLE + "'"
+    "   ORDER BY id DESC LIMIT {unanswered}) AS latest WHERE latest.created_at >= coalesce("
+    "  (SELECT received_at FROM inbound WHERE phone = {phone} ORDER BY id DESC LIMIT 1), 0))"
+    " AS unanswered,"
+    " (SELECT count(*) FROM (SELECT created_at FROM outbound WHERE phone = {phone}"
+    "   AND proactive = 1 AND status <> 'refused' ORDER BY id DESC LIMIT {proactive}) AS latest"
+    "  WHERE latest.created_at > {since}) AS proactive")
+
+
+def claimable(item: OutboxItem) -> bool:
+    """Whether a new row may be inserted claimed for a sender: not one that waits for quiet
+    hours to end, nor one refused."""
+    return item.held_until is None and not item.refused
+
+
 def outbound_row(
     item: OutboxItem, conv_id: int | None, inbound_id: int | None, now: float,
     claim: str | None,
 ) -> list[Any]:
-    """An outbox row's values, in ``OUTBOUND_COLUMNS`` order; ``claim``: inserted claimed."""
+    """An outbox row's values, in ``OUTBOUND_COLUMNS`` order; ``claim``: inserted claimed
+    (never a row that waits for quiet hours to end or is refused)."""
+    claim = claim if claimable(item) else None
+    status = "refused" if item.refused else "sending" if claim else "queued"
     return [conv_id, item.phone, item.flow, item.flow_version, item.step, item.template,
             item.text, item.message_type, json.dumps(item.payload),
             item.payload.get("validity_period"),
             CONSENT_ROLE if item.consent else "question" if item.question else None,
-            inbound_id, now, "sending" if claim else "queued", 1 if claim else 0, claim,
-            time.time() if claim else None, item.notice_key]
+            inbound_id, now, status, 1 if claim else 0, claim,
+            time.time() if claim else None, item.notice_key, 1 if item.proactive else 0,
+            item.held_until or 0.0, item.held_until, item.refused]
 
 
 # What a stored user message is read back with (``inbound_of``).

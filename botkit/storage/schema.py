@@ -16,6 +16,7 @@ from botkit.storage.rows import (
     HANDOFF,
     HUMAN,
     REFUSED_OPTED_OUT,
+    RELEASE_HELD,
     UNCONFIRMED,
 )
 
@@ -325,3 +326,21 @@ def m014_forget(db: sqlite_utils.Database) -> None:
     message token, so that a late duplicate callback is still recognised (and not handled as
     a new message). The inbound insert checks it by primary key in its own statement."""
     db.execute("CREATE TABLE forgotten_tokens (token_hash TEXT PRIMARY KEY, at REAL NOT NULL)")
+
+
+@MIGRATIONS(name="m015_pacing")
+def m015_pacing(db: sqlite_utils.Database) -> None:
+    """Quiet hours and per-phone limits (docs/consent.md).
+
+    ``proactive`` marks the rows of turns the bot started (a campaign, a timer, a notice),
+    which the per-phone limits count. ``held_until`` is when the phone's quiet hours end for
+    a row that waits for them (its ``due_at`` is that time too, until the phone writes and
+    the row goes at once); the step's timers count from it.
+
+    The trigger ``inbound_releases_held``: a message from the phone, whatever path stored it,
+    lets its held rows go now (quiet hours are for what the bot starts; a user who writes is
+    awake). It runs in the insert's own statement, on the phone's few queued rows.
+    """
+    db.execute("ALTER TABLE outbound ADD COLUMN proactive INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE outbound ADD COLUMN held_until REAL")
+    db.execute(f"CREATE TRIGGER inbound_releases_held AFTER INSERT ON inbound BEGIN {RELEASE_HELD}; END")

@@ -31,13 +31,14 @@ def metrics_handler(bot: Callable[[], Bot]) -> Callable[[web.Request], Awaitable
         try:
             now = running.clock()
             health = await running.store.health()
-            due, later = await running.store.queue_size(now)
+            due, later, held = await running.store.queue_size(now)
             backlog = await running.store.backlog(now)
         except Exception as exc:  # the counters still say what happened; /healthz says why
             log.warning("/metrics could not read the outbox's size: %s", exc)
         else:
             outbox = health["outbox"]
-            for status, n in (("due", due), ("later", later), ("sending", outbox["sending"]),
+            for status, n in (("due", due), ("later", later - held), ("held", held),
+                              ("sending", outbox["sending"]),
                               ("failed", outbox["failed"]), ("uncertain", outbox["uncertain"])):
                 m.outbox.labels(status).set(n)
             m.inbound_pending.set(health["inbound_pending"])

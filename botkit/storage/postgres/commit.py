@@ -24,6 +24,7 @@ from botkit.storage.rows import (
     CAMPAIGN_COLUMNS,
     OUTBOUND_COLUMNS,
     QUEUE,
+    claimable,
     consent_statements,
     conversation_values,
     outbound_row,
@@ -47,7 +48,8 @@ _UNCLAIMED = {"status": "'queued'", "attempts": "0", "claimed_by": "NULL", "clai
 # INSERT ... SELECT infers no parameter's type from its column: each is named.
 _CASTS = {"conversation_id": "bigint", "message_type": "int", "ttl": "bigint",
           "inbound_id": "bigint", "created_at": "float8", "attempts": "int",
-          "claimed_at": "float8", "campaign_id": "bigint"}
+          "claimed_at": "float8", "campaign_id": "bigint", "proactive": "int",
+          "due_at": "float8", "held_until": "float8"}
 
 
 class _Statement:
@@ -218,7 +220,7 @@ def _outbox(
     # A campaign's rows carry its id; every other turn's insert stays as it was.
     columns = OUTBOUND_COLUMNS if change.campaign_id is None else CAMPAIGN_COLUMNS
     for n, item in enumerate(change.outbox):
-        claim = change.claim_for if n == 0 else None
+        claim = change.claim_for if n == 0 and claimable(item) else None
         row = outbound_row(item, None, change.inbound_id, now, claim)
         if change.campaign_id is not None:
             row.append(change.campaign_id)

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from botkit.core.records import ConsentChange, Suppression
+from botkit.core.records import ConsentChange, PhoneCounts, Suppression
 from botkit.storage.postgres.commit import apply_consent
 from botkit.storage.postgres.connection import PgConnection
 from botkit.storage.rows import (
+    DAY,
     FORGET_SQL,
     OPEN,
+    PHONE_COUNTS,
     PHONE_DATA,
     suppression_from_row,
     token_hash,
@@ -36,6 +38,16 @@ class PgConsent(PgConnection):
         rows = await self._rows("SELECT phone FROM suppressions WHERE phone = ANY($1::text[])",
                                 list(phones))
         return {r["phone"] for r in rows}
+
+    async def phone_counts(
+        self, phones: Collection[str], now: float, unanswered: int, proactive: int
+    ) -> dict[str, PhoneCounts]:
+        counts = PHONE_COUNTS.format(phone="p.phone", unanswered="$2", proactive="$3",
+                                     since="$4")
+        rows = await self._rows(
+            f"SELECT p.phone, c.* FROM unnest($1::text[]) AS p(phone),"
+            f" LATERAL ({counts}) AS c", list(phones), unanswered, proactive, now - DAY)
+        return {r["phone"]: PhoneCounts(r["unanswered"], r["proactive"]) for r in rows}
 
     async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:
         async with self._conn() as conn, conn.transaction(isolation="repeatable_read",

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from botkit.core.lifecycle import DeliveryRules
-from botkit.core.records import Outgoing, SentQuestion
+from botkit.core.records import Outgoing, QueueSize, SentQuestion
 from botkit.storage.postgres.connection import _NOW, PgConnection
 from botkit.storage.postgres.together import Together
 from botkit.storage.rows import ATTENTION, QUEUE, SENT_COLUMNS
@@ -117,14 +117,15 @@ class PgOutbox(PgConnection):
                 " sent_at = s.sent_at, error = NULL FROM s WHERE o.id = s.id"
                 " AND (s.claimer IS NULL OR (o.claimed_by = s.claimer AND o.status = 'sending'))"
                 " RETURNING o.id, o.message_id, o.sent_at, o.conversation_id, o.flow, o.step,"
-                " o.role, o.created_at",
+                " o.role, o.created_at, o.held_until",
                 [s.outbox_id for s in sends], [s.message_id for s in sends],
                 [s.now for s in sends], [s.claimer for s in sends])
             if not sent:  # other processes took the claims over: their sends stand
                 return
             shifts = [shift for r in sent if (shift := rules.late_shift(SentQuestion(
                 conversation_id=r["conversation_id"], flow=r["flow"], step=r["step"],
-                question=r["role"] == "question", created_at=r["created_at"]),
+                question=r["role"] == "question", created_at=r["created_at"],
+                held_until=r["held_until"]),
                 r["sent_at"])) is not None]
             # The late questions' timers (of each shift's kinds) and expiry count from their
             # send, in the statement that looks for early statuses.
@@ -209,12 +210,13 @@ class PgOutbox(PgConnection):
                 "its sender was killed during the send: it may have reached the user")
             return len(again), len(held)
 
-    async def queue_size(self, now: float) -> tuple[int, int]:
+    async def queue_size(self, now: float) -> QueueSize:
         row = await self._one(
-            "SELECT count(*) AS n, count(*) FILTER (WHERE due_at > $1) AS later"
+            "SELECT count(*) AS n, count(*) FILTER (WHERE due_at > $1) AS later,"
+            " count(*) FILTER (WHERE due_at > $1 AND held_until IS NOT NULL) AS held"
             f" FROM outbound WHERE {QUEUE} AND status = 'queued'", now)
         assert row is not None
-        return row["n"] - row["later"], row["later"]
+        return QueueSize(row["n"] - row["later"], row["later"], row["held"])
 
     async def resend_uncertain(
         self, flow: str | None = None, *, template: str | None = None

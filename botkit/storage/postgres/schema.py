@@ -25,6 +25,7 @@ from botkit.storage.rows import (
     HUMAN,
     QUEUE,
     REFUSED_OPTED_OUT,
+    RELEASE_HELD,
     UNCONFIRMED,
 )
 
@@ -270,6 +271,20 @@ P009_FORGET = """
 CREATE TABLE forgotten_tokens (token_hash TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
 """
 
+# Quiet hours and per-phone limits: which rows the bot started, and until when one waits.
+# A message from the phone lets its held rows go now.
+P010_PACING = f"""
+ALTER TABLE outbound ADD COLUMN proactive INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbound ADD COLUMN held_until DOUBLE PRECISION;
+CREATE FUNCTION botkit_release_held() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    {RELEASE_HELD};
+    RETURN NULL;
+END $$;
+CREATE TRIGGER inbound_releases_held AFTER INSERT ON inbound
+    FOR EACH ROW EXECUTE FUNCTION botkit_release_held();
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", P001_INITIAL),
     ("p002_refuse", REFUSE_FUNCTION),  # a turn's commit in one statement (postgres.commit)
@@ -280,6 +295,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("p007_campaigns", P007_CAMPAIGNS),
     ("p008_consent", P008_CONSENT),
     ("p009_forget", P009_FORGET),
+    ("p010_pacing", P010_PACING),
 ]
 
 

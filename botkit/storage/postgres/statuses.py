@@ -65,6 +65,19 @@ class PgStatuses(PgConnection):
                 return False
             return True
 
+    async def postpone_timers(self, timer_id: int, conversation_id: int, by: float) -> bool:
+        async with self._conn() as conn:
+            self.jobs += 1
+            moved = await conn.fetchval(
+                "WITH t AS (SELECT id FROM timers WHERE id = $1 AND status = 'pending'"
+                "  FOR UPDATE),"
+                " timers_moved AS (UPDATE timers SET due_at = due_at + $3, leased_until = NULL"
+                "  WHERE conversation_id = $2 AND status = 'pending' AND EXISTS (SELECT 1 FROM t)),"
+                " expiry_moved AS (UPDATE conversations SET expires_at = expires_at + $3"
+                "  WHERE id = $2 AND status = 'active' AND EXISTS (SELECT 1 FROM t))"
+                " SELECT count(*) FROM t", timer_id, conversation_id, by)
+        return bool(moved)
+
     async def unconfirmed(
         self, sent_before: float, sent_after: float, limit: int, now: float | None = None
     ) -> list[tuple[int, int]]:

@@ -7,11 +7,13 @@ import secrets
 from collections.abc import Collection
 from typing import Any
 
-from botkit.core.records import ConsentChange, Suppression
+from botkit.core.records import ConsentChange, PhoneCounts, Suppression
 from botkit.storage.rows import (
+    DAY,
     FORGET_KEY,
     FORGET_SQL,
     OPEN,
+    PHONE_COUNTS,
     PHONE_DATA,
     suppression_from_row,
     token_hash,
@@ -43,6 +45,20 @@ class Consent(Connection):
                 f"SELECT phone FROM suppressions WHERE phone IN ({','.join('?' * len(part))})",
                 part))
         return found
+
+    async def phone_counts(
+        self, phones: Collection[str], now: float, unanswered: int, proactive: int
+    ) -> dict[str, PhoneCounts]:
+        return await self._run(self._phone_counts, list(phones), now, unanswered, proactive)
+
+    def _phone_counts(
+        self, phones: list[str], now: float, unanswered: int, proactive: int
+    ) -> dict[str, PhoneCounts]:
+        sql = PHONE_COUNTS.format(phone=":phone", unanswered=":unanswered",
+                                  proactive=":proactive", since=":since")
+        limits = {"unanswered": unanswered, "proactive": proactive, "since": now - DAY}
+        return {phone: PhoneCounts(**self._rows(sql, {"phone": phone, **limits})[0])
+                for phone in phones}
 
     async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:
         return await self._run(self._phone_data, phone)

@@ -10,6 +10,7 @@ from typing import Any
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.records import (
     Outgoing,
+    QueueSize,
     SentQuestion,
 )
 from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, _SENT_COLUMNS, Connection
@@ -78,7 +79,7 @@ class Outbox(Connection):
             " WHERE message_id = ? ORDER BY id", [message_id])
         sent = ("UPDATE outbound SET status = 'sent', message_id = ?, sent_at = ?, error = NULL"
                 f" WHERE id = ? AND {_CLAIMED} RETURNING conversation_id, flow, step, role,"
-                " created_at")
+                " created_at, held_until")
         values = [message_id, now, outbox_id, claimer, claimer]
         if not events:  # the usual case: one statement (and a late shift)
             self._shift(self._write_one(sent, values).fetchone(), now, rules)
@@ -100,17 +101,17 @@ class Outbox(Connection):
 
     def _shift(self, sent: tuple[Any, ...] | None, now: float, rules: DeliveryRules) -> None:
         """Move the timers of a question that went late, as ``rules.late_shift`` says.
-        ``sent``: the row's conversation_id, flow, step, role, created_at.
+        ``sent``: the row's conversation_id, flow, step, role, created_at, held_until.
 
         On the usual path (no early status) these are statements of their own: should they
         fail, the send stays recorded (it happened) and the timers keep their due times.
         """
         if sent is None:
             return
-        conv_id, flow, step, role, created_at = sent
+        conv_id, flow, step, role, created_at, held_until = sent
         shift = rules.late_shift(SentQuestion(
             conversation_id=conv_id, flow=flow, step=step, question=role == "question",
-            created_at=created_at), now)
+            created_at=created_at, held_until=held_until), now)
         if shift is None:
             return
         kinds = ", ".join("?" * len(shift.kinds))
@@ -170,14 +171,15 @@ class Outbox(Connection):
                 )
             return len(gone) - held, held
 
-    async def queue_size(self, now: float) -> tuple[int, int]:
+    async def queue_size(self, now: float) -> QueueSize:
         return await self._run(self._queue_size, now)
 
-    def _queue_size(self, now: float) -> tuple[int, int]:
-        row = self._one(f"SELECT count(*) AS n, coalesce(sum(due_at > ?), 0) AS later"
-                        f" FROM outbound WHERE {_QUEUE} AND status = 'queued'", [now])
+    def _queue_size(self, now: float) -> QueueSize:
+        row = self._one(f"SELECT count(*) AS n, coalesce(sum(due_at > ?), 0) AS later,"
+                        " coalesce(sum(due_at > ? AND held_until IS NOT NULL), 0) AS held"
+                        f" FROM outbound WHERE {_QUEUE} AND status = 'queued'", [now, now])
         assert row is not None
-        return row["n"] - row["later"], row["later"]
+        return QueueSize(row["n"] - row["later"], row["later"], row["held"])
 
     async def send_slots(self, count: int, rate: float) -> float:
         return await self._run(self._send_slots, count, rate)

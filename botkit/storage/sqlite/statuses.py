@@ -76,6 +76,20 @@ class Statuses(Connection):
                 return False
             return True
 
+    async def postpone_timers(self, timer_id: int, conversation_id: int, by: float) -> bool:
+        return await self._run(self._postpone_timers, timer_id, conversation_id, by)
+
+    def _postpone_timers(self, timer_id: int, conversation_id: int, by: float) -> bool:
+        with self._write() as db:
+            if self._one("SELECT 1 AS pending FROM timers WHERE id = ? AND status = 'pending'",
+                         [timer_id]) is None:
+                return False
+            db.execute("UPDATE timers SET due_at = due_at + ? WHERE conversation_id = ?"
+                       " AND status = 'pending'", [by, conversation_id])
+            db.execute("UPDATE conversations SET expires_at = expires_at + ?"
+                       " WHERE id = ? AND status = 'active'", [by, conversation_id])
+            return True
+
     async def unconfirmed(
         self, sent_before: float, sent_after: float, limit: int, now: float | None = None
     ) -> list[tuple[int, int]]:

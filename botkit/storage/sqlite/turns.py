@@ -25,6 +25,7 @@ from botkit.storage.rows import (
     OPEN,
     OUTBOUND_COLUMNS,
     batch_of_starts,
+    claimable,
     conversation_from_row,
     conversation_values,
     inbound_of,
@@ -274,9 +275,10 @@ class Turns(Connection):
                 # The first message goes straight to a sender with a free slot, unless an
                 # earlier message of the phone still waits (each phone's messages in order),
                 # or the phone is on the suppression list (outbound_opted_out refuses it).
-                claim = change.claim_for if n == 0 and change.claim_for and (self._one(
-                    _WAITING, [item.phone]) if item.consent else self._one(
-                    _WAITING_OR_SUPPRESSED, [item.phone, item.phone])) is None else None
+                # A row that waits for quiet hours to end, or is refused, is not claimed.
+                claim = change.claim_for if n == 0 and change.claim_for and claimable(item) and (
+                    self._one(_WAITING, [item.phone]) if item.consent else self._one(
+                        _WAITING_OR_SUPPRESSED, [item.phone, item.phone])) is None else None
                 values = outbound_row(item, row_conv, change.inbound_id, now, claim)
                 if change.campaign_id is None:  # every turn but a campaign's
                     cursor = db.execute(_OUTBOUND_INSERT + _OUTBOUND_VALUES, values)
