@@ -19,6 +19,7 @@ from test_console import console  # noqa: F401 - the fixture
 from botkit import Settings
 from botkit.core.records import Commit, ConsentChange, OutboxItem
 from botkit.errors import DefinitionError
+from botkit.runtime.campaign import Campaign
 from botkit.runtime.proactive import OPTED_OUT
 from botkit.storage.rows import REFUSED_OPTED_OUT
 from botkit.testing import Clock
@@ -101,6 +102,27 @@ async def test_no_path_sends_to_an_opted_out_phone(bot_harness):
     assert [m.text for m in chat.replies][-1].startswith(CONFIRMED[:20])  # nothing after it
     assert len(chat.replies) == 1
     assert len(bot.chat("380501230002").replies) == 1  # the other phone's survey went out
+
+
+async def test_stop_during_a_campaign_the_rest_of_it_skips_the_phone(bot_harness):
+    bot = await bot_harness(flows=[survey])
+    rt = bot.runtime
+    phones = [f"38050123001{n}" for n in range(4)]
+    late = bot.chat(phones[3])
+
+    async def begin(chunk: list[str], campaign_id: int | None = None):
+        results = await rt.engine.start_many("survey", chunk, campaign_id=campaign_id)
+        if chunk == phones[:1]:  # the worker that begins phones[3] next
+            await late.send("stop", tracking=None)  # the user writes while it runs
+        return results
+
+    progress = await Campaign(rt.store, rt.engine, rt.sender, begin, phones, batch=1,
+                              kind="start", name="survey").run()
+    assert (progress.started, progress.skipped, progress.opted_out) == (3, 1, 1)
+    assert "1 opted out (skipped)" in progress.line()
+    await bot.settle()
+    assert [m.text[:20] for m in late.replies] == [CONFIRMED[:20]]  # and nothing else
+    assert all(len(bot.chat(p).replies) == 1 for p in phones[:3])
 
 
 async def test_a_reminder_due_for_an_opted_out_phone_is_not_sent(bot_harness):

@@ -38,6 +38,8 @@ async def test_a_campaign_at_23_in_kyiv_waits_there_and_goes_in_sao_paulo_and_a_
     await bot.settle()
     assert [m.step for m in bot.chat(BR).replies] == ["name"]  # 18:00 there: sent
     assert bot.chat(UA).replies == []  # 23:00 there: it waits
+    [line] = await bot.runtime.store.history(UA)  # the console's transcript says why
+    assert line.detail.endswith("held for the phone's quiet hours until 2027-01-16 07:00 UTC")
     # Its timers count from 09:00 in Kyiv, when it goes: the reminder 2 hours after that.
     due = {r["kind"]: r["due_at"] for r in bot.db().query(
         "SELECT kind, due_at FROM timers WHERE phone = ?", [UA])}

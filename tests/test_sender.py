@@ -76,7 +76,10 @@ async def test_a_stalled_loop_does_not_bunch_more_than_the_rate_into_a_second(bo
     while len(bot.provider.sent) < len(phones):
         await asyncio.sleep(0.01)
     await starting
-    most = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    # Starts are planned 1/rate apart; the times here are when each coroutine ran, which a
+    # loaded machine delays by a few milliseconds, one more than another: a window a little
+    # under a second keeps that jitter from counting as a 51st start.
+    most = max(sum(1 for t in starts if s <= t < s + 0.98) for s in starts)
     assert 45 <= most <= 50
     assert sorted(m.phone for m in bot.provider.sent) == phones
 

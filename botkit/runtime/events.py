@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 
 from botkit.core.conversation import Conversation, Status
 from botkit.core.flows import Flow, Step

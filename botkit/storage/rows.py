@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from botkit.core.conversation import Conversation, Status
@@ -377,6 +378,9 @@ def history_detail(row: dict[str, Any]) -> str:
         parts.append(f"{sms} {sms_status_label(row['sms_message_status'])}")
     if row["step"] is not None:
         parts.append(f"asks {row['step']}")
+    if row["detail"] == "queued" and row.get("held_until"):
+        held = datetime.fromtimestamp(row["held_until"], timezone.utc)
+        parts.append(f"held for the phone's quiet hours until {held:%Y-%m-%d %H:%M} UTC")
     text = ", ".join(parts)
     return f"{text}: {row['error']}" if row["error"] else text
 
