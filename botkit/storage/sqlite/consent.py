@@ -54,11 +54,20 @@ class Consent(Connection):
     def _phone_counts(
         self, phones: list[str], now: float, unanswered: int, proactive: int
     ) -> dict[str, PhoneCounts]:
-        sql = PHONE_COUNTS.format(phone=":phone", unanswered=":unanswered",
-                                  proactive=":proactive", since=":since")
-        limits = {"unanswered": unanswered, "proactive": proactive, "since": now - DAY}
-        return {phone: PhoneCounts(**self._rows(sql, {"phone": phone, **limits})[0])
-                for phone in phones}
+        # One statement per few hundred phones: a campaign's batch pays one statement's
+        # overhead, not one per phone.
+        counts = PHONE_COUNTS.format(phone="given.phone", unanswered="?", proactive="?",
+                                     since="?").removeprefix("SELECT ")
+        found: dict[str, PhoneCounts] = {}
+        for i in range(0, len(phones), 300):  # under SQLite's limit of bound variables
+            part = phones[i:i + 300]
+            values = ", ".join(["(?)"] * len(part))
+            for row in self.conn.execute(
+                    f"WITH given(phone) AS (VALUES {values})"
+                    f" SELECT given.phone, {counts} FROM given",
+                    [*part, unanswered, proactive, now - DAY]):
+                found[row[0]] = PhoneCounts(row[1], row[2])
+        return found
 
     async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:
         return await self._run(self._phone_data, phone)
