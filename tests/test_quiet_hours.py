@@ -8,7 +8,7 @@ The clock starts at 21:00 UTC on 15 January 2027: 23:00 in Kyiv (UTC+2), 18:00 i
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from test_cli import db, fake_provider, run_cli  # noqa: F401 (fixtures)
@@ -25,7 +25,7 @@ NIGHT = {"quiet_hours": "21:00-09:00"}
 
 
 def utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 async def test_a_campaign_at_23_in_kyiv_waits_there_and_goes_in_sao_paulo_and_a_restart_keeps_the_wait(
@@ -138,20 +138,20 @@ def test_time_zones_of_numbers_and_the_settings_for_those_that_span_several():
 
 def test_summer_time_moves_the_night_with_the_clock():
     quiet = QuietHours()
-    july = datetime(2027, 7, 15, 20, 30, tzinfo=timezone.utc).timestamp()  # 23:30 in Kyiv
+    july = datetime(2027, 7, 15, 20, 30, tzinfo=UTC).timestamp()  # 23:30 in Kyiv
     assert utc(quiet.opens_at(UA, july)) == "2027-07-16 06:00"  # 09:00 at UTC+3
 
 
 def _window_around_now() -> str:
     """A quiet window that holds this moment, in UTC, whatever the hour the test runs at."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     start, end = now - timedelta(hours=1), now + timedelta(hours=1)
     return f"{start:%H:%M}-{end:%H:%M}"
 
 
 @pytest.mark.parametrize("ignore", [False, True])
 def test_run_py_start_says_how_many_wait_and_ignore_quiet_hours_is_logged(
-        db, fake_provider, ignore):
+        db, fake_provider, ignore):  # noqa: F811 (fixtures)
     url, key = fake_provider
     env = {"BOTKIT_API_KEY": key, "BOTKIT_API_URL": url, "BOTKIT_QUIET_HOURS":
            _window_around_now(), "BOTKIT_PHONE_ZONES": "380=UTC"}

@@ -38,12 +38,12 @@ class Limits:
         left: list[tuple[int, str]] = []
         if self.unanswered:
             left.append((self.unanswered - counts.unanswered,
-                         f"{LIMIT}{self.unanswered} messages in a row without a reply"
-                         " (BOTKIT_MAX_UNANSWERED)"))
+                         (f"{LIMIT}{self.unanswered} messages in a row without a reply"
+                          " (BOTKIT_MAX_UNANSWERED)")))
         if self.per_day:
             left.append((self.per_day - counts.proactive,
-                         f"{LIMIT}{self.per_day} proactive messages in 24 hours"
-                         " (BOTKIT_MAX_PROACTIVE_PER_DAY)"))
+                         (f"{LIMIT}{self.per_day} proactive messages in 24 hours"
+                          " (BOTKIT_MAX_PROACTIVE_PER_DAY)")))
         if not left:
             return None, None
         n, reason = min(left, key=lambda pair: pair[0])
