@@ -1,7 +1,8 @@
 """Auto-replies for a support line: a menu, answers by keyword, order status, a human agent.
 
-``menu`` (or ``help``) shows the menu. ``hours``, ``prices``, ``order`` and ``agent`` work
-with or without the menu. ``agent`` hands the conversation to a person: auto-replies stop
+``menu`` (or ``help``) shows the menu, and so does any first message that is no keyword
+(``default="ask"``: the support line is the app's default flow). ``hours``, ``prices``,
+``order`` and ``agent`` work with or without the menu. ``agent`` hands the conversation to a person: auto-replies stop
 until ``python run.py release PHONE``.
 """
 
@@ -16,6 +17,8 @@ support = Flow(
     "support",
     start="menu",
     keywords=["menu", "help", "support"],
+    # Whatever a customer writes first ("hi", "where is my order?") gets the menu.
+    default="ask",
     sender="Acme Support",
     timeout=timedelta(hours=2),
     give_up="support/bye.txt",

@@ -86,3 +86,11 @@ async def test_an_order_update_goes_as_a_notice_and_menu_still_starts_the_flow(b
 
     [menu] = await chat.send("menu")  # no 2Way message yet: sent without tracking data
     assert menu.step == "menu" and chat.conversation().flow == "support"
+
+
+async def test_any_first_message_gets_the_menu(bot_harness):
+    chat = (await bot_harness(flows=[support])).chat(PHONE)  # support is the default flow
+    [menu] = await chat.send("where is my order?")
+    assert menu.text.startswith("Hi, this is Acme Support") and menu.step == "menu"
+    [ask] = await chat.answer("3")
+    assert ask.text.startswith("Please send your 6-digit order number")

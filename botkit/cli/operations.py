@@ -90,6 +90,14 @@ def check(args: argparse.Namespace) -> int:
     warn_if_empty(flows, args.bots)
     print(f"ok: {count(len(flows), 'flow')} ({', '.join(flows)}), {count(steps, 'step')},"
           " templates compile")
+    if flows.default is not None:
+        how = ("asks its first question" if flows.default.default == "ask"
+               else f"hands the message to {flows.default.first.name!r}")
+        print(f"default flow: {flows.default.name} (a message that is no keyword starts it and"
+              f" {how})")
+    else:
+        print("default flow: none (a message that is no keyword gets the fallback reply;"
+              " Flow(..., default='ask') makes one)")
     return 0
 
 

@@ -103,6 +103,11 @@ class Flow:
     Args:
         start: the first step (asked when the flow starts); defaults to the first declared.
         keywords: messages (case- and space-insensitive) that start the flow at ``start``.
+        default: makes this the **default flow**: a message from a phone with no open
+            conversation that is no keyword starts it at ``start``. ``"ask"`` sends the
+            step's prompt (as a flow keyword does); ``"handle"`` hands the message to the
+            step's handler (as a step keyword does). At most one flow of an app is the
+            default; without one, such a message gets the fallback reply.
         source_type: 1 promotional or 2 transactional; unset, 2Way messages go as 1 and
             text notices (``turn.notify``) as 2, the type that can carry an SMS fallback.
         timeout: inactivity after which the conversation expires (a durable timer).
@@ -119,6 +124,7 @@ class Flow:
     name: str
     start: str | None = None
     keywords: Iterable[str] = ()
+    default: Literal["ask", "handle"] | None = None
     sender: str | None = None
     source_type: Literal[1, 2] | None = None
     validity: timedelta | None = None
@@ -139,6 +145,9 @@ class Flow:
                 f"flow name {self.name!r} must be lowercase letters, digits and _ (max 40)"
             )
         self.keywords = tuple(normalize(k) for k in self.keywords)
+        if self.default not in (None, "ask", "handle"):
+            raise DefinitionError(f"flow {self.name!r}: default must be 'ask' or 'handle',"
+                                  f" got {self.default!r}")
         if self.timeout <= timedelta(0):
             raise DefinitionError(f"flow {self.name!r}: timeout must be positive")
         _check_reaction(f"flow {self.name!r}", "on_expire", self.on_expire)
@@ -281,11 +290,23 @@ class FlowSet(Mapping[str, Flow]):
     def __init__(self, flows: Iterable[Flow]) -> None:
         self._flows: dict[str, Flow] = {}
         self._keywords: dict[str, tuple[Step, bool]] = {}
+        self.default: Flow | None = None  # the flow a message that is no keyword starts
         for flow in flows:
             if flow.name in self._flows:
                 raise DefinitionError(f"two flows are named {flow.name!r}")
             flow.freeze()
             self._flows[flow.name] = flow
+            if flow.default is not None:
+                if self.default is not None:
+                    raise DefinitionError(
+                        f"flows {self.default.name!r} and {flow.name!r} are both the default"
+                        " flow (default=...): at most one may be")
+                if flow.default == "ask" and flow.first.prompt is None:
+                    raise DefinitionError(
+                        f"flow {flow.name!r} is the default flow with default='ask', but its"
+                        f" first step {flow.first.name!r} has no prompt to ask; give it one"
+                        " or use default='handle'")
+                self.default = flow
         for flow in self._flows.values():
             entries = [(k, flow.first, False) for k in flow.keywords]
             entries += [(k, s, True) for s in flow.steps.values() for k in s.keywords]
@@ -325,6 +346,13 @@ class FlowSet(Mapping[str, Flow]):
         to that step's handler (True).
         """
         return self._keywords.get(normalize(text))
+
+    def default_entry(self) -> tuple[Step, bool] | None:
+        """Where a message that is no keyword starts, as ``entry`` says it: the default
+        flow's first step, handed the message when the flow says ``default="handle"``."""
+        if self.default is None:
+            return None
+        return self.default.first, self.default.default == "handle"
 
     @property
     def keywords(self) -> list[str]:

@@ -11,7 +11,9 @@ The rules, in order (docs/routing.md explains them with examples):
 2. No tracking data, an id this bot never sent, or a closed conversation: the phone's open
    conversation gets it at its current step (``STEP``) or, when handed off, ``HUMAN``.
 3. No open conversation: a keyword starts a flow (``START`` asks its first step; a step's
-   own keyword hands it the message, ``ENTRY``); anything else gets the fallback reply.
+   own keyword hands it the message, ``ENTRY``); anything else starts the default flow
+   (``Flow(default="ask")``: ``START``; ``default="handle"``: ``ENTRY``), or gets the
+   fallback reply when no flow is the default.
 4. A conversation idle for longer than its flow's ``timeout`` is closed as expired, and the
    message starts fresh: a keyword starts its flow, anything else restarts the expired
    conversation's flow from its first step (``RESTART``); the late text is not applied.
@@ -175,6 +177,12 @@ def _fresh(
     if restart is not None and restart in flows:
         first = flows[restart].first
         return _with(Route(kind=RouteKind.RESTART, reason="conversation expired", step=first), close)
+    default = flows.default_entry()
+    if default is not None:
+        step, handles = default
+        kind = RouteKind.ENTRY if handles else RouteKind.START
+        return _with(Route(kind=kind, reason=f"no keyword: the default flow {step.flow!r}",
+                           step=step), close)
     return _with(Route(kind=RouteKind.FALLBACK, reason="no conversation and no keyword"), close)
 
 

@@ -131,7 +131,8 @@ class Engine(Proactive, Events):
             return self._consent_turn(inbound, message, decided)
         if kind is RouteKind.FALLBACK:
             log.info("message %s from %s: no conversation, no keyword; fallback reply. To start"
-                     " a flow with it, declare Flow(..., keywords=[%r])", inbound.id,
+                     " a flow with it, declare Flow(..., keywords=[%r]), or make a flow the"
+                     " default (Flow(..., default='ask'))", inbound.id,
                      message.phone, " ".join(message.text.split())[:40])
             variables = {"keywords": self.flows.keywords, "text": message.text}
             reply = Reply(template=FALLBACK_TEMPLATE, variables=variables)
