@@ -34,7 +34,7 @@ def rows(first: int, count: int) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
         phone, at = f"38090{n:07d}", T0 + n * 10.0
         state = json.dumps({"name": f"User {n}", "rating": n % 5 + 1})
         conversations.append((n + 1, phone, "survey", "done", "done", state, 0, 4, at,
-                              at + 60, at + 86400, "v1"))
+                              at + 60, at + 86400, "v1", None))  # the default locale
         for k, (step, text) in enumerate((("name", "What's your name?"),
                                           ("rating", "How would you rate us, 1 to 5?"),
                                           ("done", "Thanks! We're done."))):

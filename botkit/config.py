@@ -89,10 +89,25 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "max_proactive_per_day": ("BOTKIT_MAX_PROACTIVE_PER_DAY",
                               "the most messages the bot starts to one phone in 24 hours"
                               " (0: no limit)"),
+    "default_locale": ("BOTKIT_DEFAULT_LOCALE",
+                       "the language of conversations whose number guesses none, such as en"),
+    "locales": ("BOTKIT_LOCALES",
+                "languages by number prefix, comma-separated, such as 380=uk,48=pl"),
     "phone_region": ("BOTKIT_PHONE_REGION",
                      "the country of phone numbers typed without their country code, as a"
                      " two-letter code such as UA"),
 }
+
+
+def _checked_locale(code: str) -> str:
+    """``code`` if Babel knows it as a locale (``uk``, ``pt_BR``), else ValueError."""
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        Locale.parse(code)
+    except (UnknownLocaleError, ValueError):
+        raise ValueError(f"{code!r} is not a locale (such as en, uk or pt_BR)") from None
+    return code
 
 
 def parse_window(text: str) -> tuple[time, time] | None:
@@ -155,6 +170,28 @@ class Settings(BaseModel):
     phone_zones: dict[str, str] = Field(default_factory=dict)
     max_unanswered: int = Field(default=5, ge=0)
     max_proactive_per_day: int = Field(default=10, ge=0)
+    default_locale: str = "en"
+    locales: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("default_locale")
+    @classmethod
+    def _locale(cls, value: str) -> str:
+        return _checked_locale(value.strip())
+
+    @field_validator("locales", mode="before")
+    @classmethod
+    def _locales(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: PREFIX=LOCALE, comma-separated
+            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError("write each as PREFIX=LOCALE, such as 380=uk")
+            value = {k.strip().lstrip("+"): v.strip() for k, _, v in pairs}
+        if isinstance(value, dict):
+            for prefix, locale in value.items():
+                if not prefix.isdigit():
+                    raise ValueError(f"{prefix!r} is not a number prefix (digits)")
+                _checked_locale(locale)
+        return value
 
     @field_validator("quiet_hours", mode="before")
     @classmethod

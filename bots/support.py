@@ -2,7 +2,8 @@
 
 ``menu`` (or ``help``) shows the menu, and so does any first message that is no keyword
 (``default="ask"``: the support line is the app's default flow). ``hours``, ``prices``,
-``order`` and ``agent`` work with or without the menu. ``agent`` hands the conversation to a person: auto-replies stop
+``order`` and ``agent`` work with or without the menu. It speaks English and Ukrainian
+(``templates/uk/support/``): ``5`` in the menu switches (``turn.locale``). ``agent`` hands the conversation to a person: auto-replies stop
 until ``python run.py release PHONE``.
 """
 
@@ -24,8 +25,11 @@ support = Flow(
     give_up="support/bye.txt",
 )
 
-# A stand-in for the shop's order system.
-ORDERS = {"100200": "shipped on Monday, arriving Thursday", "100300": "being packed"}
+# A stand-in for the shop's order system, in both languages of the bot.
+ORDERS = {
+    "en": {"100200": "shipped on Monday, arriving Thursday", "100300": "being packed"},
+    "uk": {"100200": "відправлено в понеділок, прибуде в четвер", "100300": "збирається"},
+}
 ORDER_NUMBER = re.compile(r"^#?\s*(\d{6})$")
 
 CHOICES = {
@@ -33,6 +37,7 @@ CHOICES = {
     "2": "prices", "prices": "prices", "price": "prices",
     "3": "order", "order": "order", "order status": "order",
     "4": "agent", "agent": "agent", "human": "agent",
+    "5": "language", "українською": "uk", "українська": "uk", "english": "en",
     "0": "bye", "bye": "bye", "done": "bye",
 }
 
@@ -54,6 +59,11 @@ async def menu(turn: Turn) -> None:
         turn.handoff("support/agent.txt")
     elif choice == "bye":
         turn.finish("support/bye.txt")
+    elif choice in ("language", "uk", "en"):
+        if choice == "language":  # 5: the other of the two
+            choice = "en" if turn.locale == "uk" else "uk"
+        turn.locale = choice
+        turn.ask("menu")  # the menu again, in that language
     else:
         turn.retry("support/menu_invalid.txt", answer=turn.text.strip())
 
@@ -65,5 +75,6 @@ async def order_number(turn: Turn) -> None:
         return turn.retry("support/order_invalid.txt")
     number = match.group(1)
     turn.state.setdefault("orders_checked", []).append(number)
+    statuses = ORDERS.get(turn.locale or "en", ORDERS["en"])
     turn.ask("menu", template="support/order_status.txt", number=number,
-             status=ORDERS.get(number))
+             status=statuses.get(number))

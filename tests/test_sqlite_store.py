@@ -30,7 +30,7 @@ async def test_wal_full_sync_and_schema_version(tmp_path):
                      "m004_timers_without_version", "m005_sms_fallback",
                      "m006_hot_path_indexes", "m007_presence", "m008_console",
                      "m009_agents", "m010_handoffs", "m011_phone_history",
-                     "m012_campaigns", "m013_consent", "m014_forget", "m015_pacing"]
+                     "m012_campaigns", "m013_consent", "m014_forget", "m015_pacing", "m016_locale"]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"conversations", "inbound", "outbound", "status_events", "meta", "timers"} <= tables
     indexes = {r[0]: r[1] for r in conn.execute(

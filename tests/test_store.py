@@ -851,3 +851,19 @@ async def test_phone_counts_are_what_the_limits_count(backend):
     [row] = [r for r in (await store.phone_data("78"))["outbound"] if r["status"] == "refused"]
     assert row["error"] == "limit: test"
     await store.close()
+
+
+async def test_a_conversation_keeps_its_locale(backend):
+    store = await backend.opened()
+    one = await store.commit(Commit(inbound_id=None, conversation=replace(
+        conversation("80"), locale="uk")), 1.0)
+    assert (await store.conversation(one.conversation_id)).locale == "uk"
+    assert (await store.routing_context("80", None))[2].locale == "uk"  # what routing reads
+    # A campaign's batch of starts writes it too.
+    [a, b] = await store.commit_many([
+        Commit(inbound_id=None, route="start", conversation=replace(conversation(p), locale=loc),
+               outbox=(item(p, 0),)) for p, loc in (("81", "pt_BR"), ("82", None))], 2.0)
+    assert (await store.conversation(a.conversation_id)).locale == "pt_BR"
+    assert (await store.conversation(b.conversation_id)).locale is None
+    assert (await store.open_conversations(["81"]))["81"].locale == "pt_BR"
+    await store.close()

@@ -57,7 +57,7 @@ async def test_invalid_menu_choice_is_reasked(bot_harness):
     await chat.send("menu")
     [again] = await chat.answer("pizza")
     assert again.text == ('Sorry, I didn\'t get "pizza". Reply 1 (hours), 2 (prices),'
-                          " 3 (order status), 4 (a person) or 0 (finish).")
+                          " 3 (order status), 4 (a person), 5 (українською) or 0 (finish).")
 
 
 async def test_agent_stops_auto_replies_until_released(bot_harness):
@@ -94,3 +94,22 @@ async def test_any_first_message_gets_the_menu(bot_harness):
     assert menu.text.startswith("Hi, this is Acme Support") and menu.step == "menu"
     [ask] = await chat.answer("3")
     assert ask.text.startswith("Please send your 6-digit order number")
+
+
+async def test_it_speaks_ukrainian_when_asked_and_keeps_to_it(bot_harness):
+    chat = (await bot_harness(flows=[support])).chat(PHONE)
+    await chat.send("menu")
+    [menu] = await chat.answer("5")
+    assert menu.text.startswith("Вітаємо, це підтримка Acme") and menu.step == "menu"
+    [ask] = await chat.answer("3")
+    assert ask.text.startswith("Надішліть, будь ласка, 6-значний номер")
+    [found] = await chat.answer("100200")
+    assert found.text.startswith("Замовлення 100200: відправлено в понеділок")
+    [english] = await chat.answer("5")  # and back
+    assert english.text.startswith("Hi, this is Acme Support")
+
+
+async def test_a_ukrainian_number_is_greeted_in_ukrainian_when_the_setting_says_so(bot_harness):
+    chat = (await bot_harness(flows=[support], locales={"380": "uk"})).chat(PHONE)
+    [menu] = await chat.send("привіт")
+    assert menu.text.startswith("Вітаємо")

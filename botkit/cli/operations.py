@@ -80,7 +80,8 @@ def check(args: argparse.Namespace) -> int:
 
     settings_of(args)  # a setting the server would refuse fails the check too
     flows = flows_of(args)
-    problems = check(flows, Renderer(args.templates), args.templates)
+    renderer = Renderer(args.templates)
+    problems = check(flows, renderer, args.templates)
     for problem in problems:
         print(problem, file=sys.stderr)
     steps = sum(len(f.steps) for f in flows.values())
@@ -98,6 +99,16 @@ def check(args: argparse.Namespace) -> int:
     else:
         print("default flow: none (a message that is no keyword gets the fallback reply;"
               " Flow(..., default='ask') makes one)")
+    from botkit.cli.translations import missing_translations
+
+    for locale, missing in missing_translations(flows, renderer, args.templates).items():
+        if not missing:
+            print(f"{locale}: every template a flow sends has a translation")
+            continue
+        print(f"{locale}: {count(len({n for n, _ in missing}), 'template')} without a"
+              f" translation (templates/{locale}/...; the untranslated one is sent):")
+        for name, where in missing:
+            print(f"  {name} ({where})")
     return 0
 
 

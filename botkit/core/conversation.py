@@ -52,6 +52,7 @@ class Conversation:
     created_at: float = 0.0
     updated_at: float = 0.0
     expires_at: float = 0.0
+    locale: str | None = None  # the language it speaks (docs/languages.md); None: the default
 
     def expired(self, now: float) -> bool:
         """True when the flow's inactivity timeout has run out (human conversations never do)."""

@@ -55,7 +55,8 @@ def outcome_of(
     # A user's message (or an event turn that ends) restarts the clock of the step it
     # leaves the conversation at; a reminder that only speaks leaves the timers running.
     reset = event in (None, "stale") or t is not None or status is not Status.ACTIVE
-    unchanged = conv is not None and not reset and turn.state == conv.state
+    unchanged = (conv is not None and not reset and turn.state == conv.state
+                 and not turn.switched_locale)
     if unchanged:
         assert conv is not None
         return Outcome(change=None, replies=[(r, flow) for r in turn.replies],
@@ -66,7 +67,7 @@ def outcome_of(
         phone=turn.phone, flow=target_flow.name, step=target_step, status=status,
         state=turn.state, retries=retries, expires_at=expires,
         id=conv.id if conv else None, expected_version=conv.version if conv else 0,
-        flow_version=target_flow.version_id,
+        flow_version=target_flow.version_id, locale=turn.locale,
     )
     timers: tuple[TimerSpec, ...] = ()
     if status is Status.ACTIVE and reset:

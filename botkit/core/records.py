@@ -91,6 +91,7 @@ class ConversationChange:
     id: int | None = None
     expected_version: int = 0
     flow_version: str | None = None
+    locale: str | None = None  # the language it speaks (docs/languages.md); None: the default
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -97,6 +97,7 @@ class Turn:
         event: str | None = None,
         answered: str | None = None,
         refused: str | None = None,
+        locale: str | None = None,
     ) -> None:
         self.flows = flows
         self.step = step
@@ -108,8 +109,17 @@ class Turn:
         self.event = event
         self.answered = answered
         self.refused = refused
+        # The language the conversation speaks: set it (turn.locale = "uk") to switch; the
+        # turn's own replies and every later message use it (docs/languages.md).
+        self.locale = locale
+        self._locale_given = locale
         self.replies: list[Reply] = []
         self.transition: Transition | None = None
+
+    @property
+    def switched_locale(self) -> bool:
+        """Whether the handler set ``locale`` to another language."""
+        return self.locale != self._locale_given
 
     @property
     def flow(self) -> Flow:

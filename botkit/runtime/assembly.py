@@ -17,6 +17,7 @@ from botkit.core.consent import Consent
 from botkit.core.flows import FlowSet
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.limits import Limits
+from botkit.core.locales import Locales
 from botkit.core.quiet import QuietHours
 from botkit.runtime.activity import Activity
 from botkit.runtime.api import ProviderAPI
@@ -101,6 +102,7 @@ def assemble(
         quiet=QuietHours(*settings.quiet_hours, zones=settings.phone_zones)
         if settings.quiet_hours else None,
         limits=Limits(settings.max_unanswered, settings.max_proactive_per_day),
+        locales=Locales(settings.default_locale, settings.locales),
     )
     dispatcher = Dispatcher(engine.handle)
     activity = Activity(lambda: engine.counts + Counter(sent=sender.sent,

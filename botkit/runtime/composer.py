@@ -46,10 +46,12 @@ class Composer:
         state: dict[str, Any] | None = None,
         *,
         question: bool = False,
+        locale: str | None = None,
     ) -> tuple[OutboxItem, ...]:
         """Render and validate ``replies``; each records the (flow, step) it asks.
 
-        ``question`` marks the last reply as the one that asks the step.
+        ``question`` marks the last reply as the one that asks the step; ``locale`` is the
+        language the templates speak (``Renderer.localized``).
         """
         asked_flow = self.flows.get(asked[0]) if asked else None
         version = asked_flow.version_id if asked_flow else None
@@ -61,7 +63,7 @@ class Composer:
         for n, (reply, flow) in enumerate(replies):
             # Every template sees the conversation's state and the phone; reply variables win.
             context = {"state": state or {}, "phone": phone, **reply.variables}
-            rendered = self.renderer.render(reply.template, context)
+            rendered = self.renderer.render(reply.template, context, locale)
             base = flow.delivery if flow else _DEFAULTS
             delivery = reply.delivery.over(base) if reply.delivery else base
             validity = delivery.validity.total_seconds() if delivery.validity else None
@@ -72,7 +74,8 @@ class Composer:
             else:
                 kind = MessageType.TWO_WAY_RICH if rendered.rich else MessageType.TWO_WAY_TEXT
                 source_type = delivery.source_type or 1
-            text_sms = self.renderer.render(reply.sms, context).text if reply.sms else None
+            text_sms = (self.renderer.render(reply.sms, context, locale).text if reply.sms
+                        else None)
             request = SendRequest.checked(
                 source_addr=delivery.sender or self.sender,
                 destination_addr=phone,

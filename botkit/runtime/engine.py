@@ -162,16 +162,18 @@ class Engine(Proactive, Events):
             turn = Turn(flows=self.flows, step=step, message=message, state=state,
                         conversation_id=conv.id if conv else 0,
                         retries=conv.retries if conv and not decided.late else 0,
-                        late=decided.late)
+                        late=decided.late, locale=self._speaks(message.phone, conv))
             await step.handler(turn)
             out = outcome_of(self.flows, turn, conv, step, now)
         self._counted(kind)
         log.debug("message %s from %s -> %s (%s): %d replies", inbound.id, message.phone,
                  _where(decided), decided.reason, len(out.replies))
         asked = (out.change.flow, out.step) if out.change and out.step else None
+        speaks = out.change.locale if out.change and out.change.locale else self._speaks(
+            message.phone, conv)
         outbox = self.composer.compose(out.replies, message.phone, asked,
                                        out.change.state if out.change else None,
-                                       question=out.question)
+                                       question=out.question, locale=speaks)
         handled_by = (step.flow, step.name) if step else None
         consent = ConsentChange(phone=message.phone, kind="opt_in", keyword=None,
                                 source="flow keyword", inbound_id=inbound.id) \
@@ -217,8 +219,9 @@ class Engine(Proactive, Events):
         outbox: tuple[OutboxItem, ...] = ()
         if template is not None:
             outbox = tuple(replace(item, consent=True, in_conversation=False)
-                           for item in self.composer.compose([(Reply(template=template), None)],
-                                                             message.phone, None))
+                           for item in self.composer.compose(
+                               [(Reply(template=template), None)], message.phone, None,
+                               locale=self._speaks(message.phone, decided.conversation)))
         return Commit(inbound_id=inbound.id, route=kind.value, closes=decided.close,
                       outbox=outbox, consent=consent)
 
@@ -233,7 +236,7 @@ class Engine(Proactive, Events):
                             question=True)
         turn = Turn(flows=self.flows, step=step, message=message, state=dict(conv.state),
                     conversation_id=conv.id, retries=conv.retries, event="stale",
-                    answered=decided.answered)
+                    answered=decided.answered, locale=self._speaks(conv.phone, conv))
         await flow.stale(turn)
         return outcome_of(self.flows, turn, conv, step, now)
 
@@ -246,8 +249,9 @@ class Engine(Proactive, Events):
         outbox: tuple[OutboxItem, ...] = ()
         for candidate in dict.fromkeys((template, ERROR_TEMPLATE)):
             try:
-                outbox = self.composer.compose([(Reply(template=candidate), flow)], message.phone,
-                                                None)
+                outbox = self.composer.compose(
+                    [(Reply(template=candidate), flow)], message.phone, None,
+                    locale=self._speaks(message.phone, decided.conversation if decided else None))
                 break
             except Exception:
                 log.exception("error reply %s could not be rendered", candidate)

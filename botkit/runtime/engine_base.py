@@ -15,6 +15,7 @@ from botkit.core.conversation import Conversation, Status
 from botkit.core.flows import Flow, FlowSet, Step
 from botkit.core.lifecycle import DeliveryRules
 from botkit.core.limits import Limits
+from botkit.core.locales import Locales
 from botkit.core.quiet import QuietHours
 from botkit.core.records import (
     Commit,
@@ -96,11 +97,13 @@ class EngineBase:
         consent: Consent | None = Consent(),
         quiet: QuietHours | None = QuietHours(),
         limits: Limits = Limits(),
+        locales: Locales = Locales(),
     ) -> None:
         self.store = store
         self.consent = consent  # the opt-out and opt-in keywords; None: none are honoured
         self.quiet = quiet  # when proactive messages wait (None: never)
         self.limits = limits  # how many proactive messages a phone may get
+        self.locales = locales  # the language a new conversation speaks
         self.metrics = metrics or Metrics()
         self.flows = flows
         self.composer = Composer(renderer, flows, sender=sender, callback_url=callback_url)
@@ -147,20 +150,27 @@ class EngineBase:
         """When the phone's quiet hours end, if a proactive message must wait for that."""
         return self.quiet.opens_at(phone, now) if self.quiet is not None else None
 
+    def _speaks(self, phone: str, conv: Conversation | None = None) -> str:
+        """The locale of ``conv``, or the one a new conversation with ``phone`` would get."""
+        return conv.locale if conv is not None and conv.locale else self.locales.guess(phone)
+
     def _new(
-        self, phone: str, flow: Flow, step: str, state: dict[str, Any], now: float
+        self, phone: str, flow: Flow, step: str, state: dict[str, Any], now: float,
+        locale: str | None = None,
     ) -> ConversationChange:
         return ConversationChange(phone=phone, flow=flow.name, step=step, status=Status.ACTIVE,
                                   state=state, retries=0,
                                   expires_at=now + flow.timeout.total_seconds(),
-                                  flow_version=flow.version_id)
+                                  flow_version=flow.version_id,
+                                  locale=locale or self.locales.guess(phone))
 
     def _touch(self, conv: Conversation, now: float) -> ConversationChange:
         flow = self.flows[conv.flow]
         return ConversationChange(phone=conv.phone, flow=conv.flow, step=conv.step,
                                   status=conv.status, state=conv.state, retries=conv.retries,
                                   expires_at=now + flow.timeout.total_seconds(), id=conv.id,
-                                  expected_version=conv.version, flow_version=flow.version_id)
+                                  expected_version=conv.version, flow_version=flow.version_id,
+                                  locale=conv.locale)
 
     @staticmethod
     def _prompt_of(step: Step) -> str:

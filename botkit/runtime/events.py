@@ -115,7 +115,7 @@ class Events(EngineBase):
                           tracking_id=timer.message_id)
         turn = Turn(flows=self.flows, step=step, message=message, state=dict(conv.state),
                     conversation_id=conv.id, retries=conv.retries, event=timer.kind,
-                    refused=refused)
+                    refused=refused, locale=self._speaks(conv.phone, conv))
         if isinstance(reaction, str):
             if timer.kind in ("timeout", "expire"):
                 turn.finish(reaction)
@@ -130,7 +130,7 @@ class Events(EngineBase):
             asked = (out.change.flow, out.step) if out.step else None
         outbox = self.composer.compose(out.replies, conv.phone, asked,
                                        out.change.state if out.change else conv.state,
-                                       question=out.question)
+                                       question=out.question, locale=turn.locale)
         return Commit(inbound_id=None, route=timer.kind, conversation=out.change, outbox=outbox,
                       handled_by=(flow.name, step.name), did=out.did,
                       reset_timers=out.reset_timers, timers=out.timers, fire=timer,

@@ -151,7 +151,8 @@ class Proactive(EngineBase):
         commits = [self._paced(
             Commit(inbound_id=None, route="notice", campaign_id=campaign_id,
                    outbox=tuple(replace(item, notice_key=key) for item
-                                in self.composer.compose([(reply, None)], phone, None))),
+                                in self.composer.compose([(reply, None)], phone, None,
+                                                         locale=self._speaks(phone)))),
             phone, counts[phone], now, quiet_hours) for phone in sending]
         outcomes = await self.store.commit_many(commits, now) if commits else []
         crashpoints.hit("after_turn_commit")
@@ -179,7 +180,8 @@ class Proactive(EngineBase):
             return None
         reply = Reply(template=AGENT_TEMPLATE, variables={"text": text})
         outbox = self.composer.compose([(reply, self.flows.get(conv.flow))], phone,
-                                       (conv.flow, conv.step), conv.state)
+                                       (conv.flow, conv.step), conv.state,
+                                       locale=self._speaks(phone, conv))
         await self._commit(Commit(inbound_id=None, route="agent", outbox=outbox, link=conv.id))
         return conv
 
@@ -202,13 +204,13 @@ class Proactive(EngineBase):
             raise UnknownStepError(f"flow {flow.name!r} has no step {step_name!r}; its steps:"
                                    f" {', '.join(flow.steps)}")
         now = self.clock()
-        change = replace(self._new(conv.phone, flow, step.name, conv.state, now), id=conv.id,
-                         expected_version=conv.version)
+        change = replace(self._new(conv.phone, flow, step.name, conv.state, now, conv.locale),
+                         id=conv.id, expected_version=conv.version)
         reply = Reply(template=self._prompt_of(step))
         await self._commit(Commit(
             inbound_id=None, route="resume", conversation=change, reset_timers=True,
             outbox=self.composer.compose([(reply, flow)], conv.phone, (flow.name, step.name),
-                                         change.state, question=True),
+                                         change.state, question=True, locale=change.locale),
             timers=plan_timers(flow, step, now)))
         return conv
 
@@ -252,6 +254,6 @@ class Proactive(EngineBase):
         commit = Commit(inbound_id=None, route="start", conversation=change, closes=closes,
                         outbox=self.composer.compose([(reply, flow)], phone,
                                                      (flow.name, first.name), change.state,
-                                                     question=True),
+                                                     question=True, locale=change.locale),
                         timers=plan_timers(flow, first, now))
         return commit, outcome, detail

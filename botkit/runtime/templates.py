@@ -13,6 +13,13 @@ escaping. User text only ever reaches a template as a variable, so a user who wr
 ``phone``, and ``public_url`` (the server's public base URL, for images it serves from
 ``static/``). Built-in templates (``botkit/fallback.txt``,
 ``botkit/error.txt``) can be overridden by a file of the same name in the templates folder.
+
+A conversation's language (``locale``, docs/languages.md) picks ``templates/<locale>/<name>``
+when it exists, then ``templates/<language>/<name>`` (``uk`` for ``uk_UA``), then
+``templates/<name>``; botkit's own templates ship in English and Ukrainian. Babel's filters
+format for that locale: ``{{ when | date }}``, ``{{ when | datetime("short") }}``,
+``{{ n | number }}``, ``{{ price | currency("EUR") }}`` (a date or time may be a
+``datetime``, a ``date``, or a Unix time).
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from babel import Locale, UnknownLocaleError, dates, numbers
 
 from botkit.errors import DefinitionError, ReplyLimitError
 
@@ -70,9 +79,34 @@ class Renderer:
             cache_size=-1,  # compile each template once per process
         )
         self.env.globals.update(globals or {})
+        self.env.filters.update(_FILTERS)
+        self._localized: dict[tuple[str, str | None], str] = {}
 
-    def render(self, name: str, variables: Mapping[str, Any]) -> Rendered:
-        """Render template ``name``; raises DefinitionError or ReplyLimitError naming it."""
+    def localized(self, name: str, locale: str | None) -> str:
+        """The template that speaks ``locale``: ``<locale>/<name>``, ``<language>/<name>``,
+        or ``name`` itself, the first that exists (remembered per process)."""
+        key = (name, locale)
+        found = self._localized.get(key)
+        if found is None:
+            found = name
+            for candidate in _candidates(name, locale):
+                try:
+                    self.env.get_template(candidate)
+                except jinja2.TemplateNotFound:
+                    continue
+                found = candidate
+                break
+            self._localized[key] = found
+        return found
+
+    def render(
+        self, name: str, variables: Mapping[str, Any], locale: str | None = None
+    ) -> Rendered:
+        """Render template ``name`` in ``locale`` (``localized``); raises DefinitionError or
+        ReplyLimitError naming it."""
+        if locale is not None:
+            name = self.localized(name, locale)
+            variables = {"locale": locale, **variables}
         template = self.load(name)
         try:
             module = template.make_module(dict(variables))
@@ -110,6 +144,68 @@ class Renderer:
             # globals are set before any template loads) makes each render cheaper.
             template.globals = dict(template.globals)
         return template
+
+
+def _candidates(name: str, locale: str | None) -> list[str]:
+    if not locale:
+        return []
+    language = locale.split("_")[0]
+    return list(dict.fromkeys([f"{locale}/{name}", f"{language}/{name}"]))
+
+
+def _locale_of(context: Any) -> Locale:
+    code = context.get("locale") or "en"
+    try:
+        return Locale.parse(code)
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse("en")
+
+
+def _moment(value: Any) -> datetime | date:
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC)
+    return value  # type: ignore[no-any-return]
+
+
+@jinja2.pass_context
+def _date(context: Any, value: Any, format: str = "medium") -> str:
+    return dates.format_date(_moment(value), format, locale=_locale_of(context))
+
+
+@jinja2.pass_context
+def _datetime(context: Any, value: Any, format: str = "medium", tz: str = "UTC") -> str:
+    moment = _moment(value)
+    return dates.format_datetime(moment, format, tzinfo=dates.get_timezone(tz),
+                                 locale=_locale_of(context))
+
+
+@jinja2.pass_context
+def _time(context: Any, value: Any, format: str = "short", tz: str = "UTC") -> str:
+    moment = _moment(value)
+    if not isinstance(moment, datetime):
+        raise TypeError(f"the time filter needs a datetime or a Unix time, got {value!r}")
+    return dates.format_time(moment, format, tzinfo=dates.get_timezone(tz),
+                             locale=_locale_of(context))
+
+
+@jinja2.pass_context
+def _number(context: Any, value: Any) -> str:
+    return numbers.format_decimal(value, locale=_locale_of(context))
+
+
+@jinja2.pass_context
+def _percent(context: Any, value: Any) -> str:
+    return numbers.format_percent(value, locale=_locale_of(context))
+
+
+@jinja2.pass_context
+def _currency(context: Any, value: Any, currency: str) -> str:
+    return numbers.format_currency(value, currency, locale=_locale_of(context))
+
+
+# Babel's formatting, for the conversation's locale (``locale`` in the template's variables).
+_FILTERS = {"date": _date, "datetime": _datetime, "time": _time, "number": _number,
+            "percent": _percent, "currency": _currency}
 
 
 def _advice(problem: str) -> str:

@@ -241,7 +241,8 @@ def conversation_values(conv: ConversationChange, now: float) -> dict[str, Any]:
     """The columns a turn writes of its conversation (an insert adds phone and created_at)."""
     return {"flow": conv.flow, "step": conv.step, "status": conv.status.value,
             "state": json.dumps(conv.state), "retries": conv.retries,
-            "expires_at": conv.expires_at, "updated_at": now, "flow_version": conv.flow_version}
+            "expires_at": conv.expires_at, "updated_at": now, "flow_version": conv.flow_version,
+            "locale": conv.locale}
 
 
 def status_body(update: StatusUpdate) -> str:
@@ -358,7 +359,7 @@ def conversation_from_row(row: dict[str, Any]) -> Conversation:
         id=row["id"], phone=row["phone"], flow=row["flow"], step=row["step"],
         status=Status(row["status"]), state=json.loads(row["state"]), retries=row["retries"],
         version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
+        expires_at=row["expires_at"], locale=row.get("locale"),
     )
 
 

@@ -344,3 +344,9 @@ def m015_pacing(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outbound ADD COLUMN proactive INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE outbound ADD COLUMN held_until REAL")
     db.execute(f"CREATE TRIGGER inbound_releases_held AFTER INSERT ON inbound BEGIN {RELEASE_HELD}; END")
+
+
+@MIGRATIONS(name="m016_locale")
+def m016_locale(db: sqlite_utils.Database) -> None:
+    """The language a conversation speaks (docs/languages.md); NULL: the default locale."""
+    db.execute("ALTER TABLE conversations ADD COLUMN locale TEXT")

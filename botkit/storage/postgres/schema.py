@@ -285,6 +285,9 @@ CREATE TRIGGER inbound_releases_held AFTER INSERT ON inbound
     FOR EACH ROW EXECUTE FUNCTION botkit_release_held();
 """
 
+# The language a conversation speaks; NULL: the default locale.
+P011_LOCALE = "ALTER TABLE conversations ADD COLUMN locale TEXT;"
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", P001_INITIAL),
     ("p002_refuse", REFUSE_FUNCTION),  # a turn's commit in one statement (postgres.commit)
@@ -296,6 +299,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("p008_consent", P008_CONSENT),
     ("p009_forget", P009_FORGET),
     ("p010_pacing", P010_PACING),
+    ("p011_locale", P011_LOCALE),
 ]
 
 

@@ -308,14 +308,15 @@ class PgTurns(PgConnection):
         async with self._tx() as conn:
             ids = {r["phone"]: r["id"] for r in await conn.fetch(
                 "INSERT INTO conversations (phone, flow, step, status, state, retries,"
-                " expires_at, updated_at, flow_version, created_at, version)"
+                " expires_at, updated_at, flow_version, locale, created_at, version)"
                 " SELECT *, 0 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-                " $5::text[], $6::int[], $7::float8[], $8::float8[], $9::text[], $10::float8[])"
-                " ON CONFLICT DO NOTHING RETURNING id, phone",
+                " $5::text[], $6::int[], $7::float8[], $8::float8[], $9::text[], $10::text[],"
+                " $11::float8[]) ON CONFLICT DO NOTHING RETURNING id, phone",
                 [c.phone for c in convs], [c.flow for c in convs], [c.step for c in convs],
                 [c.status.value for c in convs], [json.dumps(c.state) for c in convs],
                 [c.retries for c in convs], [c.expires_at for c in convs], [now] * len(convs),
-                [c.flow_version for c in convs], [now] * len(convs))}
+                [c.flow_version for c in convs], [c.locale for c in convs],
+                [now] * len(convs))}
             started = []
             for n, conv in enumerate(convs):
                 if conv.phone in ids:

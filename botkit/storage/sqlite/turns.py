@@ -212,13 +212,13 @@ class Turns(Connection):
             for few_convs in _parts(convs, 10):
                 ids.update((phone, conv_id) for conv_id, phone in db.execute(
                     "INSERT INTO conversations (phone, flow, step, status, state, retries,"
-                    " expires_at, updated_at, flow_version, created_at, version) VALUES "
-                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"] * len(few_convs))
+                    " expires_at, updated_at, flow_version, locale, created_at, version) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"] * len(few_convs))
                     + " ON CONFLICT DO NOTHING RETURNING id, phone",
                     [value for conv in few_convs for value in (
                         conv.phone, conv.flow, conv.step, conv.status.value,
                         json.dumps(conv.state), conv.retries, conv.expires_at, now,
-                        conv.flow_version, now)],
+                        conv.flow_version, conv.locale, now)],
                 ))
             started = [(n, changes[n], conv.phone, ids.pop(conv.phone))
                        for n, conv in enumerate(convs) if conv.phone in ids]
@@ -315,8 +315,8 @@ class Turns(Connection):
         try:
             cursor = self.conn.execute(
                 "INSERT INTO conversations (phone, flow, step, status, state, retries,"
-                " expires_at, updated_at, flow_version, created_at, version)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                " expires_at, updated_at, flow_version, locale, created_at, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 [conv.phone, *values.values(), now],
             )
         except sqlite3.IntegrityError as exc:
