@@ -99,6 +99,22 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 }
 
 
+def _by_prefix(value: object, form: str, wildcard: bool = False) -> object:
+    """A setting by number prefix: the environment's comma-separated ``PREFIX=VALUE`` pairs
+    as a dict, each prefix digits (or ``*`` with ``wildcard``)."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"write each as {form}")
+        value = {k.strip().lstrip("+"): v.strip() for k, _, v in pairs}
+    if isinstance(value, dict):
+        for prefix in value:
+            if not (prefix.isdigit() or wildcard and prefix == "*"):
+                also = ", or *" if wildcard else ""
+                raise ValueError(f"{prefix!r} is not a number prefix (digits{also})")
+    return value
+
+
 def _checked_locale(code: str) -> str:
     """``code`` if Babel knows it as a locale (``uk``, ``pt_BR``), else ValueError."""
     from babel import Locale, UnknownLocaleError
@@ -181,16 +197,9 @@ class Settings(BaseModel):
     @field_validator("locales", mode="before")
     @classmethod
     def _locales(cls, value: object) -> object:
-        if isinstance(value, str):  # from the environment: PREFIX=LOCALE, comma-separated
-            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
-            if any(not sep for _, sep, _ in pairs):
-                raise ValueError("write each as PREFIX=LOCALE, such as 380=uk")
-            value = {k.strip().lstrip("+"): v.strip() for k, _, v in pairs}
-        if isinstance(value, dict):
-            for prefix, locale in value.items():
-                if not prefix.isdigit():
-                    raise ValueError(f"{prefix!r} is not a number prefix (digits)")
-                _checked_locale(locale)
+        value = _by_prefix(value, "PREFIX=LOCALE, such as 380=uk")
+        for locale in value.values() if isinstance(value, dict) else ():
+            _checked_locale(locale)
         return value
 
     @field_validator("quiet_hours", mode="before")
@@ -201,20 +210,12 @@ class Settings(BaseModel):
     @field_validator("phone_zones", mode="before")
     @classmethod
     def _zones(cls, value: object) -> object:
-        if isinstance(value, str):  # from the environment: PREFIX=ZONE, comma-separated
-            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
-            if any(not sep for _, sep, _ in pairs):
-                raise ValueError("write each as PREFIX=ZONE, such as 7=Europe/Moscow")
-            value = {k.strip().lstrip("+"): z.strip() for k, _, z in pairs}
-        if isinstance(value, dict):
-            for prefix, zone in value.items():
-                if prefix != "*" and not prefix.isdigit():
-                    raise ValueError(f"{prefix!r} is not a number prefix (digits, or *)")
-                try:
-                    ZoneInfo(zone)
-                except (ZoneInfoNotFoundError, ValueError):
-                    raise ValueError(f"{zone!r} is not a time zone (such as Europe/Kyiv)"
-                                     ) from None
+        value = _by_prefix(value, "PREFIX=ZONE, such as 7=Europe/Moscow", wildcard=True)
+        for zone in value.values() if isinstance(value, dict) else ():
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{zone!r} is not a time zone (such as Europe/Kyiv)") from None
         return value
 
     @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")

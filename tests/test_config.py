@@ -37,6 +37,14 @@ def test_key_is_never_shown():
     ({"BOTKIT_SEND_CONCURRENCY": "0"}, "BOTKIT_SEND_CONCURRENCY: "),
     ({"BOTKIT_SEND_CONCURRENCY": "101"}, "at once (1-100)"),
     ({"BOTKIT_SEND_RATE": "inf"}, "BOTKIT_SEND_RATE: Input should be a finite number"),
+    ({"BOTKIT_QUIET_HOURS": "late"}, "BOTKIT_QUIET_HOURS: Value error, 'late' is not a window"),
+    ({"BOTKIT_QUIET_HOURS": "09:00-09:00"}, "is empty: its start and end are the same"),
+    ({"BOTKIT_PHONE_ZONES": "7=Mars/Base"}, "'Mars/Base' is not a time zone"),
+    ({"BOTKIT_PHONE_ZONES": "7"}, "write each as PREFIX=ZONE"),
+    ({"BOTKIT_MAX_UNANSWERED": "-1"}, "BOTKIT_MAX_UNANSWERED: "),
+    ({"BOTKIT_LOCALES": "380=zz_ZZ"}, "'zz_ZZ' is not a locale"),
+    ({"BOTKIT_LOCALES": "ua=uk"}, "'ua' is not a number prefix (digits)"),
+    ({"BOTKIT_DEFAULT_LOCALE": "klingon"}, "BOTKIT_DEFAULT_LOCALE: Value error, 'klingon'"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match="invalid configuration") as info:
