@@ -27,7 +27,7 @@ from typing import Any
 
 from jinja2 import meta, nodes
 
-from botkit.core.flows import Flow, FlowSet
+from botkit.core.flows import Flow, FlowSet, Step
 from botkit.runtime.templates import Renderer
 
 __all__ = ["relative", "template_problems"]
@@ -159,12 +159,21 @@ def _verb_call(node: ast.Call, flow: Flow, flows: FlowSet, given: _Given) -> Non
         given.passes(first, names)  # None: the step's prompt, which another check covers
     elif verb == "ask" and first is not None:
         step = flow.steps.get(first)
-        given.passes(explicit or (step.prompt if step else None), names)
+        for prompt in [explicit] if explicit else _prompts(step):
+            given.passes(prompt, names)
     elif verb == "switch" and first is not None and first in flows:
         target = flows[first]
         name = _literal(keywords["step"]) if "step" in keywords else None
         step = target.steps.get(name) if name else (target.first if target.steps else None)
-        given.passes(step.prompt if step else None, names)
+        for prompt in _prompts(step):
+            given.passes(prompt, names)
+
+
+def _prompts(step: Step | None) -> list[str | None]:
+    """The templates asking ``step`` may send: its prompt, or each variant of its A/B test."""
+    if step is None:
+        return [None]
+    return [name for name, _ in step.variants] or [step.prompt]
 
 
 def _literal(node: ast.expr) -> str | None:

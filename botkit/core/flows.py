@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from botkit.errors import DefinitionError, UnknownStepError
 
-__all__ = ["Delivery", "Flow", "FlowSet", "Step", "normalize"]
+__all__ = ["Delivery", "Flow", "FlowSet", "Step", "normalize", "variant"]
 
 # ``async def handler(turn: Turn) -> None``. Typed without naming Turn: a Turn is built from
 # flows and steps (core.turn imports this module), so this module does not import it back.
@@ -78,13 +78,23 @@ class Step:
     unanswered_after: timedelta | None = None
     on_unanswered: Reaction | None = None
     on_undelivered: Reaction | None = None
+    # An A/B test of the prompt: each template and its weight (``prompt`` is the first).
+    variants: tuple[tuple[str, int], ...] = ()
 
     @property
     def templates(self) -> list[str]:
-        """Every template this step names (prompt, give-up and reaction templates)."""
-        named = [self.prompt, self.give_up, self.remind, self.on_timeout, self.on_unanswered,
-                 self.on_undelivered]
-        return [t for t in named if isinstance(t, str)]
+        """Every template this step names (prompt and its variants, give-up and reaction
+        templates)."""
+        named = [self.prompt, *(name for name, _ in self.variants), self.give_up, self.remind,
+                 self.on_timeout, self.on_unanswered, self.on_undelivered]
+        return list(dict.fromkeys(t for t in named if isinstance(t, str)))
+
+    def prompt_for(self, phone: str) -> str | None:
+        """The prompt ``phone`` is sent: ``prompt``, or its variant of the A/B test, the same
+        one for the phone at every turn, in every process (``variant``)."""
+        if not self.variants:
+            return self.prompt
+        return variant(f"{self.flow}.{self.name}", phone, self.variants)
 
     @property
     def where(self) -> str:
@@ -169,7 +179,7 @@ class Flow:
         self,
         name: str,
         *,
-        prompt: str | None = None,
+        prompt: str | Mapping[str, int] | None = None,
         retries: int = 3,
         give_up: str | None = None,
         keywords: Iterable[str] = (),
@@ -184,7 +194,9 @@ class Flow:
     ) -> Callable[[H], H]:
         """Register an async handler for the answers to step ``name``.
 
-        ``prompt`` is the template sent when the step is asked; ``retries`` is how many
+        ``prompt`` is the template sent when the step is asked, or an A/B test of several
+        with their weights (``{"survey/rate_a.txt": 50, "survey/rate_b.txt": 50}``: each
+        phone always gets the same one, ``Step.prompt_for``); ``retries`` is how many
         times ``turn.retry()`` may re-ask before ``give_up`` is sent and the conversation
         ends. ``keywords`` start a conversation right at this step, handing it the message.
         ``accept_late`` lets the step handle answers to it after the conversation moved on.
@@ -221,6 +233,16 @@ class Flow:
         if on_unanswered is not None and unanswered_after is None:
             raise DefinitionError(f"{where}: on_unanswered needs unanswered_after")
         _check_reaction(where, "on_undelivered", on_undelivered)
+        variants: tuple[tuple[str, int], ...] = ()
+        if isinstance(prompt, Mapping):
+            variants = tuple((str(k), v) for k, v in prompt.items())
+            if len(variants) < 2 or any(not isinstance(w, int) or isinstance(w, bool) or w <= 0
+                                        for _, w in variants):
+                raise DefinitionError(
+                    f"{where}: an A/B test of the prompt names two templates or more, each with"
+                    f" a positive whole weight, such as {{'a.txt': 50, 'b.txt': 50}}; got"
+                    f" {dict(prompt)!r}")
+            prompt = variants[0][0]
 
         def register(handler: H) -> H:
             if not inspect.iscoroutinefunction(cast(Any, handler)):
@@ -234,7 +256,8 @@ class Flow:
                     f" ({self.steps[name].where} and {_where(handler)})"
                 )
             self.steps[name] = Step(
-                flow=self.name, name=name, handler=handler, prompt=prompt, retries=retries,
+                flow=self.name, name=name, handler=handler, prompt=prompt, variants=variants,
+                retries=retries,
                 give_up=give_up, keywords=tuple(normalize(k) for k in keywords),
                 accept_late=accept_late, remind_after=remind_after, remind=remind,
                 timeout=timeout, on_timeout=on_timeout, unanswered_after=unanswered_after,
@@ -358,6 +381,25 @@ class FlowSet(Mapping[str, Flow]):
     def keywords(self) -> list[str]:
         """Every entry keyword, in declaration order."""
         return list(self._keywords)
+
+
+def variant(test: str, phone: str, variants: Iterable[tuple[str, int]]) -> str:
+    """The variant of A/B test ``test`` that ``phone`` gets: a SHA-256 of the two picks a
+    point in the weights' total, so a phone keeps its variant across turns, restarts and
+    processes, and phones split by the weights (changing the weights moves some phones).
+
+    >>> variant("survey.rating", "380501112233", [("a.txt", 50), ("b.txt", 50)])
+    'a.txt'
+    """
+    pairs = list(variants)
+    total = sum(weight for _, weight in pairs)
+    digest = hashlib.sha256(f"{test}:{phone}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") % total
+    for name, weight in pairs:
+        if point < weight:
+            return name
+        point -= weight
+    raise AssertionError("unreachable: the point is below the total")
 
 
 def _check_reaction(where: str, option: str, value: object, template_ok: bool = True) -> None:

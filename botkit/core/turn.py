@@ -278,7 +278,7 @@ class Turn:
         )
 
     def _prompt(self, step: Step, template: str | None) -> str:
-        chosen = template or step.prompt
+        chosen = template or step.prompt_for(self.phone)
         if chosen is None:
             raise FlowError(
                 f"flow {step.flow!r}, step {step.name!r} has no prompt: declare"

@@ -152,7 +152,7 @@ class Engine(Proactive, Events):
             replies: list[tuple[Reply, Flow | None]] = []
             if decided.notice:
                 replies.append((Reply(template=decided.notice), flow))
-            replies.append((Reply(template=self._prompt_of(step)), flow))
+            replies.append((Reply(template=self._prompt_of(step, message.phone)), flow))
             out = Outcome(change=change, replies=replies, step=step.name,
                            timers=plan_timers(flow, step, now), question=True)
         else:  # STEP, ENTRY: the handler runs
@@ -230,7 +230,7 @@ class Engine(Proactive, Events):
     ) -> Outcome:
         flow = self.flows[conv.flow]
         if flow.stale is None:  # the core policy: ask the current question again
-            reply = Reply(template=self._prompt_of(step))
+            reply = Reply(template=self._prompt_of(step, message.phone))
             return Outcome(change=self._touch(conv, now), replies=[(reply, flow)],
                             step=conv.step, timers=plan_timers(flow, step, now), did="stale",
                             question=True)

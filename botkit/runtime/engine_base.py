@@ -173,10 +173,12 @@ class EngineBase:
                                   locale=conv.locale)
 
     @staticmethod
-    def _prompt_of(step: Step) -> str:
-        if step.prompt is None:
+    def _prompt_of(step: Step, phone: str) -> str:
+        """The prompt ``phone`` is sent when ``step`` is asked (its variant, in an A/B test)."""
+        prompt = step.prompt_for(phone)
+        if prompt is None:
             raise DefinitionError(
                 f"flow {step.flow!r}, step {step.name!r} is asked but has no prompt template;"
                 f" declare @{step.flow}.step({step.name!r}, prompt=...)"
             )
-        return step.prompt
+        return prompt

@@ -206,7 +206,7 @@ class Proactive(EngineBase):
         now = self.clock()
         change = replace(self._new(conv.phone, flow, step.name, conv.state, now, conv.locale),
                          id=conv.id, expected_version=conv.version)
-        reply = Reply(template=self._prompt_of(step))
+        reply = Reply(template=self._prompt_of(step, conv.phone))
         await self._commit(Commit(
             inbound_id=None, route="resume", conversation=change, reset_timers=True,
             outbox=self.composer.compose([(reply, flow)], conv.phone, (flow.name, step.name),
@@ -250,7 +250,7 @@ class Proactive(EngineBase):
                 detail = f"closed an open {active.flow!r} conversation"
         first = flow.first
         change = self._new(phone, flow, first.name, dict(state or {}), now)
-        reply = Reply(template=self._prompt_of(first))
+        reply = Reply(template=self._prompt_of(first, phone))
         commit = Commit(inbound_id=None, route="start", conversation=change, closes=closes,
                         outbox=self.composer.compose([(reply, flow)], phone,
                                                      (flow.name, first.name), change.state,
