@@ -123,3 +123,12 @@ def test_an_unfinished_run_whose_process_went_quiet_is_shown_as_not_finished():
                                          last_sent_at=now - 1), now)
     # 6 sent over the 20 s since the first send; 2 queued and 2 not begun left.
     assert alive["running"] and alive["rate"] == 6 / 20 and alive["remaining"] == 4 / (6 / 20)
+    # A message refused after the run began (the phone opted out) is a part of its own, not
+    # a phone the run has yet to begin (the record's count of begun phones lags a second).
+    refused = campaign_view(CampaignRun(id=1, kind="start", name="survey", total=10,
+                                        started_at=now - 30, begun=9, seen_at=now - 1),
+                            CampaignCounts(sent=9, refused=1, recent=9,
+                                           first_sent_at=now - 20, last_sent_at=now - 1), now)
+    assert refused["not_begun"] == 0 and refused["refused"] == 1
+    assert [p["part"] for p in refused["bar"]] == ["sent", "refused"]
+    assert refused["bar"][1]["width"] == 10.0

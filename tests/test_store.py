@@ -697,13 +697,15 @@ async def test_a_campaign_s_messages_are_counted_by_status_and_no_others(backend
     await store.record_status(StatusUpdate(message_id=500, status=1), 5.0, RULES)  # delivered
     await store.mark_failed(ids[3], "refused", 5.0)
     await store.requeue([ids[4]], "later", due_at=99.0)
-    # ids[5] is still sending; the notice's run has one sending too.
+    # ids[5] is still sending. Then the phone of ids[4] opts out: its message, queued for a
+    # later try, is refused, and counted so. The notice's run has one sending.
+    await store.set_consent(ConsentChange(phone=phones[4], kind="opt_out", keyword="stop"), 5.5)
 
     progress = await store.campaign_progress([run, other, 12345], since=3.0)
     assert set(progress) == {run, other}
     counts = progress[run]
     assert (counts.queued, counts.sending, counts.sent, counts.delivered, counts.failed,
-            counts.uncertain, counts.recent) == (1, 1, 3, 1, 1, 0, 2)
+            counts.uncertain, counts.refused, counts.recent) == (0, 1, 3, 1, 1, 0, 1, 2)
     assert (counts.first_sent_at, counts.last_sent_at) == (2.0, 4.0)
     assert (progress[other].sending, progress[other].sent, progress[other].first_sent_at) == (
         1, 0, None)

@@ -25,7 +25,7 @@ WINDOW = 60.0  # seconds the rate of a running campaign is measured over
 # about once a second): its process was killed, or lost the database.
 QUIET = 30.0
 # The parts of a run's bar, in order, and what each counts.
-PARTS = ("delivered", "sent", "failed", "uncertain", "queued")
+PARTS = ("delivered", "sent", "failed", "uncertain", "refused", "queued")
 
 
 def add_campaign_pages(routes: Routes) -> None:
@@ -49,7 +49,7 @@ def campaign_view(run: CampaignRun, counts: CampaignCounts, now: float) -> dict[
     queued = counts.queued + counts.sending
     # Phones the run has not begun yet: each begun phone has a message (the record's count
     # of them is up to a second old).
-    messages = queued + counts.sent + counts.failed + counts.uncertain
+    messages = queued + counts.sent + counts.failed + counts.uncertain + counts.refused
     not_begun = max(0, run.total - run.skipped - max(run.begun, messages)) if running else 0
     rate = None
     if counts.first_sent_at is not None and counts.last_sent_at is not None:
@@ -61,7 +61,8 @@ def campaign_view(run: CampaignRun, counts: CampaignCounts, now: float) -> dict[
     left = queued + not_begun
     remaining = left / rate if running and rate and left else None
     values = {"delivered": counts.delivered, "sent": counts.sent - counts.delivered,
-              "failed": counts.failed, "uncertain": counts.uncertain, "queued": queued}
+              "failed": counts.failed, "uncertain": counts.uncertain,
+              "refused": counts.refused, "queued": queued}
     whole = sum(values.values()) + not_begun
     bar, x = [], 0.0
     for part in PARTS:
@@ -74,7 +75,8 @@ def campaign_view(run: CampaignRun, counts: CampaignCounts, now: float) -> dict[
             "finished_at": run.finished_at, "outcome": run.outcome, "state": state,
             "running": running, "queued": queued, "sending": counts.sending,
             "sent": counts.sent, "delivered": counts.delivered, "failed": counts.failed,
-            "uncertain": counts.uncertain, "not_begun": not_begun, "rate": rate,
+            "uncertain": counts.uncertain, "refused": counts.refused,
+            "not_begun": not_begun, "rate": rate,
             "remaining": remaining, "bar": bar}
 
 

@@ -317,7 +317,8 @@ class CampaignRun:
 class CampaignCounts:
     """A campaign's messages by where they are: ``queued`` and ``sending`` (not sent yet),
     ``sent`` (accepted by the provider; ``delivered`` those with delivery status 1),
-    ``failed``, ``uncertain``; ``recent`` were sent since the time asked about, and
+    ``failed``, ``uncertain``, ``refused`` (stored refused: the phone opted out after the
+    run began, or a per-phone limit); ``recent`` were sent since the time asked about, and
     ``first_sent_at`` and ``last_sent_at`` bound every send (None before the first)."""
 
     queued: int = 0
@@ -326,6 +327,7 @@ class CampaignCounts:
     delivered: int = 0
     failed: int = 0
     uncertain: int = 0
+    refused: int = 0
     recent: int = 0
     first_sent_at: float | None = None
     last_sent_at: float | None = None

@@ -169,6 +169,7 @@ CAMPAIGN_PROGRESS = (
     " sum(CASE WHEN status = 'sent' AND delivery_status = 1 THEN 1 ELSE 0 END) AS delivered,"
     " sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,"
     " sum(CASE WHEN status = 'uncertain' THEN 1 ELSE 0 END) AS uncertain,"
+    " sum(CASE WHEN status = 'refused' THEN 1 ELSE 0 END) AS refused,"
     " sum(CASE WHEN status = 'sent' AND sent_at >= {since} THEN 1 ELSE 0 END) AS recent,"
     " min(sent_at) AS first_sent_at, max(sent_at) AS last_sent_at"
     f" FROM outbound WHERE {CAMPAIGN} AND {{ids}} GROUP BY campaign_id")
@@ -415,5 +416,6 @@ def campaign_from_row(row: Mapping[str, Any]) -> CampaignRun:
 def counts_from_row(row: Mapping[str, Any]) -> CampaignCounts:
     """A campaign's counts from its row of ``CAMPAIGN_PROGRESS``."""
     return CampaignCounts(**{k: int(row[k] or 0) for k in (
-        "queued", "sending", "sent", "delivered", "failed", "uncertain", "recent")},
+        "queued", "sending", "sent", "delivered", "failed", "uncertain", "refused",
+        "recent")},
         first_sent_at=row["first_sent_at"], last_sent_at=row["last_sent_at"])

@@ -109,8 +109,8 @@ function drawCampaigns(table, data) {
     row.appendChild(element("td", clock(c.started_at)));
     const progress = element("td", undefined, "progress");
     progress.append(bar(c.bar), element("span", "queued " + c.queued + " · sent " + c.sent +
-      " · delivered " + c.delivered + " · failed " + c.failed + " · uncertain " + c.uncertain,
-      "counts"));
+      " · delivered " + c.delivered + " · failed " + c.failed + " · uncertain " + c.uncertain +
+      (c.refused ? " · refused " + c.refused : ""), "counts"));
     row.appendChild(progress);
     row.appendChild(element("td", c.rate === null ? "–" : c.rate.toFixed(1) + "/s"));
     row.appendChild(element("td", c.remaining === null ? "–" : "about " + ago(c.remaining)));
