@@ -49,23 +49,9 @@ class Limits:
         n, reason = min(left, key=lambda pair: pair[0])
         return max(0, n), reason
 
-    def apply(
-        self, items: Iterable[OutboxItem], counts: PhoneCounts
-    ) -> tuple[tuple[OutboxItem, ...], int]:
-        """``items`` marked proactive, those beyond the allowance refused with the reason;
-        and how many were refused."""
+    def apply(self, items: Iterable[OutboxItem], counts: PhoneCounts) -> tuple[OutboxItem, ...]:
+        """``items`` marked proactive, those beyond the allowance refused with the reason."""
         allowed, reason = self.allowance(counts)
-        out = []
-        refused = 0
-        for n, item in enumerate(items):
-            if allowed is not None and n >= allowed:
-                out.append(replace(item, proactive=True, refused=reason))
-                refused += 1
-            else:
-                out.append(replace(item, proactive=True))
-        return tuple(out), refused
-
-    @property
-    def counted(self) -> tuple[int, int]:
-        """How far back the store must count: (messages in a row, proactive ones)."""
-        return self.unanswered, self.per_day
+        return tuple(replace(item, proactive=True,
+                             refused=reason if allowed is not None and n >= allowed else None)
+                     for n, item in enumerate(items))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -30,7 +30,7 @@ _UNKNOWN = "Etc/Unknown"  # what phonenumbers answers for a number of no known z
 _STEPS = 16
 
 
-@lru_cache(maxsize=1)
+@cache
 def _one_zone_countries() -> dict[str, str]:
     """Calling code -> the zone of every number of it, for the countries of one zone (183 of
     them, Ukraine's among them): their numbers need no parsing (20 us each, a campaign's

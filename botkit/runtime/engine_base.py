@@ -141,7 +141,7 @@ class EngineBase:
 
     async def _counts(self, phones: list[str], now: float) -> dict[str, PhoneCounts]:
         """What the per-phone limits count for ``phones`` (no read when both are off)."""
-        unanswered, per_day = self.limits.counted
+        unanswered, per_day = self.limits.unanswered, self.limits.per_day
         if not phones or not (unanswered or per_day):
             return {phone: PhoneCounts(0, 0) for phone in phones}
         return await self.store.phone_counts(phones, now, unanswered, per_day)

@@ -73,7 +73,8 @@ class Events(EngineBase):
                 if opens is not None:
                     await self._postpone(timer, conv, opens, now)
                     return
-                outbox, refused = self.limits.apply(commit.outbox, counts)
+                outbox = self.limits.apply(commit.outbox, counts)
+                refused = sum(1 for item in outbox if item.refused)
                 if refused:
                     log.warning("timer %s (%s of conversation %s): %d of its %d messages to %s"
                                 " refused, %s", timer.id, timer.kind, conv.id, refused,

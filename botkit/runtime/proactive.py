@@ -79,17 +79,10 @@ class Proactive(EngineBase):
         now = self.clock()
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
         active = await self.store.open_conversations(phones)
-        suppressed = await self.store.suppressed_among(phones)
-        counts = await self._counts([p for p in phones if p not in suppressed], now)
-        results: dict[str, StartResult] = {}
+        results, counts = await self._screen(phones, now)
         planned: list[tuple[str, Commit, Literal["started", "replaced"], str]] = []
         for phone in phones:
-            if phone in suppressed:
-                results[phone] = StartResult(phone, "skipped", None, OPTED_OUT)
-                continue
-            allowed, limit = self.limits.allowance(counts[phone])
-            if allowed == 0:
-                results[phone] = StartResult(phone, "skipped", None, limit or "")
+            if phone in results:
                 continue
             plan = self._plan_start(flow, phone, active.get(phone), state, now)
             if isinstance(plan, StartResult):
@@ -138,13 +131,7 @@ class Proactive(EngineBase):
         """
         now = self.clock()
         phones = list(dict.fromkeys(normalize_phone(p) for p in phones))
-        suppressed = await self.store.suppressed_among(phones)
-        results = {phone: StartResult(phone, "skipped", None, OPTED_OUT) for phone in suppressed}
-        counts = await self._counts([p for p in phones if p not in suppressed], now)
-        for phone, count in counts.items():
-            allowed, limit = self.limits.allowance(count)
-            if allowed == 0:
-                results[phone] = StartResult(phone, "skipped", None, limit or "")
+        results, counts = await self._screen(phones, now)
         sending = [p for p in phones if p not in results]
         reply = Reply(template=template, variables=dict(variables or {}), delivery=delivery,
                       one_way=True, sms=sms)
@@ -214,13 +201,27 @@ class Proactive(EngineBase):
             timers=plan_timers(flow, step, now)))
         return conv
 
+    async def _screen(
+        self, phones: list[str], now: float
+    ) -> tuple[dict[str, StartResult], dict[str, PhoneCounts]]:
+        """The phones a proactive send skips (on the suppression list, or at a per-phone
+        limit), with why; and what the limits counted for the others."""
+        suppressed = await self.store.suppressed_among(phones)
+        skipped = {phone: StartResult(phone, "skipped", None, OPTED_OUT) for phone in suppressed}
+        counts = await self._counts([p for p in phones if p not in suppressed], now)
+        for phone, count in counts.items():
+            allowed, limit = self.limits.allowance(count)
+            if allowed == 0:
+                skipped[phone] = StartResult(phone, "skipped", None, limit or "")
+        return skipped, counts
+
     def _paced(
         self, commit: Commit, phone: str, counts: PhoneCounts, now: float, quiet_hours: bool
     ) -> Commit:
         """A proactive commit as the per-phone limits and quiet hours let it go: messages
         beyond the allowance refused, and the rest held until the phone's night ends, with
         the timers and expiry of its new conversation counting from then."""
-        outbox, _ = self.limits.apply(commit.outbox, counts)
+        outbox = self.limits.apply(commit.outbox, counts)
         opens = self._opens_at(phone, now) if quiet_hours else None
         if opens is None:
             return replace(commit, outbox=outbox)

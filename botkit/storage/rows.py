@@ -194,8 +194,9 @@ DAY = 86_400.0  # seconds: the per-phone limit of proactive messages counts this
 # {unanswered} messages that came after the phone's last message, and its last {proactive}
 # proactive ones of the 24 hours since {since}. Each reads at most its limit of rows, by the
 # index outbound_phone (phone, id) (``latest``, the derived table, is read whole: those rows).
+# The two columns of a select list, each engine's query giving them the phone.
 PHONE_COUNTS = (
-    "SELECT (SELECT count(*) FROM (SELECT created_at FROM outbound WHERE phone = {phone}"
+    "(SELECT count(*) FROM (SELECT created_at FROM outbound WHERE phone = {phone}"
     "   AND status <> 'refused' AND coalesce(role, '') <> '" + CONSENT_ROLE + "'"
     "   ORDER BY id DESC LIMIT {unanswered}) AS latest WHERE latest.created_at >= coalesce("
     "  (SELECT received_at FROM inbound WHERE phone = {phone} ORDER BY id DESC LIMIT 1), 0))"
@@ -216,8 +217,7 @@ def outbound_row(
     claim: str | None,
 ) -> list[Any]:
     """An outbox row's values, in ``OUTBOUND_COLUMNS`` order; ``claim``: inserted claimed
-    (never a row that waits for quiet hours to end or is refused)."""
-    claim = claim if claimable(item) else None
+    (the caller passes one only for a ``claimable`` item)."""
     status = "refused" if item.refused else "sending" if claim else "queued"
     return [conv_id, item.phone, item.flow, item.flow_version, item.step, item.template,
             item.text, item.message_type, json.dumps(item.payload),

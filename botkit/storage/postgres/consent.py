@@ -46,7 +46,7 @@ class PgConsent(PgConnection):
                                      since="$4")
         rows = await self._rows(
             f"SELECT p.phone, c.* FROM unnest($1::text[]) AS p(phone),"
-            f" LATERAL ({counts}) AS c", list(phones), unanswered, proactive, now - DAY)
+            f" LATERAL (SELECT {counts}) AS c", list(phones), unanswered, proactive, now - DAY)
         return {r["phone"]: PhoneCounts(r["unanswered"], r["proactive"]) for r in rows}
 
     async def phone_data(self, phone: str) -> dict[str, list[dict[str, Any]]]:

@@ -57,7 +57,7 @@ class Consent(Connection):
         # One statement per few hundred phones: a campaign's batch pays one statement's
         # overhead, not one per phone.
         counts = PHONE_COUNTS.format(phone="given.phone", unanswered="?", proactive="?",
-                                     since="?").removeprefix("SELECT ")
+                                     since="?")
         found: dict[str, PhoneCounts] = {}
         for i in range(0, len(phones), 300):  # under SQLite's limit of bound variables
             part = phones[i:i + 300]
