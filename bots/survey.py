@@ -1,9 +1,9 @@
 """A customer satisfaction survey: name, a 1-5 rating, an optional comment, a thank-you.
 
-An invalid rating is asked again; after three invalid tries the survey ends politely. A
-question left unanswered gets one "still there?" after 2 hours and closes the survey politely
-after 12. A first message that cannot be delivered is sent once more, then the survey is
-closed as unreachable.
+The rating question is an A/B test of two wordings. An invalid rating is asked again; after
+three invalid tries the survey ends politely. A question left unanswered gets one "still
+there?" after 2 hours and closes the survey politely after 12. A first message that cannot
+be delivered is sent once more, then the survey is closed as unreachable.
 
 Started proactively (``python run.py start survey 380501112233``) or by the keyword
 ``survey``. ``python run.py export survey --csv answers.csv`` gives the answers.
@@ -53,7 +53,12 @@ async def name(turn: Turn) -> None:
     turn.ask("rating")
 
 
-@survey.step("rating", prompt="survey/ask_rating.txt", retries=2,
+# An A/B test of the rating question: half the phones get each wording
+# (``python run.py stats survey`` compares their completion rates).
+RATING_PROMPTS = {"survey/ask_rating.txt": 50, "survey/ask_rating_b.txt": 50}
+
+
+@survey.step("rating", prompt=RATING_PROMPTS, retries=2,
              give_up="survey/rating_give_up.txt", **WAITING)
 async def rating(turn: Turn) -> None:
     answer = turn.text.strip()

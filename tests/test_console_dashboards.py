@@ -11,6 +11,9 @@ import re
 
 from test_console import HTML, console  # noqa: F401 - console is the fixture
 
+from botkit.core.flows import variant
+from bots.survey import RATING_PROMPTS
+
 DONE, GAVE_UP, WAITING = "380500000101", "380500000102", "380500000103"
 
 
@@ -53,6 +56,18 @@ async def test_a_flows_funnel_counts_each_step_and_how_conversations_ended(conso
     assert steps["comment"]["reached"] == 1 and steps["comment"]["drop_off"] == 0
     assert steps["name"]["answers_timed"] == 2 and steps["name"]["median_answer"] >= 0
     assert sum(steps["name"]["delivery"].values()) == 3  # each question's delivery status
+    # The survey's rating question is an A/B test: its figures by the variant each got.
+    [test] = report["ab_tests"]
+    assert test["step"] == "rating"
+    by_template = {v["template"]: v for v in test["variants"]}
+    assert list(by_template) == list(RATING_PROMPTS)  # the control first
+    given = {phone: variant("survey.rating", phone, RATING_PROMPTS.items())
+             for phone in (DONE, GAVE_UP)}  # the one waiting at name was not asked it
+    for template, v in by_template.items():
+        mine = [phone for phone, got in given.items() if got == template]
+        assert (v["reached"], v["answered"], v["went_on"], v["completed"], v["gave_up"]) == (
+            len(mine), len(mine), mine.count(DONE), mine.count(DONE), mine.count(GAVE_UP))
+    assert test["variants"][0]["comparison"] is None  # the control
 
     async with admin.get("/console/api/flows/survey",
                          params={"from": "2001-01-01", "to": "2001-01-31"}) as response:
@@ -84,6 +99,11 @@ async def test_a_flows_page_draws_its_funnel_and_its_graph(console):
     assert edges == [("name", "rating", "ask"), ("rating", "comment", "ask"),
                      ("comment", "finished", "finish")]
     assert "reached 2 · answered 2 · ended here 1" in graph  # the rating step's counts
+    ab = page[page.index('<table class="steps variants" id="variants-rating">'):]
+    ab = ab[:ab.index("</table>")]
+    rows = re.findall(r'<tr data-template="([^"]+)">', ab)
+    assert rows == list(RATING_PROMPTS)
+    assert re.search(r'<td class="verdict">control</td>', ab)
 
 
 async def test_dashboards_and_exports_are_for_admins_only(console):

@@ -869,3 +869,67 @@ async def test_a_conversation_keeps_its_locale(backend):
     assert (await store.conversation(b.conversation_id)).locale is None
     assert (await store.open_conversations(["81"]))["81"].locale == "pt_BR"
     await store.close()
+
+
+async def test_the_funnel_splits_an_ab_tested_step_by_variant(backend):
+    """Each conversation counts once, in the variant of its first question at the step: a
+    reminder (a template of its own) does not move it, and a conversation that never got a
+    variant (asked before the test began) counts in none."""
+    store = await backend.opened()
+    a, b = "f/a.txt", "f/b.txt"
+    sent = iter(range(5001, 5100))
+
+    def ask(phone: str, step: str, template: str) -> OutboxItem:
+        return dataclasses.replace(item(phone, 0), flow="f", step=step, template=template,
+                                   in_conversation=True, question=True)
+
+    def change(phone: str, conv_id: int, version: int, step: str, status: Status):
+        return ConversationChange(phone=phone, flow="f", step=step, status=status, state={},
+                                  retries=0, expires_at=9e9, id=conv_id,
+                                  expected_version=version)
+
+    async def begin(phone: str, template: str, at: float) -> tuple[int, int]:
+        started = await store.commit(Commit(inbound_id=None, conversation=conversation(phone),
+                                            outbox=(ask(phone, "q", template),)), at)
+        await store.claim_outbox(10, at)
+        message_id = next(sent)
+        await store.mark_sent(started.outbox_ids[0], message_id, at, RULES)
+        return started.conversation_id, message_id
+
+    async def answer(phone: str, conv_id: int, message_id: int, at: float) -> None:
+        inbound_id = await store.record_inbound(InboundReply.model_validate({
+            "message_token": f"t{phone}", "phone_number": phone, "time": 1,
+            "message": {"text": "4", "tracking_data": f"tracking_id:{message_id}"}}), at)
+        await store.commit(Commit(inbound_id=inbound_id, route="step", handled_by=("f", "q"),
+                                  conversation=change(phone, conv_id, 0, "r", Status.ACTIVE),
+                                  outbox=(ask(phone, "r", "f/r.txt"),)), at)
+
+    done, quit_, went_on, timed_out, before = "31", "32", "33", "34", "35"
+    conv, mid = await begin(done, a, 10.0)
+    await answer(done, conv, mid, 20.0)
+    await store.commit(Commit(inbound_id=None, conversation=change(done, conv, 1, "r",
+                                                                   Status.DONE)), 21.0)
+    conv, _ = await begin(quit_, a, 11.0)
+    await store.commit(Commit(inbound_id=None, link=conv,
+                              outbox=(ask(quit_, "q", "f/remind.txt"),)), 12.0)
+    await store.commit(Commit(inbound_id=None, conversation=change(quit_, conv, 0, "q",
+                                                                   Status.GAVE_UP)), 13.0)
+    conv, mid = await begin(went_on, b, 100.0)
+    await answer(went_on, conv, mid, 130.0)
+    conv, _ = await begin(timed_out, b, 101.0)
+    await store.commit(Commit(inbound_id=None, conversation=change(timed_out, conv, 0, "q",
+                                                                   Status.TIMED_OUT)), 102.0)
+    await begin(before, "f/old.txt", 102.0)
+
+    tested = {"q": (a, b)}
+    report = await store.funnel("f", variants=tested)
+    assert report["variants"] == {"q": {
+        a: {"reached": 2, "answered": 1, "went_on": 1, "gave_up": 1, "timed_out": 0,
+            "completed": 1, "delays": [10.0]},
+        b: {"reached": 2, "answered": 1, "went_on": 1, "gave_up": 0, "timed_out": 1,
+            "completed": 0, "delays": [30.0]}}}
+    assert report["steps"]["q"]["reached"] == 5  # the funnel itself is not split
+    later = await store.funnel("f", 50.0, 200.0, variants=tested)  # a cohort: b's two
+    assert set(later["variants"]["q"]) == {b} and later["variants"]["q"][b]["reached"] == 2
+    assert "variants" not in await store.funnel("f")  # only when asked
+    await store.close()

@@ -75,3 +75,71 @@ async def test_a_conversation_keeps_its_variant_across_turns_and_a_restart(bot_h
     # Each row records the template it was rendered from: what the stats group by.
     templates = {r["template"] for r in bot.db().query("SELECT template FROM outbound")}
     assert templates == {A, B}
+
+
+def verbs_flow() -> Flow:
+    flow = Flow("verbs", keywords=["go"])
+
+    @flow.step("ask", prompt={A: 50, B: 50})
+    async def ask(turn: Turn) -> None:
+        if turn.text == "bad":
+            return turn.say({"demo/bye.txt": 50})  # one variant is no test
+        turn.say({"demo/remind.txt": 50, "demo/unanswered.txt": 50})
+        turn.finish({"demo/bye.txt": 1, "demo/timeout.txt": 1})
+
+    return flow
+
+
+async def test_a_verbs_template_can_be_an_ab_test_split_with_the_steps_prompt(bot_harness):
+    from demo import TEMPLATES
+
+    bot = await bot_harness(flows=[verbs_flow()], templates=TEMPLATES)
+    said = {"demo/remind.txt": "Reminder", "demo/unanswered.txt": "Delivered"}
+    pairs = [(A, 50), (B, 50)]
+    for n in range(8):
+        phone = f"38050777{n:04d}"
+        chat = bot.chat(phone)
+        [question] = await chat.send("go")
+        say, bye = await chat.answer("fine")
+        # One point per phone and step: the say's 50/50 follows the prompt's 50/50.
+        first = variant("verbs.ask", phone, pairs) == A
+        assert question.text.startswith("Question one" if first else "Question two")
+        assert say.text.startswith(said["demo/remind.txt" if first else "demo/unanswered.txt"])
+        assert bye.text == ("Gave up." if first else "Timed out, bye.")
+    templates = {r["template"] for r in bot.db().query(
+        "SELECT template FROM outbound WHERE role IS NULL")}
+    assert templates == {*said, "demo/bye.txt", "demo/timeout.txt"}
+
+
+async def test_a_bad_ab_test_of_a_verbs_template_is_an_error_naming_the_call(bot_harness):
+    from demo import TEMPLATES
+
+    bot = await bot_harness(flows=[verbs_flow()], templates=TEMPLATES)
+    chat = bot.chat("380507770100")
+    await chat.send("go")
+    # The harness raises a handler's error in the test (a server logs it, and answers with
+    # the flow's error reply); `run.py check` finds it before (the next test).
+    with pytest.raises(DefinitionError, match=r"turn\.say\(\) in flow 'verbs', step 'ask': an"
+                       r" A/B test of its template names two templates or more"):
+        await chat.answer("bad")
+
+
+def test_check_reads_the_templates_of_a_verbs_ab_test(tmp_path):
+    from demo import TEMPLATES
+
+    from botkit.cli.checks import check
+    from botkit.runtime.templates import Renderer
+
+    flow = verbs_flow()
+    problems = check(FlowSet([flow]), Renderer(TEMPLATES), TEMPLATES)
+    assert len(problems) == 1 and problems[0].endswith(
+        "turn.say(): an A/B test of its template names two templates or more, each with a"
+        " positive whole weight, such as {'a.txt': 50, 'b.txt': 50}; got {'demo/bye.txt': 50}")
+    assert "test_variants.py:" in problems[0]
+    empty = tmp_path / "tpl"
+    (empty / "demo").mkdir(parents=True)
+    for name in (A, B, "demo/bye.txt"):
+        (tmp_path / "tpl" / name).write_text((TEMPLATES / name).read_text())
+    missing = check(FlowSet([verbs_flow()]), Renderer(empty), empty)
+    for name in ("demo/remind.txt", "demo/unanswered.txt", "demo/timeout.txt"):
+        assert any(name in p and "turn." in p for p in missing), (name, missing)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from botkit.cli.template_checks import relative, template_problems
-from botkit.core.flows import Flow, FlowSet, Step
+from botkit.core.flows import Flow, FlowSet, Step, weighted
 from botkit.core.graph import calls
 from botkit.errors import DefinitionError
 from botkit.runtime.templates import Renderer
@@ -85,16 +85,25 @@ def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: _Once) -> Ite
         if verb == "ask" and literal is not None:
             if literal not in flow.steps:
                 yield f"{where}: turn.ask({literal!r}): {_unknown(flow, literal)}"
-            elif keywords.get("template") is None and flow.steps[literal].prompt is None:
+            elif "template" not in keywords and flow.steps[literal].prompt is None:
                 yield f"{where}: turn.ask({literal!r}): that step has no prompt template"
         elif verb == "switch" and literal is not None and literal not in flows:
             yield f"{where}: turn.switch({literal!r}): no flow is named {literal!r}"
-        elif verb in TEMPLATE_VERBS and literal is not None:
-            yield from _try_template(renderer, literal, f"{where}: turn.{verb}()")
-        if verb in TEMPLATE_VERBS | {"ask", "switch"} and keywords.get("template"):
-            yield from _try_template(renderer, str(keywords["template"]), f"{where}: turn.{verb}()")
-        if verb == "notify" and keywords.get("sms"):
-            yield from _try_template(renderer, str(keywords["sms"]), f"{where}: turn.notify(sms=)")
+        named: list[tuple[str, str]] = []
+        if verb in TEMPLATE_VERBS:
+            named.append(("", f"turn.{verb}()"))
+        if verb in TEMPLATE_VERBS | {"ask", "switch"}:
+            named.append(("template", f"turn.{verb}()"))
+        if verb == "notify":
+            named.append(("sms", "turn.notify(sms=)"))
+        for argument, what in named:
+            if argument in call.tests and argument != "sms":  # an SMS is one template
+                try:
+                    weighted(f"{where}: {what}: an A/B test of its template", call.tests[argument])
+                except DefinitionError as exc:
+                    yield str(exc)
+            for name in call.templates(argument):
+                yield from _try_template(renderer, name, f"{where}: {what}")
 
 
 def _unknown(flow: Flow, name: str) -> str:

@@ -11,6 +11,7 @@ import time
 from typing import Any, TextIO
 
 from botkit.cli.common import count, flows_of, iso, phone_arg, with_store
+from botkit.core.experiments import VariantFigures, by_variant
 
 __all__ = ['conversations', 'export', 'messages', 'stats']
 
@@ -86,10 +87,11 @@ def stats(args: argparse.Namespace) -> int:
     flows = flows_of(args)
 
     async def job(store: Any) -> int:
-        funnel = await store.funnel(args.flow)
+        flow = flows.get(args.flow)
+        tested = flow.variants if flow else {}
+        funnel = await store.funnel(args.flow, variants=tested)
         if not funnel["started"]:
             flows[args.flow]  # noqa: B018 - a typo gets "did you mean"
-        flow = flows.get(args.flow)
         order = list(flow.steps) if flow else []
         steps = order + sorted(set(funnel["steps"]) - set(order))
         started, completed = funnel["started"], funnel["completed"]
@@ -104,9 +106,35 @@ def stats(args: argparse.Namespace) -> int:
             median = _duration(statistics.median(delays)) if delays else "-"
             print(f"{name:<16}" + "".join(f"{row.get(c, 0):>11}" for c in columns)
                   + f"{median:>15}")
+        for name, templates in tested.items():
+            _print_variants(name, by_variant(templates, funnel["variants"].get(name, {})))
         return 0
 
     return with_store(args, job)
+
+
+def _print_variants(step: str, rows: list[VariantFigures]) -> None:
+    """One A/B-tested step's figures by variant, each compared with the control (the
+    first), per conversation: a conversation counts once in the variant it was given."""
+    print(f"\n{step}: A/B test of its prompt, by variant (completion: two-proportion z-test"
+          f" against {rows[0].template})")
+    width = max(16, *(len(r.template) + 2 for r in rows))
+    columns = ("reached", "answered", "went on", "gave up", "timed out")
+    print(f"{'variant':<{width}}" + "".join(f"{c:>10}" for c in columns)
+          + f"{'completed':>16}{'median answer':>15}  compared")
+    for r in rows:
+        rate = f"{r.completed} ({100 * r.completion:.0f}%)" if r.completion is not None else "0"
+        median = _duration(r.median_answer) if r.median_answer is not None else "-"
+        print(f"{r.template:<{width}}" + "".join(f"{n:>10}" for n in (
+            r.reached, r.answered, r.went_on, r.gave_up, r.timed_out))
+            + f"{rate:>16}{median:>15}  {_compared(r, r is rows[0])}")
+
+
+def _compared(row: VariantFigures, control: bool) -> str:
+    if control:
+        return "control"
+    # None: it or the control has no conversations yet.
+    return "-" if row.comparison is None else row.comparison.summary
 
 
 def _duration(seconds: float) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 from jinja2 import meta, nodes
 
 from botkit.core.flows import Flow, FlowSet, Step
+from botkit.core.graph import template_names
 from botkit.runtime.templates import Renderer
 
 __all__ = ["relative", "template_problems"]
@@ -145,21 +146,22 @@ def _verb_call(node: ast.Call, flow: Flow, flows: FlowSet, given: _Given) -> Non
     assert isinstance(node.func, ast.Attribute)
     verb = node.func.attr
     first = _literal(node.args[0]) if node.args else None
+    named = template_names(node.args[0]) if node.args else ()  # a template, or an A/B test's
     keywords = {kw.arg: kw.value for kw in node.keywords}
     names: set[str] | None = {k for k in keywords if k is not None} - _NOT_VARIABLES
     if None in keywords:
         names = None  # ``**variables``
-    explicit = _literal(keywords["template"]) if "template" in keywords else None
-    if verb in ("say", "finish", "handoff"):
-        given.passes(first, names)
+    explicit = template_names(keywords["template"]) if "template" in keywords else ()
+    # retry() without a template sends the step's prompt, which another check covers.
+    if verb in ("say", "finish", "handoff", "retry"):
+        for template in named:
+            given.passes(template, names)
     elif verb == "notify":
-        given.passes(first, names)
-        given.passes(_literal(keywords["sms"]) if "sms" in keywords else None, names)
-    elif verb == "retry":
-        given.passes(first, names)  # None: the step's prompt, which another check covers
+        for template in (*named, *(template_names(keywords["sms"]) if "sms" in keywords else ())):
+            given.passes(template, names)
     elif verb == "ask" and first is not None:
         step = flow.steps.get(first)
-        for prompt in [explicit] if explicit else _prompts(step):
+        for prompt in list(explicit) or _prompts(step):
             given.passes(prompt, names)
     elif verb == "switch" and first is not None and first in flows:
         target = flows[first]

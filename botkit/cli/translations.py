@@ -55,12 +55,10 @@ def sendable(flows: FlowSet) -> Iterator[tuple[str, str]]:
                 yield from once(name, declared)
             for call in calls(step):
                 where = f"{relative(call.filename)}:{call.line}"
-                if call.verb in TEMPLATE_VERBS and isinstance(call.literal, str):
-                    yield from once(call.literal, where)
-                for keyword in ("template", "sms"):
-                    value = call.keywords.get(keyword)
-                    if isinstance(value, str):
-                        yield from once(value, where)
+                named = [*(call.templates() if call.verb in TEMPLATE_VERBS else ()),
+                         *call.templates("template"), *call.templates("sms")]
+                for name in named:
+                    yield from once(name, where)
 
 
 def missing_translations(

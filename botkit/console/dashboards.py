@@ -1,6 +1,8 @@
 """The console's dashboards (admins): the flows, and per flow its funnel for a date range,
 the drop-off and median time to answer of each step, the delivery statuses of its
-questions, and the flow drawn as a graph with the funnel's counts on it.
+questions, per A/B-tested step the same figures by variant (with a two-proportion z-test of
+completion against the control), and the flow drawn as a graph with the funnel's counts on
+it.
 
 The figures are ``Store.funnel``'s, the same as ``run.py stats FLOW``'s. The charts are SVG
 drawn on the server (no script, no inline style: the console's CSP allows neither).
@@ -17,6 +19,7 @@ from aiohttp import web
 from botkit.console.access import ADMIN, Routes, refuse
 from botkit.console.fields import FieldError, day_range
 from botkit.console.pages import BOT, render
+from botkit.core.experiments import by_variant
 from botkit.core.flows import Flow
 from botkit.core.graph import FINISHED, HANDED_OVER, Edge, edges
 
@@ -69,13 +72,14 @@ async def funnel_of(request: web.Request) -> dict[str, Any]:
     order, how many conversations reached it (were asked its question), answered it (one
     answer or more; ``answers`` counts them all, ``reasked`` the ones asked again), ended
     at it and how, the drop-off (ended at it / reached it), the median time to answer and
-    the delivery statuses of its questions."""
+    the delivery statuses of its questions; ``ab_tests``: per A/B-tested step, its
+    variants' figures (``core.experiments.VariantFigures.as_dict``)."""
     bot = request.app[BOT]()
     name = request.match_info["flow"]
     since, until = day_range(request.query.get("from", "").strip(),
                              request.query.get("to", "").strip())
-    raw = await bot.store.funnel(name, since, until)
     flow = bot.flows.get(name)
+    raw = await bot.store.funnel(name, since, until, variants=flow.variants if flow else None)
     if flow is None and not raw["started"]:
         raise web.HTTPNotFound(reason=f"no flow is named {name!r}")
     return _report(name, flow, raw, since, until)
@@ -101,11 +105,14 @@ def _report(name: str, flow: Flow | None, raw: dict[str, Any],
             "answers_timed": len(delays), "delivery": counts.get("delivery", {}),
             "loaded": step in order,
         })
+    tested = flow.variants if flow else {}
+    variants = [{"step": step, "variants": [row.as_dict() for row in by_variant(
+        templates, raw.get("variants", {}).get(step, {}))]} for step, templates in tested.items()]
     return {"flow": name, "loaded": flow is not None, "since": since, "until": until,
             "started": raw["started"], "finished": raw["completed"],
             "ended": {k: raw["ended"].get(k, 0) for k in ENDINGS if raw["ended"].get(k)},
             "open": raw["started"] - raw["completed"] - sum(raw["ended"].values()),
-            "steps": steps}
+            "steps": steps, "ab_tests": variants}
 
 
 # -- the flow as a graph ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from botkit.errors import DefinitionError, UnknownStepError
 
-__all__ = ["Delivery", "Flow", "FlowSet", "Step", "normalize", "variant"]
+__all__ = ["Delivery", "Flow", "FlowSet", "Step", "normalize", "variant", "weighted"]
 
 # ``async def handler(turn: Turn) -> None``. Typed without naming Turn: a Turn is built from
 # flows and steps (core.turn imports this module), so this module does not import it back.
@@ -169,6 +169,12 @@ class Flow:
         return Delivery(self.sender, self.source_type, self.validity)
 
     @property
+    def variants(self) -> dict[str, tuple[str, ...]]:
+        """The A/B-tested steps: each one's variant templates, the control first."""
+        return {name: tuple(template for template, _ in step.variants)
+                for name, step in self.steps.items() if step.variants}
+
+    @property
     def first(self) -> Step:
         """The step a new conversation begins at."""
         if not self.steps:
@@ -235,13 +241,7 @@ class Flow:
         _check_reaction(where, "on_undelivered", on_undelivered)
         variants: tuple[tuple[str, int], ...] = ()
         if isinstance(prompt, Mapping):
-            variants = tuple((str(k), v) for k, v in prompt.items())
-            if len(variants) < 2 or any(not isinstance(w, int) or isinstance(w, bool) or w <= 0
-                                        for _, w in variants):
-                raise DefinitionError(
-                    f"{where}: an A/B test of the prompt names two templates or more, each with"
-                    f" a positive whole weight, such as {{'a.txt': 50, 'b.txt': 50}}; got"
-                    f" {dict(prompt)!r}")
+            variants = weighted(f"{where}: an A/B test of the prompt", prompt)
             prompt = variants[0][0]
 
         def register(handler: H) -> H:
@@ -383,18 +383,34 @@ class FlowSet(Mapping[str, Flow]):
         return list(self._keywords)
 
 
+def weighted(what: str, weights: Mapping[Any, Any]) -> tuple[tuple[str, int], ...]:
+    """An A/B test's variants as (template, weight) pairs, in their order; a DefinitionError
+    that starts with ``what`` unless there are two or more, each with a positive whole
+    weight."""
+    pairs = tuple((k, w) for k, w in weights.items())
+    if len(pairs) < 2 or any(not isinstance(k, str) or not isinstance(w, int)
+                             or isinstance(w, bool) or w <= 0 for k, w in pairs):
+        raise DefinitionError(
+            f"{what} names two templates or more, each with a positive whole weight, such as"
+            f" {{'a.txt': 50, 'b.txt': 50}}; got {dict(weights)!r}")
+    return pairs
+
+
 def variant(test: str, phone: str, variants: Iterable[tuple[str, int]]) -> str:
-    """The variant of A/B test ``test`` that ``phone`` gets: a SHA-256 of the two picks a
-    point in the weights' total, so a phone keeps its variant across turns, restarts and
+    """The variant of A/B test ``test`` that ``phone`` gets: a SHA-256 of the two picks the
+    phone's place in the weights, so a phone keeps its variant across turns, restarts and
     processes, and phones split by the weights (changing the weights moves some phones).
 
     >>> variant("survey.rating", "380501112233", [("a.txt", 50), ("b.txt", 50)])
-    'a.txt'
+    'b.txt'
     """
     pairs = list(variants)
     total = sum(weight for _, weight in pairs)
     digest = hashlib.sha256(f"{test}:{phone}".encode()).digest()
-    point = int.from_bytes(digest[:8], "big") % total
+    # The phone's place in [0, 1) scaled to the total, exactly: the same place whatever the
+    # weights, so 1:1 and 50:50 split alike, and a phone in the first 50% of one split is in
+    # the first 80% of another.
+    point = int.from_bytes(digest[:8], "big") * total >> 64
     for name, weight in pairs:
         if point < weight:
             return name

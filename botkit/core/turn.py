@@ -10,17 +10,21 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from datetime import timedelta
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from botkit.core.flows import Delivery, Flow, Step
+from botkit.core.flows import Delivery, Flow, Step, variant, weighted
 from botkit.errors import FlowError
 
 if TYPE_CHECKING:
     from botkit.core.flows import FlowSet
 
-__all__ = ["Message", "Reply", "Transition", "Turn"]
+__all__ = ["Message", "Reply", "Template", "Transition", "Turn"]
 
 Ending = Literal["ask", "retry", "switch", "finish", "handoff"]
+# What a verb sends: a template's name, or an A/B test of templates with their weights
+# ({"a.txt": 50, "b.txt": 50}), of which the phone gets one (docs/routing.md).
+Template = str | Mapping[str, int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,16 +140,18 @@ class Turn:
         """The user's phone number."""
         return self.message.phone
 
-    def say(self, template: str, /, *, delivery: Delivery | None = None, **variables: Any) -> None:
+    def say(self, template: Template, /, *, delivery: Delivery | None = None,
+            **variables: Any) -> None:
         """Send a message rendered from ``template``; the turn goes on.
 
         >>> turn.say("support/hours.txt", today="Monday")
         """
-        self.replies.append(Reply(template=template, variables=variables, delivery=delivery))
+        self.replies.append(Reply(template=self._variant("say", template), variables=variables,
+                                  delivery=delivery))
 
     def notify(
         self,
-        template: str,
+        template: Template,
         /,
         *,
         sms: str | None = None,
@@ -163,15 +169,15 @@ class Turn:
 
         >>> turn.notify("support/order_shipped.txt", sms="support/order_shipped_sms.txt")
         """
-        self.replies.append(Reply(template=template, variables=variables, delivery=delivery,
-                                  one_way=True, sms=sms))
+        self.replies.append(Reply(template=self._variant("notify", template),
+                                  variables=variables, delivery=delivery, one_way=True, sms=sms))
 
     def ask(
         self,
         step: str,
         /,
         *,
-        template: str | None = None,
+        template: Template | None = None,
         delivery: Delivery | None = None,
         remind_after: timedelta | None = None,
         timeout: timedelta | None = None,
@@ -185,12 +191,12 @@ class Turn:
         """
         target = self.flow.get(step)
         self._end("ask", self.flow.name, step, remind_after, timeout)
-        self.replies.append(Reply(template=self._prompt(target, template), variables=variables,
-                                  delivery=delivery))
+        self.replies.append(Reply(template=self._prompt("ask", target, template),
+                                  variables=variables, delivery=delivery))
 
     def retry(
         self,
-        template: str | None = None,
+        template: Template | None = None,
         /,
         *,
         delivery: Delivery | None = None,
@@ -210,7 +216,7 @@ class Turn:
                 self.replies.append(Reply(template=give_up, variables=variables,
                                           delivery=delivery))
             return
-        self.replies.append(Reply(template=self._prompt(self.step, template),
+        self.replies.append(Reply(template=self._prompt("retry", self.step, template),
                                   variables=variables, delivery=delivery))
 
     def switch(
@@ -231,12 +237,12 @@ class Turn:
         self._end("switch", flow, target.name)
         # The new flow's first message goes out with the new flow's sending defaults.
         chosen = (delivery or Delivery()).over(target_flow.delivery)
-        self.replies.append(Reply(template=self._prompt(target, None), variables=variables,
-                                  delivery=chosen))
+        self.replies.append(Reply(template=self._prompt("switch", target, None),
+                                  variables=variables, delivery=chosen))
 
     def finish(
         self,
-        template: str | None = None,
+        template: Template | None = None,
         /,
         *,
         delivery: Delivery | None = None,
@@ -248,11 +254,12 @@ class Turn:
         """
         self._end("finish", self.flow.name, None)
         if template:
-            self.replies.append(Reply(template=template, variables=variables, delivery=delivery))
+            self.replies.append(Reply(template=self._variant("finish", template),
+                                      variables=variables, delivery=delivery))
 
     def handoff(
         self,
-        template: str | None = None,
+        template: Template | None = None,
         /,
         *,
         delivery: Delivery | None = None,
@@ -266,7 +273,8 @@ class Turn:
         """
         self._end("handoff", self.flow.name, self.step.name)
         if template:
-            self.replies.append(Reply(template=template, variables=variables, delivery=delivery))
+            self.replies.append(Reply(template=self._variant("handoff", template),
+                                      variables=variables, delivery=delivery))
 
     @property
     def gave_up(self) -> bool:
@@ -277,8 +285,20 @@ class Turn:
             and self.retries >= self.step.retries
         )
 
-    def _prompt(self, step: Step, template: str | None) -> str:
-        chosen = template or step.prompt_for(self.phone)
+    def _variant(self, verb: str, template: Template, step: Step | None = None) -> str:
+        """The template to send: ``template``, or the phone's variant of it when it is an
+        A/B test. The test is the one of the step the message asks (``step``), else of the
+        turn's step, as a prompt's: at one step a phone is at one point of the split."""
+        if isinstance(template, str):
+            return template
+        at = step or self.step
+        pairs = weighted(f"turn.{verb}() in flow {at.flow!r}, step {at.name!r}: an A/B test"
+                         " of its template", template)
+        return variant(f"{at.flow}.{at.name}", self.phone, pairs)
+
+    def _prompt(self, verb: Ending, step: Step, template: Template | None) -> str:
+        chosen = (self._variant(verb, template, step) if template
+                  else step.prompt_for(self.phone))
         if chosen is None:
             raise FlowError(
                 f"flow {step.flow!r}, step {step.name!r} has no prompt: declare"

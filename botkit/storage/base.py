@@ -30,7 +30,7 @@ Durability contract every implementation keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
@@ -308,11 +308,13 @@ class ReportStore(ABC):
         """Conversations per flow and flow version: ``flow``, ``version``, ``open``, ``total``."""
 
     @abstractmethod
-    async def funnel(self, flow: str, since: float | None = None,
-                     until: float | None = None) -> dict[str, Any]:
+    async def funnel(self, flow: str, since: float | None = None, until: float | None = None,
+                     variants: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
         """The counts behind ``run.py stats FLOW`` and the console's funnel: of the
         conversations started in ``[since, until)`` (all when not given), and of their
-        messages and timers (the shape: ``storage.rows.funnel_report``)."""
+        messages and timers (the shape: ``storage.rows.funnel_report``). With ``variants``
+        (the variant templates of each A/B-tested step) the report has ``variants`` too:
+        the step's figures split by variant (``storage.rows.variant_report``)."""
 
     @abstractmethod
     async def health(self) -> dict[str, Any]:

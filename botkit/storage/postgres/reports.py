@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from botkit.core.conversation import Conversation
@@ -13,6 +14,8 @@ from botkit.storage.rows import (
     ATTENTION,
     funnel_report,
     funnel_statements,
+    variant_report,
+    variant_statements,
     HUMAN_WAITING,
     QUEUE,
     conversation_from_row,
@@ -20,6 +23,10 @@ from botkit.storage.rows import (
 )
 
 __all__ = ["PgReports"]
+
+# The message id an answer's tracking_data names, and its being one (the funnel's delays).
+_MESSAGE_ID = "CAST(substr(i.tracking_data, 13) AS BIGINT)"
+_TRACKED = "i.tracking_data ~ '^tracking_id:[0-9]+$'"
 
 
 class PgReports(PgConnection):
@@ -79,19 +86,25 @@ class PgReports(PgConnection):
             " count(*) FILTER (WHERE status IN ('active', 'human')) AS open, count(*) AS total"
             " FROM conversations GROUP BY flow, flow_version ORDER BY flow, open DESC")
 
-    async def funnel(self, flow: str, since: float | None = None,
-                     until: float | None = None) -> dict[str, Any]:
+    async def funnel(self, flow: str, since: float | None = None, until: float | None = None,
+                     variants: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
         ranged = since is not None or until is not None
-        sql = funnel_statements("$1", "$2" if ranged else None, "$3",
-                                message_id="CAST(substr(i.tracking_data, 13) AS BIGINT)",
-                                tracked="i.tracking_data ~ '^tracking_id:[0-9]+$'")
+        sql = funnel_statements("$1", "$2" if ranged else None, "$3", message_id=_MESSAGE_ID,
+                                tracked=_TRACKED)
         params = (flow, since if since is not None else float("-inf"),
                   until if until is not None else float("inf")) if ranged else (flow,)
-        return funnel_report(
+        report = funnel_report(
             await self._rows(sql["steps"], *params), await self._rows(sql["ended"], *params),
             await self._rows(sql["delivery"], *params),
             await self._rows(sql["delays"], *params),
             await self._one(sql["totals"], *params))
+        if variants:
+            split = variant_statements("$1", "$2" if ranged else None, "$3", variants,
+                                       message_id=_MESSAGE_ID, tracked=_TRACKED)
+            report["variants"] = variant_report(
+                await self._rows(split["variants"], *params),
+                await self._rows(split["variant_delays"], *params))
+        return report
 
     async def health(self) -> dict[str, Any]:
         outbox = dict.fromkeys(("queued", "sending", "failed", "uncertain"), 0)

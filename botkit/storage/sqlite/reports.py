@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from botkit.core.conversation import Conversation
@@ -13,6 +14,8 @@ from botkit.storage.rows import (
     BACKLOG,
     funnel_report,
     funnel_statements,
+    variant_report,
+    variant_statements,
     HUMAN_WAITING,
     conversation_from_row,
     history_detail,
@@ -20,6 +23,10 @@ from botkit.storage.rows import (
 from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, Connection
 
 __all__ = ["Reports"]
+
+# The message id an answer's tracking_data names, and its being one (the funnel's delays).
+_MESSAGE_ID = "CAST(substr(i.tracking_data, 13) AS INTEGER)"
+_TRACKED = "i.tracking_data LIKE 'tracking_id:%'"
 
 
 class Reports(Connection):
@@ -97,23 +104,29 @@ class Reports(Connection):
             " FROM conversations GROUP BY flow, flow_version ORDER BY flow, open DESC"
         ))
 
-    async def funnel(self, flow: str, since: float | None = None,
-                     until: float | None = None) -> dict[str, Any]:
-        return await self._run(self._funnel, flow, since, until)
+    async def funnel(self, flow: str, since: float | None = None, until: float | None = None,
+                     variants: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+        return await self._run(self._funnel, flow, since, until, variants or {})
 
-    def _funnel(self, flow: str, since: float | None, until: float | None) -> dict[str, Any]:
+    def _funnel(self, flow: str, since: float | None, until: float | None,
+                variants: Mapping[str, Sequence[str]]) -> dict[str, Any]:
         ranged = since is not None or until is not None
         sql = funnel_statements(
-            ":flow", ":since" if ranged else None, ":until",
-            message_id="CAST(substr(i.tracking_data, 13) AS INTEGER)",
-            tracked="i.tracking_data LIKE 'tracking_id:%'")
+            ":flow", ":since" if ranged else None, ":until", message_id=_MESSAGE_ID,
+            tracked=_TRACKED)
         params = {"flow": flow, "since": since if since is not None else float("-inf"),
                   "until": until if until is not None else float("inf")}
-        return funnel_report(
+        report = funnel_report(
             self._rows(sql["steps"], params), self._rows(sql["ended"], params),
             self._rows(sql["delivery"], params),
             self._rows(sql["delays"], params),
             self._one(sql["totals"], params))
+        if variants:
+            split = variant_statements(":flow", ":since" if ranged else None, ":until",
+                                       variants, message_id=_MESSAGE_ID, tracked=_TRACKED)
+            report["variants"] = variant_report(self._rows(split["variants"], params),
+                                                self._rows(split["variant_delays"], params))
+        return report
 
     async def health(self) -> dict[str, Any]:
         return await self._run(self._health)
