@@ -281,6 +281,7 @@ async def test_an_agent_answers_a_handed_over_user_through_the_outbox(console):
     async with agent.get(f"/console/conversations/{conv_id}", headers=HTML) as response:
         page = await response.text()
     assert "It is 100200" in page and "Hi, Olga here. Which order?" in page
+    assert '<dd id="locale">en</dd>' in page  # the language it speaks (+380 guesses none)
 
     async with agent.post(f"/console/conversations/{conv_id}/close", data={"csrf": token},
                           allow_redirects=False) as response:
@@ -593,6 +594,7 @@ async def test_a_users_new_message_reaches_an_open_page_as_an_event(console):
         await _next_change(stream, 5)  # it reads every 0.5 s (console.live.INTERVAL)
         async with agent.get(f"/console/api/conversations/{conv_id}") as response:
             conversation = await response.json()
+        assert conversation["locale"] == "en"
         assert conversation["history"][-1] == {
             "direction": "in", "at": conversation["history"][-1]["at"],
             "text": "Are you there?", "detail": "handled (human)"}

@@ -224,7 +224,7 @@ async def _conversation_json(request: web.Request) -> web.Response:
     holder = (await bot.store.holders([conv.id])).get(conv.id)
     return web.json_response({
         "id": conv.id, "status": conv.status.value, "flow": conv.flow, "step": conv.step,
-        "agent": holder,
+        "locale": conv.locale, "agent": holder,
         "history": [{"direction": m.direction, "at": m.at, "text": m.text, "detail": m.detail}
                     for m in await bot.store.history(conv.phone, TRANSCRIPT)],
         "actions": [{"agent": a.agent, "action": a.action, "detail": a.detail, "at": a.at}
