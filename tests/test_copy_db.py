@@ -185,6 +185,15 @@ async def test_progress_goes_to_stderr_and_the_counts_to_stdout(
     assert [line.split() for line in lines[1:-1]] == [
         [table, str(n), str(n)] for table, n in counts.items()]
     assert lines[-1] == f"copied {sum(counts.values())} rows from {filled} to {postgres.db}"
+    # The copy is analyzed: the planner knows its tables' sizes before autovacuum comes by.
+    conn = await postgres.connect()
+    try:
+        analyzed = await conn.fetch(
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = $1"
+            " AND last_analyze IS NOT NULL", postgres.schema)
+    finally:
+        await conn.close()
+    assert {"conversations", "inbound", "outbound", "timers"} <= {r["relname"] for r in analyzed}
 
 
 async def test_a_target_with_rows_is_refused_and_left_as_it_was(

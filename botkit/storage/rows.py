@@ -32,7 +32,7 @@ __all__ = ["ACTIVITY_MARK", "ATTENTION", "BACKLOG", "CONSENT_ROLE", "DAY", "PHON
            "token_hash", "REFUSED_OPTED_OUT", "consent_statements",
            "suppression_from_row", "CAMPAIGN", "CAMPAIGN_COLUMNS",
            "CAMPAIGN_PROGRESS", "campaign_from_row", "counts_from_row", "FUNNEL_COUNTS",
-           "funnel_report", "funnel_statements", "variant_report", "variant_statements",
+           "funnel_report", "funnel_statements", "variant_report", "variant_statement",
            "VARIANT_COUNTS", "HANDOFF", "HUMAN", "HUMAN_WAITING", "OPEN",
            "OUTBOUND_COLUMNS", "QUEUE", "claimable", "SENT_COLUMNS",
            "UNCONFIRMED", "batch_of_starts", "conversation_from_row", "conversation_values",
@@ -315,81 +315,88 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def variant_statements(flow: str, since: str | None, until: str | None,
-                       variants: Mapping[str, Sequence[str]], *, message_id: str,
-                       tracked: str) -> dict[str, str]:
-    """The statements that split an A/B-tested step's figures by variant (``variants``:
-    the step's variant templates by step, as declared), with the placeholders and SQL of
+def variant_statement(flow: str, since: str | None, until: str | None,
+                      variants: Mapping[str, Sequence[str]], *, message_id: str,
+                      tracked: str) -> str:
+    """The statement that splits A/B-tested steps' figures by variant (``variants``: each
+    step's variant templates, as declared), with the placeholders and SQL of
     ``funnel_statements``. A conversation's variant at a step is the template of its first
     question there that is one of the step's variants (a re-ask or a reminder has a
     template of its own and does not count).
 
-    ``variants``: per (step, template), the conversations given it (``reached``), and of
-    those how many ``answered`` it, ``went_on`` (were asked another step after it, or
-    finished), ended at the step because they ``gave_up`` or ``timed_out``, and
-    ``completed`` the flow; ``variant_delays``: from the send of a question to the arrival
-    of its answer, by the variant of the conversation."""
+    Its rows, by ``kind``: ``counts``, one per (step, template): the conversations given it
+    (``reached``), and of those how many ``answered`` it, ``went_on`` (were asked another
+    step after it, or finished), ended at the step because they ``gave_up`` or
+    ``timed_out``, and ``completed`` the flow; ``delay``, one per answer: from the send of
+    a question to the arrival of its answer, by the conversation's variant. One statement,
+    so that the assignment is read once."""
     started = "1 = 1" if since is None else f"created_at >= {since} AND created_at < {until}"
     mine = ("1 = 1" if since is None else
             f"o.conversation_id IN (SELECT id FROM conversations WHERE flow = {flow}"
             f" AND {started})")
     wanted = ", ".join(f"({_literal(step)}, {_literal(template)})"
                        for step, templates in sorted(variants.items()) for template in templates)
-    assigned = (
+    # No join between two derived tables on (conversation, step) but the ones driven from a
+    # table's index or an automatic one: with no statistics SQLite would scan one of them per
+    # row of the other. What a conversation did at its step comes as rows of flags, grouped.
+    return (
         f"WITH wanted (step, template) AS (VALUES {wanted}),"
-        " firsts AS (SELECT o.conversation_id, o.step, min(o.id) AS first_id FROM outbound AS o"
-        " JOIN wanted AS w ON w.step = o.step AND w.template = o.template"
+        " firsts AS MATERIALIZED (SELECT o.conversation_id, o.step, min(o.id) AS first_id"
+        " FROM outbound AS o JOIN wanted AS w ON w.step = o.step AND w.template = o.template"
         f" WHERE o.flow = {flow} AND o.role = 'question' AND {mine}"
         " GROUP BY o.conversation_id, o.step),"
-        " assigned AS (SELECT f.conversation_id, f.step, f.first_id, o.template FROM firsts AS f"
-        " JOIN outbound AS o ON o.id = f.first_id)")
-    return {
-        "variants": (
-            f"{assigned},"
-            " answered AS (SELECT DISTINCT conversation_id, step FROM inbound"
-            f" WHERE flow = {flow} AND route = 'step' AND step IN (SELECT step FROM wanted)),"
-            " onward AS (SELECT DISTINCT a.conversation_id, a.step FROM assigned AS a"
-            " JOIN outbound AS n ON n.conversation_id = a.conversation_id"
-            f" AND n.flow = {flow} AND n.role = 'question' AND n.id > a.first_id"
-            " AND n.step <> a.step)"
-            " SELECT a.step, a.template, count(*) AS reached,"
-            " sum(CASE WHEN ans.conversation_id IS NULL THEN 0 ELSE 1 END) AS answered,"
-            " sum(CASE WHEN c.status = 'done' OR n.conversation_id IS NOT NULL THEN 1 ELSE 0"
-            " END) AS went_on,"
-            " sum(CASE WHEN c.status = 'gave_up' AND c.step = a.step THEN 1 ELSE 0 END)"
-            " AS gave_up,"
-            " sum(CASE WHEN c.status = 'timed_out' AND c.step = a.step THEN 1 ELSE 0 END)"
-            " AS timed_out,"
-            " sum(CASE WHEN c.status = 'done' THEN 1 ELSE 0 END) AS completed"
-            " FROM assigned AS a JOIN conversations AS c ON c.id = a.conversation_id"
-            " LEFT JOIN answered AS ans ON ans.conversation_id = a.conversation_id"
-            " AND ans.step = a.step"
-            " LEFT JOIN onward AS n ON n.conversation_id = a.conversation_id AND n.step = a.step"
-            " GROUP BY a.step, a.template"),
-        "variant_delays": (
-            f"{assigned} SELECT a.step, a.template, i.received_at - o.sent_at AS delay"
-            " FROM inbound AS i"
-            f" JOIN outbound AS o ON o.phone = i.phone AND o.message_id = {message_id}"
-            " JOIN assigned AS a ON a.conversation_id = i.conversation_id AND a.step = i.step"
-            f" WHERE i.flow = {flow} AND i.route = 'step' AND {tracked}"
-            " AND o.sent_at IS NOT NULL AND o.step = i.step"),
-    }
+        " assigned AS MATERIALIZED (SELECT f.conversation_id, f.step, f.first_id, o.template"
+        " FROM firsts AS f JOIN outbound AS o ON o.id = f.first_id),"
+        " flags AS (SELECT conversation_id, step, template, 0 AS answered, 0 AS went_on"
+        " FROM assigned"
+        " UNION ALL SELECT a.conversation_id, a.step, NULL, 1, 0 FROM assigned AS a"
+        " JOIN inbound AS i ON i.conversation_id = a.conversation_id AND i.step = a.step"
+        " AND i.route = 'step'"
+        " UNION ALL SELECT a.conversation_id, a.step, NULL, 0, 1 FROM assigned AS a"
+        " JOIN outbound AS n ON n.conversation_id = a.conversation_id"
+        f" AND n.flow = {flow} AND n.role = 'question' AND n.id > a.first_id"
+        " AND n.step <> a.step),"
+        " per AS (SELECT conversation_id, step, max(template) AS template,"
+        " max(answered) AS answered, max(went_on) AS went_on FROM flags"
+        " GROUP BY conversation_id, step)"
+        " SELECT 'counts' AS kind, p.step, p.template, count(*) AS reached,"
+        " sum(p.answered) AS answered,"
+        " sum(CASE WHEN c.status = 'done' OR p.went_on = 1 THEN 1 ELSE 0 END) AS went_on,"
+        " sum(CASE WHEN c.status = 'gave_up' AND c.step = p.step THEN 1 ELSE 0 END)"
+        " AS gave_up,"
+        " sum(CASE WHEN c.status = 'timed_out' AND c.step = p.step THEN 1 ELSE 0 END)"
+        " AS timed_out,"
+        " sum(CASE WHEN c.status = 'done' THEN 1 ELSE 0 END) AS completed, NULL AS delay"
+        " FROM per AS p JOIN conversations AS c ON c.id = p.conversation_id"
+        " GROUP BY p.step, p.template"
+        " UNION ALL"
+        " SELECT 'delay', a.step, a.template, NULL, NULL, NULL, NULL, NULL, NULL,"
+        " i.received_at - o.sent_at"
+        " FROM assigned AS a JOIN inbound AS i ON i.conversation_id = a.conversation_id"
+        " AND i.step = a.step"
+        f" JOIN outbound AS o ON o.phone = i.phone AND o.message_id = {message_id}"
+        # The flow is the answered question's (o): a term on i.flow would lead SQLite to read
+        # the flow's every answer per conversation (inbound_flow_step).
+        f" WHERE i.route = 'step' AND {tracked} AND o.flow = {flow}"
+        " AND o.sent_at IS NOT NULL AND o.step = i.step")
 
 
-def variant_report(rows: Iterable[Mapping[str, Any]], delays: Iterable[Mapping[str, Any]],
-                   ) -> dict[str, dict[str, dict[str, Any]]]:
-    """``variant_statements``' rows as ``{step: {template: figures}}``: the counts of
-    ``variants`` and ``delays`` (seconds), the same on every engine."""
+def variant_report(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``variant_statement``'s rows as ``{step: {template: figures}}``: the counts of
+    VARIANT_COUNTS and ``delays`` (seconds), the same on every engine."""
     report: dict[str, dict[str, dict[str, Any]]] = {}
+    delays: list[Mapping[str, Any]] = []
     for r in rows:
-        report.setdefault(r["step"], {})[r["template"]] = {
-            key: int(r[key] or 0) for key in VARIANT_COUNTS} | {"delays": []}
+        if r["kind"] == "delay":
+            delays.append(r)
+        else:
+            report.setdefault(r["step"], {})[r["template"]] = {
+                key: int(r[key] or 0) for key in VARIANT_COUNTS} | {"delays": []}
     for r in delays:
         figures = report.get(r["step"], {}).get(r["template"])
         if figures is not None:
             figures["delays"].append(r["delay"])
     return report
-
 
 
 def funnel_report(steps: Iterable[Mapping[str, Any]], ended: Iterable[Mapping[str, Any]],

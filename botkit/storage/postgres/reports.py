@@ -15,7 +15,7 @@ from botkit.storage.rows import (
     funnel_report,
     funnel_statements,
     variant_report,
-    variant_statements,
+    variant_statement,
     HUMAN_WAITING,
     QUEUE,
     conversation_from_row,
@@ -99,11 +99,9 @@ class PgReports(PgConnection):
             await self._rows(sql["delays"], *params),
             await self._one(sql["totals"], *params))
         if variants:
-            split = variant_statements("$1", "$2" if ranged else None, "$3", variants,
-                                       message_id=_MESSAGE_ID, tracked=_TRACKED)
-            report["variants"] = variant_report(
-                await self._rows(split["variants"], *params),
-                await self._rows(split["variant_delays"], *params))
+            split = variant_statement("$1", "$2" if ranged else None, "$3", variants,
+                                      message_id=_MESSAGE_ID, tracked=_TRACKED)
+            report["variants"] = variant_report(await self._rows(split, *params))
         return report
 
     async def health(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from botkit.storage.rows import (
     funnel_report,
     funnel_statements,
     variant_report,
-    variant_statements,
+    variant_statement,
     HUMAN_WAITING,
     conversation_from_row,
     history_detail,
@@ -122,10 +122,9 @@ class Reports(Connection):
             self._rows(sql["delays"], params),
             self._one(sql["totals"], params))
         if variants:
-            split = variant_statements(":flow", ":since" if ranged else None, ":until",
-                                       variants, message_id=_MESSAGE_ID, tracked=_TRACKED)
-            report["variants"] = variant_report(self._rows(split["variants"], params),
-                                                self._rows(split["variant_delays"], params))
+            split = variant_statement(":flow", ":since" if ranged else None, ":until",
+                                      variants, message_id=_MESSAGE_ID, tracked=_TRACKED)
+            report["variants"] = variant_report(self._rows(split, params))
         return report
 
     async def health(self) -> dict[str, Any]:
