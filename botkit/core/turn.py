@@ -8,9 +8,9 @@ outgoing messages in one transaction afterwards.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from botkit.core.flows import Delivery, Flow, Step, variant, weighted

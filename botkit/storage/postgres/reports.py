@@ -10,16 +10,16 @@ from botkit.core.records import LogEntry
 from botkit.storage.postgres.connection import PgConnection
 from botkit.storage.rows import (
     ACTIVITY_MARK,
-    BACKLOG,
     ATTENTION,
-    funnel_report,
-    funnel_statements,
-    variant_report,
-    variant_statement,
+    BACKLOG,
     HUMAN_WAITING,
     QUEUE,
     conversation_from_row,
+    funnel_report,
+    funnel_statements,
     history_detail,
+    variant_report,
+    variant_statement,
 )
 
 __all__ = ["PgReports"]

@@ -12,13 +12,13 @@ from botkit.core.records import (
 from botkit.storage.rows import (
     ACTIVITY_MARK,
     BACKLOG,
-    funnel_report,
-    funnel_statements,
-    variant_report,
-    variant_statement,
     HUMAN_WAITING,
     conversation_from_row,
+    funnel_report,
+    funnel_statements,
     history_detail,
+    variant_report,
+    variant_statement,
 )
 from botkit.storage.sqlite.connection import _ATTENTION, _QUEUE, Connection
 
