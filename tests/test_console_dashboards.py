@@ -56,18 +56,14 @@ async def test_a_flows_funnel_counts_each_step_and_how_conversations_ended(conso
     assert steps["comment"]["reached"] == 1 and steps["comment"]["drop_off"] == 0
     assert steps["name"]["answers_timed"] == 2 and steps["name"]["median_answer"] >= 0
     assert sum(steps["name"]["delivery"].values()) == 3  # each question's delivery status
-    # The survey's rating question is an A/B test: its figures by the variant each got.
+    # The survey's rating question is an A/B test, but both phones asked it got the first
+    # variant: no flow version asked another, so nothing is split yet (as before a test).
     [test] = report["ab_tests"]
     assert test["step"] == "rating"
-    by_template = {v["template"]: v for v in test["variants"]}
-    assert list(by_template) == list(RATING_PROMPTS)  # the control first
-    given = {phone: variant("survey.rating", phone, RATING_PROMPTS.items())
-             for phone in (DONE, GAVE_UP)}  # the one waiting at name was not asked it
-    for template, v in by_template.items():
-        mine = [phone for phone, got in given.items() if got == template]
-        assert (v["reached"], v["answered"], v["went_on"], v["completed"], v["gave_up"]) == (
-            len(mine), len(mine), mine.count(DONE), mine.count(DONE), mine.count(GAVE_UP))
-    assert test["variants"][0]["comparison"] is None  # the control
+    assert [v["template"] for v in test["variants"]] == list(RATING_PROMPTS)  # control first
+    assert {variant("survey.rating", p, RATING_PROMPTS.items()) for p in (DONE, GAVE_UP)} == {
+        "survey/ask_rating.txt"}
+    assert [v["reached"] for v in test["variants"]] == [0, 0]
 
     async with admin.get("/console/api/flows/survey",
                          params={"from": "2001-01-01", "to": "2001-01-31"}) as response:
@@ -76,6 +72,37 @@ async def test_a_flows_funnel_counts_each_step_and_how_conversations_ended(conso
         assert response.status == 400 and (await response.json())["error"].startswith("to:")
     async with admin.get("/console/api/flows/nosuchflow") as response:
         assert response.status == 404
+
+
+async def test_an_ab_test_is_split_by_variant_in_the_report_and_on_the_page(console):
+    control, tested = "survey/ask_rating.txt", "survey/ask_rating_b.txt"
+    runs = {"380500000104": ("Ada", "5", "ok"), "380500000108": ("Bob", "x", "y", "z"),
+            "380500000105": ("Cy", "4", "ok"), "380500000106": ("Di", "3", "ok")}
+    for phone, answers in runs.items():
+        await _survey(console, phone, *answers)
+    for _ in range(100):  # the last answers' turns are committed
+        convs = await console.bot.store.conversations(flow="survey")
+        if sorted(c.status.value for c in convs) == ["done", "done", "done", "gave_up"]:
+            break
+        await asyncio.sleep(0.05)
+    assert [variant("survey.rating", p, RATING_PROMPTS.items()) for p in runs] == [
+        control, control, tested, tested]
+    admin = await console.logged_in("ada", "admin")
+    async with admin.get("/console/api/flows/survey") as response:
+        [test] = (await response.json())["ab_tests"]
+    a, b = test["variants"]
+    assert (a["template"], a["reached"], a["answered"], a["completed"], a["gave_up"]) == (
+        control, 2, 2, 1, 1)
+    assert (b["template"], b["reached"], b["went_on"], b["completed"]) == (tested, 2, 2, 2)
+    assert a["comparison"] is None and b["comparison"]["difference"] == 0.5
+    assert b["comparison"]["verdict"] == "too few to tell"  # 2 against 2 proves nothing
+    async with admin.get("/console/flows/survey", headers=HTML) as response:
+        page = await response.text()
+    table = page[page.index('id="variants-rating"'):]
+    table = table[:table.index("</table>")]
+    assert re.findall(r'<tr data-template="([^"]+)">', table) == [control, tested]
+    assert re.findall(r'<td class="verdict">([^<]+)</td>', table) == [
+        "control", "+50.0 points, p = 0.248: too few to tell"]
 
 
 async def test_a_flows_page_draws_its_funnel_and_its_graph(console):

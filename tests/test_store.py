@@ -872,25 +872,27 @@ async def test_a_conversation_keeps_its_locale(backend):
 
 
 async def test_the_funnel_splits_an_ab_tested_step_by_variant(backend):
-    """Each conversation counts once, in the variant of its first question at the step: a
-    reminder (a template of its own) does not move it, and a conversation that never got a
-    variant (asked before the test began) counts in none."""
+    """Each phone counts once, in the variant of its first question at the step: a reminder
+    (a template of its own) does not move it, a second conversation of the phone does not
+    count again, and a conversation asked before the test began counts in none, even with
+    the template that is now the control (its flow version never asked another variant)."""
     store = await backend.opened()
     a, b = "f/a.txt", "f/b.txt"
     sent = iter(range(5001, 5100))
 
-    def ask(phone: str, step: str, template: str) -> OutboxItem:
+    def ask(phone: str, step: str, template: str, version: str = "v2") -> OutboxItem:
         return dataclasses.replace(item(phone, 0), flow="f", step=step, template=template,
-                                   in_conversation=True, question=True)
+                                   in_conversation=True, question=True, flow_version=version)
 
     def change(phone: str, conv_id: int, version: int, step: str, status: Status):
         return ConversationChange(phone=phone, flow="f", step=step, status=status, state={},
                                   retries=0, expires_at=9e9, id=conv_id,
                                   expected_version=version)
 
-    async def begin(phone: str, template: str, at: float) -> tuple[int, int]:
+    async def begin(phone: str, template: str, at: float, version: str = "v2",
+                    ) -> tuple[int, int]:
         started = await store.commit(Commit(inbound_id=None, conversation=conversation(phone),
-                                            outbox=(ask(phone, "q", template),)), at)
+                                            outbox=(ask(phone, "q", template, version),)), at)
         await store.claim_outbox(10, at)
         message_id = next(sent)
         await store.mark_sent(started.outbox_ids[0], message_id, at, RULES)
@@ -904,7 +906,10 @@ async def test_the_funnel_splits_an_ab_tested_step_by_variant(backend):
                                   conversation=change(phone, conv_id, 0, "r", Status.ACTIVE),
                                   outbox=(ask(phone, "r", "f/r.txt"),)), at)
 
-    done, quit_, went_on, timed_out, before = "31", "32", "33", "34", "35"
+    done, quit_, went_on, timed_out, before, earlier = "31", "32", "33", "34", "35", "36"
+    conv, _ = await begin(earlier, a, 5.0, version="v1")  # before the test: a was the prompt
+    await store.commit(Commit(inbound_id=None, conversation=change(earlier, conv, 0, "q",
+                                                                   Status.DONE)), 6.0)
     conv, mid = await begin(done, a, 10.0)
     await answer(done, conv, mid, 20.0)
     await store.commit(Commit(inbound_id=None, conversation=change(done, conv, 1, "r",
@@ -920,6 +925,9 @@ async def test_the_funnel_splits_an_ab_tested_step_by_variant(backend):
     await store.commit(Commit(inbound_id=None, conversation=change(timed_out, conv, 0, "q",
                                                                    Status.TIMED_OUT)), 102.0)
     await begin(before, "f/old.txt", 102.0)
+    again, _ = await begin(timed_out, b, 104.0)  # the phone's second survey: not counted
+    await store.commit(Commit(inbound_id=None, conversation=change(timed_out, again, 0, "q",
+                                                                   Status.DONE)), 105.0)
 
     tested = {"q": (a, b)}
     report = await store.funnel("f", variants=tested)
@@ -928,7 +936,7 @@ async def test_the_funnel_splits_an_ab_tested_step_by_variant(backend):
             "completed": 1, "delays": [10.0]},
         b: {"reached": 2, "answered": 1, "went_on": 1, "gave_up": 0, "timed_out": 1,
             "completed": 0, "delays": [30.0]}}}
-    assert report["steps"]["q"]["reached"] == 5  # the funnel itself is not split
+    assert report["steps"]["q"]["reached"] == 7  # the funnel itself is not split
     later = await store.funnel("f", 50.0, 200.0, variants=tested)  # a cohort: b's two
     assert set(later["variants"]["q"]) == {b} and later["variants"]["q"][b]["reached"] == 2
     assert "variants" not in await store.funnel("f")  # only when asked

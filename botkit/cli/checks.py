@@ -97,7 +97,10 @@ def _check_calls(flows: FlowSet, flow: Flow, step: Step, renderer: _Once) -> Ite
         if verb == "notify":
             named.append(("sms", "turn.notify(sms=)"))
         for argument, what in named:
-            if argument in call.tests and argument != "sms":  # an SMS is one template
+            if argument == "sms" and argument in call.tests:
+                yield f"{where}: {what}: an SMS is one template, not an A/B test"
+                continue
+            if argument in call.tests:
                 try:
                     weighted(f"{where}: {what}: an A/B test of its template", call.tests[argument])
                 except DefinitionError as exc:

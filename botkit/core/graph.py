@@ -107,7 +107,7 @@ def _dict_literal(node: ast.expr) -> dict[Any, Any] | None:
         return None
     try:
         value = ast.literal_eval(node)
-    except ValueError:  # a name or a call in it: the source cannot tell
+    except (ValueError, TypeError):  # a name or a call in it, or an unhashable key
         return None
     return value if isinstance(value, dict) else None
 

@@ -320,9 +320,13 @@ def variant_statement(flow: str, since: str | None, until: str | None,
                       tracked: str) -> str:
     """The statement that splits A/B-tested steps' figures by variant (``variants``: each
     step's variant templates, as declared), with the placeholders and SQL of
-    ``funnel_statements``. A conversation's variant at a step is the template of its first
-    question there that is one of the step's variants (a re-ask or a reminder has a
-    template of its own and does not count).
+    ``funnel_statements``. Phones are what is split, so each phone counts once: its first
+    conversation given a variant, on a flow version in which the test ran (one that asked
+    another variant than the first: before the test, the first was the only prompt). Its
+    variant is the template of its first question at the step that is one of the step's
+    variants (a re-ask or a reminder has a template of its own and does not count). A
+    conversation that moved to another flow (``switch``) counts in that one, as in the
+    funnel.
 
     Its rows, by ``kind``: ``counts``, one per (step, template): the conversations given it
     (``reached``), and of those how many ``answered`` it, ``went_on`` (were asked another
@@ -334,18 +338,23 @@ def variant_statement(flow: str, since: str | None, until: str | None,
     mine = ("1 = 1" if since is None else
             f"o.conversation_id IN (SELECT id FROM conversations WHERE flow = {flow}"
             f" AND {started})")
-    wanted = ", ".join(f"({_literal(step)}, {_literal(template)})"
-                       for step, templates in sorted(variants.items()) for template in templates)
+    wanted = ", ".join(f"({_literal(step)}, {_literal(template)}, {0 if n else 1})"
+                       for step, templates in sorted(variants.items())
+                       for n, template in enumerate(templates))
     # No join between two derived tables on (conversation, step) but the ones driven from a
     # table's index or an automatic one: with no statistics SQLite would scan one of them per
     # row of the other. What a conversation did at its step comes as rows of flags, grouped.
     return (
-        f"WITH wanted (step, template) AS (VALUES {wanted}),"
-        " firsts AS MATERIALIZED (SELECT o.conversation_id, o.step, min(o.id) AS first_id"
+        f"WITH wanted (step, template, control) AS (VALUES {wanted}),"
+        " live AS MATERIALIZED (SELECT DISTINCT o.step, coalesce(o.flow_version, '') AS version"
         " FROM outbound AS o JOIN wanted AS w ON w.step = o.step AND w.template = o.template"
+        f" AND w.control = 0 WHERE o.flow = {flow} AND o.role = 'question'),"
+        " firsts AS MATERIALIZED (SELECT o.phone, o.step, min(o.id) AS first_id"
+        " FROM outbound AS o JOIN wanted AS w ON w.step = o.step AND w.template = o.template"
+        " JOIN live AS l ON l.step = o.step AND l.version = coalesce(o.flow_version, '')"
         f" WHERE o.flow = {flow} AND o.role = 'question' AND {mine}"
-        " GROUP BY o.conversation_id, o.step),"
-        " assigned AS MATERIALIZED (SELECT f.conversation_id, f.step, f.first_id, o.template"
+        " GROUP BY o.phone, o.step),"
+        " assigned AS MATERIALIZED (SELECT o.conversation_id, f.step, f.first_id, o.template"
         " FROM firsts AS f JOIN outbound AS o ON o.id = f.first_id),"
         " flags AS (SELECT conversation_id, step, template, 0 AS answered, 0 AS went_on"
         " FROM assigned"
@@ -368,6 +377,7 @@ def variant_statement(flow: str, since: str | None, until: str | None,
         " AS timed_out,"
         " sum(CASE WHEN c.status = 'done' THEN 1 ELSE 0 END) AS completed, NULL AS delay"
         " FROM per AS p JOIN conversations AS c ON c.id = p.conversation_id"
+        f" AND c.flow = {flow}"
         " GROUP BY p.step, p.template"
         " UNION ALL"
         " SELECT 'delay', a.step, a.template, NULL, NULL, NULL, NULL, NULL, NULL,"
