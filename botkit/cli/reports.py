@@ -115,7 +115,7 @@ def stats(args: argparse.Namespace) -> int:
 
 def _print_variants(step: str, rows: list[VariantFigures]) -> None:
     """One A/B-tested step's figures by variant, each compared with the control (the
-    first), per conversation: a conversation counts once in the variant it was given."""
+    first), per phone: a phone counts once, in the variant it was given."""
     print(f"\n{step}: A/B test of its prompt, by variant (completion: two-proportion z-test"
           f" against {rows[0].template})")
     width = max(16, *(len(r.template) + 2 for r in rows))
