@@ -19,7 +19,7 @@ from aiohttp import web
 from botkit.console.access import ADMIN, Routes, refuse
 from botkit.console.fields import FieldError, day_range
 from botkit.console.pages import BOT, render
-from botkit.core.experiments import by_variant
+from botkit.core.experiments import ALPHA, MIN_EACH, by_variant
 from botkit.core.flows import Flow
 from botkit.core.graph import FINISHED, HANDED_OVER, Edge, edges
 
@@ -55,7 +55,7 @@ async def _flow(request: web.Request) -> web.Response:
         report = await funnel_of(request)
     except FieldError as exc:
         return refuse(request, 400, str(exc))
-    return await render(request, "flow.html", report=report,
+    return await render(request, "flow.html", report=report, alpha=ALPHA, min_each=MIN_EACH,
                         graph=_graph(request.app[BOT]().flows.get(report["flow"]), report),
                         query={k: request.query.get(k, "") for k in ("from", "to")})
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 __all__ = ["ALPHA", "MIN_EACH", "Comparison", "VariantFigures", "by_variant", "two_proportions"]
@@ -94,18 +94,12 @@ class VariantFigures:
         return self.completed / self.reached if self.reached else None
 
     def as_dict(self) -> dict[str, Any]:
-        compared = self.comparison
-        return {
-            "template": self.template, "reached": self.reached, "answered": self.answered,
-            "went_on": self.went_on, "gave_up": self.gave_up, "timed_out": self.timed_out,
-            "completed": self.completed, "completion": self.completion,
-            "median_answer": self.median_answer,
-            "comparison": None if compared is None else {
-                "difference": compared.difference, "z": compared.z,
-                "p_value": compared.p_value, "enough": compared.enough,
-                "significant": compared.significant, "verdict": compared.verdict,
-                "summary": compared.summary},
-        }
+        figures = asdict(self) | {"completion": self.completion}
+        if self.comparison is not None:
+            c = self.comparison
+            figures["comparison"] |= {"significant": c.significant, "verdict": c.verdict,
+                                      "summary": c.summary}
+        return figures
 
 
 def by_variant(templates: Sequence[str], figures: Mapping[str, Mapping[str, Any]],

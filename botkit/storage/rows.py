@@ -328,7 +328,7 @@ def variant_statement(flow: str, since: str | None, until: str | None,
     conversation that moved to another flow (``switch``) counts in that one, as in the
     funnel.
 
-    Its rows, by ``kind``: ``counts``, one per (step, template): the conversations given it
+    Its rows, by ``kind``: ``counts``, one per (step, template): the phones given it
     (``reached``), and of those how many ``answered`` it, ``went_on`` (were asked another
     step after it, or finished), ended at the step because they ``gave_up`` or
     ``timed_out``, and ``completed`` the flow; ``delay``, one per answer: from the send of
